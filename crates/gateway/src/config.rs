@@ -1,0 +1,338 @@
+//! Configuration: every setting the gateway reads, parsed and validated once at start-up.
+//!
+//! Sources, lowest to highest precedence: a `.env` file in the working directory (if present), the
+//! process environment, command-line flags. A missing or malformed setting stops start-up with a
+//! message naming the variable. `.env.example` at the repository root documents every variable.
+//! This module never logs secret values: [`Config`]'s `Debug` redacts them.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RealtimeVsn {
+    #[value(name = "1.0.0")]
+    V1,
+    #[value(name = "2.0.0")]
+    V2,
+}
+
+/// Raw settings as clap reads them from flags and environment variables.
+#[derive(Parser, Clone)]
+#[command(name = "realtime-gateway", version, about = "Supabase Realtime gateway for the school chat", args_override_self = true)]
+pub struct Args {
+    /// Base URL of the Supabase project (https://<ref>.supabase.co, or the local stand-in).
+    #[arg(long, env = "SUPABASE_URL")]
+    pub supabase_url: String,
+    /// Publishable/anon API key: sent as `apikey` on every PostgREST call and the Realtime socket.
+    #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
+    pub supabase_anon_key: String,
+    /// Service role key: joins the upstream channel and reads membership and profiles. Never sent to clients.
+    #[arg(long, env = "SUPABASE_SERVICE_ROLE_KEY", hide_env_values = true)]
+    pub supabase_service_role_key: String,
+    /// Legacy HS256 JWT secret. Optional when the project signs user tokens with asymmetric keys (JWKS).
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub supabase_jwt_secret: Option<String>,
+    /// TCP port for WebSocket and REST.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `realtime_gateway=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Phoenix serializer version for the upstream socket.
+    #[arg(long, env = "REALTIME_VSN", value_enum, default_value = "2.0.0")]
+    pub realtime_vsn: RealtimeVsn,
+    /// Upstream heartbeat interval, seconds (realtime-js uses 25).
+    #[arg(long, env = "UPSTREAM_HEARTBEAT_SECS", default_value_t = 25.0)]
+    pub upstream_heartbeat_secs: f64,
+    /// How far before the last seen message the catch-up after an upstream gap starts, seconds
+    /// (covers transactions that committed late, out of created_at order).
+    #[arg(long, env = "CATCHUP_MARGIN_SECS", default_value_t = 60)]
+    pub catchup_margin_secs: u64,
+    /// Allowed clock skew when checking `exp`, seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECS", default_value_t = 10)]
+    pub jwt_leeway_secs: u64,
+    /// Minimum time between two JWKS re-fetches triggered by an unknown `kid`, seconds.
+    #[arg(long, env = "JWKS_REFRESH_MIN_SECS", default_value_t = 30)]
+    pub jwks_refresh_min_secs: u64,
+    /// Timeout of every PostgREST / JWKS call, milliseconds.
+    #[arg(long, env = "BACKEND_TIMEOUT_MS", default_value_t = 5000)]
+    pub backend_timeout_ms: u64,
+    /// Maximum concurrent WebSocket sessions.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// Maximum concurrent WebSocket sessions of one user (devices).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 10)]
+    pub max_connections_per_user: usize,
+    /// Largest frame a client may send, bytes.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
+    pub ws_max_message_bytes: usize,
+    /// Sustained client messages per second per session (a burst of twice that is allowed).
+    #[arg(long, env = "WS_RATE_LIMIT_PER_SEC", default_value_t = 20)]
+    pub ws_rate_limit_per_sec: u32,
+    /// Frames queued for one session before it is dropped as too slow.
+    #[arg(long, env = "SESSION_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub session_queue_capacity: usize,
+    /// Threads one session may subscribe to with `subscribe_thread`.
+    #[arg(long, env = "MAX_THREAD_SUBSCRIPTIONS", default_value_t = 200)]
+    pub max_thread_subscriptions: usize,
+    /// Interval of server WebSocket pings, seconds; a socket silent for two intervals is closed.
+    #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 30.0)]
+    pub ws_ping_interval_secs: f64,
+    /// How long a cached thread membership or profile is trusted, seconds.
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 600)]
+    pub cache_ttl_secs: u64,
+    /// Most threads whose membership is cached at once.
+    #[arg(long, env = "CACHE_MAX_THREADS", default_value_t = 100_000)]
+    pub cache_max_threads: usize,
+    /// Upper bound on graceful shutdown, seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Validated configuration.
+#[derive(Clone)]
+pub struct Config {
+    pub supabase_url: reqwest::Url,
+    pub anon_key: String,
+    pub service_role_key: String,
+    pub jwt_secret: Option<String>,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub realtime_vsn: RealtimeVsn,
+    pub upstream_heartbeat: Duration,
+    pub catchup_margin: Duration,
+    pub jwt_leeway: Duration,
+    pub jwks_refresh_min: Duration,
+    pub backend_timeout: Duration,
+    pub limits: Limits,
+    pub cache_ttl: Duration,
+    pub cache_max_threads: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Limits applied to clients.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_message_bytes: usize,
+    pub rate_per_sec: u32,
+    pub queue_capacity: usize,
+    pub max_thread_subscriptions: usize,
+    pub ping_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{var}: {problem}")]
+    Invalid { var: &'static str, problem: String },
+}
+
+fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, problem: problem.into() }
+}
+
+fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        return Err(invalid(var, format!("must be a number of seconds between 0 and 86400, got {value}")));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+fn non_empty(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(invalid(var, "must not be empty"));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(invalid(var, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Reads `.env` (if present), the environment and the command line, then validates.
+    pub fn load() -> Result<Config, String> {
+        let _ = dotenvy::dotenv();
+        let args = Args::try_parse().map_err(|e| e.to_string())?;
+        Config::from_args(args).map_err(|e| e.to_string())
+    }
+
+    pub fn from_args(a: Args) -> Result<Config, ConfigError> {
+        let url_text = non_empty("SUPABASE_URL", &a.supabase_url)?;
+        let supabase_url = reqwest::Url::parse(&url_text)
+            .map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
+        if !matches!(supabase_url.scheme(), "http" | "https") || supabase_url.host().is_none() {
+            return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
+        }
+        let jwt_secret = match a.supabase_jwt_secret.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(s) if s.len() < 16 => {
+                return Err(invalid("SUPABASE_JWT_SECRET", "is too short to be a Supabase JWT secret"))
+            }
+            Some(s) => Some(s.to_string()),
+        };
+        if a.ws_rate_limit_per_sec == 0 {
+            return Err(invalid("WS_RATE_LIMIT_PER_SEC", "must be at least 1"));
+        }
+        if a.ws_max_message_bytes < 256 {
+            return Err(invalid("WS_MAX_MESSAGE_BYTES", "must be at least 256"));
+        }
+        Ok(Config {
+            supabase_url,
+            anon_key: non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key)?,
+            service_role_key: non_empty("SUPABASE_SERVICE_ROLE_KEY", &a.supabase_service_role_key)?,
+            jwt_secret,
+            listen: SocketAddr::new(a.bind_address, a.port),
+            log_format: a.log_format,
+            log_level: a.log_level,
+            realtime_vsn: a.realtime_vsn,
+            upstream_heartbeat: seconds("UPSTREAM_HEARTBEAT_SECS", a.upstream_heartbeat_secs)?,
+            catchup_margin: Duration::from_secs(a.catchup_margin_secs),
+            jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
+            jwks_refresh_min: Duration::from_secs(a.jwks_refresh_min_secs),
+            backend_timeout: Duration::from_millis(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize)? as u64),
+            limits: Limits {
+                max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
+                max_connections_per_user: positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user)?,
+                max_message_bytes: a.ws_max_message_bytes,
+                rate_per_sec: a.ws_rate_limit_per_sec,
+                queue_capacity: positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity)?,
+                max_thread_subscriptions: positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions)?,
+                ping_interval: seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs)?,
+            },
+            cache_ttl: Duration::from_secs(positive("CACHE_TTL_SECS", a.cache_ttl_secs as usize)? as u64),
+            cache_max_threads: positive("CACHE_MAX_THREADS", a.cache_max_threads)?,
+            shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+        })
+    }
+
+    /// A configuration for tests and embedding: the given project, everything else default.
+    pub fn for_project(supabase_url: &str, anon_key: &str, service_role_key: &str, jwt_secret: Option<&str>) -> Result<Config, ConfigError> {
+        let mut argv = vec![
+            "realtime-gateway".to_string(),
+            format!("--supabase-url={supabase_url}"),
+            format!("--supabase-anon-key={anon_key}"),
+            format!("--supabase-service-role-key={service_role_key}"),
+            "--port=0".to_string(),
+            "--bind-address=127.0.0.1".to_string(),
+        ];
+        if let Some(secret) = jwt_secret {
+            argv.push(format!("--supabase-jwt-secret={secret}"));
+        }
+        let args = Args::try_parse_from(argv).map_err(|e| invalid("arguments", e.to_string()))?;
+        Config::from_args(args)
+    }
+
+    /// `ws(s)://.../realtime/v1/websocket` derived from SUPABASE_URL.
+    pub fn realtime_websocket_url(&self) -> String {
+        let mut url = self.supabase_url.clone();
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        let _ = url.set_scheme(scheme);
+        url.set_query(None);
+        let base = url.as_str().trim_end_matches('/');
+        format!("{base}/realtime/v1/websocket")
+    }
+
+    /// `<SUPABASE_URL>/rest/v1`.
+    pub fn rest_url(&self) -> String {
+        format!("{}/rest/v1", self.supabase_url.as_str().trim_end_matches('/'))
+    }
+
+    /// `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
+    pub fn jwks_url(&self) -> String {
+        format!("{}/auth/v1/.well-known/jwks.json", self.supabase_url.as_str().trim_end_matches('/'))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("supabase_url", &self.supabase_url.as_str())
+            .field("anon_key", &"<redacted>")
+            .field("service_role_key", &"<redacted>")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("listen", &self.listen)
+            .field("realtime_vsn", &self.realtime_vsn)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec![
+            "gw",
+            "--supabase-url=https://abc.supabase.co",
+            "--supabase-anon-key=anon",
+            "--supabase-service-role-key=service",
+        ];
+        argv.extend_from_slice(extra);
+        Config::from_args(Args::try_parse_from(argv).map_err(|e| invalid("args", e.to_string()))?)
+    }
+
+    #[test]
+    fn derives_service_urls() {
+        let c = parse(&[]).expect("valid");
+        assert_eq!(c.realtime_websocket_url(), "wss://abc.supabase.co/realtime/v1/websocket");
+        assert_eq!(c.rest_url(), "https://abc.supabase.co/rest/v1");
+        assert_eq!(c.jwks_url(), "https://abc.supabase.co/auth/v1/.well-known/jwks.json");
+        assert_eq!(c.listen.port(), 3000);
+        assert!(c.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn local_http_maps_to_ws() {
+        let c = parse(&["--supabase-url=http://127.0.0.1:54321/"]).expect("valid");
+        assert_eq!(c.realtime_websocket_url(), "ws://127.0.0.1:54321/realtime/v1/websocket");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = parse(&["--supabase-url=not a url"]).expect_err("invalid");
+        assert!(e.to_string().starts_with("SUPABASE_URL:"), "{e}");
+        let e = parse(&["--supabase-url=ftp://x"]).expect_err("invalid");
+        assert!(e.to_string().starts_with("SUPABASE_URL:"), "{e}");
+        let e = parse(&["--supabase-jwt-secret=short"]).expect_err("invalid");
+        assert!(e.to_string().starts_with("SUPABASE_JWT_SECRET:"), "{e}");
+        let e = parse(&["--ws-ping-interval-secs=0"]).expect_err("invalid");
+        assert!(e.to_string().starts_with("WS_PING_INTERVAL_SECS:"), "{e}");
+    }
+
+    #[test]
+    fn missing_setting_is_named() {
+        let e = Args::try_parse_from(["gw", "--supabase-url=https://x.supabase.co"]).err().map(|e| e.to_string());
+        let text = e.unwrap_or_default();
+        assert!(text.contains("--supabase-anon-key"), "{text}");
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let c = parse(&["--supabase-jwt-secret=0123456789abcdef0123"]).expect("valid");
+        let text = format!("{c:?}");
+        assert!(!text.contains("0123456789abcdef0123") && !text.contains("service\""), "{text}");
+    }
+}

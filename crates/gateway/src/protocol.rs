@@ -1,0 +1,228 @@
+//! The client-facing WebSocket protocol: every frame type of the messaging guide, exactly.
+//!
+//! Owns parsing of what clients send (with an error that names the problem, never panicking on
+//! any input) and the JSON of what the server sends. The shapes are the public API that existing
+//! clients were written against: tests here pin them. This module does no I/O and knows nothing
+//! about sessions or routing.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A frame from a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    SubscribeThread { thread_id: Uuid },
+    UnsubscribeThread { thread_id: Uuid },
+    Ping,
+    /// Refresh the session's access token (`{"type":"access_token","token":"..."}`).
+    AccessToken { token: String },
+}
+
+/// Why a client frame was not understood. The text goes back to the client in an `error` frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("Invalid JSON: {0}")]
+    InvalidJson(String),
+    #[error("Message must be a JSON object with a \"type\" field")]
+    NotAnObject,
+    #[error("Missing message type")]
+    MissingType,
+    #[error("Unknown message type: {0}")]
+    UnknownType(String),
+    #[error("Missing thread_id")]
+    MissingThreadId,
+    #[error("Invalid thread_id: must be a UUID")]
+    InvalidThreadId,
+    #[error("Missing token")]
+    MissingToken,
+}
+
+/// Parses one text frame from a client.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+    let object = value.as_object().ok_or(ParseError::NotAnObject)?;
+    let kind = match object.get("type") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) | None => return Err(ParseError::MissingType),
+    };
+    let thread_id = || -> Result<Uuid, ParseError> {
+        match object.get("thread_id") {
+            None | Some(Value::Null) => Err(ParseError::MissingThreadId),
+            Some(Value::String(s)) => Uuid::parse_str(s).map_err(|_| ParseError::InvalidThreadId),
+            Some(_) => Err(ParseError::InvalidThreadId),
+        }
+    };
+    match kind {
+        "subscribe_thread" => Ok(ClientMessage::SubscribeThread { thread_id: thread_id()? }),
+        "unsubscribe_thread" => Ok(ClientMessage::UnsubscribeThread { thread_id: thread_id()? }),
+        "ping" => Ok(ClientMessage::Ping),
+        "access_token" => match object.get("token").or_else(|| object.get("access_token")) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(ClientMessage::AccessToken { token: s.clone() }),
+            _ => Err(ParseError::MissingToken),
+        },
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            Err(ParseError::UnknownType(shown))
+        }
+    }
+}
+
+/// A message's sender as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sender {
+    pub full_name: String,
+    pub role: String,
+}
+
+/// A chat message as clients see it, in `new_message` frames and offline sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub id: Uuid,
+    pub thread_id: Uuid,
+    pub sender_id: Uuid,
+    pub content: String,
+    pub message_type: String,
+    /// RFC 3339, UTC, microseconds (`2024-01-01T12:00:00.123456Z`).
+    pub created_at: String,
+    pub sender: Sender,
+}
+
+/// A frame to a client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    ConnectionEstablished { user_id: Uuid, timestamp: String },
+    NewMessage { data: &'a ChatMessage },
+    ThreadSubscribed { thread_id: Uuid },
+    ThreadUnsubscribed { thread_id: Uuid },
+    Pong,
+    Error { message: &'a str },
+}
+
+impl ServerMessage<'_> {
+    /// The frame's JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: no maps with non-string keys, no custom impls.
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","message":"internal error"}"#.to_string())
+    }
+}
+
+/// The error frame the guide documents for a lost upstream.
+pub const UPSTREAM_ERROR: &str = "Real-time connection error";
+
+/// Formats a time as the protocol does.
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Normalizes a timestamp from PostgreSQL/PostgREST/Realtime (`2026-01-01T12:00:00.123+00:00`,
+/// `2026-01-01 12:00:00.123+00`, ...) to the protocol's format.
+pub fn normalize_time(raw: &str) -> Option<String> {
+    parse_time(raw).map(format_time)
+}
+
+/// Parses the timestamp forms PostgreSQL, PostgREST and Realtime produce.
+pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
+        return Some(t.with_timezone(&Utc));
+    }
+    let t = raw.trim().replacen(' ', "T", 1);
+    let tail = t.get(10..)?;
+    let fixed = match tail.rfind(['+', '-']) {
+        // "+00" offset without minutes
+        Some(i) if tail.len() - i == 3 => format!("{t}:00"),
+        Some(_) => t,
+        None if t.ends_with('Z') => t,
+        None => format!("{t}Z"),
+    };
+    DateTime::parse_from_rfc3339(&fixed).ok().map(|t| t.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T: &str = "b0000000-0000-4000-8000-000000000001";
+
+    #[test]
+    fn parses_every_client_frame() {
+        let id = Uuid::parse_str(T).expect("uuid");
+        assert_eq!(
+            parse_client_message(&format!(r#"{{"type":"subscribe_thread","thread_id":"{T}"}}"#)),
+            Ok(ClientMessage::SubscribeThread { thread_id: id })
+        );
+        assert_eq!(
+            parse_client_message(&format!(r#"{{"type":"unsubscribe_thread","thread_id":"{T}"}}"#)),
+            Ok(ClientMessage::UnsubscribeThread { thread_id: id })
+        );
+        assert_eq!(parse_client_message(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse_client_message(r#"{"type":"access_token","token":"x.y.z"}"#),
+            Ok(ClientMessage::AccessToken { token: "x.y.z".into() })
+        );
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        assert!(matches!(parse_client_message("{nope"), Err(ParseError::InvalidJson(_))));
+        assert_eq!(parse_client_message("[1]"), Err(ParseError::NotAnObject));
+        assert_eq!(parse_client_message("{}"), Err(ParseError::MissingType));
+        assert_eq!(parse_client_message(r#"{"type":5}"#), Err(ParseError::MissingType));
+        assert_eq!(parse_client_message(r#"{"type":"dance"}"#), Err(ParseError::UnknownType("dance".into())));
+        assert_eq!(parse_client_message(r#"{"type":"subscribe_thread"}"#), Err(ParseError::MissingThreadId));
+        assert_eq!(
+            parse_client_message(r#"{"type":"subscribe_thread","thread_id":"42"}"#),
+            Err(ParseError::InvalidThreadId)
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"unsubscribe_thread","thread_id":7}"#),
+            Err(ParseError::InvalidThreadId)
+        );
+        assert_eq!(parse_client_message(r#"{"type":"access_token"}"#), Err(ParseError::MissingToken));
+    }
+
+    #[test]
+    fn server_frames_match_the_guide() {
+        let user = Uuid::parse_str("a0000000-0000-4000-8000-000000000001").expect("uuid");
+        let thread = Uuid::parse_str(T).expect("uuid");
+        let v = |m: ServerMessage| serde_json::from_str::<Value>(&m.to_json()).expect("json");
+        assert_eq!(
+            v(ServerMessage::ConnectionEstablished { user_id: user, timestamp: "2024-01-01T12:00:00Z".into() }),
+            json!({"type":"connection_established","user_id":user,"timestamp":"2024-01-01T12:00:00Z"})
+        );
+        assert_eq!(v(ServerMessage::ThreadSubscribed { thread_id: thread }), json!({"type":"thread_subscribed","thread_id":T}));
+        assert_eq!(v(ServerMessage::ThreadUnsubscribed { thread_id: thread }), json!({"type":"thread_unsubscribed","thread_id":T}));
+        assert_eq!(v(ServerMessage::Pong), json!({"type":"pong"}));
+        assert_eq!(v(ServerMessage::Error { message: UPSTREAM_ERROR }), json!({"type":"error","message":"Real-time connection error"}));
+        let msg = ChatMessage {
+            id: thread,
+            thread_id: thread,
+            sender_id: user,
+            content: "Hello!".into(),
+            message_type: "text".into(),
+            created_at: "2024-01-01T12:00:00.000000Z".into(),
+            sender: Sender { full_name: "John Doe".into(), role: "teacher".into() },
+        };
+        assert_eq!(
+            v(ServerMessage::NewMessage { data: &msg }),
+            json!({"type":"new_message","data":{"id":T,"thread_id":T,"sender_id":user,"content":"Hello!",
+                   "message_type":"text","created_at":"2024-01-01T12:00:00.000000Z",
+                   "sender":{"full_name":"John Doe","role":"teacher"}}})
+        );
+    }
+
+    #[test]
+    fn normalizes_postgres_timestamps() {
+        let want = Some("2026-01-01T12:00:00.123456Z".to_string());
+        assert_eq!(normalize_time("2026-01-01T12:00:00.123456+00:00"), want);
+        assert_eq!(normalize_time("2026-01-01 12:00:00.123456+00"), want);
+        assert_eq!(normalize_time("2026-01-01T14:00:00.123456+02:00"), want);
+        assert_eq!(normalize_time("2026-01-01T12:00:00.123456Z"), want);
+        assert_eq!(normalize_time("2026-01-01T12:00:00.123456"), want);
+        assert_eq!(normalize_time("garbage"), None);
+        assert_eq!(normalize_time("2026-01-0"), None);
+    }
+}

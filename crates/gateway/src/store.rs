@@ -1,0 +1,234 @@
+//! Store: every call the gateway makes to Supabase PostgREST.
+//!
+//! User-facing data (offline messages, unread counts, mark-read, the thread access check) is read
+//! with the user's own token and the anon `apikey`, so row-level security decides. Only the hub's
+//! membership and profile lookups and the gap catch-up use the service role key. Every call has a
+//! timeout; failures are typed ([`StoreError`]) and mapped to HTTP answers once, in [`crate::api`].
+//! This module must never log a token and never widen what a user's token can read.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::protocol::{normalize_time, ChatMessage, Sender};
+
+/// What went wrong talking to PostgREST.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database did not answer in time")]
+    Timeout,
+    #[error("the database is unreachable: {0}")]
+    Unavailable(String),
+    /// PostgREST answered with an error body `{code, message, details, hint}`.
+    #[error("{message}")]
+    Rejected { status: u16, code: String, message: String },
+    #[error("unexpected answer from the database: {0}")]
+    Decode(String),
+}
+
+/// Whose credentials a call uses.
+#[derive(Clone, Copy)]
+pub enum As<'a> {
+    /// The calling user's own access token (RLS applies).
+    User(&'a str),
+    /// The service role key (bypasses RLS): membership, profiles, catch-up only.
+    Service,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Profile {
+    pub id: Uuid,
+    pub full_name: String,
+    pub role: String,
+}
+
+#[derive(Deserialize)]
+struct PostgrestError {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// A PostgREST client for one Supabase project.
+#[derive(Clone)]
+pub struct Store {
+    http: reqwest::Client,
+    rest_url: String,
+    anon_key: String,
+    service_key: String,
+    timeout: Duration,
+}
+
+/// A message row as PostgREST returns it (from `messages` or `chat_offline_messages`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageRow {
+    pub id: Uuid,
+    pub thread_id: Uuid,
+    pub sender_id: Uuid,
+    pub content: String,
+    #[serde(default = "default_type")]
+    pub message_type: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub sender: Option<Sender>,
+}
+
+fn default_type() -> String {
+    "text".into()
+}
+
+impl MessageRow {
+    /// The protocol's shape, with `created_at` normalized; `sender` must be known.
+    pub fn into_chat_message(self, sender: Sender) -> ChatMessage {
+        ChatMessage {
+            id: self.id,
+            thread_id: self.thread_id,
+            sender_id: self.sender_id,
+            content: self.content,
+            message_type: self.message_type,
+            created_at: normalize_time(&self.created_at).unwrap_or(self.created_at),
+            sender,
+        }
+    }
+}
+
+impl Store {
+    pub fn new(http: reqwest::Client, rest_url: String, anon_key: String, service_key: String, timeout: Duration) -> Store {
+        Store { http, rest_url, anon_key, service_key, timeout }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, who: As<'_>, method: Method, path: &str, query: &[(&str, String)], body: Option<Value>) -> Result<T, StoreError> {
+        let (apikey, bearer) = match who {
+            As::User(token) => (&self.anon_key, token),
+            As::Service => (&self.service_key, self.service_key.as_str()),
+        };
+        let mut request = self
+            .http
+            .request(method, format!("{}/{}", self.rest_url, path))
+            .header("apikey", apikey)
+            .bearer_auth(bearer)
+            .header("Accept", "application/json")
+            .timeout(self.timeout)
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                StoreError::Timeout
+            } else {
+                StoreError::Unavailable(e.without_url().to_string())
+            }
+        })?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                StoreError::Timeout
+            } else {
+                StoreError::Unavailable(e.without_url().to_string())
+            }
+        })?;
+        if !status.is_success() {
+            let parsed: Option<PostgrestError> = serde_json::from_slice(&bytes).ok();
+            let (code, message) = match parsed {
+                Some(p) => (p.code.unwrap_or_default(), p.message.unwrap_or_else(|| status.to_string())),
+                None => (String::new(), status.to_string()),
+            };
+            return Err(StoreError::Rejected { status: status.as_u16(), code, message });
+        }
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return serde_json::from_value(Value::Null).map_err(|e| StoreError::Decode(e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::Decode(e.to_string()))
+    }
+
+    async fn rpc<T: DeserializeOwned>(&self, who: As<'_>, function: &str, args: Value) -> Result<T, StoreError> {
+        self.call(who, Method::POST, &format!("rpc/{function}"), &[], Some(args)).await
+    }
+
+    /// `chat_offline_messages(p_since, p_limit)` as the user.
+    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
+        self.rpc(As::User(token), "chat_offline_messages", json!({"p_since": since, "p_limit": limit})).await
+    }
+
+    /// `chat_sync_horizon()` as the user: the safe resume point for offline sync.
+    pub async fn sync_horizon(&self, token: &str) -> Result<String, StoreError> {
+        self.rpc(As::User(token), "chat_sync_horizon", json!({})).await
+    }
+
+    /// `chat_unread_count()` as the user.
+    pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
+        self.rpc(As::User(token), "chat_unread_count", json!({})).await
+    }
+
+    /// `chat_mark_thread_read(p_thread_id)` as the user.
+    pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {
+        let _: Value = self.rpc(As::User(token), "chat_mark_thread_read", json!({"p_thread_id": thread_id})).await?;
+        Ok(())
+    }
+
+    /// Whether RLS lets the user read the thread.
+    pub async fn can_read_thread(&self, token: &str, thread_id: Uuid) -> Result<bool, StoreError> {
+        let rows: Vec<Value> = self
+            .call(As::User(token), Method::GET, "threads", &[("select", "id".into()), ("id", format!("eq.{thread_id}"))], None)
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Participants of a thread (service role).
+    pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            user_id: Uuid,
+        }
+        let rows: Vec<Row> = self
+            .call(
+                As::Service,
+                Method::GET,
+                "thread_participants",
+                &[("select", "user_id".into()), ("thread_id", format!("eq.{thread_id}"))],
+                None,
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.user_id).collect())
+    }
+
+    /// Profiles by id (service role).
+    pub async fn profiles(&self, ids: &[Uuid]) -> Result<Vec<Profile>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = ids.iter().map(Uuid::to_string).collect::<Vec<_>>().join(",");
+        self.call(
+            As::Service,
+            Method::GET,
+            "profiles",
+            &[("select", "id,full_name,role".into()), ("id", format!("in.({list})"))],
+            None,
+        )
+        .await
+    }
+
+    /// Messages with `created_at >= since`, oldest first, at most `limit` (service role): the
+    /// catch-up after an upstream gap.
+    pub async fn messages_since(&self, since: &str, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
+        self.call(
+            As::Service,
+            Method::GET,
+            "messages",
+            &[
+                ("select", "id,thread_id,sender_id,content,message_type,created_at".into()),
+                ("created_at", format!("gte.{since}")),
+                ("order", "created_at.asc,id.asc".into()),
+                ("limit", limit.to_string()),
+            ],
+            None,
+        )
+        .await
+    }
+}

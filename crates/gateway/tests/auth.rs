@@ -1,0 +1,116 @@
+//! Tokens: good ones in, every kind of bad one out, on the WebSocket and on REST, for the legacy
+//! HS256 secret and for ES256 signing keys published as a JWKS.
+
+mod common;
+
+use base64::Engine as _;
+use common::{Phone, World};
+use reqwest::Method;
+use supabase_standin::keys::{Alg, Keys};
+use supabase_standin::seed::CARLA;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Bad tokens for Carla, each with a name.
+fn bad_tokens(keys: &Keys) -> Vec<(&'static str, String)> {
+    let other = Keys::generate("a-completely-different-secret-of-enough-length", &keys.issuer);
+    let mut wrong_aud = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    wrong_aud.aud = Some("anon".into());
+    let mut no_sub = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    no_sub.sub = Some("not-a-uuid".into());
+    let claims_json = serde_json::to_vec(&keys.user_claims(CARLA.id, CARLA.email, 3600)).expect("claims");
+    let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), b64(&claims_json));
+    let hs384 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
+        &keys.user_claims(CARLA.id, CARLA.email, 3600),
+        &jsonwebtoken::EncodingKey::from_secret(keys.jwt_secret.as_bytes()),
+    )
+    .expect("sign");
+    // Algorithm confusion: an ES256 header with this project's kid, but an HMAC signature.
+    let es_header = format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#, keys.kid);
+    let signing_input = format!("{}.{}", b64(es_header.as_bytes()), b64(&claims_json));
+    let hmac = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &jsonwebtoken::EncodingKey::from_secret(keys.jwt_secret.as_bytes()), jsonwebtoken::Algorithm::HS256)
+        .expect("hmac");
+    let confused = format!("{signing_input}.{hmac}");
+    vec![
+        ("expired", keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, -3600)),
+        ("expired es256", keys.user_token(CARLA.id, CARLA.email, Alg::Es256, -3600)),
+        ("forged hs256", other.user_token(CARLA.id, CARLA.email, Alg::Hs256, 3600)),
+        ("unknown es256 key", other.user_token(CARLA.id, CARLA.email, Alg::Es256, 3600)),
+        ("wrong audience", keys.sign(&wrong_aud, Alg::Hs256)),
+        ("anon api key", keys.anon_key.clone()),
+        ("service role key", keys.service_key.clone()),
+        ("subject not a uuid", keys.sign(&no_sub, Alg::Hs256)),
+        ("alg none", none),
+        ("hs384", hs384),
+        ("es256 header with hmac signature", confused),
+        ("garbage", "not.a.jwt".into()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_on_websocket_and_rest() {
+    let world = World::start().await;
+    for (name, token) in bad_tokens(world.stack.keys()) {
+        let ws = Phone::connect(&format!("{}?token={}", world.ws_base(), token)).await;
+        match ws {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401, "{name}"),
+            Err(e) => panic!("{name}: unexpected error {e}"),
+            Ok(_) => panic!("{name}: WebSocket accepted a bad token"),
+        }
+        let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&token)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+        assert_eq!(body["status"], "error", "{name}");
+    }
+    let missing = Phone::connect(&world.ws_base()).await;
+    assert!(matches!(missing, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 401));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_tokens_of_both_algorithms_are_accepted() {
+    let world = World::start().await;
+    for alg in [Alg::Hs256, Alg::Es256] {
+        let token = world.stack.token(&CARLA, alg);
+        let mut phone = Phone::connect(&format!("{}?token={}", world.ws_base(), token)).await.expect("accepted");
+        assert_eq!(phone.next_json().await.expect("hello")["type"], "connection_established");
+        let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&token)).await;
+        assert_eq!(status, 200, "{alg:?}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_with_only_signing_keys_refuses_hs256() {
+    let world = World::start_with(|c| c.jwt_secret = None).await;
+    let es = world.stack.token(&CARLA, Alg::Es256);
+    let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&es)).await;
+    assert_eq!(status, 200);
+    let hs = world.stack.token(&CARLA, Alg::Hs256);
+    let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&hs)).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
+    let world = World::start_with(|c| c.jwt_leeway = std::time::Duration::ZERO).await;
+    let keys = world.stack.keys();
+    // Refreshed in time: stays open past the first token's expiry.
+    let short = keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2);
+    let mut kept = Phone::connect(&format!("{}?token={}", world.ws_base(), short)).await.expect("connects");
+    kept.expect("connection_established").await;
+    kept.send_json(serde_json::json!({"type": "access_token", "token": keys.user_token(CARLA.id, CARLA.email, Alg::Es256, 3600)})).await;
+    // Not refreshed: an error frame, then close 4001.
+    let mut lapsed = Phone::connect(&format!("{}?token={}", world.ws_base(), keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2))).await.expect("connects");
+    lapsed.expect("connection_established").await;
+    let error = lapsed.expect("error").await;
+    assert!(error["message"].as_str().unwrap_or_default().contains("expired"), "{error}");
+    assert_eq!(lapsed.close_code().await, Some(4001));
+    // The refreshed socket still answers.
+    kept.send_json(serde_json::json!({"type": "ping"})).await;
+    assert_eq!(kept.expect("pong").await, serde_json::json!({"type": "pong"}));
+    // A token of someone else is refused and the socket keeps its own identity.
+    let other = world.stack.token(&supabase_standin::seed::DAVID, Alg::Hs256);
+    kept.send_json(serde_json::json!({"type": "access_token", "token": other})).await;
+    assert!(kept.expect("error").await["message"].as_str().unwrap_or_default().contains("another user"));
+}

@@ -1,0 +1,192 @@
+//! The test world: a throwaway Supabase stand-in (real PostgreSQL with the project's migrations
+//! and seed, Realtime and PostgREST stand-ins) and a real gateway on port 0, driven as phones and
+//! apps would drive them. Helpers read like the guide's scenarios.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use realtime_gateway::config::Config;
+use realtime_gateway::server::{self, Gateway};
+use serde_json::Value;
+use supabase_standin::keys::Alg;
+use supabase_standin::seed::Person;
+use supabase_standin::Stack;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+
+/// Generous bound for "this must arrive"; never an assertion about speed.
+pub const ARRIVES: Duration = Duration::from_secs(20);
+
+pub struct World {
+    pub stack: Stack,
+    pub gateway: Option<Gateway>,
+    pub http: reqwest::Client,
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+impl World {
+    /// Stand-in stack + gateway with default settings, upstream live.
+    pub async fn start() -> World {
+        World::start_with(|_| {}).await
+    }
+
+    /// Same, with the gateway's configuration adjusted by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> World {
+        init_logs();
+        let stack = Stack::start().await.expect("the stand-in stack (PostgreSQL, Realtime, PostgREST) must start");
+        let keys = stack.keys();
+        let mut config = Config::for_project(&stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
+            .expect("valid test configuration");
+        config.upstream_heartbeat = Duration::from_millis(500);
+        config.jwks_refresh_min = Duration::from_millis(100);
+        tweak(&mut config);
+        let gateway = server::start(config).await.expect("gateway starts");
+        let world = World { stack, gateway: Some(gateway), http: reqwest::Client::new() };
+        world.wait_ready(true).await;
+        world
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        self.gateway.as_ref().expect("gateway running")
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.gateway().local_addr())
+    }
+
+    pub fn ws_base(&self) -> String {
+        format!("ws://{}", self.gateway().local_addr())
+    }
+
+    /// A one-hour HS256 access token of a seeded person.
+    pub fn token(&self, who: &Person) -> String {
+        self.stack.token(who, Alg::Hs256)
+    }
+
+    /// Waits until `/readyz` says `ready` (or not).
+    pub async fn wait_ready(&self, ready: bool) {
+        let deadline = tokio::time::Instant::now() + ARRIVES;
+        loop {
+            let status = self.http.get(format!("{}/readyz", self.base())).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            if (status == 200) == ready {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "gateway never became ready={ready}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A phone of `who` connects with `?token=` and gets `connection_established`.
+    pub async fn phone(&self, who: &Person) -> Phone {
+        let token = self.token(who);
+        let mut phone = Phone::connect(&format!("{}?token={}", self.ws_base(), token)).await.expect("connects");
+        let hello = phone.next_json().await.expect("connection_established");
+        assert_eq!(hello["type"], "connection_established", "{hello}");
+        assert_eq!(hello["user_id"], who.id.to_string());
+        phone
+    }
+
+    /// `who` posts in `thread` (a real INSERT committed in PostgreSQL); returns the message id.
+    pub async fn post(&self, who: &Person, thread: Uuid, content: &str) -> Uuid {
+        let db = self.stack.sql().await;
+        let row = db
+            .query_one(
+                "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id",
+                &[&thread, &who.id, &content],
+            )
+            .await
+            .expect("insert message");
+        row.get(0)
+    }
+
+    /// A REST call with `Authorization: Bearer <token>`; returns (status, JSON body).
+    pub async fn rest(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{}", self.base(), path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("gateway answers");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+}
+
+pub struct Phone {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Phone {
+    pub async fn connect(url: &str) -> Result<Phone, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Phone { ws })
+    }
+
+    /// The next JSON text frame (pings answered by the library), or None when closed / timed out.
+    pub async fn next_json(&mut self) -> Option<Value> {
+        self.next_json_within(ARRIVES).await
+    }
+
+    pub async fn next_json_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            match frame {
+                Ok(Message::Text(text)) => return serde_json::from_str(text.as_str()).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    /// Reads frames until one of type `kind`; panics on close or timeout.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.next_json().await.unwrap_or_else(|| panic!("expected a {kind} frame, the socket closed or stayed silent"));
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Reads `new_message` frames until `id` arrives; returns every message id seen before it.
+    pub async fn receive_until(&mut self, id: Uuid) -> (Value, Vec<String>) {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.expect("new_message").await;
+            let got = frame["data"]["id"].as_str().unwrap_or_default().to_string();
+            if got == id.to_string() {
+                return (frame, before);
+            }
+            before.push(got);
+        }
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.ws.send(Message::text(value.to_string())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.expect("send");
+    }
+
+    /// Reads until the server closes; returns the close code (None if no close frame came).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match tokio::time::timeout(ARRIVES, self.ws.next()).await.ok()? {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+}
