@@ -84,6 +84,9 @@ pub struct Args {
     /// Sustained client messages per second per session (a burst of twice that is allowed).
     #[arg(long, env = "WS_RATE_LIMIT_PER_SEC", default_value_t = 20)]
     pub ws_rate_limit_per_sec: u32,
+    /// REST calls per user and second (bursts of twice that); more get 429.
+    #[arg(long, env = "REST_RATE_LIMIT_PER_SEC", default_value_t = 20)]
+    pub rest_rate_limit_per_sec: u32,
     /// Frames queued for one session before it is dropped as too slow.
     #[arg(long, env = "SESSION_QUEUE_CAPACITY", default_value_t = 1024)]
     pub session_queue_capacity: usize,
@@ -120,6 +123,7 @@ pub struct Config {
     pub jwt_leeway: Duration,
     pub jwks_refresh_min: Duration,
     pub backend_timeout: Duration,
+    pub rest_rate_per_sec: u32,
     pub limits: Limits,
     pub cache_ttl: Duration,
     pub cache_max_threads: usize,
@@ -212,6 +216,7 @@ impl Config {
             jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
             jwks_refresh_min: Duration::from_secs(a.jwks_refresh_min_secs),
             backend_timeout: Duration::from_millis(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize)? as u64),
+            rest_rate_per_sec: positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize)? as u32,
             limits: Limits {
                 max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
                 max_connections_per_user: positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user)?,

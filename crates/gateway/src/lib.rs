@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod hub;
+pub mod limit;
 pub mod protocol;
 pub mod server;
 pub mod session;

@@ -31,6 +31,7 @@ use crate::api::{self, ApiState};
 use crate::auth::Verifier;
 use crate::config::{Config, RealtimeVsn};
 use crate::hub::{Hub, Router, CLOSE_SHUTDOWN};
+use crate::limit::PerUser;
 use crate::session::{self, SessionContext};
 use crate::store::Store;
 use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
@@ -138,7 +139,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let router = tokio::spawn(Router::new(hub.clone(), config.catchup_margin).run(events_rx));
 
     let ctx = SessionContext { hub: hub.clone(), verifier: verifier.clone(), shutdown: shutdown_rx.clone() };
-    let rest = warp::service(api::routes(ApiState { hub: hub.clone(), verifier: verifier.clone() }));
+    let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, 100_000));
+    let rest = warp::service(api::routes(ApiState { hub: hub.clone(), verifier: verifier.clone(), rate: rest_rate }));
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)

@@ -21,6 +21,7 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::auth::{Identity, Verifier};
+use crate::limit::TokenBucket;
 use crate::hub::{CloseReason, Frame, Hub, SessionShared, CLOSE_SHUTDOWN};
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::store::StoreError;
@@ -36,33 +37,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames fed to the socket before one flush.
 const BATCH: usize = 64;
 
-/// Token bucket limiting client frames.
-struct RateLimit {
-    tokens: f64,
-    capacity: f64,
-    per_sec: f64,
-    last: Instant,
-}
-
-impl RateLimit {
-    fn new(per_sec: u32) -> RateLimit {
-        let capacity = f64::from(per_sec) * 2.0;
-        RateLimit { tokens: capacity, capacity, per_sec: f64::from(per_sec), last: Instant::now() }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec).min(self.capacity);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 /// Everything a session needs from the gateway.
 #[derive(Clone)]
 pub struct SessionContext {
@@ -77,7 +51,7 @@ struct Session<S> {
     shared: Arc<SessionShared>,
     identity: Identity,
     token: String,
-    rate: RateLimit,
+    rate: TokenBucket,
 }
 
 enum Flow {
@@ -92,7 +66,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    let rate = RateLimit::new(ctx.hub.limits().rate_per_sec);
+    let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
     let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate };
     tracing::info!(session = shared.id, user = %shared.user_id, "client connected");
     let reason = session.serve(queue).await;

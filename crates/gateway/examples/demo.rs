@@ -1,0 +1,147 @@
+//! The whole thing, locally, in one command (`scripts/demo`): a throwaway Supabase stand-in
+//! (PostgreSQL with the project's migrations and a small seeded school, Realtime, PostgREST,
+//! Auth), the real `realtime-gateway` binary configured by environment variables, and a short
+//! scripted conversation: a teacher posts in class 3B with a SQL INSERT; two parents' phones get
+//! it, a parent of class 4A does not; then the REST calls a phone makes when the app reopens.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use supabase_standin::keys::Alg;
+use supabase_standin::seed::{self, Person};
+use supabase_standin::Stack;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn free_port() -> u16 {
+    // A port below the ephemeral range, so it cannot collide with client sockets.
+    for port in 23000..24000 {
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 23000..24000");
+}
+
+async fn next_frame(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await.ok()?? {
+            Ok(Message::Text(t)) => return serde_json::from_str(t.as_str()).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn phone(base: &str, stack: &Stack, who: &Person, device: &str) -> Ws {
+    let url = format!("{base}?token={}", stack.token(who, Alg::Hs256));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("phone connects");
+    let hello = next_frame(&mut ws, Duration::from_secs(5)).await.expect("connection_established");
+    println!("  {:<13} {:<7} connected: {}", who.full_name, device, hello);
+    ws
+}
+
+#[tokio::main]
+async fn main() {
+    println!("Starting the local Supabase stand-in (PostgreSQL 15 + Realtime + PostgREST + Auth)...");
+    let stack = Stack::start().await.expect("the stand-in stack starts (is PostgreSQL installed? run scripts/setup)");
+    let keys = stack.keys();
+    println!("  SUPABASE_URL = {}", stack.url());
+
+    let port = free_port();
+    let exe = std::env::current_exe().expect("current exe");
+    let gateway_bin = exe
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|dir| dir.join("realtime-gateway"))
+        .expect("target dir");
+    println!("Starting {} on port {port}...", gateway_bin.display());
+    let mut gateway = tokio::process::Command::new(&gateway_bin)
+        .env("SUPABASE_URL", stack.url())
+        .env("SUPABASE_ANON_KEY", &keys.anon_key)
+        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
+        .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("LOG_LEVEL", std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the gateway binary exists (scripts/demo builds it)");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("Gateway ready: upstream Realtime subscription is live.\n");
+
+    let ws_base = format!("ws://127.0.0.1:{port}");
+    println!("Phones connect:");
+    let mut carla_phone = phone(&ws_base, &stack, &seed::CARLA, "phone").await;
+    let mut carla_tablet = phone(&ws_base, &stack, &seed::CARLA, "tablet").await;
+    let mut david = phone(&ws_base, &stack, &seed::DAVID, "phone").await;
+    let mut farid = phone(&ws_base, &stack, &seed::FARID, "phone").await;
+
+    println!("\nAlice Martin (teacher, 3B) posts in \"Class 3B parents\" with a SQL INSERT:");
+    let db = stack.sql().await;
+    let content = "Reminder: museum trip on Friday, bring a packed lunch!";
+    db.execute(
+        "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)",
+        &[&seed::CLASS_3B_PARENTS, &seed::ALICE.id, &content],
+    )
+    .await
+    .expect("insert");
+    for (name, ws) in [("Carla/phone", &mut carla_phone), ("Carla/tablet", &mut carla_tablet), ("David/phone", &mut david)] {
+        match next_frame(ws, Duration::from_secs(10)).await {
+            Some(frame) => println!("  {name:<13} received: {frame}"),
+            None => println!("  {name:<13} received NOTHING (unexpected)"),
+        }
+    }
+    match next_frame(&mut farid, Duration::from_secs(1)).await {
+        None => println!("  Farid/phone   (class 4A) received nothing, as he must not."),
+        Some(frame) => println!("  Farid/phone   received {frame} (A LEAK: this must not happen)"),
+    }
+
+    println!("\nEva (3B parent, was offline) reopens the app: REST calls with her own token:");
+    let eva = stack.token(&seed::EVA, Alg::Hs256);
+    for (method, path) in [
+        ("GET", "/api/chat/unread-count".to_string()),
+        ("GET", "/api/chat/offline-messages?last_check_time=2020-01-01T00:00:00Z".to_string()),
+        ("POST", format!("/api/chat/mark-read/{}", seed::CLASS_3B_PARENTS)),
+        ("GET", "/api/chat/unread-count".to_string()),
+        ("POST", format!("/api/chat/mark-read/{}", seed::CLASS_4A_PARENTS)),
+    ] {
+        let request = if method == "GET" { http.get(format!("{base}{path}")) } else { http.post(format!("{base}{path}")) };
+        let response = request.bearer_auth(&eva).send().await.expect("gateway answers");
+        let status = response.status();
+        let mut body: Value = response.json().await.unwrap_or(Value::Null);
+        if let Some(messages) = body.pointer_mut("/data/messages").and_then(Value::as_array_mut) {
+            let n = messages.len();
+            messages.truncate(2);
+            if n > 2 {
+                messages.push(Value::String(format!("... {} more", n - 2)));
+            }
+        }
+        println!("  {method} {path}\n    -> {status} {body}");
+    }
+
+    println!("\nStopping the gateway (SIGTERM: clients are told 'going away')...");
+    if let Some(pid) = gateway.id() {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    }
+    if let Some(frame) = next_frame(&mut carla_phone, Duration::from_secs(5)).await {
+        println!("  Carla/phone got {frame}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), gateway.wait()).await;
+    println!("Done. The throwaway database is removed on exit.");
+}
