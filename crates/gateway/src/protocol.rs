@@ -214,6 +214,23 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers (Ok or a named error) and never panics.
+        #[test]
+        fn parsing_never_panics(text in ".{0,200}") {
+            let _ = parse_client_message(&text);
+            let _ = parse_time(&text);
+        }
+
+        #[test]
+        fn parsing_json_shaped_input_never_panics(kind in "[a-z_]{0,20}", id in ".{0,40}") {
+            let frame = serde_json::json!({"type": kind, "thread_id": id}).to_string();
+            if let Ok(ClientMessage::SubscribeThread { thread_id }) = parse_client_message(&frame) {
+                proptest::prop_assert_eq!(Uuid::parse_str(&id).ok(), Some(thread_id));
+            }
+        }
+    }
+
     #[test]
     fn normalizes_postgres_timestamps() {
         let want = Some("2026-01-01T12:00:00.123456Z".to_string());

@@ -1,0 +1,47 @@
+//! Supabase's official JavaScript client against the stand-ins: runs js/conformance.test.mjs
+//! under Node's test runner. Fails (never skips) when Node or the npm packages are missing: run
+//! `scripts/setup` first.
+
+use std::path::PathBuf;
+
+use supabase_standin::keys::Alg;
+use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, FARID};
+use supabase_standin::Stack;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supabase_js_conforms() {
+    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../js");
+    assert!(
+        js.join("node_modules/@supabase/supabase-js").exists() && js.join("node_modules/pg").exists(),
+        "npm packages missing in {}: run scripts/setup",
+        js.display()
+    );
+    let stack = Stack::start().await.expect("stand-in stack starts");
+    let keys = stack.keys();
+    let output = tokio::process::Command::new("node")
+        .arg("--test")
+        .arg("--test-reporter=spec")
+        .arg(js.join("conformance.test.mjs"))
+        .env("SUPABASE_URL", stack.url())
+        .env("SUPABASE_ANON_KEY", &keys.anon_key)
+        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
+        .env("DATABASE_URL", stack.database().url())
+        .env("ALICE_ID", ALICE.id.to_string())
+        .env("CARLA_ID", CARLA.id.to_string())
+        .env("CARLA_TOKEN", stack.token(&CARLA, Alg::Hs256))
+        .env("CARLA_TOKEN_ES256", stack.token(&CARLA, Alg::Es256))
+        .env("FARID_ID", FARID.id.to_string())
+        .env("FARID_TOKEN", stack.token(&FARID, Alg::Hs256))
+        .env("CLASS_3B_PARENTS", CLASS_3B_PARENTS.to_string())
+        .env("CLASS_4A_PARENTS", CLASS_4A_PARENTS.to_string())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("node must be installed");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(output.status.success(), "supabase-js conformance failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("pass 6") || stdout.contains("ℹ pass 6"), "expected 6 passing checks:\n{stdout}");
+}
