@@ -64,10 +64,10 @@ impl Realtime {
     }
 
     /// `/realtime/v1/websocket` and `/_standin/realtime/...`.
-    pub fn routes(&self) -> warp::filters::BoxedFilter<(Box<dyn warp::Reply>,)> {
-        use warp::Filter;
+    pub fn routes(&self) -> warp::filters::BoxedFilter<(warp::reply::Response,)> {
+        use warp::{Filter, Reply};
         warp::path!("realtime" / "v1" / "websocket")
-            .map(|| Box::new(warp::http::StatusCode::NOT_IMPLEMENTED) as Box<dyn warp::Reply>)
+            .map(|| warp::http::StatusCode::NOT_IMPLEMENTED.into_response())
             .boxed()
     }
 }
