@@ -1,0 +1,224 @@
+//! The Realtime stand-in speaks Supabase Realtime's Phoenix protocol, checked with a raw
+//! WebSocket client, fed by rows really committed in PostgreSQL.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use supabase_standin::keys::Alg;
+use supabase_standin::realtime::InjectSpec;
+use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
+use supabase_standin::Stack;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    v2: bool,
+    next_ref: u64,
+}
+
+impl Client {
+    async fn connect(stack: &Stack, v2: bool) -> Client {
+        let url = format!("{}?apikey={}&vsn={}", stack.realtime_url(), stack.keys().anon_key, if v2 { "2.0.0" } else { "1.0.0" });
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
+        Client { ws, v2, next_ref: 1 }
+    }
+
+    async fn send(&mut self, topic: &str, event: &str, payload: Value, join_ref: Option<&str>) -> String {
+        let r = self.next_ref.to_string();
+        self.next_ref += 1;
+        let text = if self.v2 {
+            json!([join_ref, r, topic, event, payload]).to_string()
+        } else {
+            json!({"topic": topic, "event": event, "payload": payload, "ref": r, "join_ref": join_ref}).to_string()
+        };
+        self.ws.send(Message::text(text)).await.expect("send");
+        r
+    }
+
+    /// Next frame as (ref, topic, event, payload).
+    async fn next(&mut self) -> Option<(Option<String>, String, String, Value)> {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(15), self.ws.next()).await.ok()??.ok()?;
+            let Message::Text(t) = msg else {
+                if msg.is_close() {
+                    return None;
+                }
+                continue;
+            };
+            let v: Value = serde_json::from_str(t.as_str()).expect("json frame");
+            return Some(if self.v2 {
+                (v[1].as_str().map(str::to_string), v[2].as_str()?.into(), v[3].as_str()?.into(), v[4].clone())
+            } else {
+                (v["ref"].as_str().map(str::to_string), v["topic"].as_str()?.into(), v["event"].as_str()?.into(), v["payload"].clone())
+            });
+        }
+    }
+
+    async fn expect_event(&mut self, event: &str) -> Value {
+        loop {
+            let (_, _, e, payload) = self.next().await.unwrap_or_else(|| panic!("socket closed waiting for {event}"));
+            if e == event {
+                return payload;
+            }
+        }
+    }
+
+    async fn join(&mut self, topic: &str, bindings: Value, token: &str) -> Value {
+        let payload = json!({"config": {"broadcast": {"ack": false, "self": false}, "presence": {"key": "", "enabled": false},
+                                         "postgres_changes": bindings, "private": false}, "access_token": token});
+        self.send(topic, "phx_join", payload, Some("1")).await;
+        self.expect_event("phx_reply").await
+    }
+}
+
+async fn insert(stack: &Stack, thread: uuid::Uuid, content: &str) -> uuid::Uuid {
+    let db = stack.sql().await;
+    db.query_one("insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id", &[&thread, &ALICE.id, &content])
+        .await
+        .expect("insert")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_and_receive_committed_inserts_in_both_versions() {
+    let stack = Stack::start().await.expect("stack");
+    for v2 in [false, true] {
+        let mut c = Client::connect(&stack, v2).await;
+        let reply = c.join("realtime:test", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let bound = &reply["response"]["postgres_changes"][0];
+        assert_eq!((bound["event"].clone(), bound["schema"].clone(), bound["table"].clone()), (json!("INSERT"), json!("public"), json!("messages")));
+        assert!(bound["id"].is_i64());
+        assert!(bound.get("filter").is_none(), "only the keys sent are echoed");
+        assert_eq!(c.expect_event("presence_state").await, json!({}));
+        let system = c.expect_event("system").await;
+        assert_eq!(system["message"], "Subscribed to PostgreSQL");
+        assert_eq!(system["status"], "ok");
+
+        let id = insert(&stack, CLASS_3B_PARENTS, "hello").await;
+        let change = c.expect_event("postgres_changes").await;
+        assert_eq!(change["ids"], json!([bound["id"]]));
+        let data = &change["data"];
+        assert_eq!((data["type"].clone(), data["schema"].clone(), data["table"].clone()), (json!("INSERT"), json!("public"), json!("messages")));
+        assert_eq!(data["record"]["id"], id.to_string());
+        assert_eq!(data["record"]["content"], "hello");
+        assert!(data["record"]["created_at"].as_str().is_some_and(|t| t.contains('T') && t.ends_with("+00:00")), "{data}");
+        assert!(data["commit_timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+        assert!(data["columns"].as_array().is_some_and(|c| c.iter().any(|c| c == &json!({"name": "id", "type": "uuid"}))));
+        assert_eq!(data["errors"], Value::Null);
+
+        // Heartbeat and leave.
+        let r = c.send("phoenix", "heartbeat", json!({}), None).await;
+        loop {
+            let (got, topic, event, payload) = c.next().await.expect("reply");
+            if got.as_deref() == Some(r.as_str()) {
+                assert_eq!((topic.as_str(), event.as_str(), payload), ("phoenix", "phx_reply", json!({"status": "ok", "response": {}})));
+                break;
+            }
+        }
+        c.send("realtime:test", "phx_leave", json!({}), Some("1")).await;
+        assert_eq!(c.expect_event("phx_reply").await["status"], "ok");
+        c.expect_event("phx_close").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_deletes_and_filters() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, true).await;
+    let filter = format!("thread_id=eq.{CLASS_3B_PARENTS}");
+    let reply = c
+        .join(
+            "realtime:f",
+            json!([{"event": "INSERT", "schema": "public", "table": "messages", "filter": filter},
+                   {"event": "*", "schema": "public", "table": "thread_participants"}]),
+            &stack.keys().service_key,
+        )
+        .await;
+    assert_eq!(reply["response"]["postgres_changes"][0]["filter"], json!(filter));
+    c.expect_event("system").await;
+    insert(&stack, CLASS_4A_PARENTS, "filtered out").await;
+    let mine = insert(&stack, CLASS_3B_PARENTS, "filtered in").await;
+    let change = c.expect_event("postgres_changes").await;
+    assert_eq!(change["data"]["record"]["id"], mine.to_string(), "the 4A row did not pass the filter");
+
+    let db = stack.sql().await;
+    db.execute("update public.thread_participants set last_read_at = now() where thread_id = $1 and user_id = $2", &[&CLASS_3B_PARENTS, &CARLA.id]).await.expect("update");
+    let update = c.expect_event("postgres_changes").await;
+    assert_eq!(update["data"]["type"], "UPDATE");
+    assert_eq!(update["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
+    db.execute("delete from public.thread_participants where thread_id = $1 and user_id = $2", &[&CLASS_3B_PARENTS, &CARLA.id]).await.expect("delete");
+    let delete = c.expect_event("postgres_changes").await;
+    assert_eq!(delete["data"]["type"], "DELETE");
+    assert_eq!(delete["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
+    assert!(delete["data"].get("record").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_happen_where_supabase_refuses() {
+    let stack = Stack::start().await.expect("stack");
+    let bad = tokio_tungstenite::connect_async(format!("{}?apikey=nope&vsn=1.0.0", stack.realtime_url())).await;
+    assert!(matches!(bad, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 401));
+    let missing = tokio_tungstenite::connect_async(format!("{}?vsn=1.0.0", stack.realtime_url())).await;
+    assert!(matches!(missing, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 401));
+
+    let mut c = Client::connect(&stack, false).await;
+    let expired = stack.keys().user_token(CARLA.id, CARLA.email, Alg::Hs256, -30);
+    let reply = c.join("realtime:x", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &expired).await;
+    assert_eq!(reply["status"], "error");
+    assert!(reply["response"]["reason"].as_str().unwrap_or_default().contains("expired"), "{reply}");
+    let reply = c.join("realtime:y", json!([{"event": "INSERT", "schema": "public", "table": "profiles"}]), &stack.keys().service_key).await;
+    assert_eq!(reply["status"], "error");
+    assert!(reply["response"]["reason"].as_str().unwrap_or_default().starts_with("Unable to subscribe to changes"), "{reply}");
+    stack.realtime().set_refuse_joins(true);
+    let reply = c.join("realtime:z", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    assert_eq!(reply["status"], "error");
+    stack.realtime().set_refuse_joins(false);
+    c.send("realtime:never-joined", "something", json!({}), None).await;
+    assert_eq!(c.expect_event("phx_reply").await["response"]["reason"], "unmatched topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controls_drop_sockets_expire_tokens_and_inject_events() {
+    let stack = Stack::start().await.expect("stack");
+    let control = stack.realtime();
+    let mut c = Client::connect(&stack, true).await;
+    c.join("realtime:i", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.expect_event("system").await;
+    let sent = control
+        .inject(InjectSpec {
+            schema: "public".into(),
+            table: "messages".into(),
+            change_type: "INSERT".into(),
+            rows: vec![json!({"id": "$uuid", "thread_id": CLASS_3B_PARENTS, "content": "synthetic", "created_at": "$now"})],
+            rate_per_sec: 20_000,
+            count: 2_000,
+        })
+        .await;
+    assert_eq!(sent, 2_000);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..2_000 {
+        let change = c.expect_event("postgres_changes").await;
+        assert!(ids.insert(change["data"]["record"]["id"].as_str().unwrap_or_default().to_string()), "fresh uuid per event");
+    }
+
+    // A user token that expires closes the channel with a system error.
+    let mut short = Client::connect(&stack, false).await;
+    let token = stack.keys().user_token(CARLA.id, CARLA.email, Alg::Es256, 1);
+    short.join("realtime:short", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &token).await;
+    let system = loop {
+        let s = short.expect_event("system").await;
+        if s["status"] == "error" {
+            break s;
+        }
+    };
+    assert!(system["message"].as_str().unwrap_or_default().contains("expired"), "{system}");
+    short.expect_event("phx_close").await;
+
+    assert!(control.socket_count() >= 2);
+    control.drop_all_sockets();
+    assert!(c.next().await.is_none(), "dropped");
+}
