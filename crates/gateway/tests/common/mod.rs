@@ -64,7 +64,7 @@ impl World {
     }
 
     pub fn ws_base(&self) -> String {
-        format!("ws://{}", self.gateway().local_addr())
+        format!("ws://{}/", self.gateway().local_addr())
     }
 
     /// A one-hour HS256 access token of a seeded person.
