@@ -28,7 +28,10 @@ const db = new pg.Client({ connectionString: DB });
 await db.connect();
 const clients = [];
 after(async () => {
-  for (const c of clients) await c.removeAllChannels();
+  for (const c of clients) {
+    await c.removeAllChannels();
+    c.realtime.disconnect();
+  }
   await db.end();
 });
 
