@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Number, Value};
 
 /// A committed row change, as Realtime describes it.
@@ -24,8 +24,35 @@ pub struct Change {
     pub record: Option<Map<String, Value>>,
     pub old_record: Option<Map<String, Value>>,
     pub columns: Vec<(String, String)>,
-    /// RFC 3339, milliseconds, `Z`.
+    /// Replica identity (primary key) column names, used to check a row's visibility under RLS.
+    pub keys: Vec<String>,
+    /// RFC 3339 in UTC with `Z`: milliseconds for committed changes (as Realtime formats them),
+    /// microseconds for injected ones.
     pub commit_timestamp: String,
+    /// Injected by the load control rather than committed: there is no row to check RLS against.
+    pub synthetic: bool,
+}
+
+impl Change {
+    /// The `data` object of a `postgres_changes` push, serialized once for every recipient.
+    pub fn data_json(&self) -> String {
+        let columns: Vec<Value> =
+            self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect();
+        let mut data = Map::new();
+        data.insert("schema".into(), Value::from(self.schema.as_str()));
+        data.insert("table".into(), Value::from(self.table.as_str()));
+        data.insert("commit_timestamp".into(), Value::from(self.commit_timestamp.as_str()));
+        data.insert("type".into(), Value::from(self.kind));
+        data.insert("columns".into(), Value::Array(columns));
+        if let Some(record) = &self.record {
+            data.insert("record".into(), Value::Object(record.clone()));
+        }
+        if let Some(old) = &self.old_record {
+            data.insert("old_record".into(), Value::Object(old.clone()));
+        }
+        data.insert("errors".into(), Value::Null);
+        Value::Object(data).to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -254,7 +281,9 @@ impl Decoder {
             record,
             old_record,
             columns: rel.columns.iter().zip(types).map(|(c, t)| (c.name.clone(), t)).collect(),
+            keys: rel.columns.iter().filter(|c| c.key).map(|c| c.name.clone()).collect(),
             commit_timestamp: ts.to_string(),
+            synthetic: false,
         })
     }
 }
@@ -273,7 +302,55 @@ pub fn to_json(ty: &str, text: &str) -> Value {
         "json" | "jsonb" => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
         "timestamptz" => Value::String(timestamptz(text)),
         "timestamp" => Value::String(text.replacen(' ', "T", 1)),
+        array if array.starts_with('_') => match parse_array(text) {
+            Some(items) => Value::Array(
+                items.into_iter().map(|i| i.map_or(Value::Null, |t| to_json(&array[1..], &t))).collect(),
+            ),
+            None => Value::String(text.into()),
+        },
         _ => Value::String(text.into()),
+    }
+}
+
+/// Elements of a one-dimensional PostgreSQL array literal (`{a,"b c",NULL}`); `None` for anything
+/// else (nested arrays, explicit bounds, malformed input), which then stays a string.
+fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let mut items = Vec::new();
+    if inner.is_empty() {
+        return Some(items);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => item.push(chars.next()?),
+                    '"' => break,
+                    c => item.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '"' {
+                    return None;
+                }
+                item.push(c);
+                chars.next();
+            }
+        }
+        items.push(if !quoted && item == "NULL" { None } else { Some(item) });
+        match chars.next() {
+            None => return Some(items),
+            Some(',') => {}
+            Some(_) => return None,
+        }
     }
 }
 
@@ -286,16 +363,6 @@ fn timestamptz(text: &str) -> String {
         }
     }
     t
-}
-
-/// The current time as `$now` placeholders and synthetic commit timestamps show it.
-pub fn now_micros() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, false)
-}
-
-/// Parses an RFC 3339 time.
-pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 #[cfg(test)]
@@ -407,5 +474,94 @@ mod tests {
         assert_eq!(to_json("timestamptz", "2026-01-01 12:00:00.123456+00"), Value::from("2026-01-01T12:00:00.123456+00:00"));
         assert_eq!(to_json("timestamptz", "2026-01-01 12:00:00+05:30"), Value::from("2026-01-01T12:00:00+05:30"));
         assert_eq!(to_json("text", "hi"), Value::from("hi"));
+        assert_eq!(to_json("timestamp", "2026-01-01 12:00:00.25"), Value::from("2026-01-01T12:00:00.25"));
+        assert_eq!(to_json("numeric", "12.5"), serde_json::json!(12.5));
+        assert_eq!(to_json("float8", "NaN"), Value::from("NaN"));
+        assert_eq!(to_json("int4", "x"), Value::from("x"));
+        assert_eq!(to_json("json", "[1,"), Value::from("[1,"));
+        assert_eq!(to_json("_int4", "{1,NULL,3}"), serde_json::json!([1, null, 3]));
+        assert_eq!(to_json("_text", r#"{a,"b,c","d\"e","NULL"}"#), serde_json::json!(["a", "b,c", "d\"e", "NULL"]));
+        assert_eq!(to_json("_text", "{}"), serde_json::json!([]));
+        assert_eq!(to_json("_int4", "{{1,2},{3,4}}"), Value::from("{{1,2},{3,4}}"));
+        assert_eq!(to_json("_text", r#"{"open"#), Value::from(r#"{"open"#));
+    }
+
+    #[test]
+    fn decodes_updates_with_old_tuples_and_unchanged_toast() {
+        let mut d = Decoder::default();
+        d.feed(&relation(), &types).expect("rel");
+        // UPDATE with the old key (K) and an unchanged TOASTed value in the new tuple.
+        let mut update = vec![b'U'];
+        update.extend_from_slice(&16384i32.to_be_bytes());
+        update.push(b'K');
+        tuple(&mut update, &[Some("c0000000-0000-4000-8000-000000000001"), None, None]);
+        update.push(b'N');
+        update.extend_from_slice(&3i16.to_be_bytes());
+        update.push(b't');
+        update.extend_from_slice(&4i32.to_be_bytes());
+        update.extend_from_slice(b"abcd");
+        update.push(b'u');
+        update.push(b'n');
+        d.feed(&update, &types).expect("update K/N");
+        // UPDATE under REPLICA IDENTITY FULL (O) and one without an old tuple at all.
+        let mut full = vec![b'U'];
+        full.extend_from_slice(&16384i32.to_be_bytes());
+        full.push(b'O');
+        tuple(&mut full, &[Some("x"), Some("1"), None]);
+        full.push(b'N');
+        tuple(&mut full, &[Some("x"), Some("2"), None]);
+        d.feed(&full, &types).expect("update O/N");
+        let mut plain = vec![b'U'];
+        plain.extend_from_slice(&16384i32.to_be_bytes());
+        plain.push(b'N');
+        tuple(&mut plain, &[Some("y"), Some("3"), None]);
+        d.feed(&plain, &types).expect("update N");
+        // Truncate, Origin and Type messages are ignored.
+        d.feed(b"T\0\0\0\0", &types).expect("truncate ignored");
+        d.feed(b"O\0", &types).expect("origin ignored");
+        let mut commit = vec![b'C', 0];
+        commit.extend_from_slice(&[0u8; 16]);
+        commit.extend_from_slice(&(-1_000_000i64).to_be_bytes());
+        let changes = d.feed(&commit, &types).expect("commit");
+        assert_eq!(changes.len(), 3);
+        assert_eq!(changes[0].commit_timestamp, "1999-12-31T23:59:59.000Z");
+        let new = changes[0].record.as_ref().expect("record");
+        assert_eq!(new.get("n"), None, "unchanged TOAST is omitted");
+        assert_eq!(new["at"], Value::Null);
+        assert_eq!(changes[0].old_record.as_ref().map(|o| o.len()), Some(1));
+        assert_eq!(changes[0].keys, vec!["id".to_string()]);
+        let old = changes[1].old_record.as_ref().expect("old");
+        assert_eq!((old["id"].clone(), old["n"].clone()), (Value::from("x"), Value::from(1)));
+        let old = changes[2].old_record.as_ref().expect("old from the key of the new tuple");
+        assert_eq!(old.len(), 1);
+        assert_eq!(old["id"], Value::from("y"));
+        // A message cut short anywhere is an error, never a panic.
+        let mut bad = vec![b'U'];
+        bad.extend_from_slice(&16384i32.to_be_bytes());
+        bad.push(b'X');
+        assert_eq!(d.feed(&bad, &types), Err(DecodeError::UnknownTuple('X')));
+        for cut in 1..update.len() {
+            assert!(d.feed(&update[..cut], &types).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn serializes_the_data_object_once() {
+        let mut d = Decoder::default();
+        d.feed(&relation(), &types).expect("rel");
+        let mut insert = vec![b'I'];
+        insert.extend_from_slice(&16384i32.to_be_bytes());
+        insert.push(b'N');
+        tuple(&mut insert, &[Some("a"), Some("1"), None]);
+        d.feed(&insert, &types).expect("insert");
+        let mut commit = vec![b'C', 0];
+        commit.extend_from_slice(&[0u8; 24]);
+        let changes = d.feed(&commit, &types).expect("commit");
+        let data: Value = serde_json::from_str(&changes[0].data_json()).expect("json");
+        assert_eq!(data["type"], "INSERT");
+        assert_eq!(data["record"], serde_json::json!({"id": "a", "n": 1, "at": null}));
+        assert_eq!(data["columns"][2], serde_json::json!({"name": "at", "type": "timestamptz"}));
+        assert_eq!(data["errors"], Value::Null);
+        assert!(data.get("old_record").is_none(), "INSERT has no old_record");
     }
 }

@@ -88,6 +88,39 @@ pub fn encode(frame: &Frame, vsn: Vsn) -> String {
     }
 }
 
+/// Encodes a server push (`ref` null) whose payload is already serialized JSON, so that one
+/// serialization of a change serves every recipient.
+pub fn encode_push_raw(join_ref: Option<&str>, topic: &str, event: &str, payload_json: &str, vsn: Vsn) -> String {
+    let quote = |s: &str| Value::from(s).to_string();
+    let join_ref = join_ref.map_or_else(|| "null".to_string(), quote);
+    let mut out = String::with_capacity(payload_json.len() + topic.len() + event.len() + 64);
+    match vsn {
+        Vsn::V1 => {
+            out.push_str("{\"topic\":");
+            out.push_str(&quote(topic));
+            out.push_str(",\"event\":");
+            out.push_str(&quote(event));
+            out.push_str(",\"payload\":");
+            out.push_str(payload_json);
+            out.push_str(",\"ref\":null,\"join_ref\":");
+            out.push_str(&join_ref);
+            out.push('}');
+        }
+        Vsn::V2 => {
+            out.push('[');
+            out.push_str(&join_ref);
+            out.push_str(",null,");
+            out.push_str(&quote(topic));
+            out.push(',');
+            out.push_str(&quote(event));
+            out.push(',');
+            out.push_str(payload_json);
+            out.push(']');
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +149,32 @@ mod tests {
         let f = decode(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"5"}"#, Vsn::V1).expect("ok");
         assert_eq!((f.join_ref, f.reference.as_deref()), (None, Some("5")));
         assert_eq!(Vsn::parse(Some("3.0.0")), None);
+        assert_eq!(Vsn::parse(None), Some(Vsn::V1));
+        assert!(decode(r#"{"topic":"t","event":"e","payload":{},"ref":[1]}"#, Vsn::V1).is_err());
+        let numeric = decode(r#"[1,2,"t","e",null]"#, Vsn::V2).expect("numeric refs are accepted");
+        assert_eq!((numeric.join_ref.as_deref(), numeric.reference.as_deref()), (Some("1"), Some("2")));
+    }
+
+    #[test]
+    fn raw_pushes_equal_structured_ones() {
+        let payload = json!({"ids": [1], "data": {"q": "a\"b"}});
+        for (vsn, join_ref) in [(Vsn::V1, Some("3")), (Vsn::V2, Some("3")), (Vsn::V1, None), (Vsn::V2, None)] {
+            let raw = encode_push_raw(join_ref, "realtime:\"x\"", "postgres_changes", &payload.to_string(), vsn);
+            let expected = Frame {
+                join_ref: join_ref.map(str::to_string),
+                reference: None,
+                topic: "realtime:\"x\"".into(),
+                event: "postgres_changes".into(),
+                payload: payload.clone(),
+            };
+            assert_eq!(decode(&raw, vsn), Ok(expected.clone()));
+            let a: Value = serde_json::from_str(&raw).expect("json");
+            let b: Value = serde_json::from_str(&encode(&expected, vsn)).expect("json");
+            assert_eq!(a, b);
+        }
+        assert_eq!(
+            encode_push_raw(Some("1"), "realtime:x", "postgres_changes", "{}", Vsn::V2),
+            r#"["1",null,"realtime:x","postgres_changes",{}]"#
+        );
     }
 }
