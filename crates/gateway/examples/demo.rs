@@ -85,7 +85,7 @@ async fn main() {
     }
     println!("Gateway ready: upstream Realtime subscription is live.\n");
 
-    let ws_base = format!("ws://127.0.0.1:{port}");
+    let ws_base = format!("ws://127.0.0.1:{port}/");
     println!("Phones connect:");
     let mut carla_phone = phone(&ws_base, &stack, &seed::CARLA, "phone").await;
     let mut carla_tablet = phone(&ws_base, &stack, &seed::CARLA, "tablet").await;
