@@ -130,11 +130,15 @@ async fn rest_unsubscribe_stops_live_delivery_until_subscribe() {
     let world = World::start().await;
     let token = world.token(&DAVID);
     let mut david = world.phone(&DAVID).await;
+    // Carla is in the same thread and stays subscribed: once her phone has a message, the gateway
+    // has routed it for everyone.
+    let mut witness = world.phone(&CARLA).await;
 
     let (status, body) = world.rest(Method::POST, "/api/chat/unsubscribe", Some(&token)).await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"status": "success", "message": "Unsubscribed from real-time messages", "user_id": DAVID.id}));
-    world.post(&ALICE, CLASS_3B_PARENTS, "while unsubscribed").await;
+    let muted = world.post(&ALICE, CLASS_3B_PARENTS, "while unsubscribed").await;
+    witness.receive_until(muted).await;
 
     let (status, body) = world.rest(Method::POST, "/api/chat/subscribe", Some(&token)).await;
     assert_eq!(status, 200);
