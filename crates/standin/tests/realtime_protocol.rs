@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use supabase_standin::keys::Alg;
 use supabase_standin::realtime::InjectSpec;
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
+use std::time::Instant;
 use supabase_standin::Stack;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -40,8 +41,13 @@ impl Client {
 
     /// Next frame as (ref, topic, event, payload).
     async fn next(&mut self) -> Option<(Option<String>, String, String, Value)> {
+        self.next_within(Duration::from_secs(15)).await
+    }
+
+    /// Next frame within `wait`; None on timeout or close.
+    async fn next_within(&mut self, wait: Duration) -> Option<(Option<String>, String, String, Value)> {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(15), self.ws.next()).await.ok()??.ok()?;
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.ok()??.ok()?;
             let Message::Text(t) = msg else {
                 if msg.is_close() {
                     return None;
@@ -221,4 +227,181 @@ async fn controls_drop_sockets_expire_tokens_and_inject_events() {
     assert!(control.socket_count() >= 2);
     control.drop_all_sockets();
     assert!(c.next().await.is_none(), "dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_tokens_get_only_rows_their_rls_allows() {
+    let stack = Stack::start().await.expect("stack");
+    let mut carla = Client::connect(&stack, true).await;
+    let token = stack.token(&CARLA, Alg::Es256);
+    let reply = carla.join("realtime:mine", json!([{"event": "*", "schema": "public", "table": "messages"}]), &token).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    carla.expect_event("system").await;
+    let hidden = insert(&stack, CLASS_4A_PARENTS, "not Carla's class").await;
+    let mine = insert(&stack, CLASS_3B_PARENTS, "Carla's class").await;
+    let change = carla.expect_event("postgres_changes").await;
+    assert_eq!(change["data"]["record"]["id"], mine.to_string(), "the 4A row is invisible to Carla under RLS");
+    // DELETEs cannot be checked against a row that is gone: Realtime sends them to everyone.
+    let db = stack.sql().await;
+    db.execute("delete from public.messages where id = $1", &[&hidden]).await.expect("delete");
+    let delete = carla.expect_event("postgres_changes").await;
+    assert_eq!(delete["data"]["type"], "DELETE");
+    assert_eq!(delete["data"]["old_record"], json!({"id": hidden}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refreshed_token_keeps_the_channel_and_a_bad_one_closes_it() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, false).await;
+    let topic = "realtime:refresh";
+    c.join(topic, json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.token(&CARLA, Alg::Hs256)).await;
+    c.expect_event("system").await;
+    c.send(topic, "access_token", json!({"access_token": stack.token(&CARLA, Alg::Es256)}), Some("1")).await;
+    let id = insert(&stack, CLASS_3B_PARENTS, "after refresh").await;
+    let (_, _, event, payload) = c.next().await.expect("frame");
+    assert_eq!(event, "postgres_changes", "a valid refresh is not answered: {payload}");
+    assert_eq!(payload["data"]["record"]["id"], id.to_string());
+
+    let forged = supabase_standin::keys::Keys::generate("some-other-secret-some-other-secret-xx", "http://x/auth/v1")
+        .user_token(CARLA.id, CARLA.email, Alg::Hs256, 3600);
+    c.send(topic, "access_token", json!({"access_token": forged}), Some("1")).await;
+    let system = c.expect_event("system").await;
+    assert_eq!(
+        system,
+        json!({"extension": "system", "status": "error", "message": "Failed to validate JWT signature", "channel": "refresh"})
+    );
+    c.expect_event("phx_close").await;
+    c.send(topic, "access_token", json!({"access_token": "x"}), Some("1")).await;
+    assert_eq!(c.expect_event("phx_reply").await["response"]["reason"], "unmatched topic");
+    let reply = c.join("realtime:bad", json!([]), "not-a-jwt").await;
+    assert_eq!(reply["response"]["reason"], "The token provided is not a valid JWT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_latency_and_heartbeat_timeout() {
+    let stack = Stack::start().await.expect("stack");
+    let control = stack.realtime();
+    let mut c = Client::connect(&stack, true).await;
+    c.join("realtime:p", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.expect_event("system").await;
+
+    control.pause_feed();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let first = insert(&stack, CLASS_3B_PARENTS, "while paused 1").await;
+    let second = insert(&stack, CLASS_3B_PARENTS, "while paused 2").await;
+    assert!(c.next_within(Duration::from_millis(400)).await.is_none(), "nothing while paused");
+    control.resume_feed();
+    for id in [first, second] {
+        assert_eq!(c.expect_event("postgres_changes").await["data"]["record"]["id"], id.to_string(), "in commit order");
+    }
+
+    control.set_latency(Duration::from_millis(400));
+    let started = Instant::now();
+    insert(&stack, CLASS_3B_PARENTS, "late").await;
+    let r = c.send("phoenix", "heartbeat", json!({}), None).await;
+    let (got, _, event, _) = c.next().await.expect("frame");
+    assert_eq!((got.as_deref(), event.as_str()), (Some(r.as_str()), "phx_reply"), "replies are not delayed");
+    c.expect_event("postgres_changes").await;
+    assert!(started.elapsed() >= Duration::from_millis(400), "{:?}", started.elapsed());
+    control.set_latency(Duration::ZERO);
+
+    control.set_heartbeat_timeout(Duration::from_millis(300));
+    let mut silent = Client::connect(&stack, false).await;
+    let started = Instant::now();
+    assert!(silent.next_within(Duration::from_secs(5)).await.is_none(), "closed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(2), "{waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_controls_need_the_service_key() {
+    let stack = Stack::start().await.expect("stack");
+    let http = reqwest::Client::new();
+    let url = |action: &str| format!("{}/_standin/realtime/{action}", stack.url());
+    let keys = stack.keys();
+    let refused = http.get(url("stats")).header("apikey", &keys.anon_key).send().await.expect("http");
+    assert_eq!(refused.status(), 401);
+    let bad_vsn = tokio_tungstenite::connect_async(format!("{}?apikey={}&vsn=3.0.0", stack.realtime_url(), keys.anon_key)).await;
+    assert!(matches!(bad_vsn, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 400));
+
+    let mut c = Client::connect(&stack, false).await;
+    c.join("realtime:h", json!([{"event": "*", "schema": "public", "table": "messages"}]), &keys.service_key).await;
+    c.expect_event("system").await;
+    let stats: Value = http.get(url("stats")).header("apikey", &keys.service_key).send().await.expect("http").json().await.expect("json");
+    assert_eq!((stats["sockets"].clone(), stats["channels"].clone()), (json!(1), json!(1)), "{stats}");
+
+    let spec = json!({"schema": "public", "table": "messages", "rows": [{"id": "$uuid", "content": "a"}, {"id": "$uuid", "content": "b"}],
+                      "rate_per_sec": 5000, "count": 500});
+    let sent: Value = http.post(url("inject")).header("apikey", &keys.service_key).json(&spec).send().await.expect("http").json().await.expect("json");
+    assert_eq!(sent, json!({"sent": 500}));
+    for i in 0..500 {
+        let change = c.expect_event("postgres_changes").await;
+        assert_eq!(change["data"]["record"]["content"], if i % 2 == 0 { "a" } else { "b" }, "rows are cycled");
+    }
+
+    let post = |action: &str, body: Value| http.post(url(action)).header("apikey", &keys.service_key).json(&body).send();
+    assert_eq!(post("refuse_joins", json!({"refuse": true})).await.expect("http").status(), 200);
+    let reply = c.join("realtime:h2", json!([]), &keys.service_key).await;
+    assert_eq!(reply["status"], "error");
+    assert_eq!(post("refuse_joins", json!({"refuse": false})).await.expect("http").status(), 200);
+    assert_eq!(post("latency", json!({"ms": "x"})).await.expect("http").status(), 400);
+    assert_eq!(post("drop", json!({})).await.expect("http").status(), 200);
+    assert!(c.next().await.is_none(), "dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inject_paces_events_at_the_requested_rate() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, true).await;
+    c.join("realtime:rate", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.expect_event("system").await;
+    let control = stack.realtime();
+    let spec = InjectSpec {
+        schema: "public".into(),
+        table: "messages".into(),
+        change_type: "INSERT".into(),
+        rows: vec![json!({"id": "$uuid", "thread_id": CLASS_3B_PARENTS, "content": "paced", "created_at": "$now"})],
+        rate_per_sec: 10_000,
+        count: 5_000,
+    };
+    let started = Instant::now();
+    let inject = tokio::spawn(async move { control.inject(spec).await });
+    let mut last_stamp = String::new();
+    for _ in 0..5_000 {
+        let change = c.expect_event("postgres_changes").await;
+        let data = &change["data"];
+        let created = data["record"]["created_at"].as_str().unwrap_or_default().to_string();
+        let commit = chrono::DateTime::parse_from_rfc3339(data["commit_timestamp"].as_str().unwrap_or_default()).expect("commit ts");
+        assert_eq!(chrono::DateTime::parse_from_rfc3339(&created).expect("created_at"), commit, "$now is the commit timestamp");
+        assert!(created >= last_stamp, "emission order");
+        last_stamp = created;
+    }
+    assert_eq!(inject.await.expect("inject"), 5_000);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "5000 at 10k/s took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_topic_again_closes_the_old_channel() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, true).await;
+    let key = stack.keys().service_key.clone();
+    c.join("realtime:twice", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &key).await;
+    c.expect_event("system").await;
+    let payload = json!({"config": {"postgres_changes": [{"event": "INSERT", "schema": "public", "table": "messages"}]}, "access_token": key});
+    c.send("realtime:twice", "phx_join", payload, Some("2")).await;
+    let raw = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await.expect("in time").expect("open").expect("frame");
+        let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
+        if v[3] == "phx_close" {
+            break v;
+        }
+    };
+    assert_eq!(raw[0], "1", "the old join_ref is closed");
+    assert_eq!(c.expect_event("phx_reply").await["status"], "ok");
+    c.expect_event("system").await;
+    let id = insert(&stack, CLASS_3B_PARENTS, "once").await;
+    let change = c.expect_event("postgres_changes").await;
+    assert_eq!(change["data"]["record"]["id"], id.to_string());
+    assert!(c.next_within(Duration::from_millis(300)).await.is_none(), "one channel, one event");
 }
