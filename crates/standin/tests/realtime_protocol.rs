@@ -405,3 +405,44 @@ async fn joining_a_topic_again_closes_the_old_channel() {
     assert_eq!(change["data"]["record"]["id"], id.to_string());
     assert!(c.next_within(Duration::from_millis(300)).await.is_none(), "one channel, one event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_reads_is_dropped_without_slowing_the_others() {
+    let stack = Stack::start().await.expect("stack");
+    let control = stack.realtime();
+    let key = stack.keys().service_key.clone();
+    let bindings = json!([{"event": "INSERT", "schema": "public", "table": "messages"}]);
+    control.set_socket_queue_capacity(64);
+    let mut stuck = Client::connect(&stack, true).await;
+    stuck.join("realtime:stuck", bindings.clone(), &key).await;
+    stuck.expect_event("system").await;
+    control.set_socket_queue_capacity(16_384);
+    let mut reader = Client::connect(&stack, false).await;
+    reader.join("realtime:reader", bindings, &key).await;
+    reader.expect_event("system").await;
+
+    // 3000 events of 16 KiB: far more than the stuck socket's queue and kernel buffers hold.
+    let spec = InjectSpec {
+        schema: "public".into(),
+        table: "messages".into(),
+        change_type: "INSERT".into(),
+        rows: vec![json!({"id": "$uuid", "content": "x".repeat(16 * 1024), "created_at": "$now"})],
+        rate_per_sec: 20_000,
+        count: 3_000,
+    };
+    let injector = control.clone();
+    let started = Instant::now();
+    let inject = tokio::spawn(async move { injector.inject(spec).await });
+    for _ in 0..3_000 {
+        reader.expect_event("postgres_changes").await;
+    }
+    assert_eq!(inject.await.expect("inject"), 3_000);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(control.stats().slow_drops >= 1, "{:?}", control.stats());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while control.socket_count() != 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(control.socket_count(), 1, "the stuck socket is gone, the reader stays");
+    drop(stuck);
+}

@@ -98,6 +98,12 @@ impl RealtimeControl {
         self.shared.heartbeat_timeout_ms.store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
     }
 
+    /// How many change events a socket connecting from now on may have queued before it is
+    /// dropped as too slow (default 16384).
+    pub fn set_socket_queue_capacity(&self, events: usize) {
+        self.shared.queue_capacity.store(events.max(1), Ordering::Relaxed);
+    }
+
     pub fn socket_count(&self) -> usize {
         self.shared.sockets_snapshot().len()
     }

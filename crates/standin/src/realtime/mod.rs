@@ -77,6 +77,7 @@ pub struct Shared {
     feed_changes: AtomicU64,
     injected: AtomicU64,
     slow_drops: AtomicU64,
+    queue_capacity: std::sync::atomic::AtomicUsize,
     catalog: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
     rls: rls::Rls,
 }
@@ -273,6 +274,7 @@ impl Realtime {
             feed_changes: AtomicU64::new(0),
             injected: AtomicU64::new(0),
             slow_drops: AtomicU64::new(0),
+            queue_capacity: std::sync::atomic::AtomicUsize::new(socket::CHANGE_QUEUE),
             catalog: tokio::sync::Mutex::new(None),
             rls: rls::Rls::new(db_url),
         });

@@ -25,7 +25,7 @@ use super::rls::{RowCheck, Subscriber};
 use super::Shared;
 use crate::keys::{now_secs, Claims, KeyError};
 
-/// Change events a socket may have queued before it counts as too slow and is dropped.
+/// Change events a socket may have queued before it counts as too slow and is dropped (default).
 pub const CHANGE_QUEUE: usize = 16_384;
 /// Replies and system pushes a socket may have queued (a client that floods without reading).
 const REPLY_QUEUE: usize = 1_024;
@@ -281,7 +281,8 @@ enum End {
 
 /// Serves one upgraded socket until it closes or is dropped.
 pub async fn serve(ws: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String) {
-    let (changes_tx, changes_rx) = mpsc::channel::<Outgoing>(CHANGE_QUEUE);
+    let capacity = shared.queue_capacity.load(Ordering::Relaxed).max(1);
+    let (changes_tx, changes_rx) = mpsc::channel::<Outgoing>(capacity);
     let (reply_tx, reply_rx) = mpsc::channel::<String>(REPLY_QUEUE);
     let handle = Arc::new(SocketHandle { vsn, channels: Mutex::new(Vec::new()), changes: changes_tx, kill: Notify::new() });
     let id = shared.register(handle.clone());
@@ -331,6 +332,12 @@ async fn write_loop(
                 let Some(mut item) = item else { return End::Closed };
                 let mut written = 0;
                 loop {
+                    // A reply queued before this change (a join's ok) goes first.
+                    while let Ok(text) = replies.try_recv() {
+                        if sink.feed(Message::text(text)).await.is_err() {
+                            return End::Closed;
+                        }
+                    }
                     if item.due.is_some_and(|d| d > Instant::now()) {
                         pending = Some(item);
                         break;
@@ -556,9 +563,6 @@ impl Conn {
         if let Some(old) = self.remove(&frame.topic) {
             out.push(push(&old.topic, old.join_ref, "phx_close", json!({})));
         }
-        if let Ok(mut chans) = self.handle.channels.lock() {
-            chans.push(channel);
-        }
         out.push(reply(frame, "ok", json!({"postgres_changes": echoed})));
         out.push(push(&frame.topic, frame.join_ref.clone(), "presence_state", json!({})));
         if !requested.is_empty() {
@@ -570,7 +574,18 @@ impl Conn {
                 json!({"status": "ok", "extension": "postgres_changes", "message": "Subscribed to PostgreSQL", "channel": name}),
             ));
         }
-        out
+        // Queue the reply before the feed can route a change to the channel: a client never
+        // sees an event for a binding it has not been told the id of.
+        for f in &out {
+            if !self.send(f) {
+                self.handle.kill.notify_one();
+                return Vec::new();
+            }
+        }
+        if let Ok(mut chans) = self.handle.channels.lock() {
+            chans.push(channel);
+        }
+        Vec::new()
     }
 }
 
