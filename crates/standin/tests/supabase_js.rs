@@ -21,6 +21,7 @@ async fn supabase_js_conforms() {
     let output = tokio::process::Command::new("node")
         .arg("--test")
         .arg("--test-reporter=spec")
+        .arg("--test-force-exit")
         .arg(js.join("conformance.test.mjs"))
         .env("SUPABASE_URL", stack.url())
         .env("SUPABASE_ANON_KEY", &keys.anon_key)
