@@ -245,8 +245,9 @@ pub fn routes(control: RealtimeControl, service_key: String) -> warp::filters::B
 }
 
 async fn handle(control: &RealtimeControl, action: &str, method: &warp::http::Method, body: &[u8]) -> warp::reply::Response {
-    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, warp::reply::Response> {
-        serde_json::from_slice(body).map_err(|e| reply(StatusCode::BAD_REQUEST, json!({"message": format!("bad body: {e}")})))
+    fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<warp::reply::Response>> {
+        serde_json::from_slice(body)
+            .map_err(|e| Box::new(reply(StatusCode::BAD_REQUEST, json!({"message": format!("bad body: {e}")}))))
     }
     let post = method == warp::http::Method::POST;
     let result = match (action, post) {
@@ -281,13 +282,13 @@ async fn handle(control: &RealtimeControl, action: &str, method: &warp::http::Me
             Err(e) => Err(e),
         },
         ("stats" | "drop" | "refuse_joins" | "pause" | "resume" | "latency" | "heartbeat_timeout" | "inject", _) => {
-            Err(reply(StatusCode::METHOD_NOT_ALLOWED, json!({"message": "method not allowed"})))
+            Err(Box::new(reply(StatusCode::METHOD_NOT_ALLOWED, json!({"message": "method not allowed"}))))
         }
-        _ => Err(reply(StatusCode::NOT_FOUND, json!({"message": format!("no control named {action}")}))),
+        _ => Err(Box::new(reply(StatusCode::NOT_FOUND, json!({"message": format!("no control named {action}")})))),
     };
     match result {
         Ok(body) => reply(StatusCode::OK, body),
-        Err(response) => response,
+        Err(response) => *response,
     }
 }
 

@@ -156,11 +156,20 @@ fn commit_time(pg_micros: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A row change of the open transaction, kept until its Commit.
+struct Pending {
+    relid: u32,
+    kind: &'static str,
+    new: Option<Vec<Cell>>,
+    /// The old tuple and its kind: `K` (key columns only) or `O` (the whole row).
+    old: Option<(u8, Vec<Cell>)>,
+}
+
 /// Turns a stream of pgoutput messages into whole committed transactions' changes.
 #[derive(Default)]
 pub struct Decoder {
     relations: HashMap<u32, Relation>,
-    pending: Vec<(u32, &'static str, Option<Vec<Cell>>, Option<(u8, Vec<Cell>)>)>,
+    pending: Vec<Pending>,
     commit_ts: i64,
 }
 
@@ -184,8 +193,8 @@ impl Decoder {
                 let pending = std::mem::take(&mut self.pending);
                 let ts = commit_time(self.commit_ts);
                 let mut out = Vec::with_capacity(pending.len());
-                for (relid, kind, new, old) in pending {
-                    out.push(self.change(relid, kind, new, old, &ts, type_name)?);
+                for p in pending {
+                    out.push(self.change(p.relid, p.kind, p.new, p.old, &ts, type_name)?);
                 }
                 return Ok(out);
             }
@@ -209,7 +218,7 @@ impl Decoder {
                 let relid = r.i32()? as u32;
                 let _n = r.u8()?;
                 let new = r.tuple()?;
-                self.pending.push((relid, "INSERT", Some(new), None));
+                self.pending.push(Pending { relid, kind: "INSERT", new: Some(new), old: None });
             }
             b'U' => {
                 let relid = r.i32()? as u32;
@@ -223,13 +232,13 @@ impl Decoder {
                     return Err(DecodeError::UnknownTuple(marker as char));
                 }
                 let new = r.tuple()?;
-                self.pending.push((relid, "UPDATE", Some(new), old));
+                self.pending.push(Pending { relid, kind: "UPDATE", new: Some(new), old });
             }
             b'D' => {
                 let relid = r.i32()? as u32;
                 let marker = r.u8()?;
                 let old = r.tuple()?;
-                self.pending.push((relid, "DELETE", None, Some((marker, old))));
+                self.pending.push(Pending { relid, kind: "DELETE", new: None, old: Some((marker, old)) });
             }
             b'Y' | b'O' | b'T' | b'M' => {}
             other => return Err(DecodeError::UnknownMessage(other as char)),

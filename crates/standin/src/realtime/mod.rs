@@ -21,7 +21,8 @@
 //!
 //! Owns the WebSocket endpoint `/realtime/v1/websocket` (`apikey` checked before the upgrade:
 //! the anon or service key or another valid project JWT, else 401; `vsn` 1.0.0 (default) or
-//! 2.0.0, else 400). It never writes to the database.
+//! 2.0.0, else 400). It never writes to the project's tables: its only database state is the
+//! temporary slot, which dies with its connection.
 //!
 //! Not covered (documented limits): Broadcast and Presence (a presence track is acknowledged and
 //! goes nowhere; `presence_state` is always empty), binary frames, private channels and their
@@ -114,7 +115,7 @@ impl Shared {
                 &[],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(rows.iter().filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?))).collect())
     }
 
     /// Routes changes, in order, to every joined channel with a matching binding. Never waits:
@@ -190,7 +191,10 @@ async fn open_feed(db_url: &str) -> Result<FeedConn, tokio_postgres::Error> {
 
 async fn type_names(client: &tokio_postgres::Client) -> Result<HashMap<u32, String>, tokio_postgres::Error> {
     let rows = client.query("select oid::int8, typname::text from pg_type", &[]).await?;
-    Ok(rows.iter().map(|r| (r.get::<_, i64>(0) as u32, r.get::<_, String>(1))).collect())
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.try_get::<_, i64>(0).ok()? as u32, r.try_get::<_, String>(1).ok()?)))
+        .collect())
 }
 
 /// Polls the slot until the connection fails.
