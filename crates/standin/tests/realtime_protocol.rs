@@ -446,3 +446,35 @@ async fn a_socket_that_never_reads_is_dropped_without_slowing_the_others() {
     assert_eq!(control.socket_count(), 1, "the stuck socket is gone, the reader stays");
     drop(stuck);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_change_feed_is_reported_and_reopened() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, false).await;
+    c.join("realtime:feed", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.expect_event("system").await;
+    let db = stack.sql().await;
+    let killed: i64 = db
+        .query_one(
+            "select count(pg_terminate_backend(active_pid)) from pg_replication_slots \
+             where database = current_database() and slot_name like 'standin_%' and active_pid is not null",
+            &[],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(killed, 1, "one feed connection with its temporary slot");
+    let system = c.expect_event("system").await;
+    assert_eq!((system["status"].clone(), system["extension"].clone()), (json!("error"), json!("postgres_changes")), "{system}");
+    // A new slot is created; changes committed after that flow again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let id = insert(&stack, CLASS_3B_PARENTS, "after the feed came back").await;
+        if let Some((_, _, event, payload)) = c.next_within(Duration::from_millis(1500)).await {
+            assert_eq!(event, "postgres_changes");
+            assert_eq!(payload["data"]["record"]["id"], id.to_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the feed did not come back");
+    }
+}
