@@ -32,6 +32,70 @@ use crate::upstream::{Change, ChangeKind, UpstreamEvent};
 /// What the hub pushes into a session's queue: a pre-serialized text frame.
 pub type Frame = Utf8Bytes;
 
+/// A session's bounded outgoing queue: filled by the hub with `try_push`, drained by the session.
+///
+/// A `VecDeque` behind a mutex plus a `Notify`, rather than a channel, so that an idle session
+/// owns no pre-allocated slots: the buffer grows with a burst and is released when drained.
+pub struct Queue {
+    frames: Mutex<VecDeque<Frame>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    Full,
+}
+
+impl Queue {
+    fn new(capacity: usize) -> Queue {
+        Queue { frames: Mutex::new(VecDeque::new()), ready: Notify::new(), capacity }
+    }
+
+    /// Queues a frame without waiting; `Full` when the session is too far behind.
+    pub fn try_push(&self, frame: &Frame) -> Result<(), PushError> {
+        {
+            let mut frames = self.frames.lock().map_err(|_| PushError::Full)?;
+            if frames.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            frames.push_back(frame.clone());
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes the next frame if one is queued.
+    pub fn try_pop(&self) -> Option<Frame> {
+        let mut frames = self.frames.lock().ok()?;
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > 16 {
+            // Give a burst's buffer back: idle sessions should cost (almost) nothing.
+            frames.shrink_to(0);
+        }
+        frame
+    }
+
+    /// Waits for the next frame.
+    pub async fn pop(&self) -> Frame {
+        loop {
+            if let Some(frame) = self.try_pop() {
+                return frame;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Why a session is being closed; sent to the client as the close frame's code and reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -46,7 +110,7 @@ pub const CLOSE_SHUTDOWN: CloseReason = CloseReason { code: 1001, reason: "serve
 pub struct SessionShared {
     pub id: u64,
     pub user_id: Uuid,
-    tx: mpsc::Sender<Frame>,
+    pub queue: Queue,
     muted: Mutex<HashSet<Uuid>>,
     has_muted: AtomicBool,
     subscriptions: Mutex<HashSet<Uuid>>,
@@ -77,16 +141,18 @@ impl SessionShared {
     }
 
     fn push(&self, frame: &Frame, stats: &Stats) {
-        match self.tx.try_send(frame.clone()) {
+        if self.kill_reason.get().is_some() {
+            return;
+        }
+        match self.queue.try_push(frame) {
             Ok(()) => {
                 stats.deliveries.fetch_add(1, Ordering::Relaxed);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 stats.slow_drops.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(session = self.id, user = %self.user_id, "dropping slow client: send queue full");
                 self.kill(CLOSE_SLOW);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -179,18 +245,17 @@ impl Hub {
 
     // ----- sessions -------------------------------------------------------------------------
 
-    /// Registers a new session of `user_id`; returns its shared half and its queue.
-    pub fn register(&self, user_id: Uuid) -> Result<(Arc<SessionShared>, mpsc::Receiver<Frame>), RegisterError> {
+    /// Registers a new session of `user_id`; returns its shared half (which holds its queue).
+    pub fn register(&self, user_id: Uuid) -> Result<Arc<SessionShared>, RegisterError> {
         let reserved = self.session_count.fetch_add(1, Ordering::AcqRel);
         if reserved >= self.limits.max_connections {
             self.session_count.fetch_sub(1, Ordering::AcqRel);
             return Err(RegisterError::ServerFull);
         }
-        let (tx, rx) = mpsc::channel(self.limits.queue_capacity);
         let shared = Arc::new(SessionShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id,
-            tx,
+            queue: Queue::new(self.limits.queue_capacity),
             muted: Mutex::new(HashSet::new()),
             has_muted: AtomicBool::new(false),
             subscriptions: Mutex::new(HashSet::new()),
@@ -204,7 +269,7 @@ impl Hub {
             return Err(RegisterError::UserFull);
         }
         entry.push(shared.clone());
-        Ok((shared, rx))
+        Ok(shared)
     }
 
     /// Removes a session and all its subscriptions.
@@ -707,7 +772,7 @@ mod tests {
         let sessions: Vec<_> = (0..3).map(|_| hub.register(user).expect("fits")).collect();
         assert_eq!(hub.register(user).err(), Some(RegisterError::UserFull));
         assert_eq!(hub.session_count(), 3);
-        for (s, _) in &sessions {
+        for s in &sessions {
             hub.unregister(s);
         }
         assert_eq!(hub.session_count(), 0);
@@ -718,13 +783,13 @@ mod tests {
         let hub = hub();
         let thread = Uuid::new_v4();
         let (slow_user, fast_user) = (Uuid::new_v4(), Uuid::new_v4());
-        let (slow, _slow_rx) = hub.register(slow_user).expect("fits");
-        let (_fast, mut fast_rx) = hub.register(fast_user).expect("fits");
+        let slow = hub.register(slow_user).expect("fits");
+        let fast = hub.register(fast_user).expect("fits");
         let participants: HashSet<Uuid> = [slow_user, fast_user].into_iter().collect();
         let mut scratch = Vec::new();
         for _ in 0..6 {
             hub.fan_out(&msg(thread), &participants, &mut scratch);
-            while fast_rx.try_recv().is_ok() {}
+            while fast.queue.try_pop().is_some() {}
         }
         assert_eq!(slow.kill_reason.get(), Some(&CLOSE_SLOW));
         assert!(hub.stats.slow_drops.load(Ordering::Relaxed) >= 1);
@@ -735,7 +800,7 @@ mod tests {
         let hub = hub();
         let thread = Uuid::new_v4();
         let user = Uuid::new_v4();
-        let (s, _rx) = hub.register(user).expect("fits");
+        let s = hub.register(user).expect("fits");
         let participants: HashSet<Uuid> = [user].into_iter().collect();
         let mut out = Vec::new();
         hub.recipients(thread, &participants, &mut out);
@@ -768,7 +833,7 @@ mod tests {
             let users: Vec<Uuid> = (0..10).map(|_| Uuid::new_v4()).collect();
             let threads: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
             let sessions: Vec<Arc<SessionShared>> = (0..20)
-                .filter_map(|i| hub.register(users[i % 10]).ok().map(|(s, rx)| { std::mem::forget(rx); s }))
+                .filter_map(|i| hub.register(users[i % 10]).ok())
                 .collect();
             for (t, s) in subscriptions {
                 if let Some(s) = sessions.get(s as usize) { let _ = hub.subscribe_thread(s, threads[t as usize]); }

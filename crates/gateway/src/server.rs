@@ -256,8 +256,8 @@ async fn upgrade(mut req: Request<Incoming>, ctx: SessionContext, ws_config: Web
             return json_error(StatusCode::UNAUTHORIZED, &format!("Unauthorized: {e}"));
         }
     };
-    let (shared, queue) = match ctx.hub.register(identity.user_id) {
-        Ok(pair) => pair,
+    let shared = match ctx.hub.register(identity.user_id) {
+        Ok(shared) => shared,
         Err(e) => {
             tracing::warn!(%peer, user = %identity.user_id, reason = %e, "WebSocket refused: limit");
             let status = match e {
@@ -272,7 +272,7 @@ async fn upgrade(mut req: Request<Incoming>, ctx: SessionContext, ws_config: Web
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(ws, ctx, identity, token, shared, queue).await;
+                session::run(ws, ctx, identity, token, shared).await;
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "WebSocket upgrade failed");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -61,7 +61,7 @@ enum Flow {
 }
 
 /// Serves one upgraded WebSocket until it closes. The token was verified before the upgrade.
-pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionContext, identity: Identity, token: String, shared: Arc<SessionShared>, queue: mpsc::Receiver<Frame>)
+pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionContext, identity: Identity, token: String, shared: Arc<SessionShared>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -69,7 +69,7 @@ where
     let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
     let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate };
     tracing::info!(session = shared.id, user = %shared.user_id, "client connected");
-    let reason = session.serve(queue).await;
+    let reason = session.serve().await;
     session.ctx.hub.unregister(&shared);
     match &reason {
         Some(r) => tracing::info!(session = shared.id, user = %shared.user_id, code = r.code, reason = r.reason, secs = started.elapsed().as_secs(), "client disconnected"),
@@ -95,7 +95,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// The session loop; returns the close reason (None: the client went away).
-    async fn serve(&mut self, mut queue: mpsc::Receiver<Frame>) -> Option<CloseReason> {
+    async fn serve(&mut self) -> Option<CloseReason> {
         let hello = ServerMessage::ConnectionEstablished {
             user_id: self.shared.user_id,
             timestamp: protocol::format_time(chrono::Utc::now()),
@@ -116,10 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let flow = tokio::select! {
                 reason = shared.killed() => Flow::Close(reason),
                 _ = shutdown.changed() => Flow::Close(CLOSE_SHUTDOWN),
-                frame = queue.recv() => match frame {
-                    Some(frame) => self.write_batch(frame, &mut queue).await,
-                    None => Flow::Gone,
-                },
+                frame = shared.queue.pop() => self.write_batch(frame).await,
                 incoming = self.ws.next() => {
                     last_heard = Instant::now();
                     match incoming {
@@ -158,14 +155,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Feeds the frame and everything else already queued (up to a batch), then flushes once.
-    async fn write_batch(&mut self, first: Frame, queue: &mut mpsc::Receiver<Frame>) -> Flow {
+    async fn write_batch(&mut self, first: Frame) -> Flow {
         let shared = self.shared.clone();
         let write = async {
             self.ws.feed(Message::Text(first)).await?;
             for _ in 1..BATCH {
-                match queue.try_recv() {
-                    Ok(frame) => self.ws.feed(Message::Text(frame)).await?,
-                    Err(_) => break,
+                match shared.queue.try_pop() {
+                    Some(frame) => self.ws.feed(Message::Text(frame)).await?,
+                    None => break,
                 }
             }
             self.ws.flush().await
@@ -194,12 +191,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let result = match parse_client_message(text.as_str()) {
             Err(e) => self.error(&e.to_string()).await,
             Ok(ClientMessage::Ping) => self.send_json(ServerMessage::Pong).await,
-            Ok(ClientMessage::SubscribeThread { thread_id }) => self.subscribe(thread_id).await,
+            // Rare and large futures are boxed so that an idle session's state stays small.
+            Ok(ClientMessage::SubscribeThread { thread_id }) => Box::pin(self.subscribe(thread_id)).await,
             Ok(ClientMessage::UnsubscribeThread { thread_id }) => {
                 self.ctx.hub.unsubscribe_thread(&self.shared, thread_id);
                 self.send_json(ServerMessage::ThreadUnsubscribed { thread_id }).await
             }
-            Ok(ClientMessage::AccessToken { token }) => self.refresh_token(token, expiry).await,
+            Ok(ClientMessage::AccessToken { token }) => Box::pin(self.refresh_token(token, expiry)).await,
         };
         match result {
             Ok(()) => Flow::Continue,
