@@ -47,6 +47,17 @@ impl Default for StackOptions {
     }
 }
 
+/// A listener whose accepted sockets inherit TCP_NODELAY (Linux copies it from the listening
+/// socket): warp offers no per-connection hook, and Nagle's algorithm would hold back small
+/// Realtime frames behind unacknowledged ones.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// A running stand-in stack.
 pub struct Stack {
     addr: SocketAddr,
@@ -66,7 +77,7 @@ impl Stack {
     pub async fn start_with(options: StackOptions) -> Result<Stack, StackError> {
         let cluster = if options.own_cluster { Arc::new(Cluster::start().await?) } else { Cluster::shared().await? };
         let database = cluster.create_database().await?;
-        let listener = std::net::TcpListener::bind((options.bind, options.port))
+        let listener = listen(SocketAddr::new(options.bind, options.port))
             .map_err(|e| StackError::Bind(SocketAddr::new(options.bind, options.port), e.to_string()))?;
         let addr = listener.local_addr().map_err(|e| StackError::Bind(SocketAddr::new(options.bind, options.port), e.to_string()))?;
         let host = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
@@ -91,8 +102,6 @@ impl Stack {
             .unify()
             .with(warp::log("supabase_standin::http"));
 
-        listener.set_nonblocking(true).map_err(|e| StackError::Bind(addr, e.to_string()))?;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| StackError::Bind(addr, e.to_string()))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             warp::serve(routes)

@@ -242,7 +242,8 @@ async fn connect_and_serve(config: &UpstreamConfig, events: &mpsc::Sender<Upstre
         urlencoding::encode(&config.apikey),
         config.vsn.as_str()
     );
-    let connecting = tokio_tungstenite::connect_async(url);
+    // disable_nagle: heartbeats and leaves are small writes that must not wait for an ACK.
+    let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
     let ws = tokio::select! {
         r = tokio::time::timeout(config.join_timeout, connecting) => match r {
             Ok(Ok((ws, _))) => ws,
