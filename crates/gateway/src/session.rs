@@ -167,6 +167,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             self.ws.flush().await
         };
+        tokio::pin!(write);
+        // Fast path: the socket takes the batch at once (the common case); no timer is armed.
+        if let std::task::Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
+            return if result.is_ok() { Flow::Continue } else { Flow::Gone };
+        }
+        // The client is not reading fast enough: bound the wait, and give way to a kill.
         tokio::select! {
             result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
                 Ok(Ok(())) => Flow::Continue,
