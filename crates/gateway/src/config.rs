@@ -81,6 +81,10 @@ pub struct Args {
     /// Largest frame a client may send, bytes.
     #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024)]
     pub ws_max_message_bytes: usize,
+    /// Bytes tungstenite reserves per socket for reading client frames (grows for a larger
+    /// frame). Its default, 128 KiB, would dominate an idle session's memory.
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512)]
+    pub ws_read_buffer_bytes: usize,
     /// Sustained client messages per second per session (a burst of twice that is allowed).
     #[arg(long, env = "WS_RATE_LIMIT_PER_SEC", default_value_t = 20)]
     pub ws_rate_limit_per_sec: u32,
@@ -136,6 +140,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_user: usize,
     pub max_message_bytes: usize,
+    pub read_buffer_bytes: usize,
     pub rate_per_sec: u32,
     pub queue_capacity: usize,
     pub max_thread_subscriptions: usize,
@@ -221,6 +226,7 @@ impl Config {
                 max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
                 max_connections_per_user: positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user)?,
                 max_message_bytes: a.ws_max_message_bytes,
+                read_buffer_bytes: a.ws_read_buffer_bytes.clamp(64, 1 << 20),
                 rate_per_sec: a.ws_rate_limit_per_sec,
                 queue_capacity: positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity)?,
                 max_thread_subscriptions: positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions)?,

@@ -745,6 +745,7 @@ mod tests {
             max_connections: 1000,
             max_connections_per_user: 3,
             max_message_bytes: 4096,
+            read_buffer_bytes: 512,
             rate_per_sec: 10,
             queue_capacity: 4,
             max_thread_subscriptions: 8,
