@@ -30,6 +30,17 @@ pub enum StoreError {
     Decode(String),
 }
 
+impl StoreError {
+    /// A transport failure: timed out, or the backend could not be reached or read.
+    fn transport(e: reqwest::Error) -> StoreError {
+        if e.is_timeout() {
+            StoreError::Timeout
+        } else {
+            StoreError::Unavailable(e.without_url().to_string())
+        }
+    }
+}
+
 /// Whose credentials a call uses.
 #[derive(Clone, Copy)]
 pub enum As<'a> {
@@ -118,21 +129,9 @@ impl Store {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                StoreError::Timeout
-            } else {
-                StoreError::Unavailable(e.without_url().to_string())
-            }
-        })?;
+        let response = request.send().await.map_err(StoreError::transport)?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                StoreError::Timeout
-            } else {
-                StoreError::Unavailable(e.without_url().to_string())
-            }
-        })?;
+        let bytes = response.bytes().await.map_err(StoreError::transport)?;
         if !status.is_success() {
             let parsed: Option<PostgrestError> = serde_json::from_slice(&bytes).ok();
             let (code, message) = match parsed {
