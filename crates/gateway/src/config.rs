@@ -83,7 +83,7 @@ pub struct Args {
     pub ws_max_message_bytes: usize,
     /// Bytes tungstenite reserves per socket for reading client frames (grows for a larger
     /// frame). Its default, 128 KiB, would dominate an idle session's memory.
-    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 512)]
+    #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 256)]
     pub ws_read_buffer_bytes: usize,
     /// Sustained client messages per second per session (a burst of twice that is allowed).
     #[arg(long, env = "WS_RATE_LIMIT_PER_SEC", default_value_t = 20)]

@@ -142,7 +142,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, 100_000));
     let rest = warp::service(api::routes(ApiState { hub: hub.clone(), verifier: verifier.clone(), rate: rest_rate }));
     // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
-    // default); client frames are small, so 512 bytes by default (WS_READ_BUFFER_BYTES; it grows for
+    // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows for
     // a larger frame). Writes are
     // buffered up to 64 KiB and flushed once per batch (see session::write_batch).
     let ws_config = WebSocketConfig::default()
