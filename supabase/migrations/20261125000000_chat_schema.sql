@@ -133,8 +133,11 @@ create policy "messages: participants post as themselves"
   with check (sender_id = (select auth.uid()) and chat_private.is_thread_participant(thread_id));
 
 -- Table privileges: explicit, so the schema behaves the same whatever default privileges a
--- project has. App users never use the anon role for chat.
-revoke all on public.profiles, public.threads, public.thread_participants, public.messages from anon;
+-- project has. On Supabase, new tables in `public` start with ALL granted to anon and
+-- authenticated; without revoking that from authenticated too, the column grants below would
+-- restrict nothing (a user could, for instance, move their own thread_participants row into any
+-- thread). App users never use the anon role for chat.
+revoke all on public.profiles, public.threads, public.thread_participants, public.messages from anon, authenticated;
 grant select on public.profiles, public.threads, public.thread_participants, public.messages to authenticated;
 grant insert (thread_id, sender_id, content, message_type) on public.messages to authenticated;
 grant update (last_read_at) on public.thread_participants to authenticated;

@@ -70,9 +70,13 @@ grant execute on function auth.uid(), auth.role(), auth.jwt() to anon, authentic
 grant all on all tables in schema auth to service_role;
 
 grant usage on schema public to anon, authenticated, service_role;
-alter default privileges in schema public grant all on tables to service_role;
-alter default privileges in schema public grant all on sequences to service_role;
-alter default privileges in schema public grant execute on functions to service_role;
+-- As on a Supabase project: whatever the project creates in `public` is granted IN FULL to the API
+-- roles by default (Supabase runs `alter default privileges for role postgres in schema public grant
+-- all on tables|sequences|functions to anon, authenticated, service_role`). RLS and the project's own
+-- revokes are what restrict them, so a migration that relies on column grants alone is caught here.
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
 
 do $$
 begin

@@ -234,3 +234,70 @@ async fn users_post_only_as_themselves_into_their_threads() {
     let (status, _) = api.call(reqwest::Method::POST, "messages", Some(&token), Some(&anon), Some(elsewhere)).await;
     assert_eq!(status, 403);
 }
+
+/// On Supabase every table the project creates in `public` starts fully granted to
+/// `authenticated`; the schema must still let a user change nothing but their own read time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_change_only_their_own_read_time() {
+    let (stack, http) = start().await;
+    let api = Api { stack: &stack, http };
+    let token = stack.token(&CARLA, Alg::Hs256);
+    let anon = stack.keys().anon_key.clone();
+    let patch = reqwest::Method::PATCH;
+    let mine = format!("thread_participants?thread_id=eq.{CLASS_3B_PARENTS}&user_id=eq.{}", CARLA.id);
+
+    // Moving her own membership into another class's thread would let her read it.
+    let (status, e) = api.call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"thread_id": CLASS_4A_PARENTS}))).await;
+    assert_eq!((status, e["code"].clone()), (403, json!("42501")), "{e}");
+    let (status, e) = api.call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"joined_at": "2001-01-01T00:00:00Z"}))).await;
+    assert_eq!(status, 403, "{e}");
+    let (_, visible) = api.get(&CARLA, &format!("messages?select=id&thread_id=eq.{CLASS_4A_PARENTS}")).await;
+    assert_eq!(visible, json!([]));
+
+    // Her own read time: yes, and only hers.
+    let resp = api
+        .http
+        .patch(format!("{}/rest/v1/{mine}", stack.url()))
+        .header("apikey", &anon)
+        .header("prefer", "return=representation")
+        .bearer_auth(&token)
+        .json(&json!({"last_read_at": "2030-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    let rows: Value = resp.json().await.expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    let evas = format!("thread_participants?thread_id=eq.{CLASS_3B_PARENTS}&user_id=eq.{}", EVA.id);
+    let resp = api
+        .http
+        .patch(format!("{}/rest/v1/{evas}", stack.url()))
+        .header("apikey", &anon)
+        .header("prefer", "return=representation")
+        .bearer_auth(&token)
+        .json(&json!({"last_read_at": "2030-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!([]), "Eva's row is not Carla's to change");
+
+    // No deleting, no joining, no renaming, no editing messages.
+    for (method, path, body) in [
+        (reqwest::Method::DELETE, format!("messages?thread_id=eq.{CLASS_3B_PARENTS}"), None),
+        (reqwest::Method::DELETE, mine.clone(), None),
+        (reqwest::Method::POST, "thread_participants".to_string(), Some(json!({"thread_id": CLASS_4A_PARENTS, "user_id": CARLA.id}))),
+        (patch.clone(), format!("threads?id=eq.{CLASS_3B_PARENTS}"), Some(json!({"title": "mine now"}))),
+        (patch.clone(), format!("messages?thread_id=eq.{CLASS_3B_PARENTS}"), Some(json!({"content": "edited"}))),
+        (patch.clone(), format!("profiles?id=eq.{}", CARLA.id), Some(json!({"role": "admin"}))),
+    ] {
+        let (status, e) = api.call(method.clone(), &path, Some(&token), Some(&anon), body).await;
+        assert_eq!((status, e["code"].clone()), (403, json!("42501")), "{method} {path}: {e}");
+    }
+    let db = stack.sql().await;
+    let n: i64 = db
+        .query_one("select count(*) from public.messages where thread_id = $1 and content = 'edited'", &[&CLASS_3B_PARENTS])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 0);
+}
