@@ -301,3 +301,94 @@ async fn users_change_only_their_own_read_time() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgrest_headers_counts_single_objects_and_representations() {
+    let (stack, http) = start().await;
+    let api = Api { stack: &stack, http };
+    let anon = stack.keys().anon_key.clone();
+    let service = stack.keys().service_key.clone();
+    let token = stack.token(&CARLA, Alg::Hs256);
+    let url = |path: &str| format!("{}/rest/v1/{path}", stack.url());
+
+    // The API gateway's refusals come before PostgREST: `{message, hint}` only.
+    let (status, e) = api.call(reqwest::Method::GET, "messages", Some(&token), Some("not-a-key"), None).await;
+    assert_eq!(status, 401);
+    assert_eq!(e["message"], "Invalid API key");
+    assert!(e.get("code").is_none() && e["hint"].is_string(), "{e}");
+    let resp = api.http.get(url("messages")).query(&[("apikey", anon.as_str())]).bearer_auth(&token).send().await.expect("answers");
+    assert_eq!(resp.status().as_u16(), 200, "apikey as a URL parameter");
+
+    // Content-Range, with and without an exact count.
+    let resp = api
+        .http
+        .get(url(&format!("messages?select=id&thread_id=eq.{CLASS_3B_PARENTS}&order=created_at.desc&limit=2")))
+        .header("apikey", &service)
+        .bearer_auth(&service)
+        .header("prefer", "count=exact")
+        .send()
+        .await
+        .expect("answers");
+    let range = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let total: i64 = stack
+        .sql()
+        .await
+        .query_one("select count(*) from public.messages where thread_id = $1", &[&CLASS_3B_PARENTS])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(range, format!("0-1/{total}"));
+
+    // A single object asked for, two rows found: 406 PGRST116.
+    let resp = api
+        .http
+        .get(url(&format!("thread_participants?thread_id=eq.{CLASS_3B_PARENTS}")))
+        .header("apikey", &anon)
+        .bearer_auth(&token)
+        .header("accept", "application/vnd.pgrst.object+json")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 406);
+    assert_eq!(resp.json::<Value>().await.expect("json")["code"], "PGRST116");
+
+    // Insert returning the row as `select=` shapes it, with the sender embedded.
+    let resp = api
+        .http
+        .post(url("messages?select=content,sender:profiles(full_name)"))
+        .header("apikey", &anon)
+        .header("prefer", "return=representation")
+        .header("accept", "application/vnd.pgrst.object+json")
+        .bearer_auth(&token)
+        .json(&json!({"thread_id": CLASS_3B_PARENTS, "sender_id": CARLA.id, "content": "shaped"}))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 200, "a single object is asked for");
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!({"content": "shaped", "sender": {"full_name": "Carla Diaz"}}));
+
+    // Bulk inserts need the same keys in every object; a constraint violation is 400 23514.
+    let rows = json!([{"thread_id": CLASS_3B_PARENTS, "sender_id": CARLA.id, "content": "a"}, {"thread_id": CLASS_3B_PARENTS, "content": "b"}]);
+    let (status, e) = api.call(reqwest::Method::POST, "messages", Some(&token), Some(&anon), Some(rows)).await;
+    assert_eq!((status, e["code"].clone(), e["message"].clone()), (400, json!("PGRST102"), json!("All object keys must match")));
+    let empty = json!({"thread_id": CLASS_3B_PARENTS, "sender_id": CARLA.id, "content": ""});
+    let (status, e) = api.call(reqwest::Method::POST, "messages", Some(&token), Some(&anon), Some(empty)).await;
+    assert_eq!((status, e["code"].clone()), (400, json!("23514")), "{e}");
+    let (status, e) = api.call(reqwest::Method::GET, "no_such_table", Some(&token), Some(&anon), None).await;
+    assert_eq!((status, e["code"].clone()), (404, json!("PGRST205")), "{e}");
+    let (status, e) = api.call(reqwest::Method::GET, "messages?nope=eq.1", Some(&token), Some(&anon), None).await;
+    assert_eq!((status, e["code"].clone()), (400, json!("42703")), "{e}");
+
+    // The service role deletes and sees what it deleted.
+    let resp = api
+        .http
+        .delete(url("messages?content=eq.shaped&select=content"))
+        .header("apikey", &service)
+        .bearer_auth(&service)
+        .header("prefer", "return=representation")
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!([{"content": "shaped"}]));
+}

@@ -25,7 +25,7 @@ use warp::{Filter, Reply};
 use crate::keys::{KeyError, Keys};
 use query::{IsValue, Op, SelectItem};
 
-/// A PostgREST-shaped error.
+/// A PostgREST-shaped error, or (for a missing or unknown `apikey`) the API gateway's.
 #[derive(Debug, Clone)]
 pub struct RestError {
     pub status: StatusCode,
@@ -33,16 +33,70 @@ pub struct RestError {
     pub message: String,
     pub details: Option<String>,
     pub hint: Option<String>,
+    /// Answered by Supabase's API gateway in front of PostgREST: body `{message, hint}` only.
+    pub from_api_gateway: bool,
+    /// A JWT problem: PostgREST adds `WWW-Authenticate: Bearer error="invalid_token", ...`.
+    pub invalid_token: bool,
+}
+
+/// PostgREST's HTTP status for a SQLSTATE (its documented table, `references/errors`), where
+/// `anon` says whether the request ran as the anonymous role (42501 is then 401, else 403).
+pub fn status_for_sqlstate(code: &str, message: &str, anon: bool) -> StatusCode {
+    let status = |n: u16| StatusCode::from_u16(n).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match code {
+        "23503" | "23505" => return StatusCode::CONFLICT,
+        "25006" => return StatusCode::METHOD_NOT_ALLOWED,
+        "53400" => return StatusCode::INTERNAL_SERVER_ERROR,
+        "21000" if message.ends_with("requires a WHERE clause") => return StatusCode::BAD_REQUEST,
+        "21000" => return StatusCode::INTERNAL_SERVER_ERROR,
+        "42883" | "42P01" => return StatusCode::NOT_FOUND,
+        "42P17" => return StatusCode::INTERNAL_SERVER_ERROR,
+        "42501" if anon => return StatusCode::UNAUTHORIZED,
+        "42501" => return StatusCode::FORBIDDEN,
+        "P0001" => return StatusCode::BAD_REQUEST,
+        _ => {}
+    }
+    if let Some(n) = code.strip_prefix("PT") {
+        // `raise sqlstate 'PT402'`: the function chooses the status.
+        return n.parse::<u16>().ok().and_then(|n| StatusCode::from_u16(n).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    match code.get(..2).unwrap_or_default() {
+        "08" | "53" => status(503),
+        "0L" | "0P" | "28" => status(403),
+        "09" | "25" | "2D" | "38" | "39" | "3B" | "40" | "54" | "55" | "57" | "58" | "F0" | "HV" | "P0" | "XX" => status(500),
+        _ => status(400),
+    }
 }
 
 impl RestError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> RestError {
-        RestError { status, code: code.into(), message: message.into(), details: None, hint: None }
+        RestError { status, code: code.into(), message: message.into(), details: None, hint: None, from_api_gateway: false, invalid_token: false }
+    }
+
+    /// A JWT PostgREST refuses: 401 PGRST301 with a `WWW-Authenticate` challenge.
+    fn jwt(message: impl Into<String>) -> RestError {
+        RestError { invalid_token: true, ..RestError::new(StatusCode::UNAUTHORIZED, "PGRST301", message) }
+    }
+
+    /// What Supabase's API gateway answers before a request reaches PostgREST.
+    fn api_gateway(message: &str, hint: &str) -> RestError {
+        RestError { hint: Some(hint.into()), from_api_gateway: true, ..RestError::new(StatusCode::UNAUTHORIZED, "", message) }
     }
 
     fn reply(&self) -> warp::reply::Response {
-        let body = json!({"code": self.code, "message": self.message, "details": self.details, "hint": self.hint});
-        warp::reply::with_status(warp::reply::json(&body), self.status).into_response()
+        let body = if self.from_api_gateway {
+            json!({"message": self.message, "hint": self.hint})
+        } else {
+            json!({"code": self.code, "message": self.message, "details": self.details, "hint": self.hint})
+        };
+        let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
+        if self.invalid_token {
+            let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.message.replace('"', "'"));
+            if let Ok(value) = warp::http::HeaderValue::from_str(&challenge) {
+                response.headers_mut().insert("www-authenticate", value);
+            }
+        }
+        response
     }
 
     fn from_db(e: &tokio_postgres::Error, role: &str) -> RestError {
@@ -50,22 +104,10 @@ impl RestError {
             return RestError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST000", format!("Database connection error: {e}"));
         };
         let code = db.code().code();
-        let status = match code {
-            "42501" if role == "anon" => StatusCode::UNAUTHORIZED,
-            "42501" => StatusCode::FORBIDDEN,
-            "23505" | "23503" => StatusCode::CONFLICT,
-            "42883" | "42P01" => StatusCode::NOT_FOUND,
-            "57014" => StatusCode::INTERNAL_SERVER_ERROR,
-            "P0001" | "23502" | "23514" | "42703" | "42804" => StatusCode::BAD_REQUEST,
-            c if c.starts_with("22") => StatusCode::BAD_REQUEST,
-            _ => StatusCode::BAD_REQUEST,
-        };
         RestError {
-            status,
-            code: code.to_string(),
-            message: db.message().to_string(),
             details: db.detail().map(str::to_string),
             hint: db.hint().map(str::to_string),
+            ..RestError::new(status_for_sqlstate(code, db.message(), role == "anon"), code, db.message())
         }
     }
 }
@@ -77,9 +119,14 @@ pub struct Pool {
     permits: Semaphore,
 }
 
+/// A connection lent to one request. It goes back to the pool only when the request marked it
+/// idle (its transaction ended with COMMIT or ROLLBACK); a request abandoned halfway (the client
+/// hung up and the future was dropped) closes it instead, so no later request ever runs inside
+/// its open transaction or under its role.
 struct Pooled<'a> {
     client: Option<Client>,
     pool: &'a Pool,
+    idle: bool,
     _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
@@ -101,14 +148,14 @@ impl Pool {
                 .await
                 .map_err(|e| RestError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST000", format!("Database connection error: {e}")))?,
         };
-        Ok(Pooled { client: Some(client), pool: self, _permit: permit })
+        Ok(Pooled { client: Some(client), pool: self, idle: false, _permit: permit })
     }
 }
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if !client.is_closed() {
+            if self.idle && !client.is_closed() {
                 if let Ok(mut idle) = self.pool.idle.lock() {
                     idle.push(client);
                 }
@@ -193,11 +240,10 @@ impl Rest {
             .map(str::to_string)
             .or_else(|| req.params.iter().find(|(k, _)| k == "apikey").map(|(_, v)| v.clone()));
         let Some(apikey) = apikey else {
-            return Err(RestError::new(StatusCode::UNAUTHORIZED, "", "No API key found in request")
-                .with_hint("No `apikey` request header or url param was found."));
+            return Err(RestError::api_gateway("No API key found in request", "No `apikey` request header or url param was found."));
         };
         if apikey != self.keys.anon_key && apikey != self.keys.service_key {
-            return Err(RestError::new(StatusCode::UNAUTHORIZED, "", "Invalid API key"));
+            return Err(RestError::api_gateway("Invalid API key", "Double check your Supabase `anon` or `service_role` API key."));
         }
         let bearer = req
             .headers
@@ -208,11 +254,11 @@ impl Rest {
             .unwrap_or(apikey.as_str())
             .to_string();
         let claims = self.keys.verify(&bearer).map_err(|e| match e {
-            KeyError::Expired => RestError::new(StatusCode::UNAUTHORIZED, "PGRST301", "JWT expired"),
-            KeyError::Invalid(m) => RestError::new(StatusCode::UNAUTHORIZED, "PGRST301", format!("JWSError {m}")),
+            KeyError::Expired => RestError::jwt("JWT expired"),
+            KeyError::Invalid(m) => RestError::jwt(format!("JWSError {m}")),
         })?;
         if !matches!(claims.role.as_str(), "anon" | "authenticated" | "service_role") {
-            return Err(RestError::new(StatusCode::UNAUTHORIZED, "PGRST301", format!("role \"{}\" does not exist", claims.role)));
+            return Err(RestError::jwt(format!("role \"{}\" does not exist", claims.role)));
         }
         serde_json::to_value(&claims).map_err(|e| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "PGRST000", e.to_string()))
     }
@@ -220,15 +266,15 @@ impl Rest {
     async fn handle(&self, req: Request) -> Result<warp::reply::Response, RestError> {
         let claims = self.authenticate(&req)?;
         let role = claims["role"].as_str().unwrap_or("anon").to_string();
-        let conn = self.pool.get().await?;
+        let mut conn = self.pool.get().await?;
         let client = conn.client();
         client.batch_execute("begin").await.map_err(|e| RestError::from_db(&e, &role))?;
         let result = self.in_transaction(client, &req, &claims, &role).await;
         let end = if result.is_ok() { "commit" } else { "rollback" };
-        if let Err(e) = client.batch_execute(end).await {
-            if result.is_ok() {
-                return Err(RestError::from_db(&e, &role));
-            }
+        match client.batch_execute(end).await {
+            Ok(()) => conn.idle = true,
+            Err(e) if result.is_ok() => return Err(RestError::from_db(&e, &role)),
+            Err(_) => {}
         }
         result
     }
@@ -469,6 +515,7 @@ impl Rest {
     }
 
     /// The select list for `table` aliased `alias`, with embedded resources as subqueries.
+    #[allow(clippy::too_many_arguments)]
     fn projection<'s>(
         &'s self,
         client: &'s Client,
@@ -581,23 +628,47 @@ impl Rest {
         }
     }
 
+    /// The select list applied to written rows (CTE `t0`) for `Prefer: return=representation`:
+    /// `select=` as for reads, embeddings included; `*` without it.
+    async fn returned(&self, client: &Client, req: &Request, table: &str, columns: &[(String, String)], role: &str) -> Result<String, RestError> {
+        if !prefer(&req.headers).contains("return=representation") {
+            return Ok("t0.*".into());
+        }
+        let items = query::parse_select(param(req, "select").unwrap_or("*")).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
+        let mut counter = 0usize;
+        self.projection(client, table, "t0", columns, &items, role, &mut counter).await
+    }
+
     async fn insert(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
         let rows = Self::body_rows(req)?;
-        let mut names: Vec<String> = Vec::new();
-        for row in &rows {
-            for key in row.keys() {
-                column_type(&columns, key)?;
-                if !names.contains(key) {
-                    names.push(key.clone());
+        // As PostgREST: `columns=` names the inserted columns (keys a row lacks become null);
+        // without it every object must have the same keys.
+        let names: Vec<String> = match param(req, "columns") {
+            Some(list) => list.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
+            None => {
+                let first: Vec<String> = rows.first().map(|r| r.keys().cloned().collect()).unwrap_or_default();
+                if rows.iter().any(|r| r.len() != first.len() || !first.iter().all(|k| r.contains_key(k))) {
+                    return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", "All object keys must match"));
                 }
+                first
             }
+        };
+        for name in &names {
+            column_type(&columns, name)?;
         }
+        if rows.is_empty() {
+            return self.write_response(req, "[]".into(), StatusCode::CREATED);
+        }
+        if names.is_empty() {
+            return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json: no columns to insert"));
+        }
+        let returned = self.returned(client, req, table, &columns, role).await?;
         let body = Value::Array(rows.into_iter().map(Value::Object).collect()).to_string();
         let cols = names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "with t0 as (insert into public.{t} ({cols}) select {cols} from json_populate_recordset(null::public.{t}, $1::text::json) returning *)
-             select coalesce(json_agg(t0), '[]'::json)::text from t0",
+             select coalesce(json_agg(_r), '[]'::json)::text from (select {returned} from t0) _r",
             t = quote_ident(table)
         );
         let row = client.query_one(&sql, &[&body]).await.map_err(|e| RestError::from_db(&e, role))?;
@@ -613,6 +684,11 @@ impl Rest {
         for key in patch.keys() {
             column_type(&columns, key)?;
         }
+        if patch.is_empty() {
+            // PostgREST answers an empty patch without touching the table.
+            return self.write_response(req, "[]".into(), StatusCode::NO_CONTENT);
+        }
+        let returned = self.returned(client, req, table, &columns, role).await?;
         let mut params: Params = vec![Box::new(Value::Object(patch.clone()).to_string())];
         let filter = self.where_clause(req, &columns, &mut params)?;
         let sets = patch
@@ -622,7 +698,7 @@ impl Rest {
             .join(", ");
         let sql = format!(
             "with t0 as (update public.{t} t0 set {sets} from (select * from json_populate_record(null::public.{t}, $1::text::json)) _p where {filter} returning t0.*)
-             select coalesce(json_agg(t0), '[]'::json)::text from t0",
+             select coalesce(json_agg(_r), '[]'::json)::text from (select {returned} from t0) _r",
             t = quote_ident(table)
         );
         let refs = boxed_refs(&params);
@@ -632,10 +708,12 @@ impl Rest {
 
     async fn delete(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
+        let returned = self.returned(client, req, table, &columns, role).await?;
         let mut params: Params = Vec::new();
         let filter = self.where_clause(req, &columns, &mut params)?;
         let sql = format!(
-            "with t0 as (delete from public.{} t0 where {filter} returning t0.*) select coalesce(json_agg(t0), '[]'::json)::text from t0",
+            "with t0 as (delete from public.{} t0 where {filter} returning t0.*)
+             select coalesce(json_agg(_r), '[]'::json)::text from (select {returned} from t0) _r",
             quote_ident(table)
         );
         let refs = boxed_refs(&params);
@@ -652,13 +730,6 @@ impl Rest {
             return Ok(json_response(body, status, None));
         }
         Ok(warp::reply::with_status(warp::reply(), minimal_status).into_response())
-    }
-}
-
-impl RestError {
-    fn with_hint(mut self, hint: &str) -> RestError {
-        self.hint = Some(hint.into());
-        self
     }
 }
 
@@ -725,4 +796,42 @@ fn option_refs(params: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
         out.push(p);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_map_to_postgrests_statuses() {
+        let s = |code: &str, anon: bool| status_for_sqlstate(code, "", anon).as_u16();
+        assert_eq!(s("42501", true), 401);
+        assert_eq!(s("42501", false), 403);
+        assert_eq!((s("22P02", false), s("23502", false), s("23514", false), s("P0001", false), s("42703", false)), (400, 400, 400, 400, 400));
+        assert_eq!((s("23505", false), s("23503", false)), (409, 409));
+        assert_eq!((s("42883", false), s("42P01", false)), (404, 404));
+        assert_eq!((s("08006", false), s("53300", false), s("53400", false)), (503, 503, 500));
+        assert_eq!((s("57014", false), s("40001", false), s("P0002", false), s("XX000", false)), (500, 500, 500, 500));
+        assert_eq!((s("25006", false), s("28000", false)), (405, 403));
+        assert_eq!((s("PT402", false), s("PTabc", false)), (402, 500));
+        assert_eq!(status_for_sqlstate("21000", "UPDATE requires a WHERE clause", false).as_u16(), 400);
+        assert_eq!(s("21000", false), 500);
+    }
+
+    #[test]
+    fn url_params_decode_percent_and_plus() {
+        let p = url_params("select=id,sender:profiles(full_name)&created_at=gte.2024-01-01T00%3A00%3A00%2B00%3A00&title=eq.a+b&flag");
+        assert_eq!(p[0], ("select".into(), "id,sender:profiles(full_name)".into()));
+        assert_eq!(p[1].1, "gte.2024-01-01T00:00:00+00:00");
+        assert_eq!(p[2].1, "eq.a b");
+        assert_eq!(p[3], ("flag".into(), String::new()));
+    }
+
+    #[test]
+    fn api_gateway_errors_have_only_message_and_hint() {
+        let r = RestError::api_gateway("No API key found in request", "No `apikey` request header or url param was found.").reply();
+        assert_eq!(r.status().as_u16(), 401);
+        let jwt = RestError::jwt("JWT expired").reply();
+        assert!(jwt.headers().get("www-authenticate").is_some());
+    }
 }
