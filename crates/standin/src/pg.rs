@@ -119,6 +119,10 @@ fn command(bin: &Path, name: &str, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
+fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
 fn free_port() -> Result<u16, PgError> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
@@ -223,6 +227,9 @@ impl Cluster {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
+                // Its own process group: a terminal's Ctrl-C reaches us, and we stop the server
+                // after everything that uses it (or the reaper does, if we die first).
+                .process_group(0)
                 .spawn()?;
             *cluster.server.lock().map_err(|_| PgError::Command { step: "start", detail: "lock".into() })? = Some(child);
             cluster.port = port;
@@ -245,8 +252,18 @@ impl Cluster {
         let started = Instant::now();
         loop {
             if let Ok(client) = connect(&self.url("postgres")).await {
-                drop(client);
-                return Ok(());
+                // Make sure it is ours: another server may have taken the port between our probe
+                // and postgres binding it.
+                let ours = client
+                    .query_one("select current_setting('data_directory')", &[])
+                    .await
+                    .ok()
+                    .and_then(|row| row.try_get::<_, String>(0).ok())
+                    .is_some_and(|d| same_path(Path::new(&d), &self.dir.join("data")));
+                if ours {
+                    return Ok(());
+                }
+                return Err(PgError::Command { step: "postgres", detail: format!("port {} is served by another PostgreSQL", self.port) });
             }
             let exited = self
                 .server
@@ -348,8 +365,10 @@ pid=$(head -n 1 "$1/data/postmaster.pid" 2>/dev/null)
 if [ -n "$pid" ]; then
   kill -INT "$pid" 2>/dev/null
   i=0
-  while kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
-  kill -KILL "$pid" 2>/dev/null
+  # postgres removes postmaster.pid at the end of its shutdown; `kill -0` alone would also
+  # succeed on its zombie when nobody reaps it (our process, its parent, is gone).
+  while [ -f "$1/data/postmaster.pid" ] && kill -0 "$pid" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done
+  [ -f "$1/data/postmaster.pid" ] && kill -KILL "$pid" 2>/dev/null
 fi
 rm -rf "$1"
 "#;

@@ -62,8 +62,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 pub struct Stack {
     addr: SocketAddr,
     keys: Arc<Keys>,
-    database: Database,
+    // Dropped before `database`: the change feed must stop before its cluster may go away.
     realtime: Realtime,
+    database: Database,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
