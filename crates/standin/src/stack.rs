@@ -2,8 +2,12 @@
 //! base URL like a Supabase project's API gateway.
 //!
 //! Owns wiring and lifetime: a fresh database (on the process-wide throwaway cluster, or a cluster
-//! of its own for the command-line tool), the project's keys, and one HTTP server on 127.0.0.1.
-//! It must never be exposed beyond loopback in tests; the command-line tool binds where told.
+//! of its own for the command-line tool), the project's keys, and one HTTP server on 127.0.0.1
+//! serving `/rest/v1`, `/realtime/v1/websocket`, `/auth/v1` ([`auth`] and the JWKS) and
+//! `/_standin/...`. It must never be exposed beyond loopback in tests; the command-line tool binds
+//! where told.
+
+mod auth;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -70,6 +74,9 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The password every seeded user signs in with at `POST /auth/v1/token?grant_type=password`.
+    pub const SEED_PASSWORD: &'static str = auth::PASSWORD;
+
     /// A fresh database on the shared throwaway cluster, served on a free port.
     pub async fn start() -> Result<Stack, StackError> {
         Stack::start_with(StackOptions::default()).await
@@ -96,6 +103,8 @@ impl Stack {
         let routes = rest
             .routes()
             .or(jwks)
+            .unify()
+            .or(auth::routes(keys.clone(), database.url()))
             .unify()
             .or(health)
             .unify()

@@ -92,6 +92,7 @@ async fn main() {
         "service_role_key": keys.service_key,
         "jwt_secret": keys.jwt_secret,
         "kid": keys.kid,
+        "password": Stack::SEED_PASSWORD,
         "users": users,
     });
     if let Some(path) = &args.env_file {
@@ -122,7 +123,8 @@ async fn main() {
         if let Some(path) = &args.env_file {
             println!("  (written to {})", path.display());
         }
-        println!("\nAccess tokens of the seeded school (HS256; ES256 with --json):");
+        println!("\nSeeded users sign in with their email and the password `{}` (POST /auth/v1/token?grant_type=password).", Stack::SEED_PASSWORD);
+        println!("Access tokens of the seeded school (HS256; ES256 with --json):");
         for (p, u) in PEOPLE.iter().zip(summary["users"].as_array().into_iter().flatten()) {
             println!("  {:<13} {:<8} {}\n    {}", p.full_name, p.role, p.id, u["token_hs256"].as_str().unwrap_or_default());
         }
