@@ -392,3 +392,38 @@ async fn postgrest_headers_counts_single_objects_and_representations() {
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.json::<Value>().await.expect("json"), json!([{"content": "shaped"}]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_arguments_and_results_as_postgrest_gives_them() {
+    let (stack, http) = start().await;
+    let api = Api { stack: &stack, http };
+    stack
+        .sql()
+        .await
+        .batch_execute(
+            "create function public.t_echo(p_ids uuid[], p_meta jsonb default '{}', p_n integer default 1) returns jsonb
+               language sql stable as $$ select jsonb_build_object('ids', to_jsonb(p_ids), 'meta', p_meta, 'n', p_n) $$;
+             create function public.t_void(p_x text) returns void language plpgsql volatile as $$ begin end $$;
+             create function public.t_pay() returns integer language plpgsql stable
+               as $$ begin raise sqlstate 'PT402' using message = 'Payment required'; end $$;
+             create function public.t_set(p_n integer) returns setof integer language sql stable as $$ select generate_series(1, p_n) $$;",
+        )
+        .await
+        .expect("test functions");
+    let (status, out) = api.rpc(&CARLA, "t_echo", json!({"p_ids": [CARLA.id, FARID.id], "p_meta": {"a": [1]}})).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, json!({"ids": [CARLA.id, FARID.id], "meta": {"a": [1]}, "n": 1}));
+    let (status, out) = api.get(&CARLA, &format!("rpc/t_echo?p_ids=%7B{}%7D&p_n=3", CARLA.id)).await;
+    assert_eq!((status, out["ids"].clone(), out["n"].clone()), (200, json!([CARLA.id]), json!(3)), "{out}");
+    let (status, _) = api.rpc(&CARLA, "t_void", json!({"p_x": "x"})).await;
+    assert_eq!(status, 204);
+    let (status, e) = api.get(&CARLA, "rpc/t_void?p_x=x").await;
+    assert_eq!(status, 405, "volatile functions only by POST: {e}");
+    let (status, e) = api.rpc(&CARLA, "t_pay", json!({})).await;
+    assert_eq!((status, e["code"].clone(), e["message"].clone()), (402, json!("PT402"), json!("Payment required")));
+    let (status, out) = api.rpc(&CARLA, "t_set", json!({"p_n": 3})).await;
+    assert_eq!((status, out), (200, json!([1, 2, 3])));
+    let (status, e) = api.rpc(&CARLA, "t_echo", json!({"p_unknown": 1})).await;
+    assert_eq!(status, 404);
+    assert_eq!(e["message"], "Could not find the function public.t_echo(p_unknown) in the schema cache");
+}

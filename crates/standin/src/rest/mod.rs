@@ -192,14 +192,6 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn json_to_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
 impl Rest {
     pub fn new(db_url: String, keys: Arc<Keys>) -> Rest {
         Rest { pool: Pool::new(db_url, 16), keys }
@@ -363,23 +355,24 @@ impl Rest {
         if req.method == Method::GET && volatile == "v" {
             return Err(RestError::new(StatusCode::METHOD_NOT_ALLOWED, "PGRST101", "For volatile functions use POST"));
         }
-        let mut params: Vec<Option<String>> = Vec::new();
-        let mut call_args = Vec::new();
-        for (name, ty) in inputs.iter().zip(types.iter()) {
-            if let Some(v) = args.get(name) {
-                params.push(json_to_text(v));
-                call_args.push(format!("{} => ${}::text::{ty}", quote_ident(name), params.len()));
-            }
-        }
-        let call = format!("public.{}({})", quote_ident(function), call_args.join(", "));
+        // As PostgREST: the arguments travel as one JSON parameter and `json_to_record` gives
+        // each its declared type (strings through the type's input function, JSON arrays as
+        // arrays, objects as json/jsonb or composites). Names and types come from the catalog.
+        let given: Vec<(&String, &String)> = inputs.iter().zip(types.iter()).filter(|(name, _)| args.contains_key(*name)).collect();
+        let call_args = given.iter().map(|(name, _)| format!("{q} => _a.{q}", q = quote_ident(name))).collect::<Vec<_>>().join(", ");
+        let record = given.iter().map(|(name, ty)| format!("{} {ty}", quote_ident(name))).collect::<Vec<_>>().join(", ");
+        let source = if given.is_empty() { String::new() } else { format!(" from json_to_record($1::text::json) as _a({record})") };
+        let call = format!("public.{}({call_args})", quote_ident(function));
         let sql = if retset {
-            format!("select coalesce(json_agg(_r), '[]'::json)::text from {call} _r")
+            let from = if given.is_empty() { " from ".to_string() } else { format!("{source} cross join lateral ") };
+            format!("select coalesce(json_agg(_r), '[]'::json)::text{from}{call} _r")
         } else if is_void {
-            format!("select {call}::text")
+            format!("select {call}::text{source}")
         } else {
-            format!("select to_json({call})::text")
+            format!("select to_json({call})::text{source}")
         };
-        let refs = option_refs(&params);
+        let payload = Value::Object(args.clone()).to_string();
+        let refs: Vec<&(dyn ToSql + Sync)> = if given.is_empty() { Vec::new() } else { vec![&payload] };
         let out = client.query_one(&sql, &refs).await.map_err(|e| RestError::from_db(&e, role))?;
         if is_void {
             return Ok(warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response());
@@ -786,14 +779,6 @@ fn boxed_refs<'a>(params: &'a Params<'_>) -> Vec<&'a (dyn ToSql + Sync)> {
     let mut out: Vec<&'a (dyn ToSql + Sync)> = Vec::with_capacity(params.len());
     for p in params {
         out.push(p.as_ref());
-    }
-    out
-}
-
-fn option_refs(params: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
-    let mut out: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len());
-    for p in params {
-        out.push(p);
     }
     out
 }
