@@ -144,7 +144,10 @@ impl Stack {
         &self.database
     }
 
-    /// A superuser connection to the stack's database.
+    /// A superuser connection to the stack's database, driven on the current runtime (for tests).
+    ///
+    /// # Panics
+    /// If the database refuses the connection: the stack is unusable then, and a test should fail.
     pub async fn sql(&self) -> tokio_postgres::Client {
         self.database.connect().await.expect("the stack's database accepts superuser connections")
     }

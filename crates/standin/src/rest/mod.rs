@@ -9,6 +9,12 @@
 //! `{code, message, details, hint}` with its status codes. Identifiers come only from the
 //! catalog; values always travel as bind parameters. It must never run a query as a role the
 //! token does not name.
+//!
+//! Not covered (PostgREST has them): schemas other than `public` (`Accept-Profile`), `or=`/`and=`
+//! and filters on embedded resources, `!inner` embeds, full-text and array/range operators,
+//! `Range` headers, upserts (`Prefer: resolution=...`, `on_conflict`), `Prefer: missing=default`,
+//! `params=single-object`, CSV and other media types, aggregates, computed relationships, the
+//! per-role `statement_timeout` Supabase sets, and a schema cache (the catalog is read per request).
 
 pub mod query;
 
