@@ -427,3 +427,36 @@ async fn rpc_arguments_and_results_as_postgrest_gives_them() {
     assert_eq!(status, 404);
     assert_eq!(e["message"], "Could not find the function public.t_echo(p_unknown) in the schema cache");
 }
+
+/// A client that hangs up mid-request must not leave its open (and failing) transaction on a
+/// pooled connection for the next request to run in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_does_not_poison_the_next_ones() {
+    let (stack, http) = start().await;
+    stack
+        .sql()
+        .await
+        .batch_execute(
+            "create function public.t_slow_failure() returns integer language plpgsql volatile
+               as $$ begin perform pg_sleep(0.4); raise exception 'too late'; end $$;",
+        )
+        .await
+        .expect("test function");
+    let token = stack.token(&CARLA, Alg::Hs256);
+    let anon = stack.keys().anon_key.clone();
+    let abandoned = http
+        .post(format!("{}/rest/v1/rpc/t_slow_failure", stack.url()))
+        .header("apikey", &anon)
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .timeout(std::time::Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(abandoned.is_err(), "the client gave up");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let api = Api { stack: &stack, http };
+    for _ in 0..20 {
+        let (status, n) = api.rpc(&CARLA, "chat_unread_count", json!({})).await;
+        assert_eq!(status, 200, "{n}");
+    }
+}
