@@ -460,3 +460,26 @@ async fn an_abandoned_request_does_not_poison_the_next_ones() {
         assert_eq!(status, 200, "{n}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upserts_merge_or_ignore_duplicates() {
+    let (stack, http) = start().await;
+    let service = stack.keys().service_key.clone();
+    let upsert = |resolution: &'static str, query: &'static str, body: Value| {
+        http.post(format!("{}/rest/v1/thread_participants{query}", stack.url()))
+            .header("apikey", &service)
+            .bearer_auth(&service)
+            .header("prefer", format!("resolution={resolution},return=representation"))
+            .json(&body)
+            .send()
+    };
+    let row = |at: &str| json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id, "last_read_at": at});
+    let resp = upsert("ignore-duplicates", "", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!([]), "the existing row is kept");
+    let resp = upsert("merge-duplicates", "?on_conflict=thread_id,user_id&select=last_read_at", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.json::<Value>().await.expect("json"), json!([{"last_read_at": "2031-01-01T00:00:00+00:00"}]));
+    let resp = upsert("merge-duplicates", "?on_conflict=nope", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
+    assert_eq!(resp.status().as_u16(), 400);
+}

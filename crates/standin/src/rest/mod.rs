@@ -12,7 +12,7 @@
 //!
 //! Not covered (PostgREST has them): schemas other than `public` (`Accept-Profile`), `or=`/`and=`
 //! and filters on embedded resources, `!inner` embeds, full-text and array/range operators,
-//! `Range` headers, upserts (`Prefer: resolution=...`, `on_conflict`), `Prefer: missing=default`,
+//! `Range` headers, `Prefer: missing=default`,
 //! `params=single-object`, CSV and other media types, aggregates, computed relationships, the
 //! per-role `statement_timeout` Supabase sets, and a schema cache (the catalog is read per request).
 
@@ -663,15 +663,53 @@ impl Rest {
             return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json: no columns to insert"));
         }
         let returned = self.returned(client, req, table, &columns, role).await?;
+        let conflict = self.on_conflict(client, req, table, &columns, &names, role).await?;
         let body = Value::Array(rows.into_iter().map(Value::Object).collect()).to_string();
         let cols = names.iter().map(|n| quote_ident(n)).collect::<Vec<_>>().join(", ");
         let sql = format!(
-            "with t0 as (insert into public.{t} ({cols}) select {cols} from json_populate_recordset(null::public.{t}, $1::text::json) returning *)
+            "with t0 as (insert into public.{t} as t0 ({cols}) select {cols} from json_populate_recordset(null::public.{t}, $1::text::json){conflict} returning t0.*)
              select coalesce(json_agg(_r), '[]'::json)::text from (select {returned} from t0) _r",
             t = quote_ident(table)
         );
         let row = client.query_one(&sql, &[&body]).await.map_err(|e| RestError::from_db(&e, role))?;
         self.write_response(req, row.get(0), StatusCode::CREATED)
+    }
+
+    /// The `on conflict` clause of an upsert (`Prefer: resolution=merge-duplicates` or
+    /// `ignore-duplicates`), on the `on_conflict=` columns or else the primary key; empty for a
+    /// plain insert.
+    async fn on_conflict(&self, client: &Client, req: &Request, table: &str, columns: &[(String, String)], names: &[String], role: &str) -> Result<String, RestError> {
+        let prefer = prefer(&req.headers);
+        let merge = prefer.contains("resolution=merge-duplicates");
+        if !merge && !prefer.contains("resolution=ignore-duplicates") {
+            return Ok(String::new());
+        }
+        let target: Vec<String> = match param(req, "on_conflict") {
+            Some(list) => list.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect(),
+            None => client
+                .query(
+                    "select a.attname::text from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+                      where i.indrelid = to_regclass(format('public.%I', $1::text)) and i.indisprimary order by a.attnum",
+                    &[&table],
+                )
+                .await
+                .map_err(|e| RestError::from_db(&e, role))?
+                .iter()
+                .filter_map(|r| r.try_get::<_, String>(0).ok())
+                .collect(),
+        };
+        if target.is_empty() {
+            return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST100", "an upsert needs on_conflict columns or a primary key"));
+        }
+        for c in &target {
+            column_type(columns, c)?;
+        }
+        let target = target.iter().map(|c| quote_ident(c)).collect::<Vec<_>>().join(", ");
+        if !merge {
+            return Ok(format!(" on conflict ({target}) do nothing"));
+        }
+        let sets = names.iter().map(|c| format!("{q} = excluded.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+        Ok(format!(" on conflict ({target}) do update set {sets}"))
     }
 
     async fn update(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
