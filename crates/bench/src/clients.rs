@@ -67,7 +67,12 @@ pub fn parse(text: &str, now_unix_us: i64, epoch_unix_us: i64) -> Option<Record>
 /// Opens `tokens.len()` sessions to `url` at `rate` per second; returns the sessions and each
 /// connect time. Sessions keep reading in the background until the process ends or the server
 /// closes them.
-pub async fn connect_all(url: &str, tokens: &[(usize, String)], rate: u32, epoch_unix_us: i64) -> (Vec<Arc<Session>>, Vec<Duration>, usize) {
+pub async fn connect_all(
+    url: &str,
+    tokens: &[(usize, String)],
+    rate: u32,
+    epoch_unix_us: i64,
+) -> (Vec<Arc<Session>>, Vec<Duration>, usize) {
     let failures = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::with_capacity(tokens.len());
     let mut sessions = Vec::with_capacity(tokens.len());
@@ -75,7 +80,12 @@ pub async fn connect_all(url: &str, tokens: &[(usize, String)], rate: u32, epoch
     for (i, (user, token)) in tokens.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
         tokio::time::sleep_until(due.into()).await;
-        let session = Arc::new(Session { user: *user, records: Mutex::new(Vec::new()), connected: false.into(), closed: false.into() });
+        let session = Arc::new(Session {
+            user: *user,
+            records: Mutex::new(Vec::new()),
+            connected: false.into(),
+            closed: false.into(),
+        });
         sessions.push(session.clone());
         let url = format!("{url}?token={token}");
         let failures = failures.clone();

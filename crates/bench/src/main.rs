@@ -120,13 +120,21 @@ async fn load_population(stack: &Stack, pop: &Population) {
     let ids: Vec<Uuid> = pop.users.iter().map(|u| u.0).collect();
     let emails: Vec<String> = pop.users.iter().map(|u| u.1.clone()).collect();
     let names: Vec<String> = pop.users.iter().map(|u| u.1.split('@').next().unwrap_or("x").to_string()).collect();
-    let roles: Vec<String> = pop.users.iter().map(|u| if u.1.starts_with("teacher") { "teacher" } else { "parent" }.to_string()).collect();
-    db.execute("insert into auth.users (id, email) select * from unnest($1::uuid[], $2::text[])", &[&ids, &emails]).await.expect("users");
-    db.execute("insert into public.profiles (id, full_name, role) select * from unnest($1::uuid[], $2::text[], $3::text[])", &[&ids, &names, &roles])
+    let roles: Vec<String> =
+        pop.users.iter().map(|u| if u.1.starts_with("teacher") { "teacher" } else { "parent" }.to_string()).collect();
+    db.execute("insert into auth.users (id, email) select * from unnest($1::uuid[], $2::text[])", &[&ids, &emails])
         .await
-        .expect("profiles");
+        .expect("users");
+    db.execute(
+        "insert into public.profiles (id, full_name, role) select * from unnest($1::uuid[], $2::text[], $3::text[])",
+        &[&ids, &names, &roles],
+    )
+    .await
+    .expect("profiles");
     let tids: Vec<Uuid> = pop.threads.iter().map(|t| t.0).collect();
-    db.execute("insert into public.threads (id, title) select id, 'bench' from unnest($1::uuid[]) id", &[&tids]).await.expect("threads");
+    db.execute("insert into public.threads (id, title) select id, 'bench' from unnest($1::uuid[]) id", &[&tids])
+        .await
+        .expect("threads");
     let (mut pt, mut pu) = (Vec::new(), Vec::new());
     for (tid, members, _) in &pop.threads {
         for m in members {
@@ -134,15 +142,23 @@ async fn load_population(stack: &Stack, pop: &Population) {
             pu.push(pop.users[*m].0);
         }
     }
-    db.execute("insert into public.thread_participants (thread_id, user_id) select * from unnest($1::uuid[], $2::uuid[])", &[&pt, &pu])
-        .await
-        .expect("participants");
+    db.execute(
+        "insert into public.thread_participants (thread_id, user_id) select * from unnest($1::uuid[], $2::uuid[])",
+        &[&pt, &pu],
+    )
+    .await
+    .expect("participants");
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -151,7 +167,8 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
 }
 
@@ -217,7 +234,8 @@ async fn step(
     everyone: bool,
     server_pid: u32,
 ) -> StepResult {
-    let live: Vec<&Arc<Session>> = sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
+    let live: Vec<&Arc<Session>> =
+        sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
     let mut sessions_of_user: HashMap<usize, usize> = HashMap::new();
     for s in &live {
         *sessions_of_user.entry(s.user).or_default() += 1;
@@ -225,7 +243,13 @@ async fn step(
     let recipients: Vec<u64> = pop
         .threads
         .iter()
-        .map(|(_, members, _)| if everyone { live.len() as u64 } else { members.iter().map(|m| *sessions_of_user.get(m).unwrap_or(&0) as u64).sum() })
+        .map(|(_, members, _)| {
+            if everyone {
+                live.len() as u64
+            } else {
+                members.iter().map(|m| *sessions_of_user.get(m).unwrap_or(&0) as u64).sum()
+            }
+        })
         .collect();
     let per_round: u64 = recipients.iter().sum();
     let rounds_per_sec = offered as f64 / per_round.max(1) as f64;
@@ -235,15 +259,31 @@ async fn step(
         .iter()
         .map(|(tid, _, sender)| json!({"id": "$uuid", "thread_id": tid, "sender_id": pop.users[*sender].0, "content": format!("s{step_no}"), "message_type": "text", "created_at": "$now"}))
         .collect();
-    let expected: u64 = (0..pop.threads.len()).map(|k| (events / pop.threads.len() as u64 + u64::from((k as u64) < events % pop.threads.len() as u64)) * recipients[k]).sum();
+    let expected: u64 = (0..pop.threads.len())
+        .map(|k| {
+            (events / pop.threads.len() as u64 + u64::from((k as u64) < events % pop.threads.len() as u64))
+                * recipients[k]
+        })
+        .sum();
     let rate = (events as f64 / secs).round().max(1.0) as u64;
     let cpu0 = proc_cpu_secs(server_pid);
     let own0 = proc_cpu_secs(std::process::id());
     let started = Instant::now();
-    let spec = InjectSpec { schema: "public".into(), table: "messages".into(), change_type: "INSERT".into(), rows, rate_per_sec: rate, count: events };
+    let spec = InjectSpec {
+        schema: "public".into(),
+        table: "messages".into(),
+        change_type: "INSERT".into(),
+        rows,
+        rate_per_sec: rate,
+        count: events,
+    };
     stack.realtime().inject(spec).await;
     // Drain: wait until deliveries stop growing.
-    let count = || -> u64 { live.iter().map(|s| s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).count() as u64).unwrap_or(0)).sum() };
+    let count = || -> u64 {
+        live.iter()
+            .map(|s| s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).count() as u64).unwrap_or(0))
+            .sum()
+    };
     let mut last = count();
     loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,7 +303,11 @@ async fn step(
     let (mut unique, mut duplicated, mut misrouted) = (0u64, 0u64, 0u64);
     let (mut first, mut last_rx) = (u64::MAX, 0u64);
     for s in &live {
-        let records = s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).copied().collect::<Vec<_>>()).unwrap_or_default();
+        let records = s
+            .records
+            .lock()
+            .map(|r| r.iter().filter(|x| x.step == step_no).copied().collect::<Vec<_>>())
+            .unwrap_or_default();
         let mut seen = HashSet::with_capacity(records.len());
         for r in records {
             if !seen.insert(r.message) {
@@ -322,16 +366,36 @@ fn print_step(label: &str, r: &StepResult) {
 fn header() {
     println!(
         "{:<9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>5} {:>5} {:>5}",
-        "server", "offered/s", "deliv/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "cpu", "gencpu", "lost", "dup", "misr", "drop"
+        "server",
+        "offered/s",
+        "deliv/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "cpu",
+        "gencpu",
+        "lost",
+        "dup",
+        "misr",
+        "drop"
     );
 }
 
 fn machine() -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let mem = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().next().map(str::to_string)).unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     json!({"cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), "cpu": cpu, "memory": mem, "kernel": kernel})
 }
@@ -352,7 +416,10 @@ fn raise_nofile() {
     {
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
         if let Some(line) = limits.lines().find(|l| l.starts_with("Max open files")) {
-            eprintln!("open files: {}", line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" soft, hard "));
+            eprintln!(
+                "open files: {}",
+                line.split_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" soft, hard ")
+            );
         }
     }
 }
@@ -362,7 +429,11 @@ async fn run(args: RunArgs) -> i32 {
     let t0 = Instant::now();
     if !args.gateway_bin.exists() {
         eprintln!("building the gateway (release)...");
-        let ok = Command::new("cargo").args(["build", "--release", "-p", "realtime-gateway"]).status().map(|s| s.success()).unwrap_or(false);
+        let ok = Command::new("cargo")
+            .args(["build", "--release", "-p", "realtime-gateway"])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
         if !ok {
             eprintln!("cannot build the gateway");
             return 2;
@@ -383,7 +454,17 @@ async fn run(args: RunArgs) -> i32 {
         .sessions
         .iter()
         .enumerate()
-        .map(|(i, &u)| (u, keys.user_token(pop.users[u].0, &pop.users[u].1, if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 }, 4 * 3600)))
+        .map(|(i, &u)| {
+            (
+                u,
+                keys.user_token(
+                    pop.users[u].0,
+                    &pop.users[u].1,
+                    if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 },
+                    4 * 3600,
+                ),
+            )
+        })
         .collect();
     eprintln!("population: {} users, {} threads, {} sessions", pop.users.len(), pop.threads.len(), pop.sessions.len());
 
@@ -416,7 +497,8 @@ async fn run(args: RunArgs) -> i32 {
     let rss_before = proc_rss_kib(pid);
     let epoch = chrono::Utc::now().timestamp_micros();
     let connect_started = Instant::now();
-    let (sessions, mut connect_times, failures) = clients::connect_all(&format!("ws://127.0.0.1:{port}/"), &tokens, args.connect_rate, epoch).await;
+    let (sessions, mut connect_times, failures) =
+        clients::connect_all(&format!("ws://127.0.0.1:{port}/"), &tokens, args.connect_rate, epoch).await;
     let connect_secs = connect_started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_idle = proc_rss_kib(pid);
@@ -456,7 +538,17 @@ async fn run(args: RunArgs) -> i32 {
         let cport = free_port();
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("gateway-bench"));
         let mut ceiling = Command::new(exe)
-            .args(["ceiling", "--port", &cport.to_string(), "--realtime-url", &stack.realtime_url(), "--apikey", &keys.anon_key, "--service-key", &keys.service_key])
+            .args([
+                "ceiling",
+                "--port",
+                &cport.to_string(),
+                "--realtime-url",
+                &stack.realtime_url(),
+                "--apikey",
+                &keys.anon_key,
+                "--service-key",
+                &keys.service_key,
+            ])
             .spawn()
             .expect("ceiling server starts");
         let cpid = ceiling.id();
@@ -465,10 +557,16 @@ async fn run(args: RunArgs) -> i32 {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let crss0 = proc_rss_kib(cpid);
-        let (csessions, _, cfail) = clients::connect_all(&format!("ws://127.0.0.1:{cport}/"), &tokens, args.connect_rate, epoch).await;
+        let (csessions, _, cfail) =
+            clients::connect_all(&format!("ws://127.0.0.1:{cport}/"), &tokens, args.connect_rate, epoch).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let crss = proc_rss_kib(cpid);
-        println!("\n== ceiling: {} sessions ({} failed), {:.2} KiB per idle session", csessions.len(), cfail, (crss.saturating_sub(crss0)) as f64 / csessions.len().max(1) as f64);
+        println!(
+            "\n== ceiling: {} sessions ({} failed), {:.2} KiB per idle session",
+            csessions.len(),
+            cfail,
+            (crss.saturating_sub(crss0)) as f64 / csessions.len().max(1) as f64
+        );
         let _ = step(&stack, &pop, &csessions, 150, 15_500, 2.0, true, cpid).await;
         header();
         for (i, &rate) in args.rates.iter().enumerate() {
@@ -486,7 +584,9 @@ async fn run(args: RunArgs) -> i32 {
         let _ = ceiling.wait();
     }
 
-    let sustained = |steps: &[StepResult]| steps.iter().filter(|s| s.ok() && s.q(0.99) <= 50.0).map(|s| s.achieved).fold(0.0, f64::max);
+    let sustained = |steps: &[StepResult]| {
+        steps.iter().filter(|s| s.ok() && s.q(0.99) <= 50.0).map(|s| s.achieved).fold(0.0, f64::max)
+    };
     let throughput = |steps: &[StepResult]| steps.iter().filter(|s| s.ok()).map(|s| s.achieved).fold(0.0, f64::max);
     let g_max = sustained(&gateway_steps);
     let (g_tp, c_tp) = (throughput(&gateway_steps), throughput(&ceiling_steps));
@@ -498,8 +598,14 @@ async fn run(args: RunArgs) -> i32 {
         .collect();
     let any_failure = gateway_steps.iter().filter(|s| s.offered <= 62_000).any(|s| !s.ok());
     println!("\nmax sustained (p99 <= 50 ms, nothing lost): gateway {g_max:.0} deliveries/s");
-    println!("max throughput (nothing lost, any latency): gateway {g_tp:.0}/s, ceiling {c_tp:.0}/s, gateway/ceiling {:.2}", g_tp / c_tp.max(1.0));
-    println!("RSS per idle session: {per_session_kib:.2} KiB; gateway RSS under load {rss_loaded} KiB; total time {:.0} s", t0.elapsed().as_secs_f64());
+    println!(
+        "max throughput (nothing lost, any latency): gateway {g_tp:.0}/s, ceiling {c_tp:.0}/s, gateway/ceiling {:.2}",
+        g_tp / c_tp.max(1.0)
+    );
+    println!(
+        "RSS per idle session: {per_session_kib:.2} KiB; gateway RSS under load {rss_loaded} KiB; total time {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
     let report = json!({
         "parameters": {"gen_threads": args.gen_threads, "classes": args.classes, "users": pop.users.len(), "threads": pop.threads.len(), "sessions": pop.sessions.len(),
                         "rates": args.rates, "step_secs": args.step_secs, "connect_rate": args.connect_rate, "tokens": "HS256 and ES256 alternately",
@@ -539,14 +645,22 @@ fn sessions_len(_steps: &[StepResult], total: usize, failures: usize) -> usize {
     total - failures
 }
 
-async fn end_to_end(stack: &Stack, pop: &Population, sessions: &[Arc<Session>], per_sec: u64, secs: f64, pid: u32) -> Value {
+async fn end_to_end(
+    stack: &Stack,
+    pop: &Population,
+    sessions: &[Arc<Session>],
+    per_sec: u64,
+    secs: f64,
+    pid: u32,
+) -> Value {
     let db = stack.sql().await;
     let step_no = 999u16;
     let count = (per_sec as f64 * secs) as usize;
     let cpu0 = proc_cpu_secs(pid);
     let started = Instant::now();
     let mut expected = 0u64;
-    let live: Vec<&Arc<Session>> = sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
+    let live: Vec<&Arc<Session>> =
+        sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
     let mut per_user: HashMap<usize, u64> = HashMap::new();
     for s in &live {
         *per_user.entry(s.user).or_default() += 1;
@@ -558,13 +672,20 @@ async fn end_to_end(stack: &Stack, pop: &Population, sessions: &[Arc<Session>], 
         expected += members.iter().map(|m| per_user.get(m).copied().unwrap_or(0)).sum::<u64>();
         let content = format!("s{step_no}");
         if let Err(e) = db
-            .execute("insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)", &[tid, &pop.users[*sender].0, &content])
+            .execute(
+                "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)",
+                &[tid, &pop.users[*sender].0, &content],
+            )
             .await
         {
             eprintln!("insert failed: {e}");
         }
     }
-    let got = || -> u64 { live.iter().map(|s| s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).count() as u64).unwrap_or(0)).sum() };
+    let got = || -> u64 {
+        live.iter()
+            .map(|s| s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).count() as u64).unwrap_or(0))
+            .sum()
+    };
     let deadline = Instant::now() + Duration::from_secs(15);
     while got() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -600,15 +721,21 @@ fn main() {
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     let code = match cli.command {
-        Some(Cmd::Ceiling { port, realtime_url, apikey, service_key }) => match runtime.block_on(ceiling::run(port, realtime_url, apikey, service_key)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("ceiling: {e}");
-                2
+        Some(Cmd::Ceiling { port, realtime_url, apikey, service_key }) => {
+            match runtime.block_on(ceiling::run(port, realtime_url, apikey, service_key)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("ceiling: {e}");
+                    2
+                }
             }
-        },
+        }
         Some(Cmd::Run(args)) => runtime.block_on(run(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run(args)),

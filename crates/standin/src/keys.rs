@@ -8,9 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{
-    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
-};
+use jsonwebtoken::{decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use p256::elliptic_curve::rand_core::OsRng;
 use p256::pkcs8::EncodePrivateKey;
 use serde::{Deserialize, Serialize};
@@ -73,19 +71,14 @@ pub struct Keys {
 }
 
 pub fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl Keys {
     /// New keys: the given legacy secret, a fresh ES256 key pair, API keys valid for ten years.
     pub fn generate(jwt_secret: &str, issuer: &str) -> Keys {
         let secret = p256::SecretKey::random(&mut OsRng);
-        let der = secret
-            .to_pkcs8_der()
-            .expect("a freshly generated P-256 key always encodes as PKCS#8");
+        let der = secret.to_pkcs8_der().expect("a freshly generated P-256 key always encodes as PKCS#8");
         let jwk = secret.public_key().to_jwk();
         let kid = format!("standin-{}", &Uuid::new_v4().simple().to_string()[..12]);
         let x = jwk.to_string();
@@ -168,11 +161,9 @@ impl Keys {
     /// Signs any claims with the chosen key (ES256 tokens carry this project's `kid`).
     pub fn sign(&self, claims: &Claims, alg: Alg) -> String {
         let result = match alg {
-            Alg::Hs256 => encode(
-                &Header::new(Algorithm::HS256),
-                claims,
-                &EncodingKey::from_secret(self.jwt_secret.as_bytes()),
-            ),
+            Alg::Hs256 => {
+                encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(self.jwt_secret.as_bytes()))
+            }
             Alg::Es256 => {
                 let mut header = Header::new(Algorithm::ES256);
                 header.kid = Some(self.kid.clone());
@@ -200,12 +191,10 @@ impl Keys {
         validation.validate_aud = false;
         validation.leeway = 0;
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
-        decode::<Claims>(token, &key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => KeyError::Expired,
-                _ => KeyError::Invalid(e.to_string()),
-            })
+        decode::<Claims>(token, &key, &validation).map(|data| data.claims).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => KeyError::Expired,
+            _ => KeyError::Invalid(e.to_string()),
+        })
     }
 }
 

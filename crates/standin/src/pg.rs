@@ -173,7 +173,8 @@ impl Cluster {
     pub async fn start() -> Result<Cluster, PgError> {
         let bin = bin_dir()?;
         let user = run_as()?;
-        let dir = std::env::temp_dir().join(format!("chat-pg-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("chat-pg-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir)?;
         let data = dir.join("data");
         if let Some((uid, gid)) = user {
@@ -211,18 +212,27 @@ impl Cluster {
                 .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
                 .arg(&dir)
                 .args([
-                    "-c", "wal_level=logical",
-                    "-c", "max_replication_slots=200",
-                    "-c", "max_wal_senders=10",
-                    "-c", "max_connections=600",
-                    "-c", "fsync=off",
+                    "-c",
+                    "wal_level=logical",
+                    "-c",
+                    "max_replication_slots=200",
+                    "-c",
+                    "max_wal_senders=10",
+                    "-c",
+                    "max_connections=600",
+                    "-c",
+                    "fsync=off",
                     // synchronous_commit stays on: logical decoding only sees flushed WAL, and
                     // with it off commits would reach the change feed up to wal_writer_delay late.
                     // fsync=off keeps those flushes cheap.
-                    "-c", "full_page_writes=off",
-                    "-c", "shared_buffers=64MB",
-                    "-c", "timezone=UTC",
-                    "-c", "log_min_messages=warning",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "shared_buffers=64MB",
+                    "-c",
+                    "timezone=UTC",
+                    "-c",
+                    "log_min_messages=warning",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -231,7 +241,8 @@ impl Cluster {
                 // after everything that uses it (or the reaper does, if we die first).
                 .process_group(0)
                 .spawn()?;
-            *cluster.server.lock().map_err(|_| PgError::Command { step: "start", detail: "lock".into() })? = Some(child);
+            *cluster.server.lock().map_err(|_| PgError::Command { step: "start", detail: "lock".into() })? =
+                Some(child);
             cluster.port = port;
             match cluster.wait_ready(Duration::from_secs(30)).await {
                 Ok(()) => {
@@ -263,7 +274,10 @@ impl Cluster {
                 if ours {
                     return Ok(());
                 }
-                return Err(PgError::Command { step: "postgres", detail: format!("port {} is served by another PostgreSQL", self.port) });
+                return Err(PgError::Command {
+                    step: "postgres",
+                    detail: format!("port {} is served by another PostgreSQL", self.port),
+                });
             }
             let exited = self
                 .server
@@ -286,7 +300,10 @@ impl Cluster {
         let mut files = vec![base_sql()];
         let migrations = supabase_dir().join("migrations");
         let mut names: Vec<PathBuf> = std::fs::read_dir(&migrations)
-            .map_err(|e| PgError::Command { step: "reading supabase/migrations", detail: format!("{}: {e}", migrations.display()) })?
+            .map_err(|e| PgError::Command {
+                step: "reading supabase/migrations",
+                detail: format!("{}: {e}", migrations.display()),
+            })?
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "sql"))

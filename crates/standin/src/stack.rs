@@ -87,7 +87,9 @@ impl Stack {
         let database = cluster.create_database().await?;
         let listener = listen(SocketAddr::new(options.bind, options.port))
             .map_err(|e| StackError::Bind(SocketAddr::new(options.bind, options.port), e.to_string()))?;
-        let addr = listener.local_addr().map_err(|e| StackError::Bind(SocketAddr::new(options.bind, options.port), e.to_string()))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StackError::Bind(SocketAddr::new(options.bind, options.port), e.to_string()))?;
         let host = if addr.ip().is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { addr.ip() };
         let url = format!("http://{}", SocketAddr::new(host, addr.port()));
         let secret = options.jwt_secret.as_deref().unwrap_or(DEFAULT_JWT_SECRET);
@@ -99,7 +101,8 @@ impl Stack {
         let jwks = warp::path!("auth" / "v1" / ".well-known" / "jwks.json")
             .and(warp::get())
             .map(move || warp::reply::json(jwks_keys.jwks()).into_response());
-        let health = warp::path!("_standin" / "health").map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+        let health = warp::path!("_standin" / "health")
+            .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
         let routes = rest
             .routes()
             .or(jwks)

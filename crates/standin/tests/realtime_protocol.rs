@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use std::time::Instant;
 use supabase_standin::keys::Alg;
 use supabase_standin::realtime::InjectSpec;
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
-use std::time::Instant;
 use supabase_standin::Stack;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -22,7 +22,12 @@ struct Client {
 
 impl Client {
     async fn connect(stack: &Stack, v2: bool) -> Client {
-        let url = format!("{}?apikey={}&vsn={}", stack.realtime_url(), stack.keys().anon_key, if v2 { "2.0.0" } else { "1.0.0" });
+        let url = format!(
+            "{}?apikey={}&vsn={}",
+            stack.realtime_url(),
+            stack.keys().anon_key,
+            if v2 { "2.0.0" } else { "1.0.0" }
+        );
         let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("upgrade");
         Client { ws, v2, next_ref: 1 }
     }
@@ -58,7 +63,12 @@ impl Client {
             return Some(if self.v2 {
                 (v[1].as_str().map(str::to_string), v[2].as_str()?.into(), v[3].as_str()?.into(), v[4].clone())
             } else {
-                (v["ref"].as_str().map(str::to_string), v["topic"].as_str()?.into(), v["event"].as_str()?.into(), v["payload"].clone())
+                (
+                    v["ref"].as_str().map(str::to_string),
+                    v["topic"].as_str()?.into(),
+                    v["event"].as_str()?.into(),
+                    v["payload"].clone(),
+                )
             });
         }
     }
@@ -82,10 +92,13 @@ impl Client {
 
 async fn insert(stack: &Stack, thread: uuid::Uuid, content: &str) -> uuid::Uuid {
     let db = stack.sql().await;
-    db.query_one("insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id", &[&thread, &ALICE.id, &content])
-        .await
-        .expect("insert")
-        .get(0)
+    db.query_one(
+        "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id",
+        &[&thread, &ALICE.id, &content],
+    )
+    .await
+    .expect("insert")
+    .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,10 +106,19 @@ async fn join_and_receive_committed_inserts_in_both_versions() {
     let stack = Stack::start().await.expect("stack");
     for v2 in [false, true] {
         let mut c = Client::connect(&stack, v2).await;
-        let reply = c.join("realtime:test", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+        let reply = c
+            .join(
+                "realtime:test",
+                json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+                &stack.keys().service_key,
+            )
+            .await;
         assert_eq!(reply["status"], "ok", "{reply}");
         let bound = &reply["response"]["postgres_changes"][0];
-        assert_eq!((bound["event"].clone(), bound["schema"].clone(), bound["table"].clone()), (json!("INSERT"), json!("public"), json!("messages")));
+        assert_eq!(
+            (bound["event"].clone(), bound["schema"].clone(), bound["table"].clone()),
+            (json!("INSERT"), json!("public"), json!("messages"))
+        );
         assert!(bound["id"].is_i64());
         assert!(bound.get("filter").is_none(), "only the keys sent are echoed");
         assert_eq!(c.expect_event("presence_state").await, json!({}));
@@ -108,12 +130,20 @@ async fn join_and_receive_committed_inserts_in_both_versions() {
         let change = c.expect_event("postgres_changes").await;
         assert_eq!(change["ids"], json!([bound["id"]]));
         let data = &change["data"];
-        assert_eq!((data["type"].clone(), data["schema"].clone(), data["table"].clone()), (json!("INSERT"), json!("public"), json!("messages")));
+        assert_eq!(
+            (data["type"].clone(), data["schema"].clone(), data["table"].clone()),
+            (json!("INSERT"), json!("public"), json!("messages"))
+        );
         assert_eq!(data["record"]["id"], id.to_string());
         assert_eq!(data["record"]["content"], "hello");
-        assert!(data["record"]["created_at"].as_str().is_some_and(|t| t.contains('T') && t.ends_with("+00:00")), "{data}");
+        assert!(
+            data["record"]["created_at"].as_str().is_some_and(|t| t.contains('T') && t.ends_with("+00:00")),
+            "{data}"
+        );
         assert!(data["commit_timestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
-        assert!(data["columns"].as_array().is_some_and(|c| c.iter().any(|c| c == &json!({"name": "id", "type": "uuid"}))));
+        assert!(data["columns"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c == &json!({"name": "id", "type": "uuid"}))));
         assert_eq!(data["errors"], Value::Null);
 
         // Heartbeat and leave.
@@ -121,7 +151,10 @@ async fn join_and_receive_committed_inserts_in_both_versions() {
         loop {
             let (got, topic, event, payload) = c.next().await.expect("reply");
             if got.as_deref() == Some(r.as_str()) {
-                assert_eq!((topic.as_str(), event.as_str(), payload), ("phoenix", "phx_reply", json!({"status": "ok", "response": {}})));
+                assert_eq!(
+                    (topic.as_str(), event.as_str(), payload),
+                    ("phoenix", "phx_reply", json!({"status": "ok", "response": {}}))
+                );
                 break;
             }
         }
@@ -152,11 +185,21 @@ async fn updates_deletes_and_filters() {
     assert_eq!(change["data"]["record"]["id"], mine.to_string(), "the 4A row did not pass the filter");
 
     let db = stack.sql().await;
-    db.execute("update public.thread_participants set last_read_at = now() where thread_id = $1 and user_id = $2", &[&CLASS_3B_PARENTS, &CARLA.id]).await.expect("update");
+    db.execute(
+        "update public.thread_participants set last_read_at = now() where thread_id = $1 and user_id = $2",
+        &[&CLASS_3B_PARENTS, &CARLA.id],
+    )
+    .await
+    .expect("update");
     let update = c.expect_event("postgres_changes").await;
     assert_eq!(update["data"]["type"], "UPDATE");
     assert_eq!(update["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
-    db.execute("delete from public.thread_participants where thread_id = $1 and user_id = $2", &[&CLASS_3B_PARENTS, &CARLA.id]).await.expect("delete");
+    db.execute(
+        "delete from public.thread_participants where thread_id = $1 and user_id = $2",
+        &[&CLASS_3B_PARENTS, &CARLA.id],
+    )
+    .await
+    .expect("delete");
     let delete = c.expect_event("postgres_changes").await;
     assert_eq!(delete["data"]["type"], "DELETE");
     assert_eq!(delete["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
@@ -173,14 +216,30 @@ async fn refusals_happen_where_supabase_refuses() {
 
     let mut c = Client::connect(&stack, false).await;
     let expired = stack.keys().user_token(CARLA.id, CARLA.email, Alg::Hs256, -30);
-    let reply = c.join("realtime:x", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &expired).await;
+    let reply =
+        c.join("realtime:x", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &expired).await;
     assert_eq!(reply["status"], "error");
     assert!(reply["response"]["reason"].as_str().unwrap_or_default().contains("expired"), "{reply}");
-    let reply = c.join("realtime:y", json!([{"event": "INSERT", "schema": "public", "table": "profiles"}]), &stack.keys().service_key).await;
+    let reply = c
+        .join(
+            "realtime:y",
+            json!([{"event": "INSERT", "schema": "public", "table": "profiles"}]),
+            &stack.keys().service_key,
+        )
+        .await;
     assert_eq!(reply["status"], "error");
-    assert!(reply["response"]["reason"].as_str().unwrap_or_default().starts_with("Unable to subscribe to changes"), "{reply}");
+    assert!(
+        reply["response"]["reason"].as_str().unwrap_or_default().starts_with("Unable to subscribe to changes"),
+        "{reply}"
+    );
     stack.realtime().set_refuse_joins(true);
-    let reply = c.join("realtime:z", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    let reply = c
+        .join(
+            "realtime:z",
+            json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+            &stack.keys().service_key,
+        )
+        .await;
     assert_eq!(reply["status"], "error");
     stack.realtime().set_refuse_joins(false);
     c.send("realtime:never-joined", "something", json!({}), None).await;
@@ -192,14 +251,21 @@ async fn controls_drop_sockets_expire_tokens_and_inject_events() {
     let stack = Stack::start().await.expect("stack");
     let control = stack.realtime();
     let mut c = Client::connect(&stack, true).await;
-    c.join("realtime:i", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.join(
+        "realtime:i",
+        json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+        &stack.keys().service_key,
+    )
+    .await;
     c.expect_event("system").await;
     let sent = control
         .inject(InjectSpec {
             schema: "public".into(),
             table: "messages".into(),
             change_type: "INSERT".into(),
-            rows: vec![json!({"id": "$uuid", "thread_id": CLASS_3B_PARENTS, "content": "synthetic", "created_at": "$now"})],
+            rows: vec![
+                json!({"id": "$uuid", "thread_id": CLASS_3B_PARENTS, "content": "synthetic", "created_at": "$now"}),
+            ],
             rate_per_sec: 20_000,
             count: 2_000,
         })
@@ -208,7 +274,10 @@ async fn controls_drop_sockets_expire_tokens_and_inject_events() {
     let mut ids = std::collections::HashSet::new();
     for _ in 0..2_000 {
         let change = c.expect_event("postgres_changes").await;
-        assert!(ids.insert(change["data"]["record"]["id"].as_str().unwrap_or_default().to_string()), "fresh uuid per event");
+        assert!(
+            ids.insert(change["data"]["record"]["id"].as_str().unwrap_or_default().to_string()),
+            "fresh uuid per event"
+        );
     }
 
     // A user token that expires closes the channel with a system error.
@@ -234,7 +303,8 @@ async fn user_tokens_get_only_rows_their_rls_allows() {
     let stack = Stack::start().await.expect("stack");
     let mut carla = Client::connect(&stack, true).await;
     let token = stack.token(&CARLA, Alg::Es256);
-    let reply = carla.join("realtime:mine", json!([{"event": "*", "schema": "public", "table": "messages"}]), &token).await;
+    let reply =
+        carla.join("realtime:mine", json!([{"event": "*", "schema": "public", "table": "messages"}]), &token).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     carla.expect_event("system").await;
     let hidden = insert(&stack, CLASS_4A_PARENTS, "not Carla's class").await;
@@ -254,7 +324,12 @@ async fn a_refreshed_token_keeps_the_channel_and_a_bad_one_closes_it() {
     let stack = Stack::start().await.expect("stack");
     let mut c = Client::connect(&stack, false).await;
     let topic = "realtime:refresh";
-    c.join(topic, json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.token(&CARLA, Alg::Hs256)).await;
+    c.join(
+        topic,
+        json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+        &stack.token(&CARLA, Alg::Hs256),
+    )
+    .await;
     c.expect_event("system").await;
     c.send(topic, "access_token", json!({"access_token": stack.token(&CARLA, Alg::Es256)}), Some("1")).await;
     let id = insert(&stack, CLASS_3B_PARENTS, "after refresh").await;
@@ -282,7 +357,12 @@ async fn pause_resume_latency_and_heartbeat_timeout() {
     let stack = Stack::start().await.expect("stack");
     let control = stack.realtime();
     let mut c = Client::connect(&stack, true).await;
-    c.join("realtime:p", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.join(
+        "realtime:p",
+        json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+        &stack.keys().service_key,
+    )
+    .await;
     c.expect_event("system").await;
 
     control.pause_feed();
@@ -321,25 +401,44 @@ async fn http_controls_need_the_service_key() {
     let keys = stack.keys();
     let refused = http.get(url("stats")).header("apikey", &keys.anon_key).send().await.expect("http");
     assert_eq!(refused.status(), 401);
-    let bad_vsn = tokio_tungstenite::connect_async(format!("{}?apikey={}&vsn=3.0.0", stack.realtime_url(), keys.anon_key)).await;
+    let bad_vsn =
+        tokio_tungstenite::connect_async(format!("{}?apikey={}&vsn=3.0.0", stack.realtime_url(), keys.anon_key)).await;
     assert!(matches!(bad_vsn, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 400));
 
     let mut c = Client::connect(&stack, false).await;
     c.join("realtime:h", json!([{"event": "*", "schema": "public", "table": "messages"}]), &keys.service_key).await;
     c.expect_event("system").await;
-    let stats: Value = http.get(url("stats")).header("apikey", &keys.service_key).send().await.expect("http").json().await.expect("json");
+    let stats: Value = http
+        .get(url("stats"))
+        .header("apikey", &keys.service_key)
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
     assert_eq!((stats["sockets"].clone(), stats["channels"].clone()), (json!(1), json!(1)), "{stats}");
 
     let spec = json!({"schema": "public", "table": "messages", "rows": [{"id": "$uuid", "content": "a"}, {"id": "$uuid", "content": "b"}],
                       "rate_per_sec": 5000, "count": 500});
-    let sent: Value = http.post(url("inject")).header("apikey", &keys.service_key).json(&spec).send().await.expect("http").json().await.expect("json");
+    let sent: Value = http
+        .post(url("inject"))
+        .header("apikey", &keys.service_key)
+        .json(&spec)
+        .send()
+        .await
+        .expect("http")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(sent, json!({"sent": 500}));
     for i in 0..500 {
         let change = c.expect_event("postgres_changes").await;
         assert_eq!(change["data"]["record"]["content"], if i % 2 == 0 { "a" } else { "b" }, "rows are cycled");
     }
 
-    let post = |action: &str, body: Value| http.post(url(action)).header("apikey", &keys.service_key).json(&body).send();
+    let post =
+        |action: &str, body: Value| http.post(url(action)).header("apikey", &keys.service_key).json(&body).send();
     assert_eq!(post("refuse_joins", json!({"refuse": true})).await.expect("http").status(), 200);
     let reply = c.join("realtime:h2", json!([]), &keys.service_key).await;
     assert_eq!(reply["status"], "error");
@@ -353,7 +452,12 @@ async fn http_controls_need_the_service_key() {
 async fn inject_paces_events_at_the_requested_rate() {
     let stack = Stack::start().await.expect("stack");
     let mut c = Client::connect(&stack, true).await;
-    c.join("realtime:rate", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.join(
+        "realtime:rate",
+        json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+        &stack.keys().service_key,
+    )
+    .await;
     c.expect_event("system").await;
     let control = stack.realtime();
     let spec = InjectSpec {
@@ -371,8 +475,13 @@ async fn inject_paces_events_at_the_requested_rate() {
         let change = c.expect_event("postgres_changes").await;
         let data = &change["data"];
         let created = data["record"]["created_at"].as_str().unwrap_or_default().to_string();
-        let commit = chrono::DateTime::parse_from_rfc3339(data["commit_timestamp"].as_str().unwrap_or_default()).expect("commit ts");
-        assert_eq!(chrono::DateTime::parse_from_rfc3339(&created).expect("created_at"), commit, "$now is the commit timestamp");
+        let commit = chrono::DateTime::parse_from_rfc3339(data["commit_timestamp"].as_str().unwrap_or_default())
+            .expect("commit ts");
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(&created).expect("created_at"),
+            commit,
+            "$now is the commit timestamp"
+        );
         assert!(created >= last_stamp, "emission order");
         last_stamp = created;
     }
@@ -391,7 +500,11 @@ async fn joining_a_topic_again_closes_the_old_channel() {
     let payload = json!({"config": {"postgres_changes": [{"event": "INSERT", "schema": "public", "table": "messages"}]}, "access_token": key});
     c.send("realtime:twice", "phx_join", payload, Some("2")).await;
     let raw = loop {
-        let msg = tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await.expect("in time").expect("open").expect("frame");
+        let msg = tokio::time::timeout(Duration::from_secs(5), c.ws.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("frame");
         let v: Value = serde_json::from_str(msg.to_text().expect("text")).expect("json");
         if v[3] == "phx_close" {
             break v;
@@ -451,7 +564,12 @@ async fn a_socket_that_never_reads_is_dropped_without_slowing_the_others() {
 async fn a_lost_change_feed_is_reported_and_reopened() {
     let stack = Stack::start().await.expect("stack");
     let mut c = Client::connect(&stack, false).await;
-    c.join("realtime:feed", json!([{"event": "INSERT", "schema": "public", "table": "messages"}]), &stack.keys().service_key).await;
+    c.join(
+        "realtime:feed",
+        json!([{"event": "INSERT", "schema": "public", "table": "messages"}]),
+        &stack.keys().service_key,
+    )
+    .await;
     c.expect_event("system").await;
     let db = stack.sql().await;
     let killed: i64 = db
@@ -465,7 +583,11 @@ async fn a_lost_change_feed_is_reported_and_reopened() {
         .get(0);
     assert_eq!(killed, 1, "one feed connection with its temporary slot");
     let system = c.expect_event("system").await;
-    assert_eq!((system["status"].clone(), system["extension"].clone()), (json!("error"), json!("postgres_changes")), "{system}");
+    assert_eq!(
+        (system["status"].clone(), system["extension"].clone()),
+        (json!("error"), json!("postgres_changes")),
+        "{system}"
+    );
     // A new slot is created; changes committed after that flow again.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 use supabase_standin::keys::Alg;
-use supabase_standin::seed::{self, Person, ALICE, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, EVA, FARID, PEOPLE};
+use supabase_standin::seed::{
+    self, Person, ALICE, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, EVA, FARID, PEOPLE,
+};
 use supabase_standin::Stack;
 use uuid::Uuid;
 
@@ -13,7 +15,14 @@ struct Api<'a> {
 }
 
 impl Api<'_> {
-    async fn call(&self, method: reqwest::Method, path: &str, token: Option<&str>, apikey: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        apikey: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}/rest/v1/{path}", self.stack.url()));
         if let Some(k) = apikey {
             req = req.header("apikey", k);
@@ -32,7 +41,14 @@ impl Api<'_> {
 
     async fn rpc(&self, who: &Person, function: &str, args: Value) -> (u16, Value) {
         let token = self.stack.token(who, Alg::Hs256);
-        self.call(reqwest::Method::POST, &format!("rpc/{function}"), Some(&token), Some(&self.stack.keys().anon_key), Some(args)).await
+        self.call(
+            reqwest::Method::POST,
+            &format!("rpc/{function}"),
+            Some(&token),
+            Some(&self.stack.keys().anon_key),
+            Some(args),
+        )
+        .await
     }
 
     async fn get(&self, who: &Person, path: &str) -> (u16, Value) {
@@ -64,7 +80,10 @@ async fn the_seed_is_who_src_seed_says() {
     let (stack, _) = start().await;
     let db = stack.sql().await;
     for p in PEOPLE {
-        let row = db.query_one("select full_name, role from public.profiles where id = $1", &[&p.id]).await.expect("profile exists");
+        let row = db
+            .query_one("select full_name, role from public.profiles where id = $1", &[&p.id])
+            .await
+            .expect("profile exists");
         assert_eq!((row.get::<_, String>(0), row.get::<_, String>(1)), (p.full_name.to_string(), p.role.to_string()));
     }
     let n: i64 = db.query_one("select count(*) from public.threads", &[]).await.expect("count").get(0);
@@ -78,7 +97,8 @@ async fn a_parent_never_sees_another_classs_thread_or_messages() {
     let api = Api { stack: &stack, http };
     let (status, threads) = api.get(&FARID, "threads?select=id,title").await;
     assert_eq!(status, 200, "{threads}");
-    let ids: Vec<&str> = threads.as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    let ids: Vec<&str> =
+        threads.as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
     assert!(ids.contains(&CLASS_4A_PARENTS.to_string().as_str()));
     assert!(!ids.contains(&CLASS_3B_PARENTS.to_string().as_str()), "{threads}");
     let (_, messages) = api.get(&FARID, &format!("messages?thread_id=eq.{CLASS_3B_PARENTS}")).await;
@@ -102,8 +122,12 @@ async fn messages_read_with_an_embedded_sender() {
     assert_eq!(rows.as_array().map(Vec::len), Some(2));
     assert_eq!(rows[0]["sender"], json!({"full_name": "Alice Martin", "role": "teacher"}));
     assert_eq!(rows[1]["sender"], json!({"full_name": "David Chen", "role": "parent"}));
-    let (status, one) = api.http
-        .get(format!("{}/rest/v1/threads?id=eq.{CLASS_3B_PARENTS}&select=title,thread_participants(user_id)", stack.url()))
+    let (status, one) = api
+        .http
+        .get(format!(
+            "{}/rest/v1/threads?id=eq.{CLASS_3B_PARENTS}&select=title,thread_participants(user_id)",
+            stack.url()
+        ))
         .header("apikey", &stack.keys().anon_key)
         .bearer_auth(stack.token(&CARLA, Alg::Hs256))
         .header("accept", "application/vnd.pgrst.object+json")
@@ -129,9 +153,12 @@ async fn unread_counts_and_mark_read_across_users() {
     // Alice posts twice: parents' counts go up by two, hers does not.
     let db = stack.sql().await;
     for text in ["one", "two"] {
-        db.execute("insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)", &[&CLASS_3B_PARENTS, &ALICE.id, &text])
-            .await
-            .expect("insert");
+        db.execute(
+            "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)",
+            &[&CLASS_3B_PARENTS, &ALICE.id, &text],
+        )
+        .await
+        .expect("insert");
     }
     let (_, before_eva) = api.rpc(&EVA, "chat_unread_count", json!({})).await;
     assert_eq!(before_eva, json!(unread_by_hand(&stack, EVA.id).await));
@@ -164,7 +191,8 @@ async fn offline_messages_carry_senders_and_only_visible_threads() {
         assert!(created >= last);
         last = created;
     }
-    let (_, limited) = api.rpc(&CARLA, "chat_offline_messages", json!({"p_since": "2020-01-01T00:00:00Z", "p_limit": 2})).await;
+    let (_, limited) =
+        api.rpc(&CARLA, "chat_offline_messages", json!({"p_since": "2020-01-01T00:00:00Z", "p_limit": 2})).await;
     assert_eq!(limited.as_array().map(Vec::len), Some(2));
     let (status, horizon) = api.rpc(&CARLA, "chat_sync_horizon", json!({})).await;
     assert_eq!(status, 200);
@@ -194,10 +222,13 @@ async fn bad_input_gives_postgrest_shaped_errors() {
     assert_eq!(status, 401);
     assert_eq!(e["message"], "No API key found in request");
     let expired = stack.keys().user_token(CARLA.id, CARLA.email, Alg::Hs256, -60);
-    let (status, e) = api.call(reqwest::Method::GET, "messages", Some(&expired), Some(&stack.keys().anon_key), None).await;
+    let (status, e) =
+        api.call(reqwest::Method::GET, "messages", Some(&expired), Some(&stack.keys().anon_key), None).await;
     assert_eq!((status, e["code"].clone(), e["message"].clone()), (401, json!("PGRST301"), json!("JWT expired")));
     // Anonymous callers may not run the chat functions.
-    let (status, e) = api.call(reqwest::Method::POST, "rpc/chat_unread_count", None, Some(&stack.keys().anon_key), Some(json!({}))).await;
+    let (status, e) = api
+        .call(reqwest::Method::POST, "rpc/chat_unread_count", None, Some(&stack.keys().anon_key), Some(json!({})))
+        .await;
     assert_eq!(status, 401, "{e}");
     assert_eq!(e["code"], "42501");
 }
@@ -209,11 +240,20 @@ async fn users_post_only_as_themselves_into_their_threads() {
     let token = stack.token(&CARLA, Alg::Hs256);
     let anon = stack.keys().anon_key.clone();
     let post = |thread: Uuid, sender: Uuid| json!({"thread_id": thread, "sender_id": sender, "content": "hi", "created_at": "2001-01-01T00:00:00Z"});
-    let (status, rows) = api.call(reqwest::Method::POST, "messages?select=id", Some(&token), Some(&anon), Some(post(CLASS_3B_PARENTS, CARLA.id))).await;
+    let (status, rows) = api
+        .call(
+            reqwest::Method::POST,
+            "messages?select=id",
+            Some(&token),
+            Some(&anon),
+            Some(post(CLASS_3B_PARENTS, CARLA.id)),
+        )
+        .await;
     assert_eq!(status, 403, "created_at is not writable by users: {rows}");
     let mut ok = post(CLASS_3B_PARENTS, CARLA.id);
     ok.as_object_mut().map(|o| o.remove("created_at"));
-    let resp = api.http
+    let resp = api
+        .http
         .post(format!("{}/rest/v1/messages", stack.url()))
         .header("apikey", &anon)
         .header("prefer", "return=representation")
@@ -247,9 +287,12 @@ async fn users_change_only_their_own_read_time() {
     let mine = format!("thread_participants?thread_id=eq.{CLASS_3B_PARENTS}&user_id=eq.{}", CARLA.id);
 
     // Moving her own membership into another class's thread would let her read it.
-    let (status, e) = api.call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"thread_id": CLASS_4A_PARENTS}))).await;
+    let (status, e) =
+        api.call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"thread_id": CLASS_4A_PARENTS}))).await;
     assert_eq!((status, e["code"].clone()), (403, json!("42501")), "{e}");
-    let (status, e) = api.call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"joined_at": "2001-01-01T00:00:00Z"}))).await;
+    let (status, e) = api
+        .call(patch.clone(), &mine, Some(&token), Some(&anon), Some(json!({"joined_at": "2001-01-01T00:00:00Z"})))
+        .await;
     assert_eq!(status, 403, "{e}");
     let (_, visible) = api.get(&CARLA, &format!("messages?select=id&thread_id=eq.{CLASS_4A_PARENTS}")).await;
     assert_eq!(visible, json!([]));
@@ -285,7 +328,11 @@ async fn users_change_only_their_own_read_time() {
     for (method, path, body) in [
         (reqwest::Method::DELETE, format!("messages?thread_id=eq.{CLASS_3B_PARENTS}"), None),
         (reqwest::Method::DELETE, mine.clone(), None),
-        (reqwest::Method::POST, "thread_participants".to_string(), Some(json!({"thread_id": CLASS_4A_PARENTS, "user_id": CARLA.id}))),
+        (
+            reqwest::Method::POST,
+            "thread_participants".to_string(),
+            Some(json!({"thread_id": CLASS_4A_PARENTS, "user_id": CARLA.id})),
+        ),
         (patch.clone(), format!("threads?id=eq.{CLASS_3B_PARENTS}"), Some(json!({"title": "mine now"}))),
         (patch.clone(), format!("messages?thread_id=eq.{CLASS_3B_PARENTS}"), Some(json!({"content": "edited"}))),
         (patch.clone(), format!("profiles?id=eq.{}", CARLA.id), Some(json!({"role": "admin"}))),
@@ -295,7 +342,10 @@ async fn users_change_only_their_own_read_time() {
     }
     let db = stack.sql().await;
     let n: i64 = db
-        .query_one("select count(*) from public.messages where thread_id = $1 and content = 'edited'", &[&CLASS_3B_PARENTS])
+        .query_one(
+            "select count(*) from public.messages where thread_id = $1 and content = 'edited'",
+            &[&CLASS_3B_PARENTS],
+        )
         .await
         .expect("count")
         .get(0);
@@ -316,7 +366,14 @@ async fn postgrest_headers_counts_single_objects_and_representations() {
     assert_eq!(status, 401);
     assert_eq!(e["message"], "Invalid API key");
     assert!(e.get("code").is_none() && e["hint"].is_string(), "{e}");
-    let resp = api.http.get(url("messages")).query(&[("apikey", anon.as_str())]).bearer_auth(&token).send().await.expect("answers");
+    let resp = api
+        .http
+        .get(url("messages"))
+        .query(&[("apikey", anon.as_str())])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(resp.status().as_u16(), 200, "apikey as a URL parameter");
 
     // Content-Range, with and without an exact count.
@@ -365,12 +422,18 @@ async fn postgrest_headers_counts_single_objects_and_representations() {
         .await
         .expect("answers");
     assert_eq!(resp.status().as_u16(), 200, "a single object is asked for");
-    assert_eq!(resp.json::<Value>().await.expect("json"), json!({"content": "shaped", "sender": {"full_name": "Carla Diaz"}}));
+    assert_eq!(
+        resp.json::<Value>().await.expect("json"),
+        json!({"content": "shaped", "sender": {"full_name": "Carla Diaz"}})
+    );
 
     // Bulk inserts need the same keys in every object; a constraint violation is 400 23514.
     let rows = json!([{"thread_id": CLASS_3B_PARENTS, "sender_id": CARLA.id, "content": "a"}, {"thread_id": CLASS_3B_PARENTS, "content": "b"}]);
     let (status, e) = api.call(reqwest::Method::POST, "messages", Some(&token), Some(&anon), Some(rows)).await;
-    assert_eq!((status, e["code"].clone(), e["message"].clone()), (400, json!("PGRST102"), json!("All object keys must match")));
+    assert_eq!(
+        (status, e["code"].clone(), e["message"].clone()),
+        (400, json!("PGRST102"), json!("All object keys must match"))
+    );
     let empty = json!({"thread_id": CLASS_3B_PARENTS, "sender_id": CARLA.id, "content": ""});
     let (status, e) = api.call(reqwest::Method::POST, "messages", Some(&token), Some(&anon), Some(empty)).await;
     assert_eq!((status, e["code"].clone()), (400, json!("23514")), "{e}");
@@ -477,9 +540,16 @@ async fn upserts_merge_or_ignore_duplicates() {
     let resp = upsert("ignore-duplicates", "", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
     assert_eq!(resp.status().as_u16(), 201);
     assert_eq!(resp.json::<Value>().await.expect("json"), json!([]), "the existing row is kept");
-    let resp = upsert("merge-duplicates", "?on_conflict=thread_id,user_id&select=last_read_at", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
+    let resp = upsert(
+        "merge-duplicates",
+        "?on_conflict=thread_id,user_id&select=last_read_at",
+        row("2031-01-01T00:00:00+00:00"),
+    )
+    .await
+    .expect("answers");
     assert_eq!(resp.status().as_u16(), 201);
     assert_eq!(resp.json::<Value>().await.expect("json"), json!([{"last_read_at": "2031-01-01T00:00:00+00:00"}]));
-    let resp = upsert("merge-duplicates", "?on_conflict=nope", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
+    let resp =
+        upsert("merge-duplicates", "?on_conflict=nope", row("2031-01-01T00:00:00+00:00")).await.expect("answers");
     assert_eq!(resp.status().as_u16(), 400);
 }

@@ -15,7 +15,8 @@ async fn start() -> Stack {
 async fn health_and_jwks_are_served_at_the_project_url() {
     let stack = start().await;
     let http = reqwest::Client::new();
-    let health: Value = http.get(format!("{}/_standin/health", stack.url())).send().await.expect("answers").json().await.expect("json");
+    let health: Value =
+        http.get(format!("{}/_standin/health", stack.url())).send().await.expect("answers").json().await.expect("json");
     assert_eq!(health["status"], "ok");
     let jwks: Value = http
         .get(format!("{}/auth/v1/.well-known/jwks.json", stack.url()))
@@ -27,7 +28,9 @@ async fn health_and_jwks_are_served_at_the_project_url() {
         .expect("json");
     assert_eq!(jwks["keys"][0]["kid"], json!(stack.keys().kid));
     assert_eq!(jwks["keys"][0]["alg"], "ES256");
-    assert!(stack.realtime_url().starts_with("ws://127.0.0.1:") && stack.realtime_url().ends_with("/realtime/v1/websocket"));
+    assert!(
+        stack.realtime_url().starts_with("ws://127.0.0.1:") && stack.realtime_url().ends_with("/realtime/v1/websocket")
+    );
     let claims = stack.keys().verify(&stack.token(&CARLA, Alg::Es256)).expect("own token verifies");
     assert_eq!(claims.iss.as_deref(), Some(format!("{}/auth/v1", stack.url()).as_str()));
 }
@@ -82,21 +85,44 @@ async fn seeded_users_sign_in_with_a_password_and_refresh() {
 
     // Refresh tokens are single use.
     let refresh = session["refresh_token"].clone();
-    let renewed = http.post(token_url("refresh_token")).header("apikey", &anon).json(&json!({"refresh_token": refresh})).send().await.expect("answers");
+    let renewed = http
+        .post(token_url("refresh_token"))
+        .header("apikey", &anon)
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(renewed.status().as_u16(), 200);
     assert_eq!(renewed.json::<Value>().await.expect("json")["user"]["id"], json!(CARLA.id));
-    let again = http.post(token_url("refresh_token")).header("apikey", &anon).json(&json!({"refresh_token": refresh})).send().await.expect("answers");
+    let again = http
+        .post(token_url("refresh_token"))
+        .header("apikey", &anon)
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(again.status().as_u16(), 400);
     assert_eq!(again.json::<Value>().await.expect("json")["error_code"], "refresh_token_not_found");
 
     // Wrong password, unknown user, no API key.
-    for body in [json!({"email": FARID.email, "password": "nope"}), json!({"email": "nobody@school.test", "password": Stack::SEED_PASSWORD})] {
+    for body in [
+        json!({"email": FARID.email, "password": "nope"}),
+        json!({"email": "nobody@school.test", "password": Stack::SEED_PASSWORD}),
+    ] {
         let resp = http.post(token_url("password")).header("apikey", &anon).json(&body).send().await.expect("answers");
         assert_eq!(resp.status().as_u16(), 400);
         let e: Value = resp.json().await.expect("json");
-        assert_eq!((e["error_code"].clone(), e["msg"].clone()), (json!("invalid_credentials"), json!("Invalid login credentials")));
+        assert_eq!(
+            (e["error_code"].clone(), e["msg"].clone()),
+            (json!("invalid_credentials"), json!("Invalid login credentials"))
+        );
     }
-    let resp = http.post(token_url("password")).json(&json!({"email": CARLA.email, "password": Stack::SEED_PASSWORD})).send().await.expect("answers");
+    let resp = http
+        .post(token_url("password"))
+        .json(&json!({"email": CARLA.email, "password": Stack::SEED_PASSWORD}))
+        .send()
+        .await
+        .expect("answers");
     assert_eq!(resp.status().as_u16(), 401);
 }
 
@@ -104,14 +130,13 @@ async fn seeded_users_sign_in_with_a_password_and_refresh() {
 async fn every_stack_has_a_database_of_its_own() {
     let (one, two) = (start().await, start().await);
     assert_ne!(one.database().name(), two.database().name());
-    one.sql()
-        .await
-        .execute("insert into public.threads (title) values ('only in one')", &[])
-        .await
-        .expect("insert");
+    one.sql().await.execute("insert into public.threads (title) values ('only in one')", &[]).await.expect("insert");
     async fn count(stack: &Stack) -> i64 {
         let sql = stack.sql().await;
-        sql.query_one("select count(*) from public.threads where title = 'only in one'", &[]).await.expect("count").get(0)
+        sql.query_one("select count(*) from public.threads where title = 'only in one'", &[])
+            .await
+            .expect("count")
+            .get(0)
     }
     assert_eq!((count(&one).await, count(&two).await), (1, 0));
 }

@@ -60,10 +60,14 @@ async fn main() {
         .init();
     let args = Args::parse();
     if args.port >= 32768 {
-        eprintln!("supabase-standin: --port {} is in the ephemeral range; use a port below 32768 (or 0 for any)", args.port);
+        eprintln!(
+            "supabase-standin: --port {} is in the ephemeral range; use a port below 32768 (or 0 for any)",
+            args.port
+        );
         std::process::exit(2);
     }
-    let options = StackOptions { jwt_secret: args.jwt_secret.clone(), bind: args.bind, port: args.port, own_cluster: true };
+    let options =
+        StackOptions { jwt_secret: args.jwt_secret.clone(), bind: args.bind, port: args.port, own_cluster: true };
     let stack = match Stack::start_with(options).await {
         Ok(stack) => stack,
         Err(e) => {
@@ -123,10 +127,19 @@ async fn main() {
         if let Some(path) = &args.env_file {
             println!("  (written to {})", path.display());
         }
-        println!("\nSeeded users sign in with their email and the password `{}` (POST /auth/v1/token?grant_type=password).", Stack::SEED_PASSWORD);
+        println!(
+            "\nSeeded users sign in with their email and the password `{}` (POST /auth/v1/token?grant_type=password).",
+            Stack::SEED_PASSWORD
+        );
         println!("Access tokens of the seeded school (HS256; ES256 with --json):");
         for (p, u) in PEOPLE.iter().zip(summary["users"].as_array().into_iter().flatten()) {
-            println!("  {:<13} {:<8} {}\n    {}", p.full_name, p.role, p.id, u["token_hs256"].as_str().unwrap_or_default());
+            println!(
+                "  {:<13} {:<8} {}\n    {}",
+                p.full_name,
+                p.role,
+                p.id,
+                u["token_hs256"].as_str().unwrap_or_default()
+            );
         }
     }
     wait_for_signal().await;

@@ -231,20 +231,34 @@ pub fn routes(control: RealtimeControl, service_key: String) -> warp::filters::B
         .and(warp::header::optional::<String>("apikey"))
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .and(warp::body::bytes());
-    base.then(move |action: String, method: warp::http::Method, header: Option<String>, query: std::collections::HashMap<String, String>, body: bytes::Bytes| {
-        let control = control.clone();
-        let authorized = header.or_else(|| query.get("apikey").cloned()).as_deref() == Some(service_key.as_str());
-        async move {
-            if !authorized {
-                return reply(StatusCode::UNAUTHORIZED, json!({"message": "the service role key is required as apikey"}));
+    base.then(
+        move |action: String,
+              method: warp::http::Method,
+              header: Option<String>,
+              query: std::collections::HashMap<String, String>,
+              body: bytes::Bytes| {
+            let control = control.clone();
+            let authorized = header.or_else(|| query.get("apikey").cloned()).as_deref() == Some(service_key.as_str());
+            async move {
+                if !authorized {
+                    return reply(
+                        StatusCode::UNAUTHORIZED,
+                        json!({"message": "the service role key is required as apikey"}),
+                    );
+                }
+                handle(&control, &action, &method, &body).await
             }
-            handle(&control, &action, &method, &body).await
-        }
-    })
+        },
+    )
     .boxed()
 }
 
-async fn handle(control: &RealtimeControl, action: &str, method: &warp::http::Method, body: &[u8]) -> warp::reply::Response {
+async fn handle(
+    control: &RealtimeControl,
+    action: &str,
+    method: &warp::http::Method,
+    body: &[u8],
+) -> warp::reply::Response {
     fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<warp::reply::Response>> {
         serde_json::from_slice(body)
             .map_err(|e| Box::new(reply(StatusCode::BAD_REQUEST, json!({"message": format!("bad body: {e}")}))))
@@ -312,7 +326,12 @@ mod tests {
         assert_eq!(a.keys, vec!["id".to_string()]);
         let types: Vec<&str> = a.columns.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(a.columns.len(), 5);
-        assert!(types.contains(&"uuid") && types.contains(&"timestamptz") && types.contains(&"int8") && types.contains(&"jsonb"));
+        assert!(
+            types.contains(&"uuid")
+                && types.contains(&"timestamptz")
+                && types.contains(&"int8")
+                && types.contains(&"jsonb")
+        );
         let d = synthetic("public", "messages", "DELETE", &template);
         assert!(d.record.is_none() && d.old_record.is_some());
     }

@@ -36,8 +36,7 @@ pub struct Change {
 impl Change {
     /// The `data` object of a `postgres_changes` push, serialized once for every recipient.
     pub fn data_json(&self) -> String {
-        let columns: Vec<Value> =
-            self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect();
+        let columns: Vec<Value> = self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect();
         let mut data = Map::new();
         data.insert("schema".into(), Value::from(self.schema.as_str()));
         data.insert("table".into(), Value::from(self.table.as_str()));
@@ -150,10 +149,7 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 fn commit_time(pg_micros: i64) -> String {
     let unix = pg_micros.saturating_add(PG_EPOCH_MICROS);
-    Utc.timestamp_micros(unix)
-        .single()
-        .unwrap_or_else(Utc::now)
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    Utc.timestamp_micros(unix).single().unwrap_or_else(Utc::now).to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// A row change of the open transaction, kept until its Commit.
@@ -300,7 +296,9 @@ impl Decoder {
 /// Converts PostgreSQL's text output of a value of type `ty` to JSON as Realtime does.
 pub fn to_json(ty: &str, text: &str) -> Value {
     match ty {
-        "int2" | "int4" | "int8" | "oid" => text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.into())),
+        "int2" | "int4" | "int8" | "oid" => {
+            text.parse::<i64>().map(Value::from).unwrap_or_else(|_| Value::String(text.into()))
+        }
         "float4" | "float8" | "numeric" => text
             .parse::<f64>()
             .ok()
@@ -312,9 +310,9 @@ pub fn to_json(ty: &str, text: &str) -> Value {
         "timestamptz" => Value::String(timestamptz(text)),
         "timestamp" => Value::String(text.replacen(' ', "T", 1)),
         array if array.starts_with('_') => match parse_array(text) {
-            Some(items) => Value::Array(
-                items.into_iter().map(|i| i.map_or(Value::Null, |t| to_json(&array[1..], &t))).collect(),
-            ),
+            Some(items) => {
+                Value::Array(items.into_iter().map(|i| i.map_or(Value::Null, |t| to_json(&array[1..], &t))).collect())
+            }
             None => Value::String(text.into()),
         },
         _ => Value::String(text.into()),
@@ -435,7 +433,10 @@ mod tests {
         let mut insert = vec![b'I'];
         insert.extend_from_slice(&16384i32.to_be_bytes());
         insert.push(b'N');
-        tuple(&mut insert, &[Some("c0000000-0000-4000-8000-000000000001"), Some("42"), Some("2026-01-01 12:00:00.5+00")]);
+        tuple(
+            &mut insert,
+            &[Some("c0000000-0000-4000-8000-000000000001"), Some("42"), Some("2026-01-01 12:00:00.5+00")],
+        );
         d.feed(&insert, &types).expect("insert");
         let mut delete = vec![b'D'];
         delete.extend_from_slice(&16384i32.to_be_bytes());
@@ -480,7 +481,10 @@ mod tests {
         assert_eq!(to_json("int8", "12"), Value::from(12));
         assert_eq!(to_json("bool", "t"), Value::Bool(true));
         assert_eq!(to_json("jsonb", r#"{"a":1}"#), serde_json::json!({"a":1}));
-        assert_eq!(to_json("timestamptz", "2026-01-01 12:00:00.123456+00"), Value::from("2026-01-01T12:00:00.123456+00:00"));
+        assert_eq!(
+            to_json("timestamptz", "2026-01-01 12:00:00.123456+00"),
+            Value::from("2026-01-01T12:00:00.123456+00:00")
+        );
         assert_eq!(to_json("timestamptz", "2026-01-01 12:00:00+05:30"), Value::from("2026-01-01T12:00:00+05:30"));
         assert_eq!(to_json("text", "hi"), Value::from("hi"));
         assert_eq!(to_json("timestamp", "2026-01-01 12:00:00.25"), Value::from("2026-01-01T12:00:00.25"));

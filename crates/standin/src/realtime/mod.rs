@@ -152,8 +152,10 @@ impl Shared {
             let Ok(channels) = socket.channels.lock() else { continue };
             for c in channels.iter() {
                 let name = c.topic.strip_prefix("realtime:").unwrap_or(&c.topic);
-                let payload = json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name});
-                let text = frame::encode_push_raw(c.join_ref.as_deref(), &c.topic, "system", &payload.to_string(), socket.vsn);
+                let payload =
+                    json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name});
+                let text =
+                    frame::encode_push_raw(c.join_ref.as_deref(), &c.topic, "system", &payload.to_string(), socket.vsn);
                 let _ = socket.changes.try_send(socket::Outgoing { due: None, text, check: None });
             }
         }
@@ -309,7 +311,9 @@ impl Realtime {
                     return status_json(StatusCode::BAD_REQUEST, "Unsupported serializer version (vsn)");
                 };
                 let shared = shared.clone();
-                ws.max_message_size(1 << 20).on_upgrade(move |socket| socket::serve(socket, shared, vsn, apikey)).into_response()
+                ws.max_message_size(1 << 20)
+                    .on_upgrade(move |socket| socket::serve(socket, shared, vsn, apikey))
+                    .into_response()
             });
         let controls = control::routes(self.control(), self.shared.keys.service_key.clone());
         websocket.or(controls).unify().boxed()

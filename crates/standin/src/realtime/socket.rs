@@ -164,8 +164,7 @@ impl Binding {
         (self.event == "*" || self.event == change.kind)
             && self.schema == change.schema
             && self.table.as_deref().is_none_or(|t| t == change.table)
-            && (change.kind == "DELETE"
-                || self.filter.as_ref().is_none_or(|f| f.matches(change.record.as_ref())))
+            && (change.kind == "DELETE" || self.filter.as_ref().is_none_or(|f| f.matches(change.record.as_ref())))
     }
 }
 
@@ -201,7 +200,8 @@ pub fn route(handle: &SocketHandle, change: &Change, data_json: &str, due: Optio
             continue;
         }
         let payload = format!("{{\"ids\":[{}],\"data\":{data_json}}}", ids.join(","));
-        let text = encode_push_raw(channel.join_ref.as_deref(), &channel.topic, "postgres_changes", &payload, handle.vsn);
+        let text =
+            encode_push_raw(channel.join_ref.as_deref(), &channel.topic, "postgres_changes", &payload, handle.vsn);
         out.push(Outgoing { due, text, check: row_check(channel, change) });
     }
     out
@@ -284,7 +284,8 @@ pub async fn serve(ws: WebSocket, shared: Arc<Shared>, vsn: Vsn, apikey: String)
     let capacity = shared.queue_capacity.load(Ordering::Relaxed).max(1);
     let (changes_tx, changes_rx) = mpsc::channel::<Outgoing>(capacity);
     let (reply_tx, reply_rx) = mpsc::channel::<String>(REPLY_QUEUE);
-    let handle = Arc::new(SocketHandle { vsn, channels: Mutex::new(Vec::new()), changes: changes_tx, kill: Notify::new() });
+    let handle =
+        Arc::new(SocketHandle { vsn, channels: Mutex::new(Vec::new()), changes: changes_tx, kill: Notify::new() });
     let id = shared.register(handle.clone());
     let (mut sink, mut stream) = ws.split();
     let conn = Conn { shared: shared.clone(), handle, apikey, replies: reply_tx };
@@ -458,7 +459,9 @@ impl Conn {
             .unwrap_or_default();
         expired
             .into_iter()
-            .flat_map(|c| shutdown(&c.topic, c.join_ref, format!("Token has expired {} seconds ago", now - c.token_exp)))
+            .flat_map(|c| {
+                shutdown(&c.topic, c.join_ref, format!("Token has expired {} seconds ago", now - c.token_exp))
+            })
             .collect()
     }
 
@@ -478,7 +481,9 @@ impl Conn {
             ("phoenix", "heartbeat") => vec![reply(&frame, "ok", json!({}))],
             (_, "phx_join") => self.join(&frame).await,
             (topic, "phx_leave") => match self.remove(topic) {
-                Some(_) => vec![reply(&frame, "ok", json!({})), push(topic, frame.join_ref.clone(), "phx_close", json!({}))],
+                Some(_) => {
+                    vec![reply(&frame, "ok", json!({})), push(topic, frame.join_ref.clone(), "phx_close", json!({}))]
+                }
                 None => unmatched(),
             },
             (topic, _) if !self.joined(topic) => unmatched(),
@@ -534,7 +539,8 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return error(token_error(&token, &e)),
         };
-        let requested = frame.payload.pointer("/config/postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
+        let requested =
+            frame.payload.pointer("/config/postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
         let (bindings, echoed) = if requested.is_empty() {
             (Vec::new(), Vec::new())
         } else {
@@ -785,7 +791,11 @@ mod tests {
             refused.err().as_deref(),
             Some("Unable to subscribe to changes with given parameters. Please check Realtime is enabled for the given connect parameters: [schema: public, table: profiles, filters: []]")
         );
-        assert!(bind(&[json!({"event": "INSERT", "schema": "public", "table": "messages", "filter": "x=like.y"})], &published).is_err());
+        assert!(bind(
+            &[json!({"event": "INSERT", "schema": "public", "table": "messages", "filter": "x=like.y"})],
+            &published
+        )
+        .is_err());
         assert!(bind(&[json!({"event": "TRUNCATE", "schema": "public"})], &published).is_err());
         assert!(bind(&[json!({"event": "*", "schema": "public"})], &published).is_ok());
     }
@@ -802,6 +812,9 @@ mod tests {
         let other = crate::keys::Keys::generate("another-secret-that-is-long-enough-xxxxxx", "http://x/auth/v1");
         let forged = other.user_token(id, "a@b.test", crate::keys::Alg::Hs256, 60);
         assert_eq!(token_error(&forged, &keys.verify(&forged).expect_err("bad")), "Failed to validate JWT signature");
-        assert_eq!(token_error("nope", &keys.verify("nope").expect_err("bad")), "The token provided is not a valid JWT");
+        assert_eq!(
+            token_error("nope", &keys.verify("nope").expect_err("bad")),
+            "The token provided is not a valid JWT"
+        );
     }
 }

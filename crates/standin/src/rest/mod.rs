@@ -64,19 +64,33 @@ pub fn status_for_sqlstate(code: &str, message: &str, anon: bool) -> StatusCode 
     }
     if let Some(n) = code.strip_prefix("PT") {
         // `raise sqlstate 'PT402'`: the function chooses the status.
-        return n.parse::<u16>().ok().and_then(|n| StatusCode::from_u16(n).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return n
+            .parse::<u16>()
+            .ok()
+            .and_then(|n| StatusCode::from_u16(n).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     }
     match code.get(..2).unwrap_or_default() {
         "08" | "53" => status(503),
         "0L" | "0P" | "28" => status(403),
-        "09" | "25" | "2D" | "38" | "39" | "3B" | "40" | "54" | "55" | "57" | "58" | "F0" | "HV" | "P0" | "XX" => status(500),
+        "09" | "25" | "2D" | "38" | "39" | "3B" | "40" | "54" | "55" | "57" | "58" | "F0" | "HV" | "P0" | "XX" => {
+            status(500)
+        }
         _ => status(400),
     }
 }
 
 impl RestError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> RestError {
-        RestError { status, code: code.into(), message: message.into(), details: None, hint: None, from_api_gateway: false, invalid_token: false }
+        RestError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            details: None,
+            hint: None,
+            from_api_gateway: false,
+            invalid_token: false,
+        }
     }
 
     /// A JWT PostgREST refuses: 401 PGRST301 with a `WWW-Authenticate` challenge.
@@ -86,7 +100,11 @@ impl RestError {
 
     /// What Supabase's API gateway answers before a request reaches PostgREST.
     fn api_gateway(message: &str, hint: &str) -> RestError {
-        RestError { hint: Some(hint.into()), from_api_gateway: true, ..RestError::new(StatusCode::UNAUTHORIZED, "", message) }
+        RestError {
+            hint: Some(hint.into()),
+            from_api_gateway: true,
+            ..RestError::new(StatusCode::UNAUTHORIZED, "", message)
+        }
     }
 
     fn reply(&self) -> warp::reply::Response {
@@ -97,7 +115,8 @@ impl RestError {
         };
         let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if self.invalid_token {
-            let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.message.replace('"', "'"));
+            let challenge =
+                format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.message.replace('"', "'"));
             if let Ok(value) = warp::http::HeaderValue::from_str(&challenge) {
                 response.headers_mut().insert("www-authenticate", value);
             }
@@ -107,7 +126,11 @@ impl RestError {
 
     fn from_db(e: &tokio_postgres::Error, role: &str) -> RestError {
         let Some(db) = e.as_db_error() else {
-            return RestError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST000", format!("Database connection error: {e}"));
+            return RestError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PGRST000",
+                format!("Database connection error: {e}"),
+            );
         };
         let code = db.code().code();
         RestError {
@@ -150,9 +173,9 @@ impl Pool {
         let reused = self.idle.lock().ok().and_then(|mut idle| idle.pop()).filter(|c| !c.is_closed());
         let client = match reused {
             Some(c) => c,
-            None => crate::pg::connect(&self.url)
-                .await
-                .map_err(|e| RestError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST000", format!("Database connection error: {e}")))?,
+            None => crate::pg::connect(&self.url).await.map_err(|e| {
+                RestError::new(StatusCode::SERVICE_UNAVAILABLE, "PGRST000", format!("Database connection error: {e}"))
+            })?,
         };
         Ok(Pooled { client: Some(client), pool: self, idle: false, _permit: permit })
     }
@@ -217,7 +240,8 @@ impl Rest {
                 let rest = rest.clone();
                 async move {
                     if body.len() > 1 << 20 {
-                        return RestError::new(StatusCode::PAYLOAD_TOO_LARGE, "PGRST413", "Request body too large").reply();
+                        return RestError::new(StatusCode::PAYLOAD_TOO_LARGE, "PGRST413", "Request body too large")
+                            .reply();
                     }
                     let params = url_params(&raw_query);
                     let request = Request { method, path: tail.as_str().to_string(), params, headers, body };
@@ -238,10 +262,16 @@ impl Rest {
             .map(str::to_string)
             .or_else(|| req.params.iter().find(|(k, _)| k == "apikey").map(|(_, v)| v.clone()));
         let Some(apikey) = apikey else {
-            return Err(RestError::api_gateway("No API key found in request", "No `apikey` request header or url param was found."));
+            return Err(RestError::api_gateway(
+                "No API key found in request",
+                "No `apikey` request header or url param was found.",
+            ));
         };
         if apikey != self.keys.anon_key && apikey != self.keys.service_key {
-            return Err(RestError::api_gateway("Invalid API key", "Double check your Supabase `anon` or `service_role` API key."));
+            return Err(RestError::api_gateway(
+                "Invalid API key",
+                "Double check your Supabase `anon` or `service_role` API key.",
+            ));
         }
         let bearer = req
             .headers
@@ -258,7 +288,8 @@ impl Rest {
         if !matches!(claims.role.as_str(), "anon" | "authenticated" | "service_role") {
             return Err(RestError::jwt(format!("role \"{}\" does not exist", claims.role)));
         }
-        serde_json::to_value(&claims).map_err(|e| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "PGRST000", e.to_string()))
+        serde_json::to_value(&claims)
+            .map_err(|e| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "PGRST000", e.to_string()))
     }
 
     async fn handle(&self, req: Request) -> Result<warp::reply::Response, RestError> {
@@ -277,7 +308,13 @@ impl Rest {
         result
     }
 
-    async fn in_transaction(&self, client: &Client, req: &Request, claims: &Value, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn in_transaction(
+        &self,
+        client: &Client,
+        req: &Request,
+        claims: &Value,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let db = |e: tokio_postgres::Error| RestError::from_db(&e, role);
         client
             .execute(
@@ -288,27 +325,55 @@ impl Rest {
             .map_err(db)?;
         let segments: Vec<&str> = req.path.split('/').filter(|s| !s.is_empty()).collect();
         match (segments.as_slice(), &req.method) {
-            (["rpc", function], &Method::POST) | (["rpc", function], &Method::GET) => self.rpc(client, req, function, role).await,
+            (["rpc", function], &Method::POST) | (["rpc", function], &Method::GET) => {
+                self.rpc(client, req, function, role).await
+            }
             ([table], m) if *m == Method::GET || *m == Method::HEAD => self.select(client, req, table, role).await,
             ([table], &Method::POST) => self.insert(client, req, table, role).await,
             ([table], &Method::PATCH) => self.update(client, req, table, role).await,
             ([table], &Method::DELETE) => self.delete(client, req, table, role).await,
-            _ => Err(RestError::new(StatusCode::NOT_FOUND, "PGRST125", format!("Invalid path specified in request URL: /{}", req.path))),
+            _ => Err(RestError::new(
+                StatusCode::NOT_FOUND,
+                "PGRST125",
+                format!("Invalid path specified in request URL: /{}", req.path),
+            )),
         }
     }
 
     // ----- RPC --------------------------------------------------------------------------------
 
-    async fn rpc(&self, client: &Client, req: &Request, function: &str, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn rpc(
+        &self,
+        client: &Client,
+        req: &Request,
+        function: &str,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let args: serde_json::Map<String, Value> = if req.method == Method::GET {
-            req.params.iter().filter(|(k, _)| k != "apikey").map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect()
+            req.params
+                .iter()
+                .filter(|(k, _)| k != "apikey")
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect()
         } else if req.body.iter().all(u8::is_ascii_whitespace) {
             Default::default()
         } else {
             match serde_json::from_slice::<Value>(&req.body) {
                 Ok(Value::Object(map)) => map,
-                Ok(_) => return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", "Expected a JSON object of named arguments")),
-                Err(e) => return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", format!("Empty or invalid json: {e}"))),
+                Ok(_) => {
+                    return Err(RestError::new(
+                        StatusCode::BAD_REQUEST,
+                        "PGRST102",
+                        "Expected a JSON object of named arguments",
+                    ))
+                }
+                Err(e) => {
+                    return Err(RestError::new(
+                        StatusCode::BAD_REQUEST,
+                        "PGRST102",
+                        format!("Empty or invalid json: {e}"),
+                    ))
+                }
             }
         };
         let candidates = client
@@ -332,7 +397,12 @@ impl Rest {
             let inputs: Vec<String> = if modes.is_empty() {
                 names.iter().take(nargs as usize).cloned().collect()
             } else {
-                names.iter().zip(modes.iter()).filter(|(_, m)| matches!(m.as_str(), "i" | "b" | "v")).map(|(n, _)| n.clone()).collect()
+                names
+                    .iter()
+                    .zip(modes.iter())
+                    .filter(|(_, m)| matches!(m.as_str(), "i" | "b" | "v"))
+                    .map(|(n, _)| n.clone())
+                    .collect()
             };
             if inputs.len() != types.len() {
                 continue;
@@ -364,10 +434,20 @@ impl Rest {
         // As PostgREST: the arguments travel as one JSON parameter and `json_to_record` gives
         // each its declared type (strings through the type's input function, JSON arrays as
         // arrays, objects as json/jsonb or composites). Names and types come from the catalog.
-        let given: Vec<(&String, &String)> = inputs.iter().zip(types.iter()).filter(|(name, _)| args.contains_key(*name)).collect();
-        let call_args = given.iter().map(|(name, _)| format!("{q} => _a.{q}", q = quote_ident(name))).collect::<Vec<_>>().join(", ");
-        let record = given.iter().map(|(name, ty)| format!("{} {ty}", quote_ident(name))).collect::<Vec<_>>().join(", ");
-        let source = if given.is_empty() { String::new() } else { format!(" from json_to_record($1::text::json) as _a({record})") };
+        let given: Vec<(&String, &String)> =
+            inputs.iter().zip(types.iter()).filter(|(name, _)| args.contains_key(*name)).collect();
+        let call_args = given
+            .iter()
+            .map(|(name, _)| format!("{q} => _a.{q}", q = quote_ident(name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let record =
+            given.iter().map(|(name, ty)| format!("{} {ty}", quote_ident(name))).collect::<Vec<_>>().join(", ");
+        let source = if given.is_empty() {
+            String::new()
+        } else {
+            format!(" from json_to_record($1::text::json) as _a({record})")
+        };
         let call = format!("public.{}({call_args})", quote_ident(function));
         let sql = if retset {
             let from = if given.is_empty() { " from ".to_string() } else { format!("{source} cross join lateral ") };
@@ -393,7 +473,12 @@ impl Rest {
 
     // ----- tables -----------------------------------------------------------------------------
 
-    async fn table_columns(&self, client: &Client, table: &str, role: &str) -> Result<Vec<(String, String)>, RestError> {
+    async fn table_columns(
+        &self,
+        client: &Client,
+        table: &str,
+        role: &str,
+    ) -> Result<Vec<(String, String)>, RestError> {
         let rows = client
             .query(
                 "select a.attname::text, format_type(a.atttypid, a.atttypmod)
@@ -415,7 +500,12 @@ impl Rest {
     }
 
     /// WHERE clause of the request's filters on alias `t0`.
-    fn where_clause<'a>(&self, req: &'a Request, columns: &[(String, String)], params: &mut Params<'a>) -> Result<String, RestError> {
+    fn where_clause<'a>(
+        &self,
+        req: &'a Request,
+        columns: &[(String, String)],
+        params: &mut Params<'a>,
+    ) -> Result<String, RestError> {
         let reserved = ["select", "order", "limit", "offset", "apikey", "on_conflict", "columns"];
         let mut conds = Vec::new();
         for (key, value) in &req.params {
@@ -423,9 +513,14 @@ impl Rest {
                 continue;
             }
             if key == "or" || key == "and" {
-                return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST100", "or/and filters are not supported by this stand-in"));
+                return Err(RestError::new(
+                    StatusCode::BAD_REQUEST,
+                    "PGRST100",
+                    "or/and filters are not supported by this stand-in",
+                ));
             }
-            let filter = query::parse_filter(key, value).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
+            let filter = query::parse_filter(key, value)
+                .map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
             let ty = column_type(columns, &filter.column)?;
             let col = format!("t0.{}", quote_ident(&filter.column));
             let cond = match filter.op {
@@ -461,17 +556,25 @@ impl Rest {
         Ok(if conds.is_empty() { "true".into() } else { conds.join(" and ") })
     }
 
-    async fn select(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn select(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
         let select = param(req, "select").unwrap_or("*");
-        let items = query::parse_select(select).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
+        let items =
+            query::parse_select(select).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
         let mut counter = 0usize;
         let projection = self.projection(client, table, "t0", &columns, &items, role, &mut counter).await?;
         let mut params: Params = Vec::new();
         let filter = self.where_clause(req, &columns, &mut params)?;
         let mut tail = String::new();
         if let Some(order) = param(req, "order") {
-            let items = query::parse_order(order).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
+            let items =
+                query::parse_order(order).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
             let mut parts = Vec::new();
             for o in items {
                 column_type(&columns, &o.column)?;
@@ -480,7 +583,11 @@ impl Rest {
                     Some(false) => " nulls last",
                     None => "",
                 };
-                parts.push(format!("t0.{} {}{nulls}", quote_ident(&o.column), if o.descending { "desc" } else { "asc" }));
+                parts.push(format!(
+                    "t0.{} {}{nulls}",
+                    quote_ident(&o.column),
+                    if o.descending { "desc" } else { "asc" }
+                ));
             }
             if !parts.is_empty() {
                 tail.push_str(&format!(" order by {}", parts.join(", ")));
@@ -488,7 +595,9 @@ impl Rest {
         }
         for key in ["limit", "offset"] {
             if let Some(v) = param(req, key) {
-                let n: u64 = v.parse().map_err(|_| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", format!("{key} must be a number")))?;
+                let n: u64 = v.parse().map_err(|_| {
+                    RestError::new(StatusCode::BAD_REQUEST, "PGRST100", format!("{key} must be a number"))
+                })?;
                 tail.push_str(&format!(" {key} {n}"));
             }
         }
@@ -532,14 +641,20 @@ impl Rest {
                     SelectItem::Star => parts.push(format!("{alias}.*")),
                     SelectItem::Column { name, alias: as_name } => {
                         column_type(columns, name)?;
-                        parts.push(format!("{alias}.{} as {}", quote_ident(name), quote_ident(as_name.as_deref().unwrap_or(name))));
+                        parts.push(format!(
+                            "{alias}.{} as {}",
+                            quote_ident(name),
+                            quote_ident(as_name.as_deref().unwrap_or(name))
+                        ));
                     }
                     SelectItem::Embed { target, alias: as_name, hint, items } => {
                         *counter += 1;
                         let inner = format!("t{}", *counter);
                         let target_columns = self.table_columns(client, target, role).await?;
-                        let (join, many) = self.relationship(client, table, target, hint.as_deref(), alias, &inner, role).await?;
-                        let inner_projection = self.projection(client, target, &inner, &target_columns, items, role, counter).await?;
+                        let (join, many) =
+                            self.relationship(client, table, target, hint.as_deref(), alias, &inner, role).await?;
+                        let inner_projection =
+                            self.projection(client, target, &inner, &target_columns, items, role, counter).await?;
                         let sub = if many {
                             format!("coalesce((select json_agg(_e) from (select {inner_projection} from public.{} {inner} where {join}) _e), '[]'::json)", quote_ident(target))
                         } else {
@@ -556,7 +671,16 @@ impl Rest {
     /// Join condition between `outer` (table) and `inner` (target) following a foreign key, and
     /// whether the target side is "many".
     #[allow(clippy::too_many_arguments)]
-    async fn relationship(&self, client: &Client, table: &str, target: &str, hint: Option<&str>, outer: &str, inner: &str, role: &str) -> Result<(String, bool), RestError> {
+    async fn relationship(
+        &self,
+        client: &Client,
+        table: &str,
+        target: &str,
+        hint: Option<&str>,
+        outer: &str,
+        inner: &str,
+        role: &str,
+    ) -> Result<(String, bool), RestError> {
         let rows = client
             .query(
                 "select con.conname::text, src.relname::text, dst.relname::text,
@@ -605,9 +729,12 @@ impl Rest {
                 let mut e = RestError::new(
                     StatusCode::MULTIPLE_CHOICES,
                     "PGRST201",
-                    format!("Could not embed because more than one relationship was found for '{table}' and '{target}'"),
+                    format!(
+                        "Could not embed because more than one relationship was found for '{table}' and '{target}'"
+                    ),
                 );
-                e.hint = Some(format!("Try changing '{target}' to one of the foreign keys, e.g. '{target}!<constraint>'"));
+                e.hint =
+                    Some(format!("Try changing '{target}' to one of the foreign keys, e.g. '{target}!<constraint>'"));
                 Err(e)
             }
         }
@@ -629,16 +756,30 @@ impl Rest {
 
     /// The select list applied to written rows (CTE `t0`) for `Prefer: return=representation`:
     /// `select=` as for reads, embeddings included; `*` without it.
-    async fn returned(&self, client: &Client, req: &Request, table: &str, columns: &[(String, String)], role: &str) -> Result<String, RestError> {
+    async fn returned(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        columns: &[(String, String)],
+        role: &str,
+    ) -> Result<String, RestError> {
         if !prefer(&req.headers).contains("return=representation") {
             return Ok("t0.*".into());
         }
-        let items = query::parse_select(param(req, "select").unwrap_or("*")).map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
+        let items = query::parse_select(param(req, "select").unwrap_or("*"))
+            .map_err(|e| RestError::new(StatusCode::BAD_REQUEST, "PGRST100", e.0))?;
         let mut counter = 0usize;
         self.projection(client, table, "t0", columns, &items, role, &mut counter).await
     }
 
-    async fn insert(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn insert(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
         let rows = Self::body_rows(req)?;
         // As PostgREST: `columns=` names the inserted columns (keys a row lacks become null);
@@ -660,7 +801,11 @@ impl Rest {
             return self.write_response(req, "[]".into(), StatusCode::CREATED);
         }
         if names.is_empty() {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json: no columns to insert"));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "PGRST102",
+                "Empty or invalid json: no columns to insert",
+            ));
         }
         let returned = self.returned(client, req, table, &columns, role).await?;
         let conflict = self.on_conflict(client, req, table, &columns, &names, role).await?;
@@ -678,7 +823,15 @@ impl Rest {
     /// The `on conflict` clause of an upsert (`Prefer: resolution=merge-duplicates` or
     /// `ignore-duplicates`), on the `on_conflict=` columns or else the primary key; empty for a
     /// plain insert.
-    async fn on_conflict(&self, client: &Client, req: &Request, table: &str, columns: &[(String, String)], names: &[String], role: &str) -> Result<String, RestError> {
+    async fn on_conflict(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        columns: &[(String, String)],
+        names: &[String],
+        role: &str,
+    ) -> Result<String, RestError> {
         let prefer = prefer(&req.headers);
         let merge = prefer.contains("resolution=merge-duplicates");
         if !merge && !prefer.contains("resolution=ignore-duplicates") {
@@ -699,7 +852,11 @@ impl Rest {
                 .collect(),
         };
         if target.is_empty() {
-            return Err(RestError::new(StatusCode::BAD_REQUEST, "PGRST100", "an upsert needs on_conflict columns or a primary key"));
+            return Err(RestError::new(
+                StatusCode::BAD_REQUEST,
+                "PGRST100",
+                "an upsert needs on_conflict columns or a primary key",
+            ));
         }
         for c in &target {
             column_type(columns, c)?;
@@ -708,11 +865,18 @@ impl Rest {
         if !merge {
             return Ok(format!(" on conflict ({target}) do nothing"));
         }
-        let sets = names.iter().map(|c| format!("{q} = excluded.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
+        let sets =
+            names.iter().map(|c| format!("{q} = excluded.{q}", q = quote_ident(c))).collect::<Vec<_>>().join(", ");
         Ok(format!(" on conflict ({target}) do update set {sets}"))
     }
 
-    async fn update(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn update(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
         let rows = Self::body_rows(req)?;
         let [patch] = rows.as_slice() else {
@@ -728,11 +892,7 @@ impl Rest {
         let returned = self.returned(client, req, table, &columns, role).await?;
         let mut params: Params = vec![Box::new(Value::Object(patch.clone()).to_string())];
         let filter = self.where_clause(req, &columns, &mut params)?;
-        let sets = patch
-            .keys()
-            .map(|k| format!("{c} = _p.{c}", c = quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let sets = patch.keys().map(|k| format!("{c} = _p.{c}", c = quote_ident(k))).collect::<Vec<_>>().join(", ");
         let sql = format!(
             "with t0 as (update public.{t} t0 set {sets} from (select * from json_populate_record(null::public.{t}, $1::text::json)) _p where {filter} returning t0.*)
              select coalesce(json_agg(_r), '[]'::json)::text from (select {returned} from t0) _r",
@@ -743,7 +903,13 @@ impl Rest {
         self.write_response(req, row.get(0), StatusCode::NO_CONTENT)
     }
 
-    async fn delete(&self, client: &Client, req: &Request, table: &str, role: &str) -> Result<warp::reply::Response, RestError> {
+    async fn delete(
+        &self,
+        client: &Client,
+        req: &Request,
+        table: &str,
+        role: &str,
+    ) -> Result<warp::reply::Response, RestError> {
         let columns = self.table_columns(client, table, role).await?;
         let returned = self.returned(client, req, table, &columns, role).await?;
         let mut params: Params = Vec::new();
@@ -758,7 +924,12 @@ impl Rest {
         self.write_response(req, row.get(0), StatusCode::NO_CONTENT)
     }
 
-    fn write_response(&self, req: &Request, body: String, minimal_status: StatusCode) -> Result<warp::reply::Response, RestError> {
+    fn write_response(
+        &self,
+        req: &Request,
+        body: String,
+        minimal_status: StatusCode,
+    ) -> Result<warp::reply::Response, RestError> {
         if prefer(&req.headers).contains("return=representation") {
             if wants_object(&req.headers) {
                 return single_object(&body);
@@ -771,9 +942,11 @@ impl Rest {
 }
 
 fn column_type<'a>(columns: &'a [(String, String)], name: &str) -> Result<&'a str, RestError> {
-    columns.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str()).ok_or_else(|| {
-        RestError::new(StatusCode::BAD_REQUEST, "42703", format!("column \"{name}\" does not exist"))
-    })
+    columns
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.as_str())
+        .ok_or_else(|| RestError::new(StatusCode::BAD_REQUEST, "42703", format!("column \"{name}\" does not exist")))
 }
 
 fn param<'a>(req: &'a Request, key: &str) -> Option<&'a str> {
@@ -791,7 +964,11 @@ fn wants_object(headers: &HeaderMap) -> bool {
 fn single_object(array_text: &str) -> Result<warp::reply::Response, RestError> {
     let rows: Vec<Value> = serde_json::from_str(array_text).unwrap_or_default();
     if rows.len() != 1 {
-        let mut e = RestError::new(StatusCode::NOT_ACCEPTABLE, "PGRST116", "JSON object requested, multiple (or no) rows returned");
+        let mut e = RestError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "PGRST116",
+            "JSON object requested, multiple (or no) rows returned",
+        );
         e.details = Some(format!("The result contains {} rows", rows.len()));
         return Err(e);
     }
@@ -813,7 +990,9 @@ fn url_params(raw: &str) -> Vec<(String, String)> {
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string());
+            let decode = |s: &str| {
+                urlencoding::decode(&s.replace('+', " ")).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string())
+            };
             (decode(k), decode(v))
         })
         .collect()
@@ -836,7 +1015,10 @@ mod tests {
         let s = |code: &str, anon: bool| status_for_sqlstate(code, "", anon).as_u16();
         assert_eq!(s("42501", true), 401);
         assert_eq!(s("42501", false), 403);
-        assert_eq!((s("22P02", false), s("23502", false), s("23514", false), s("P0001", false), s("42703", false)), (400, 400, 400, 400, 400));
+        assert_eq!(
+            (s("22P02", false), s("23502", false), s("23514", false), s("P0001", false), s("42703", false)),
+            (400, 400, 400, 400, 400)
+        );
         assert_eq!((s("23505", false), s("23503", false)), (409, 409));
         assert_eq!((s("42883", false), s("42P01", false)), (404, 404));
         assert_eq!((s("08006", false), s("53300", false), s("53400", false)), (503, 503, 500));
@@ -849,7 +1031,9 @@ mod tests {
 
     #[test]
     fn url_params_decode_percent_and_plus() {
-        let p = url_params("select=id,sender:profiles(full_name)&created_at=gte.2024-01-01T00%3A00%3A00%2B00%3A00&title=eq.a+b&flag");
+        let p = url_params(
+            "select=id,sender:profiles(full_name)&created_at=gte.2024-01-01T00%3A00%3A00%2B00%3A00&title=eq.a+b&flag",
+        );
         assert_eq!(p[0], ("select".into(), "id,sender:profiles(full_name)".into()));
         assert_eq!(p[1].1, "gte.2024-01-01T00:00:00+00:00");
         assert_eq!(p[2].1, "eq.a b");
@@ -858,7 +1042,9 @@ mod tests {
 
     #[test]
     fn api_gateway_errors_have_only_message_and_hint() {
-        let r = RestError::api_gateway("No API key found in request", "No `apikey` request header or url param was found.").reply();
+        let r =
+            RestError::api_gateway("No API key found in request", "No `apikey` request header or url param was found.")
+                .reply();
         assert_eq!(r.status().as_u16(), 401);
         let jwt = RestError::jwt("JWT expired").reply();
         assert!(jwt.headers().get("www-authenticate").is_some());

@@ -108,7 +108,9 @@ pub fn parse_select(input: &str) -> Result<Vec<SelectItem>, ParseError> {
             continue;
         }
         let (alias, rest) = match part.find(':') {
-            Some(i) if !part[..i].contains('(') && part.as_bytes().get(i + 1) != Some(&b':') => (Some(ident(&part[..i])?), &part[i + 1..]),
+            Some(i) if !part[..i].contains('(') && part.as_bytes().get(i + 1) != Some(&b':') => {
+                (Some(ident(&part[..i])?), &part[i + 1..])
+            }
             _ => (None, part),
         };
         if let Some(open) = rest.find('(') {
@@ -138,7 +140,8 @@ pub fn parse_filter(column: &str, value: &str) -> Result<Filter, ParseError> {
         Some(rest) => (true, rest),
         None => (false, value),
     };
-    let (op, operand) = rest.split_once('.').ok_or_else(|| ParseError(format!("\"{value}\" is not an operator expression")))?;
+    let (op, operand) =
+        rest.split_once('.').ok_or_else(|| ParseError(format!("\"{value}\" is not an operator expression")))?;
     let op = match op {
         "eq" => Op::Cmp("=", operand.into()),
         "neq" => Op::Cmp("<>", operand.into()),
@@ -199,7 +202,10 @@ mod tests {
 
     #[test]
     fn select_with_embedding() {
-        let items = parse_select("id, content,sender:profiles(full_name,role), thread:threads!messages_thread_id_fkey(id,title)").expect("ok");
+        let items = parse_select(
+            "id, content,sender:profiles(full_name,role), thread:threads!messages_thread_id_fkey(id,title)",
+        )
+        .expect("ok");
         assert_eq!(items.len(), 4);
         assert_eq!(items[0], SelectItem::Column { name: "id".into(), alias: None });
         assert_eq!(
@@ -215,7 +221,10 @@ mod tests {
             }
         );
         assert!(matches!(&items[3], SelectItem::Embed { hint: Some(h), .. } if h == "messages_thread_id_fkey"));
-        assert_eq!(parse_select("*, x:y").expect("ok")[1], SelectItem::Column { name: "y".into(), alias: Some("x".into()) });
+        assert_eq!(
+            parse_select("*, x:y").expect("ok")[1],
+            SelectItem::Column { name: "y".into(), alias: Some("x".into()) }
+        );
         assert_eq!(parse_select("").expect("ok"), vec![SelectItem::Star]);
         assert!(parse_select("a,(b").is_err());
         assert!(parse_select("a;drop table x").is_err());
@@ -228,8 +237,14 @@ mod tests {
         assert!(f.negated);
         assert_eq!(f.op, Op::In(vec!["a".into(), "b,c".into()]));
         assert_eq!(parse_filter("x", "is.null").expect("ok").op, Op::Is(IsValue::Null));
-        assert_eq!(parse_filter("x", "ilike.*ab*").expect("ok").op, Op::Like { insensitive: true, pattern: "%ab%".into() });
-        assert_eq!(parse_filter("t", "gte.2024-01-01T00:00:00+00:00").expect("ok").op, Op::Cmp(">=", "2024-01-01T00:00:00+00:00".into()));
+        assert_eq!(
+            parse_filter("x", "ilike.*ab*").expect("ok").op,
+            Op::Like { insensitive: true, pattern: "%ab%".into() }
+        );
+        assert_eq!(
+            parse_filter("t", "gte.2024-01-01T00:00:00+00:00").expect("ok").op,
+            Op::Cmp(">=", "2024-01-01T00:00:00+00:00".into())
+        );
         assert!(parse_filter("x", "foo.1").is_err());
         assert!(parse_filter("x", "novalue").is_err());
         assert!(parse_filter("bad col", "eq.1").is_err());

@@ -68,21 +68,19 @@ pub(super) fn routes(keys: Arc<Keys>, db_url: String) -> warp::filters::BoxedFil
     };
     let user = {
         let auth = auth.clone();
-        warp::path!("auth" / "v1" / "user")
-            .and(warp::get())
-            .and(warp::header::headers_cloned())
-            .then(move |headers: HeaderMap| {
+        warp::path!("auth" / "v1" / "user").and(warp::get()).and(warp::header::headers_cloned()).then(
+            move |headers: HeaderMap| {
                 let auth = auth.clone();
                 async move { respond(auth.user(&headers).await) }
-            })
+            },
+        )
     };
-    let logout = warp::path!("auth" / "v1" / "logout")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .map(move |headers: HeaderMap| match auth.check_apikey(&headers) {
+    let logout = warp::path!("auth" / "v1" / "logout").and(warp::post()).and(warp::header::headers_cloned()).map(
+        move |headers: HeaderMap| match auth.check_apikey(&headers) {
             Ok(()) => warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response(),
             Err(e) => e.reply(),
-        });
+        },
+    );
     token.or(user).unify().or(logout).unify().boxed()
 }
 
@@ -107,7 +105,12 @@ impl Auth {
         }
     }
 
-    async fn token(&self, query: &HashMap<String, String>, headers: &HeaderMap, body: &Bytes) -> Result<Value, AuthError> {
+    async fn token(
+        &self,
+        query: &HashMap<String, String>,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<Value, AuthError> {
         self.check_apikey(headers)?;
         let body: Value = serde_json::from_slice(body)
             .map_err(|_| AuthError::new(StatusCode::BAD_REQUEST, "bad_json", "Could not parse request body as JSON"))?;
@@ -115,18 +118,21 @@ impl Auth {
         match query.get("grant_type").map(String::as_str) {
             Some("password") => {
                 let email = field("email");
-                let (id, email, created_at) = self
-                    .find_user(&email)
-                    .await?
-                    .filter(|_| field("password") == PASSWORD)
-                    .ok_or_else(|| AuthError::new(StatusCode::BAD_REQUEST, "invalid_credentials", "Invalid login credentials"))?;
+                let (id, email, created_at) =
+                    self.find_user(&email).await?.filter(|_| field("password") == PASSWORD).ok_or_else(|| {
+                        AuthError::new(StatusCode::BAD_REQUEST, "invalid_credentials", "Invalid login credentials")
+                    })?;
                 Ok(self.session(id, &email, &created_at))
             }
             Some("refresh_token") => {
                 let presented = field("refresh_token");
                 let found = self.refresh.lock().ok().and_then(|mut live| live.remove(&presented));
                 let (id, email) = found.ok_or_else(|| {
-                    AuthError::new(StatusCode::BAD_REQUEST, "refresh_token_not_found", "Invalid Refresh Token: Refresh Token Not Found")
+                    AuthError::new(
+                        StatusCode::BAD_REQUEST,
+                        "refresh_token_not_found",
+                        "Invalid Refresh Token: Refresh Token Not Found",
+                    )
                 })?;
                 let created_at = self.find_user(&email).await?.map(|(_, _, c)| c).unwrap_or_default();
                 Ok(self.session(id, &email, &created_at))
@@ -137,23 +143,29 @@ impl Auth {
 
     async fn user(&self, headers: &HeaderMap) -> Result<Value, AuthError> {
         self.check_apikey(headers)?;
-        let token = bearer(headers).ok_or_else(|| AuthError::new(StatusCode::UNAUTHORIZED, "no_authorization", "This endpoint requires a valid Bearer token"))?;
-        let claims = self
-            .keys
-            .verify(token)
-            .map_err(|e| AuthError::new(StatusCode::FORBIDDEN, "bad_jwt", format!("invalid JWT: unable to parse or verify signature, {e}")))?;
+        let token = bearer(headers).ok_or_else(|| {
+            AuthError::new(StatusCode::UNAUTHORIZED, "no_authorization", "This endpoint requires a valid Bearer token")
+        })?;
+        let claims = self.keys.verify(token).map_err(|e| {
+            AuthError::new(
+                StatusCode::FORBIDDEN,
+                "bad_jwt",
+                format!("invalid JWT: unable to parse or verify signature, {e}"),
+            )
+        })?;
         let email = claims.email.clone().unwrap_or_default();
-        let (id, email, created_at) = self
-            .find_user(&email)
-            .await?
-            .filter(|(id, _, _)| Some(id.to_string()) == claims.sub)
-            .ok_or_else(|| AuthError::new(StatusCode::FORBIDDEN, "user_not_found", "User from sub claim in JWT does not exist"))?;
+        let (id, email, created_at) =
+            self.find_user(&email).await?.filter(|(id, _, _)| Some(id.to_string()) == claims.sub).ok_or_else(|| {
+                AuthError::new(StatusCode::FORBIDDEN, "user_not_found", "User from sub claim in JWT does not exist")
+            })?;
         Ok(user_json(id, &email, &created_at))
     }
 
     /// (id, email, created_at) of the user with this email, case-insensitively.
     async fn find_user(&self, email: &str) -> Result<Option<(Uuid, String, String)>, AuthError> {
-        let unavailable = |e: tokio_postgres::Error| AuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure", format!("Database error: {e}"));
+        let unavailable = |e: tokio_postgres::Error| {
+            AuthError::new(StatusCode::INTERNAL_SERVER_ERROR, "unexpected_failure", format!("Database error: {e}"))
+        };
         let db = crate::pg::connect(&self.db_url).await.map_err(unavailable)?;
         let row = db
             .query_opt(

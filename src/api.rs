@@ -111,11 +111,19 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
         let rate = state.rate.clone();
         async move {
             let token = bearer(header.as_deref())
-                .ok_or_else(|| warp::reject::custom(ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized: missing Authorization: Bearer token")))?
+                .ok_or_else(|| {
+                    warp::reject::custom(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized: missing Authorization: Bearer token",
+                    ))
+                })?
                 .to_string();
             let identity = verifier.verify(&token).await.map_err(|e| warp::reject::custom(ApiError::from(e)))?;
             if !rate.allow(identity.user_id) {
-                return Err(warp::reject::custom(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests: slow down")));
+                return Err(warp::reject::custom(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests: slow down",
+                )));
             }
             Ok::<_, Rejection>(Caller { identity, token })
         }
@@ -128,22 +136,29 @@ struct OfflineQuery {
 }
 
 async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) -> Result<WithStatus<Json>, ApiError> {
-    let raw = query
-        .last_check_time
-        .filter(|s| !s.trim().is_empty())
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Missing query parameter: last_check_time (RFC 3339 time)"))?;
+    let raw = query.last_check_time.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, "Missing query parameter: last_check_time (RFC 3339 time)")
+    })?;
     let since = chrono::DateTime::parse_from_rfc3339(raw.trim())
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Invalid last_check_time: expected an RFC 3339 time such as 2024-01-01T00:00:00Z"))?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "Invalid last_check_time: expected an RFC 3339 time such as 2024-01-01T00:00:00Z",
+            )
+        })?
         .with_timezone(&chrono::Utc);
     let store = state.hub.store();
     // The horizon is read before the messages: whatever committed before it is in the page.
     let requested_at = chrono::Utc::now();
     let horizon = match store.sync_horizon(&caller.token).await {
-        Ok(h) => protocol::parse_time(&h).ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "Unexpected answer from the database"))?,
+        Ok(h) => protocol::parse_time(&h)
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "Unexpected answer from the database"))?,
         // A database without the migration's horizon function: fall back to the request time
         // (a transaction committing later with an earlier created_at could then be missed).
         Err(StoreError::Rejected { status: 404, .. }) => {
-            tracing::warn!("chat_sync_horizon() is missing: apply supabase/migrations; using the request time as cursor");
+            tracing::warn!(
+                "chat_sync_horizon() is missing: apply supabase/migrations; using the request time as cursor"
+            );
             requested_at
         }
         Err(e) => return Err(e.into()),
@@ -182,7 +197,8 @@ async fn unread_count(state: ApiState, caller: Caller) -> Result<WithStatus<Json
 }
 
 async fn mark_read(state: ApiState, caller: Caller, thread: String) -> Result<WithStatus<Json>, ApiError> {
-    let thread_id = Uuid::parse_str(&thread).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Invalid thread_id: must be a UUID"))?;
+    let thread_id = Uuid::parse_str(&thread)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Invalid thread_id: must be a UUID"))?;
     match state.hub.store().mark_thread_read(&caller.token, thread_id).await {
         Ok(()) => {}
         Err(StoreError::Rejected { status: 403, .. }) => {

@@ -13,11 +13,17 @@ use uuid::Uuid;
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientMessage {
-    SubscribeThread { thread_id: Uuid },
-    UnsubscribeThread { thread_id: Uuid },
+    SubscribeThread {
+        thread_id: Uuid,
+    },
+    UnsubscribeThread {
+        thread_id: Uuid,
+    },
     Ping,
     /// Refresh the session's access token (`{"type":"access_token","token":"..."}`).
-    AccessToken { token: String },
+    AccessToken {
+        token: String,
+    },
 }
 
 /// Why a client frame was not understood. The text goes back to the client in an `error` frame.
@@ -193,10 +199,19 @@ mod tests {
             v(ServerMessage::ConnectionEstablished { user_id: user, timestamp: "2024-01-01T12:00:00Z".into() }),
             json!({"type":"connection_established","user_id":user,"timestamp":"2024-01-01T12:00:00Z"})
         );
-        assert_eq!(v(ServerMessage::ThreadSubscribed { thread_id: thread }), json!({"type":"thread_subscribed","thread_id":T}));
-        assert_eq!(v(ServerMessage::ThreadUnsubscribed { thread_id: thread }), json!({"type":"thread_unsubscribed","thread_id":T}));
+        assert_eq!(
+            v(ServerMessage::ThreadSubscribed { thread_id: thread }),
+            json!({"type":"thread_subscribed","thread_id":T})
+        );
+        assert_eq!(
+            v(ServerMessage::ThreadUnsubscribed { thread_id: thread }),
+            json!({"type":"thread_unsubscribed","thread_id":T})
+        );
         assert_eq!(v(ServerMessage::Pong), json!({"type":"pong"}));
-        assert_eq!(v(ServerMessage::Error { message: UPSTREAM_ERROR }), json!({"type":"error","message":"Real-time connection error"}));
+        assert_eq!(
+            v(ServerMessage::Error { message: UPSTREAM_ERROR }),
+            json!({"type":"error","message":"Real-time connection error"})
+        );
         let msg = ChatMessage {
             id: thread,
             thread_id: thread,

@@ -1,9 +1,7 @@
 //! The guide's REST endpoints with good and bad input, answered through PostgREST with the
 //! caller's own token.
 
-mod common;
-
-use common::World;
+use crate::common::World;
 use reqwest::Method;
 use serde_json::json;
 use supabase_standin::seed::{ALICE, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, EVA, FARID};
@@ -64,7 +62,8 @@ async fn mark_read_refuses_bad_ids_and_strangers() {
     assert_eq!(body["status"], "error");
     assert!(body["message"].as_str().unwrap_or_default().contains("thread_id"), "{body}");
 
-    let (status, body) = world.rest(Method::POST, &format!("/api/chat/mark-read/{CLASS_4A_PARENTS}"), Some(&carla)).await;
+    let (status, body) =
+        world.rest(Method::POST, &format!("/api/chat/mark-read/{CLASS_4A_PARENTS}"), Some(&carla)).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["status"], "error");
 
@@ -81,7 +80,8 @@ async fn offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor
     let world = World::start().await;
     let farid = world.token(&FARID);
     let since = "2020-01-01T00:00:00Z";
-    let (status, body) = world.rest(Method::GET, &format!("/api/chat/offline-messages?last_check_time={since}"), Some(&farid)).await;
+    let (status, body) =
+        world.rest(Method::GET, &format!("/api/chat/offline-messages?last_check_time={since}"), Some(&farid)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "success");
     let messages = body["data"]["messages"].as_array().cloned().unwrap_or_default();
@@ -101,10 +101,17 @@ async fn offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor
     let cursor = body["data"]["last_check_time"].as_str().expect("last_check_time").to_string();
     assert!(chrono::DateTime::parse_from_rfc3339(&cursor).is_ok());
     let id = world.post(&BRUNO, CLASS_4A_PARENTS, "after the cursor").await;
-    let (_, body) = world.rest(Method::GET, &format!("/api/chat/offline-messages?last_check_time={cursor}"), Some(&farid)).await;
-    let ids: Vec<&str> = body["data"]["messages"].as_array().map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect()).unwrap_or_default();
+    let (_, body) =
+        world.rest(Method::GET, &format!("/api/chat/offline-messages?last_check_time={cursor}"), Some(&farid)).await;
+    let ids: Vec<&str> = body["data"]["messages"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["id"].as_str()).collect())
+        .unwrap_or_default();
     assert!(ids.contains(&id.to_string().as_str()), "{body}");
-    let again = body["data"]["messages"].as_array().map(|a| a.iter().find(|m| m["id"] == id.to_string()).cloned()).unwrap_or_default();
+    let again = body["data"]["messages"]
+        .as_array()
+        .map(|a| a.iter().find(|m| m["id"] == id.to_string()).cloned())
+        .unwrap_or_default();
     assert_eq!(again.map(|m| m["sender"].clone()), Some(json!({"full_name": "Bruno Keller", "role": "teacher"})));
 }
 
@@ -136,7 +143,10 @@ async fn rest_unsubscribe_stops_live_delivery_until_subscribe() {
 
     let (status, body) = world.rest(Method::POST, "/api/chat/unsubscribe", Some(&token)).await;
     assert_eq!(status, 200);
-    assert_eq!(body, json!({"status": "success", "message": "Unsubscribed from real-time messages", "user_id": DAVID.id}));
+    assert_eq!(
+        body,
+        json!({"status": "success", "message": "Unsubscribed from real-time messages", "user_id": DAVID.id})
+    );
     let muted = world.post(&ALICE, CLASS_3B_PARENTS, "while unsubscribed").await;
     witness.receive_until(muted).await;
 

@@ -400,7 +400,12 @@ impl Hub {
     }
 
     /// Serializes a message once and queues the same bytes for every recipient.
-    pub fn fan_out(&self, message: &ChatMessage, participants: &HashSet<Uuid>, scratch: &mut Vec<Arc<SessionShared>>) -> usize {
+    pub fn fan_out(
+        &self,
+        message: &ChatMessage,
+        participants: &HashSet<Uuid>,
+        scratch: &mut Vec<Arc<SessionShared>>,
+    ) -> usize {
         self.recipients(message.thread_id, participants, scratch);
         if scratch.is_empty() {
             return 0;
@@ -446,7 +451,8 @@ impl Hub {
         self.members.retain(|_, m| m.loaded_at.elapsed() < ttl);
         if self.members.len() >= self.cache_max_threads {
             // Still full of fresh entries: drop an arbitrary tenth; they reload on demand.
-            let victims: Vec<Uuid> = self.members.iter().take(self.cache_max_threads / 10 + 1).map(|e| *e.key()).collect();
+            let victims: Vec<Uuid> =
+                self.members.iter().take(self.cache_max_threads / 10 + 1).map(|e| *e.key()).collect();
             for id in victims {
                 self.members.remove(&id);
             }
@@ -521,10 +527,10 @@ impl Hub {
             }
         }
         self.load_profiles(&[sender_id]).await;
-        self.profiles.get(&sender_id).map(|e| e.0.clone()).unwrap_or_else(|| Sender {
-            full_name: "Unknown".into(),
-            role: "unknown".into(),
-        })
+        self.profiles
+            .get(&sender_id)
+            .map(|e| e.0.clone())
+            .unwrap_or_else(|| Sender { full_name: "Unknown".into(), role: "unknown".into() })
     }
 
     async fn load_profiles(&self, ids: &[Uuid]) {
@@ -694,7 +700,8 @@ impl Router {
             let n = page.len();
             total += n;
             let unknown: Vec<Uuid> = {
-                let mut ids: Vec<Uuid> = page.iter().filter(|r| !self.seen.contains(&r.id)).map(|r| r.sender_id).collect();
+                let mut ids: Vec<Uuid> =
+                    page.iter().filter(|r| !self.seen.contains(&r.id)).map(|r| r.sender_id).collect();
                 ids.sort();
                 ids.dedup();
                 ids.retain(|id| !self.hub.profiles.contains_key(id));
@@ -740,7 +747,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn hub() -> Arc<Hub> {
-        let store = Store::new(reqwest::Client::new(), "http://127.0.0.1:9/rest/v1".into(), "a".into(), "s".into(), Duration::from_secs(1));
+        let store = Store::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9/rest/v1".into(),
+            "a".into(),
+            "s".into(),
+            Duration::from_secs(1),
+        );
         let limits = Limits {
             max_connections: 1000,
             max_connections_per_user: 3,

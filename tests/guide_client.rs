@@ -2,17 +2,15 @@
 //! gateway and receives a `new_message`. Fails (never skips) when Node or the npm packages are
 //! missing: run `scripts/setup` first.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use common::{World, ARRIVES};
+use crate::common::{World, ARRIVES};
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../js")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,12 +29,20 @@ async fn the_guides_chat_client_receives_a_new_message() {
         .spawn()
         .expect("node must be installed");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(ARRIVES, lines.next_line()).await.expect("client ready in time").expect("read").expect("a line");
+    let ready = tokio::time::timeout(ARRIVES, lines.next_line())
+        .await
+        .expect("client ready in time")
+        .expect("read")
+        .expect("a line");
     let ready: serde_json::Value = serde_json::from_str(&ready).expect("json");
     assert_eq!(ready["event"], "ready", "{ready}");
 
     let id = world.post(&ALICE, CLASS_3B_PARENTS, "Hello from the guide test").await;
-    let line = tokio::time::timeout(ARRIVES, lines.next_line()).await.expect("message in time").expect("read").expect("a line");
+    let line = tokio::time::timeout(ARRIVES, lines.next_line())
+        .await
+        .expect("message in time")
+        .expect("read")
+        .expect("a line");
     let got: serde_json::Value = serde_json::from_str(&line).expect("json");
     assert_eq!(got["event"], "message", "{got}");
     assert_eq!(got["data"]["id"], id.to_string());

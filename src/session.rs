@@ -21,8 +21,8 @@ use tokio_tungstenite::WebSocketStream;
 use uuid::Uuid;
 
 use crate::auth::{Identity, Verifier};
-use crate::limit::TokenBucket;
 use crate::hub::{CloseReason, Frame, Hub, SessionShared, CLOSE_SHUTDOWN};
+use crate::limit::TokenBucket;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::store::StoreError;
 
@@ -61,8 +61,13 @@ enum Flow {
 }
 
 /// Serves one upgraded WebSocket until it closes. The token was verified before the upgrade.
-pub async fn run<S>(ws: WebSocketStream<S>, ctx: SessionContext, identity: Identity, token: String, shared: Arc<SessionShared>)
-where
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    ctx: SessionContext,
+    identity: Identity,
+    token: String,
+    shared: Arc<SessionShared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -72,8 +77,12 @@ where
     let reason = session.serve().await;
     session.ctx.hub.unregister(&shared);
     match &reason {
-        Some(r) => tracing::info!(session = shared.id, user = %shared.user_id, code = r.code, reason = r.reason, secs = started.elapsed().as_secs(), "client disconnected"),
-        None => tracing::info!(session = shared.id, user = %shared.user_id, secs = started.elapsed().as_secs(), "client disconnected"),
+        Some(r) => {
+            tracing::info!(session = shared.id, user = %shared.user_id, code = r.code, reason = r.reason, secs = started.elapsed().as_secs(), "client disconnected")
+        }
+        None => {
+            tracing::info!(session = shared.id, user = %shared.user_id, secs = started.elapsed().as_secs(), "client disconnected")
+        }
     }
 }
 
@@ -230,7 +239,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn refresh_token(&mut self, token: String, expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>) -> Result<(), WsError> {
+    async fn refresh_token(
+        &mut self,
+        token: String,
+        expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+    ) -> Result<(), WsError> {
         match self.ctx.verifier.verify(&token).await {
             Ok(identity) if identity.user_id == self.shared.user_id => {
                 expiry.as_mut().reset(tokio::time::Instant::now() + self.ctx.verifier.remaining(&identity));

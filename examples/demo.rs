@@ -101,7 +101,9 @@ async fn main() {
     )
     .await
     .expect("insert");
-    for (name, ws) in [("Carla/phone", &mut carla_phone), ("Carla/tablet", &mut carla_tablet), ("David/phone", &mut david)] {
+    for (name, ws) in
+        [("Carla/phone", &mut carla_phone), ("Carla/tablet", &mut carla_tablet), ("David/phone", &mut david)]
+    {
         match next_frame(ws, Duration::from_secs(10)).await {
             Some(frame) => println!("  {name:<13} received: {frame}"),
             None => println!("  {name:<13} received NOTHING (unexpected)"),
@@ -121,7 +123,8 @@ async fn main() {
         ("GET", "/api/chat/unread-count".to_string()),
         ("POST", format!("/api/chat/mark-read/{}", seed::CLASS_4A_PARENTS)),
     ] {
-        let request = if method == "GET" { http.get(format!("{base}{path}")) } else { http.post(format!("{base}{path}")) };
+        let request =
+            if method == "GET" { http.get(format!("{base}{path}")) } else { http.post(format!("{base}{path}")) };
         let response = request.bearer_auth(&eva).send().await.expect("gateway answers");
         let status = response.status();
         let mut body: Value = response.json().await.unwrap_or(Value::Null);

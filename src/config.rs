@@ -27,7 +27,12 @@ pub enum RealtimeVsn {
 
 /// Raw settings as clap reads them from flags and environment variables.
 #[derive(Parser, Clone)]
-#[command(name = "realtime-gateway", version, about = "Supabase Realtime gateway for the school chat", args_override_self = true)]
+#[command(
+    name = "realtime-gateway",
+    version,
+    about = "Supabase Realtime gateway for the school chat",
+    args_override_self = true
+)]
 pub struct Args {
     /// Base URL of the Supabase project (https://<ref>.supabase.co, or the local stand-in).
     #[arg(long, env = "SUPABASE_URL")]
@@ -189,8 +194,8 @@ impl Config {
 
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
         let url_text = non_empty("SUPABASE_URL", &a.supabase_url)?;
-        let supabase_url = reqwest::Url::parse(&url_text)
-            .map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
+        let supabase_url =
+            reqwest::Url::parse(&url_text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
         if !matches!(supabase_url.scheme(), "http" | "https") || supabase_url.host().is_none() {
             return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
         }
@@ -220,7 +225,9 @@ impl Config {
             catchup_margin: Duration::from_secs(a.catchup_margin_secs),
             jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
             jwks_refresh_min: Duration::from_secs(a.jwks_refresh_min_secs),
-            backend_timeout: Duration::from_millis(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize)? as u64),
+            backend_timeout: Duration::from_millis(
+                positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize)? as u64
+            ),
             rest_rate_per_sec: positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize)? as u32,
             limits: Limits {
                 max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
@@ -239,7 +246,12 @@ impl Config {
     }
 
     /// A configuration for tests and embedding: the given project, everything else default.
-    pub fn for_project(supabase_url: &str, anon_key: &str, service_role_key: &str, jwt_secret: Option<&str>) -> Result<Config, ConfigError> {
+    pub fn for_project(
+        supabase_url: &str,
+        anon_key: &str,
+        service_role_key: &str,
+        jwt_secret: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let mut argv = vec![
             "realtime-gateway".to_string(),
             format!("--supabase-url={supabase_url}"),

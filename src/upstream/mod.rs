@@ -77,9 +77,13 @@ pub struct UpstreamConfig {
 pub enum UpstreamEvent {
     /// Joined and Realtime confirmed "Subscribed to PostgreSQL". `generation` counts successful
     /// subscriptions since start: above 1, the hub must catch up the gap.
-    Live { generation: u64 },
+    Live {
+        generation: u64,
+    },
     /// The subscription is lost; sent once per loss, not once per retry.
-    Down { reason: String },
+    Down {
+        reason: String,
+    },
     Change(Change),
 }
 
@@ -121,7 +125,11 @@ impl Change {
             record: data.get("record").cloned().unwrap_or(Value::Null),
             old_record: data.get("old_record").cloned().unwrap_or(Value::Null),
             errors: data.get("errors").cloned().filter(|e| !e.is_null()),
-            ids: payload.get("ids").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_i64).collect()).unwrap_or_default(),
+            ids: payload
+                .get("ids")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -132,7 +140,11 @@ enum Outcome {
 }
 
 /// Starts the upstream task.
-pub fn spawn(config: UpstreamConfig, events: mpsc::Sender<UpstreamEvent>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    config: UpstreamConfig,
+    events: mpsc::Sender<UpstreamEvent>,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tokio::spawn(run(config, events, shutdown))
 }
@@ -194,9 +206,16 @@ impl Conn {
         self.next_ref.to_string()
     }
 
-    async fn push(&mut self, join_ref: Option<String>, topic: &str, event: &str, payload: Value) -> Result<String, String> {
+    async fn push(
+        &mut self,
+        join_ref: Option<String>,
+        topic: &str,
+        event: &str,
+        payload: Value,
+    ) -> Result<String, String> {
         let reference = self.next_ref();
-        let frame = Frame { join_ref, reference: Some(reference.clone()), topic: topic.into(), event: event.into(), payload };
+        let frame =
+            Frame { join_ref, reference: Some(reference.clone()), topic: topic.into(), event: event.into(), payload };
         self.ws.send(Message::text(encode(&frame, self.vsn))).await.map_err(|e| format!("send failed: {e}"))?;
         Ok(reference)
     }
@@ -234,14 +253,15 @@ fn connect_error(e: tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
-async fn connect_and_serve(config: &UpstreamConfig, events: &mpsc::Sender<UpstreamEvent>, shutdown: &mut watch::Receiver<bool>, generation: &mut u64) -> Outcome {
+async fn connect_and_serve(
+    config: &UpstreamConfig,
+    events: &mpsc::Sender<UpstreamEvent>,
+    shutdown: &mut watch::Receiver<bool>,
+    generation: &mut u64,
+) -> Outcome {
     let lost = |reason: String, was_live: bool| Outcome::Lost { reason, was_live };
-    let url = format!(
-        "{}?apikey={}&vsn={}",
-        config.websocket_url,
-        urlencoding::encode(&config.apikey),
-        config.vsn.as_str()
-    );
+    let url =
+        format!("{}?apikey={}&vsn={}", config.websocket_url, urlencoding::encode(&config.apikey), config.vsn.as_str());
     // disable_nagle: heartbeats and leaves are small writes that must not wait for an ACK.
     let connecting = tokio_tungstenite::connect_async_with_config(url, None, true);
     let ws = tokio::select! {
@@ -285,11 +305,18 @@ async fn connect_and_serve(config: &UpstreamConfig, events: &mpsc::Sender<Upstre
             "phx_reply" if frame.reference == join_ref => {
                 let status = frame.payload.get("status").and_then(Value::as_str).unwrap_or_default();
                 if status != "ok" {
-                    let reason = frame.payload.pointer("/response/reason").and_then(Value::as_str).unwrap_or("no reason given");
+                    let reason =
+                        frame.payload.pointer("/response/reason").and_then(Value::as_str).unwrap_or("no reason given");
                     return lost(format!("join refused: {reason}"), false);
                 }
-                let echoed = frame.payload.pointer("/response/postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
-                let matches = echoed.len() == config.bindings.len() && config.bindings.iter().zip(echoed.iter()).all(|(b, s)| b.echoed_by(s));
+                let echoed = frame
+                    .payload
+                    .pointer("/response/postgres_changes")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let matches = echoed.len() == config.bindings.len()
+                    && config.bindings.iter().zip(echoed.iter()).all(|(b, s)| b.echoed_by(s));
                 if !matches {
                     return lost("mismatch between server and client bindings for postgres changes".into(), false);
                 }
@@ -315,7 +342,8 @@ async fn connect_and_serve(config: &UpstreamConfig, events: &mpsc::Sender<Upstre
         return Outcome::Shutdown;
     }
 
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + config.heartbeat_interval, config.heartbeat_interval);
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + config.heartbeat_interval, config.heartbeat_interval);
     let mut pending: Option<String> = None;
     loop {
         let frame = tokio::select! {
@@ -387,11 +415,14 @@ mod tests {
 
     #[test]
     fn bindings_serialize_only_set_keys_and_match_echoes() {
-        let b = Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None };
+        let b =
+            Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None };
         assert_eq!(b.to_json(), json!({"event": "INSERT", "schema": "public", "table": "messages"}));
         assert!(b.echoed_by(&json!({"id": 1, "event": "INSERT", "schema": "public", "table": "messages"})));
         assert!(!b.echoed_by(&json!({"id": 1, "event": "INSERT", "schema": "public", "table": "threads"})));
-        assert!(!b.echoed_by(&json!({"id": 1, "event": "INSERT", "schema": "public", "table": "messages", "filter": "x=eq.1"})));
+        assert!(!b.echoed_by(
+            &json!({"id": 1, "event": "INSERT", "schema": "public", "table": "messages", "filter": "x=eq.1"})
+        ));
     }
 
     #[test]

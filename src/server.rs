@@ -98,7 +98,12 @@ pub fn upstream_config(config: &Config) -> UpstreamConfig {
         topic: "realtime:chat-gateway".into(),
         bindings: vec![
             Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None },
-            Binding { event: "*".into(), schema: "public".into(), table: Some("thread_participants".into()), filter: None },
+            Binding {
+                event: "*".into(),
+                schema: "public".into(),
+                table: Some("thread_participants".into()),
+                filter: None,
+            },
         ],
         heartbeat_interval: config.upstream_heartbeat,
         join_timeout: Duration::from_secs(10),
@@ -127,10 +132,17 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
         }
     }
-    let store = Store::new(http, config.rest_url(), config.anon_key.clone(), config.service_role_key.clone(), config.backend_timeout);
+    let store = Store::new(
+        http,
+        config.rest_url(),
+        config.anon_key.clone(),
+        config.service_role_key.clone(),
+        config.backend_timeout,
+    );
     let hub = Hub::new(store, config.limits.clone(), config.cache_ttl, config.cache_max_threads);
 
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -153,11 +165,22 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .max_frame_size(Some(config.limits.max_message_bytes));
     let accept = tokio::spawn(accept_loop(listener, ctx, rest, ws_config, shutdown_rx));
     tracing::info!(%addr, upstream = %config.realtime_websocket_url(), "gateway listening");
-    Ok(Gateway { addr, hub, shutdown: shutdown_tx, tasks: vec![accept, upstream, router], grace: config.shutdown_grace })
+    Ok(Gateway {
+        addr,
+        hub,
+        shutdown: shutdown_tx,
+        tasks: vec![accept, upstream, router],
+        grace: config.shutdown_grace,
+    })
 }
 
-async fn accept_loop<R>(listener: TcpListener, ctx: SessionContext, rest: R, ws_config: WebSocketConfig, mut shutdown: watch::Receiver<bool>)
-where
+async fn accept_loop<R>(
+    listener: TcpListener,
+    ctx: SessionContext,
+    rest: R,
+    ws_config: WebSocketConfig,
+    mut shutdown: watch::Receiver<bool>,
+) where
     R: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     R::Future: Send,
 {
@@ -239,7 +262,12 @@ fn json_error(status: StatusCode, message: &str) -> Response {
     warp::reply::with_status(warp::reply::json(&json!({"status": "error", "message": message})), status).into_response()
 }
 
-async fn upgrade(mut req: Request<Incoming>, ctx: SessionContext, ws_config: WebSocketConfig, peer: SocketAddr) -> Response {
+async fn upgrade(
+    mut req: Request<Incoming>,
+    ctx: SessionContext,
+    ws_config: WebSocketConfig,
+    peer: SocketAddr,
+) -> Response {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
         return json_error(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key");
     };
@@ -248,7 +276,10 @@ async fn upgrade(mut req: Request<Incoming>, ctx: SessionContext, ws_config: Web
     }
     let Some(token) = request_token(req.uri().query(), req.headers()) else {
         tracing::info!(%peer, "WebSocket refused: no token");
-        return json_error(StatusCode::UNAUTHORIZED, "Unauthorized: missing token (use ?token= or Authorization: Bearer)");
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: missing token (use ?token= or Authorization: Bearer)",
+        );
     };
     let identity = match ctx.verifier.verify(&token).await {
         Ok(identity) => identity,

@@ -109,11 +109,24 @@ impl MessageRow {
 }
 
 impl Store {
-    pub fn new(http: reqwest::Client, rest_url: String, anon_key: String, service_key: String, timeout: Duration) -> Store {
+    pub fn new(
+        http: reqwest::Client,
+        rest_url: String,
+        anon_key: String,
+        service_key: String,
+        timeout: Duration,
+    ) -> Store {
         Store { http, rest_url, anon_key, service_key, timeout }
     }
 
-    async fn call<T: DeserializeOwned>(&self, who: As<'_>, method: Method, path: &str, query: &[(&str, String)], body: Option<Value>) -> Result<T, StoreError> {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        who: As<'_>,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<T, StoreError> {
         let (apikey, bearer) = match who {
             As::User(token) => (&self.anon_key, token),
             As::Service => (&self.service_key, self.service_key.as_str()),
@@ -174,7 +187,13 @@ impl Store {
     /// Whether RLS lets the user read the thread.
     pub async fn can_read_thread(&self, token: &str, thread_id: Uuid) -> Result<bool, StoreError> {
         let rows: Vec<Value> = self
-            .call(As::User(token), Method::GET, "threads", &[("select", "id".into()), ("id", format!("eq.{thread_id}"))], None)
+            .call(
+                As::User(token),
+                Method::GET,
+                "threads",
+                &[("select", "id".into()), ("id", format!("eq.{thread_id}"))],
+                None,
+            )
             .await?;
         Ok(!rows.is_empty())
     }

@@ -76,7 +76,8 @@ impl World {
     pub async fn wait_ready(&self, ready: bool) {
         let deadline = tokio::time::Instant::now() + ARRIVES;
         loop {
-            let status = self.http.get(format!("{}/readyz", self.base())).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
+            let status =
+                self.http.get(format!("{}/readyz", self.base())).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
             if (status == 200) == ready {
                 return;
             }
@@ -151,7 +152,10 @@ impl Phone {
     /// Reads frames until one of type `kind`; panics on close or timeout.
     pub async fn expect(&mut self, kind: &str) -> Value {
         loop {
-            let frame = self.next_json().await.unwrap_or_else(|| panic!("expected a {kind} frame, the socket closed or stayed silent"));
+            let frame = self
+                .next_json()
+                .await
+                .unwrap_or_else(|| panic!("expected a {kind} frame, the socket closed or stayed silent"));
             if frame["type"] == kind {
                 return frame;
             }

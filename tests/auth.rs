@@ -1,10 +1,8 @@
 //! Tokens: good ones in, every kind of bad one out, on the WebSocket and on REST, for the legacy
 //! HS256 secret and for ES256 signing keys published as a JWKS.
 
-mod common;
-
+use crate::common::{Phone, World};
 use base64::Engine as _;
-use common::{Phone, World};
 use reqwest::Method;
 use supabase_standin::keys::{Alg, Keys};
 use supabase_standin::seed::CARLA;
@@ -31,8 +29,12 @@ fn bad_tokens(keys: &Keys) -> Vec<(&'static str, String)> {
     // Algorithm confusion: an ES256 header with this project's kid, but an HMAC signature.
     let es_header = format!(r#"{{"alg":"ES256","typ":"JWT","kid":"{}"}}"#, keys.kid);
     let signing_input = format!("{}.{}", b64(es_header.as_bytes()), b64(&claims_json));
-    let hmac = jsonwebtoken::crypto::sign(signing_input.as_bytes(), &jsonwebtoken::EncodingKey::from_secret(keys.jwt_secret.as_bytes()), jsonwebtoken::Algorithm::HS256)
-        .expect("hmac");
+    let hmac = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(keys.jwt_secret.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("hmac");
     let confused = format!("{signing_input}.{hmac}");
     vec![
         ("expired", keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, -3600)),
@@ -99,9 +101,15 @@ async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
     let short = keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2);
     let mut kept = Phone::connect(&format!("{}?token={}", world.ws_base(), short)).await.expect("connects");
     kept.expect("connection_established").await;
-    kept.send_json(serde_json::json!({"type": "access_token", "token": keys.user_token(CARLA.id, CARLA.email, Alg::Es256, 3600)})).await;
+    kept.send_json(
+        serde_json::json!({"type": "access_token", "token": keys.user_token(CARLA.id, CARLA.email, Alg::Es256, 3600)}),
+    )
+    .await;
     // Not refreshed: an error frame, then close 4001.
-    let mut lapsed = Phone::connect(&format!("{}?token={}", world.ws_base(), keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2))).await.expect("connects");
+    let mut lapsed =
+        Phone::connect(&format!("{}?token={}", world.ws_base(), keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2)))
+            .await
+            .expect("connects");
     lapsed.expect("connection_established").await;
     let error = lapsed.expect("error").await;
     assert!(error["message"].as_str().unwrap_or_default().contains("expired"), "{error}");

@@ -1,10 +1,8 @@
 //! A message travels from a SQL INSERT to exactly the phones allowed to see it.
 
-mod common;
-
-use common::{Phone, World};
+use crate::common::{Phone, World};
 use serde_json::json;
-use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, FARID, GRACE, BRUNO};
+use supabase_standin::seed::{ALICE, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, FARID, GRACE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_teacher_posts_in_3b_both_parents_phones_get_it_and_4a_does_not() {
@@ -89,7 +87,13 @@ async fn a_flooding_client_is_closed_for_its_rate() {
     let world = World::start_with(|c| c.limits.rate_per_sec = 5).await;
     let mut grace = world.phone(&GRACE).await;
     for _ in 0..50 {
-        if futures_util::SinkExt::send(&mut grace.ws, tokio_tungstenite::tungstenite::Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+        if futures_util::SinkExt::send(
+            &mut grace.ws,
+            tokio_tungstenite::tungstenite::Message::text(r#"{"type":"ping"}"#),
+        )
+        .await
+        .is_err()
+        {
             break;
         }
     }

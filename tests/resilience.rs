@@ -1,11 +1,9 @@
 //! Losing the upstream, slow clients and shutdown: nothing lost, nothing duplicated, nobody
 //! stalled.
 
-mod common;
-
 use std::time::Duration;
 
-use common::World;
+use crate::common::World;
 use reqwest::Method;
 use supabase_standin::realtime::InjectSpec;
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, DAVID};

@@ -17,7 +17,12 @@ fn config(stack: &Stack, vsn: Vsn) -> UpstreamConfig {
         topic: "realtime:upstream-test".into(),
         bindings: vec![
             Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None },
-            Binding { event: "*".into(), schema: "public".into(), table: Some("thread_participants".into()), filter: None },
+            Binding {
+                event: "*".into(),
+                schema: "public".into(),
+                table: Some("thread_participants".into()),
+                filter: None,
+            },
         ],
         heartbeat_interval: Duration::from_millis(200),
         join_timeout: Duration::from_secs(5),
@@ -27,14 +32,20 @@ fn config(stack: &Stack, vsn: Vsn) -> UpstreamConfig {
 }
 
 async fn next(events: &mut mpsc::Receiver<UpstreamEvent>) -> UpstreamEvent {
-    tokio::time::timeout(Duration::from_secs(20), events.recv()).await.expect("an upstream event in time").expect("upstream running")
+    tokio::time::timeout(Duration::from_secs(20), events.recv())
+        .await
+        .expect("an upstream event in time")
+        .expect("upstream running")
 }
 
 async fn insert(stack: &Stack, content: &str) -> uuid::Uuid {
     stack
         .sql()
         .await
-        .query_one("insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id", &[&CLASS_3B_PARENTS, &ALICE.id, &content])
+        .query_one(
+            "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3) returning id",
+            &[&CLASS_3B_PARENTS, &ALICE.id, &content],
+        )
         .await
         .expect("insert")
         .get(0)
@@ -72,10 +83,16 @@ async fn subscribes_receives_and_heals_in_both_serializers() {
         // Retries are refused a few times without another Down.
         tokio::time::sleep(Duration::from_millis(500)).await;
         realtime.set_refuse_joins(false);
-        assert!(matches!(next(&mut events).await, UpstreamEvent::Live { generation: 2 }), "one Down per loss, then Live");
+        assert!(
+            matches!(next(&mut events).await, UpstreamEvent::Live { generation: 2 }),
+            "one Down per loss, then Live"
+        );
 
         stop.send(true).expect("stop");
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("leaves within a bound").expect("task ends cleanly");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("leaves within a bound")
+            .expect("task ends cleanly");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while stack.realtime().channel_count() > 0 {
             assert!(tokio::time::Instant::now() < deadline, "the channel was left");

@@ -141,12 +141,7 @@ impl Verifier {
                 _ => AuthError::Malformed,
             }
         })?;
-        let user_id = data
-            .claims
-            .sub
-            .as_deref()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or(AuthError::NotAUser)?;
+        let user_id = data.claims.sub.as_deref().and_then(|s| Uuid::parse_str(s).ok()).ok_or(AuthError::NotAUser)?;
         Ok(Identity { user_id, exp: data.claims.exp })
     }
 
@@ -298,7 +293,10 @@ mod tests {
         assert_eq!(rt.block_on(v.verify("")), Err(AuthError::Missing));
         assert_eq!(rt.block_on(v.verify("abc.def")), Err(AuthError::Malformed));
         assert_eq!(rt.block_on(v.verify(&token(claims(-60), SECRET))), Err(AuthError::Expired));
-        assert_eq!(rt.block_on(v.verify(&token(claims(60), "another-secret-another-secret-12345"))), Err(AuthError::BadSignature));
+        assert_eq!(
+            rt.block_on(v.verify(&token(claims(60), "another-secret-another-secret-12345"))),
+            Err(AuthError::BadSignature)
+        );
         let mut wrong_aud = claims(60);
         wrong_aud["aud"] = json!("anon");
         assert_eq!(rt.block_on(v.verify(&token(wrong_aud, SECRET))), Err(AuthError::WrongAudience));
@@ -318,7 +316,10 @@ mod tests {
         let payload = b64.encode(claims(60).to_string());
         let unsigned = format!("{header}.{payload}.");
         let rt = rt();
-        assert!(matches!(rt.block_on(verifier(Some(SECRET)).verify(&unsigned)), Err(AuthError::AlgorithmNotAllowed(_))));
+        assert!(matches!(
+            rt.block_on(verifier(Some(SECRET)).verify(&unsigned)),
+            Err(AuthError::AlgorithmNotAllowed(_))
+        ));
         assert!(matches!(
             rt.block_on(verifier(None).verify(&token(claims(60), SECRET))),
             Err(AuthError::AlgorithmNotAllowed(_))

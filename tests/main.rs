@@ -1,0 +1,12 @@
+//! The gateway's integration tests: one binary, each module a group of scenarios that start the
+//! real stack (throwaway PostgreSQL with the project's migrations, the Realtime and PostgREST
+//! stand-ins, the gateway on port 0) and drive it as phones and apps would.
+
+mod common;
+
+mod auth;
+mod delivery;
+mod guide_client;
+mod resilience;
+mod rest;
+mod upstream;
