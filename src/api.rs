@@ -6,7 +6,6 @@
 //! decides; this module never uses the service key and never logs a token.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -16,67 +15,26 @@ use warp::http::StatusCode;
 use warp::reply::{Json, WithStatus};
 use warp::{Filter, Rejection, Reply};
 
-use crate::auth::{AuthError, Identity, Verifier};
+use crate::auth::{Identity, Verifier};
+use crate::error::PeerError;
 use crate::hub::Hub;
 use crate::limit::PerUser;
-use crate::protocol::{self, ChatMessage, Sender};
-use crate::store::StoreError;
+use crate::model::{self as protocol, ChatMessage, Sender};
+use crate::router::Readiness;
+use crate::store::{Store, StoreError};
 
 /// Most messages one offline-sync call returns.
 pub const OFFLINE_PAGE: u32 = 500;
 
-/// A failed request, as clients see it.
+type ApiError = PeerError;
+
 #[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
+struct Rejected(PeerError);
 
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
-    }
-}
-
-impl warp::reject::Reject for ApiError {}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> ApiError {
-        match e {
-            AuthError::KeysUnavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            _ => ApiError::new(StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> ApiError {
-        match e {
-            StoreError::Timeout => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "The database did not answer in time"),
-            StoreError::Unavailable(_) => ApiError::new(StatusCode::BAD_GATEWAY, "The database is unavailable"),
-            StoreError::Decode(_) => ApiError::new(StatusCode::BAD_GATEWAY, "Unexpected answer from the database"),
-            StoreError::Rejected { status, code, message } => {
-                let status = match status {
-                    401 => StatusCode::UNAUTHORIZED,
-                    403 => StatusCode::FORBIDDEN,
-                    400 | 406 | 409 | 422 => StatusCode::BAD_REQUEST,
-                    504 => StatusCode::GATEWAY_TIMEOUT,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                let message = if status == StatusCode::BAD_GATEWAY {
-                    tracing::error!(%code, %message, "PostgREST error");
-                    "The database rejected the request".to_string()
-                } else {
-                    message
-                };
-                ApiError::new(status, message)
-            }
-        }
-    }
-}
+impl warp::reject::Reject for Rejected {}
 
 fn error_reply(e: &ApiError) -> WithStatus<Json> {
-    warp::reply::with_status(warp::reply::json(&json!({"status": "error", "message": e.message})), e.status)
+    warp::reply::with_status(warp::reply::json(&e.body()), e.status)
 }
 
 fn ok(body: Value) -> WithStatus<Json> {
@@ -87,6 +45,8 @@ fn ok(body: Value) -> WithStatus<Json> {
 #[derive(Clone)]
 pub struct ApiState {
     pub hub: Arc<Hub>,
+    pub store: Store,
+    pub readiness: Arc<Readiness>,
     pub verifier: Arc<Verifier>,
     /// REST calls per user and second (bursts of twice that).
     pub rate: Arc<PerUser>,
@@ -112,18 +72,19 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
         async move {
             let token = bearer(header.as_deref())
                 .ok_or_else(|| {
-                    warp::reject::custom(ApiError::new(
+                    warp::reject::custom(Rejected(ApiError::new(
                         StatusCode::UNAUTHORIZED,
                         "Unauthorized: missing Authorization: Bearer token",
-                    ))
+                    )))
                 })?
                 .to_string();
-            let identity = verifier.verify(&token).await.map_err(|e| warp::reject::custom(ApiError::from(e)))?;
+            let identity =
+                verifier.verify(&token).await.map_err(|e| warp::reject::custom(Rejected(ApiError::from(e))))?;
             if !rate.allow(identity.user_id) {
-                return Err(warp::reject::custom(ApiError::new(
+                return Err(warp::reject::custom(Rejected(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "Too many requests: slow down",
-                )));
+                ))));
             }
             Ok::<_, Rejection>(Caller { identity, token })
         }
@@ -147,7 +108,7 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
             )
         })?
         .with_timezone(&chrono::Utc);
-    let store = state.hub.store();
+    let store = state.store;
     // The horizon is read before the messages: whatever committed before it is in the page.
     let requested_at = chrono::Utc::now();
     let horizon = match store.sync_horizon(&caller.token).await {
@@ -192,14 +153,14 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
 }
 
 async fn unread_count(state: ApiState, caller: Caller) -> Result<WithStatus<Json>, ApiError> {
-    let count = state.hub.store().unread_count(&caller.token).await?;
+    let count = state.store.unread_count(&caller.token).await?;
     Ok(ok(json!({"status": "success", "data": {"unread_count": count}})))
 }
 
 async fn mark_read(state: ApiState, caller: Caller, thread: String) -> Result<WithStatus<Json>, ApiError> {
     let thread_id = Uuid::parse_str(&thread)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "Invalid thread_id: must be a UUID"))?;
-    match state.hub.store().mark_thread_read(&caller.token, thread_id).await {
+    match state.store.mark_thread_read(&caller.token, thread_id).await {
         Ok(()) => {}
         Err(StoreError::Rejected { status: 403, .. }) => {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "Not a participant of this thread"));
@@ -277,7 +238,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     let health = warp::path("healthz").and(warp::path::end()).map(|| ok(json!({"status": "ok"})));
     let ready_state = st();
     let ready = warp::path("readyz").and(warp::path::end()).and(ready_state).map(|s: ApiState| {
-        if s.hub.is_ready() {
+        if s.readiness.is_ready() {
             ok(json!({"status": "ready", "upstream": "live"}))
         } else {
             warp::reply::with_status(
@@ -286,7 +247,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             )
         }
     });
-    let metrics = warp::path("metrics").and(warp::path::end()).and(st()).map(|s: ApiState| metrics_text(&s.hub));
+    let metrics = warp::path("metrics").and(warp::path::end()).and(st()).map(|s: ApiState| metrics_text(&s));
 
     subscribe
         .or(unsubscribe)
@@ -307,29 +268,27 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .recover(recover)
 }
 
-fn metrics_text(hub: &Hub) -> String {
-    let s = &hub.stats;
-    let rows = [
-        ("gateway_sessions", "gauge", hub.session_count() as u64),
-        ("gateway_upstream_ready", "gauge", u64::from(hub.is_ready())),
-        ("gateway_deliveries_total", "counter", s.deliveries.load(Ordering::Relaxed)),
-        ("gateway_messages_routed_total", "counter", s.messages_routed.load(Ordering::Relaxed)),
-        ("gateway_duplicates_skipped_total", "counter", s.duplicates_skipped.load(Ordering::Relaxed)),
-        ("gateway_slow_client_drops_total", "counter", s.slow_drops.load(Ordering::Relaxed)),
-        ("gateway_catchup_messages_total", "counter", s.catchup_messages.load(Ordering::Relaxed)),
-        ("gateway_upstream_losses_total", "counter", s.upstream_losses.load(Ordering::Relaxed)),
-        ("gateway_unroutable_messages_total", "counter", s.unroutable.load(Ordering::Relaxed)),
-    ];
-    let mut out = String::new();
-    for (name, kind, value) in rows {
-        out.push_str(&format!("# TYPE {name} {kind}\n{name} {value}\n"));
-    }
-    out
+fn metrics_text(state: &ApiState) -> String {
+    let hub: &Hub = &state.hub;
+    hub.metrics.render(&[
+        ("gateway_sessions", "Open WebSocket sessions", hub.session_count() as u64),
+        ("gateway_users", "Users with at least one session", hub.user_count() as u64),
+        (
+            "gateway_upstream_ready",
+            "1 when the upstream is live and no gap is left to fill",
+            u64::from(state.readiness.is_ready()),
+        ),
+        (
+            "gateway_upstream_live",
+            "1 when the upstream subscription is live",
+            u64::from(state.readiness.upstream_live()),
+        ),
+    ])
 }
 
 async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
-    let e = if let Some(e) = rejection.find::<ApiError>() {
-        ApiError::new(e.status, e.message.clone())
+    let e = if let Some(Rejected(e)) = rejection.find::<Rejected>() {
+        e.clone()
     } else if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "Not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -114,6 +114,31 @@ pub struct Args {
     /// Upper bound on graceful shutdown, seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Topic of the upstream channel (any `realtime:<name>`).
+    #[arg(long, env = "UPSTREAM_TOPIC", default_value = "realtime:chat-gateway")]
+    pub upstream_topic: String,
+    /// Bound on connecting, joining and Realtime's "Subscribed to PostgreSQL", seconds.
+    #[arg(long, env = "UPSTREAM_JOIN_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub upstream_join_timeout_secs: f64,
+    /// First reconnect delay after an upstream loss, milliseconds (doubles, with jitter).
+    #[arg(long, env = "UPSTREAM_BACKOFF_MIN_MS", default_value_t = 500)]
+    pub upstream_backoff_min_ms: u64,
+    /// Longest reconnect delay, seconds.
+    #[arg(long, env = "UPSTREAM_BACKOFF_MAX_SECS", default_value_t = 10.0)]
+    pub upstream_backoff_max_secs: f64,
+    /// Upstream events buffered between the upstream socket and the router.
+    #[arg(long, env = "UPSTREAM_QUEUE_CAPACITY", default_value_t = 65_536)]
+    pub upstream_queue_capacity: usize,
+    /// Messages the router may hold while their lookups or a gap fill run; above it they are
+    /// dropped, clients are told, and a gap fill brings them back.
+    #[arg(long, env = "ROUTER_MAX_WAITING", default_value_t = 100_000)]
+    pub router_max_waiting: usize,
+    /// How often the database's sync horizon is read for the resume cursor, milliseconds.
+    #[arg(long, env = "CURSOR_INTERVAL_MS", default_value_t = 1000)]
+    pub cursor_interval_ms: u64,
+    /// Recently routed messages kept in memory to serve resumes (`?since=`) without the database.
+    #[arg(long, env = "RESUME_BUFFER_MESSAGES", default_value_t = 20_000)]
+    pub resume_buffer_messages: usize,
 }
 
 /// Validated configuration.
@@ -137,6 +162,14 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub cache_max_threads: usize,
     pub shutdown_grace: Duration,
+    pub upstream_topic: String,
+    pub upstream_join_timeout: Duration,
+    pub upstream_backoff_min: Duration,
+    pub upstream_backoff_max: Duration,
+    pub upstream_channel_capacity: usize,
+    pub router_max_waiting: usize,
+    pub cursor_interval: Duration,
+    pub resume_buffer: usize,
 }
 
 /// Limits applied to clients.
@@ -212,6 +245,15 @@ impl Config {
         if a.ws_max_message_bytes < 256 {
             return Err(invalid("WS_MAX_MESSAGE_BYTES", "must be at least 256"));
         }
+        if !(64..=1 << 20).contains(&a.ws_read_buffer_bytes) {
+            return Err(invalid("WS_READ_BUFFER_BYTES", "must be between 64 and 1048576"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&a.log_level) {
+            return Err(invalid("LOG_LEVEL", format!("not a log filter ({e}); e.g. info or realtime_gateway=debug")));
+        }
+        if !a.upstream_topic.starts_with("realtime:") || a.upstream_topic.len() <= "realtime:".len() {
+            return Err(invalid("UPSTREAM_TOPIC", "must look like realtime:<name>"));
+        }
         Ok(Config {
             supabase_url,
             anon_key: non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key)?,
@@ -233,7 +275,7 @@ impl Config {
                 max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
                 max_connections_per_user: positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user)?,
                 max_message_bytes: a.ws_max_message_bytes,
-                read_buffer_bytes: a.ws_read_buffer_bytes.clamp(64, 1 << 20),
+                read_buffer_bytes: a.ws_read_buffer_bytes,
                 rate_per_sec: a.ws_rate_limit_per_sec,
                 queue_capacity: positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity)?,
                 max_thread_subscriptions: positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions)?,
@@ -242,6 +284,19 @@ impl Config {
             cache_ttl: Duration::from_secs(positive("CACHE_TTL_SECS", a.cache_ttl_secs as usize)? as u64),
             cache_max_threads: positive("CACHE_MAX_THREADS", a.cache_max_threads)?,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            upstream_topic: a.upstream_topic,
+            upstream_join_timeout: seconds("UPSTREAM_JOIN_TIMEOUT_SECS", a.upstream_join_timeout_secs)?,
+            upstream_backoff_min: Duration::from_millis(positive(
+                "UPSTREAM_BACKOFF_MIN_MS",
+                a.upstream_backoff_min_ms as usize,
+            )? as u64),
+            upstream_backoff_max: seconds("UPSTREAM_BACKOFF_MAX_SECS", a.upstream_backoff_max_secs)?,
+            upstream_channel_capacity: positive("UPSTREAM_QUEUE_CAPACITY", a.upstream_queue_capacity)?,
+            router_max_waiting: positive("ROUTER_MAX_WAITING", a.router_max_waiting)?,
+            cursor_interval: Duration::from_millis(
+                positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize)? as u64
+            ),
+            resume_buffer: a.resume_buffer_messages,
         })
     }
 
@@ -343,6 +398,10 @@ mod tests {
         assert!(e.to_string().starts_with("SUPABASE_JWT_SECRET:"), "{e}");
         let e = parse(&["--ws-ping-interval-secs=0"]).expect_err("invalid");
         assert!(e.to_string().starts_with("WS_PING_INTERVAL_SECS:"), "{e}");
+        let e = parse(&["--ws-read-buffer-bytes=10"]).expect_err("refused, not clamped");
+        assert!(e.to_string().starts_with("WS_READ_BUFFER_BYTES:"), "{e}");
+        let e = parse(&["--log-level=[[["]).expect_err("a bad filter stops start-up");
+        assert!(e.to_string().starts_with("LOG_LEVEL:"), "{e}");
     }
 
     #[test]

@@ -1,18 +1,30 @@
 //! The realtime gateway: one upstream Supabase Realtime subscription, many authenticated
 //! WebSocket clients, and the REST endpoints of the school chat's public API.
 //!
-//! Data flows one way: [`upstream`] (Phoenix client) → [`hub`] (membership, routing, fan-out) →
-//! [`session`] (one WebSocket each). [`api`] serves REST by calling PostgREST through [`store`] with
-//! the caller's own token. [`auth`] verifies Supabase JWTs, [`config`] reads the environment,
-//! [`protocol`] pins the client-facing JSON, [`server`] wires everything and owns shutdown.
+//! The path of a message: [`upstream`] (our Phoenix client; decodes changes at the edge) →
+//! `router` (order, dedup, gap fill, resume cursor; lookups through `directory`) → `hub`
+//! (registry, recipients, fan-out) → `session` (one WebSocket; its outbox and resume). REST:
+//! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
+//! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
+//! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
+//! `metrics`, `limit`, and [`server`] (listener, upgrade, shutdown).
 
-pub mod api;
+mod api;
 pub mod auth;
+pub mod close;
 pub mod config;
-pub mod hub;
-pub mod limit;
+mod directory;
+mod error;
+mod history;
+mod hub;
+mod limit;
+mod metrics;
+mod model;
 pub mod protocol;
+mod router;
 pub mod server;
-pub mod session;
-pub mod store;
+mod session;
+mod store;
 pub mod upstream;
+
+pub use api::bearer;

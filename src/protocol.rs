@@ -5,10 +5,11 @@
 //! clients were written against: tests here pin them. This module does no I/O and knows nothing
 //! about sessions or routing.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
+
+pub use crate::model::{format_time, normalize_time, parse_time, ChatMessage, Sender};
 
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,36 +76,41 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
     }
 }
 
-/// A message's sender as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sender {
-    pub full_name: String,
-    pub role: String,
-}
-
-/// A chat message as clients see it, in `new_message` frames and offline sync.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub id: Uuid,
-    pub thread_id: Uuid,
-    pub sender_id: Uuid,
-    pub content: String,
-    pub message_type: String,
-    /// RFC 3339, UTC, microseconds (`2024-01-01T12:00:00.123456Z`).
-    pub created_at: String,
-    pub sender: Sender,
-}
-
 /// A frame to a client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage<'a> {
-    ConnectionEstablished { user_id: Uuid, timestamp: String },
-    NewMessage { data: &'a ChatMessage },
-    ThreadSubscribed { thread_id: Uuid },
-    ThreadUnsubscribed { thread_id: Uuid },
+    ConnectionEstablished {
+        user_id: Uuid,
+        timestamp: String,
+    },
+    /// `cursor`: resume from here with `?since=` and nothing is missed (see the router).
+    NewMessage {
+        data: &'a ChatMessage,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
+    },
+    /// The end of a resume replay: `last_check_time` is the cursor to resume from next.
+    SyncComplete {
+        last_check_time: &'a str,
+        count: usize,
+    },
+    /// The user's read state changed (on any device or instance).
+    ThreadRead {
+        thread_id: Uuid,
+        last_read_at: &'a str,
+        unread_count: i64,
+    },
+    ThreadSubscribed {
+        thread_id: Uuid,
+    },
+    ThreadUnsubscribed {
+        thread_id: Uuid,
+    },
     Pong,
-    Error { message: &'a str },
+    Error {
+        message: &'a str,
+    },
 }
 
 impl ServerMessage<'_> {
@@ -117,34 +123,6 @@ impl ServerMessage<'_> {
 
 /// The error frame the guide documents for a lost upstream.
 pub const UPSTREAM_ERROR: &str = "Real-time connection error";
-
-/// Formats a time as the protocol does.
-pub fn format_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// Normalizes a timestamp from PostgreSQL/PostgREST/Realtime (`2026-01-01T12:00:00.123+00:00`,
-/// `2026-01-01 12:00:00.123+00`, ...) to the protocol's format.
-pub fn normalize_time(raw: &str) -> Option<String> {
-    parse_time(raw).map(format_time)
-}
-
-/// Parses the timestamp forms PostgreSQL, PostgREST and Realtime produce.
-pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(raw) {
-        return Some(t.with_timezone(&Utc));
-    }
-    let t = raw.trim().replacen(' ', "T", 1);
-    let tail = t.get(10..)?;
-    let fixed = match tail.rfind(['+', '-']) {
-        // "+00" offset without minutes
-        Some(i) if tail.len() - i == 3 => format!("{t}:00"),
-        Some(_) => t,
-        None if t.ends_with('Z') => t,
-        None => format!("{t}Z"),
-    };
-    DateTime::parse_from_rfc3339(&fixed).ok().map(|t| t.with_timezone(&Utc))
-}
 
 #[cfg(test)]
 mod tests {
@@ -222,10 +200,10 @@ mod tests {
             sender: Sender { full_name: "John Doe".into(), role: "teacher".into() },
         };
         assert_eq!(
-            v(ServerMessage::NewMessage { data: &msg }),
+            v(ServerMessage::NewMessage { data: &msg, cursor: Some("2024-01-01T12:00:00.000001Z") }),
             json!({"type":"new_message","data":{"id":T,"thread_id":T,"sender_id":user,"content":"Hello!",
                    "message_type":"text","created_at":"2024-01-01T12:00:00.000000Z",
-                   "sender":{"full_name":"John Doe","role":"teacher"}}})
+                   "sender":{"full_name":"John Doe","role":"teacher"}},"cursor":"2024-01-01T12:00:00.000001Z"})
         );
     }
 
@@ -234,7 +212,6 @@ mod tests {
         #[test]
         fn parsing_never_panics(text in ".{0,200}") {
             let _ = parse_client_message(&text);
-            let _ = parse_time(&text);
         }
 
         #[test]
@@ -244,17 +221,5 @@ mod tests {
                 proptest::prop_assert_eq!(Uuid::parse_str(&id).ok(), Some(thread_id));
             }
         }
-    }
-
-    #[test]
-    fn normalizes_postgres_timestamps() {
-        let want = Some("2026-01-01T12:00:00.123456Z".to_string());
-        assert_eq!(normalize_time("2026-01-01T12:00:00.123456+00:00"), want);
-        assert_eq!(normalize_time("2026-01-01 12:00:00.123456+00"), want);
-        assert_eq!(normalize_time("2026-01-01T14:00:00.123456+02:00"), want);
-        assert_eq!(normalize_time("2026-01-01T12:00:00.123456Z"), want);
-        assert_eq!(normalize_time("2026-01-01T12:00:00.123456"), want);
-        assert_eq!(normalize_time("garbage"), None);
-        assert_eq!(normalize_time("2026-01-0"), None);
     }
 }

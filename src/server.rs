@@ -1,12 +1,13 @@
-//! Server: wires configuration, auth, store, hub, upstream and router; owns the listener and
-//! shutdown.
+//! Server: wires configuration, auth, store, directory, hub, history, router and upstream; owns
+//! the listener, the WebSocket upgrade, and shutdown.
 //!
 //! One TCP port serves both the WebSocket (path `/`, token from `?token=` or
-//! `Authorization: Bearer`, verified before the upgrade) and the REST API (warp, as a hyper
-//! service). WebSocket upgrades are handled here directly on hyper + tokio-tungstenite so that the
-//! socket's buffer sizes and limits are ours to choose. Shutdown is one `watch` signal that every
-//! task selects on: stop accepting, close clients with "going away", leave the upstream channel,
-//! and finish within a bound. Nothing here is detached and forgotten.
+//! `Authorization: Bearer`, verified before the upgrade; optional `?since=` to resume) and the REST
+//! API (warp, as a hyper service). WebSocket upgrades are handled here directly on hyper +
+//! tokio-tungstenite so that the socket's buffer sizes and limits are ours to choose. Shutdown is
+//! one [`CancellationToken`]: every spawned task (connections, sessions, upstream, router, lookups)
+//! is tracked by one [`TaskTracker`], selects on the token, and is awaited up to the grace period,
+//! so in-flight REST calls get their answers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,22 +18,28 @@ use http::{header, HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use warp::Reply;
 
 use crate::api::{self, ApiState};
 use crate::auth::Verifier;
+use crate::close;
 use crate::config::{Config, RealtimeVsn};
-use crate::hub::{Hub, Router, CLOSE_SHUTDOWN};
+use crate::directory::Directory;
+use crate::error::PeerError;
+use crate::history::History;
+use crate::hub::Hub;
 use crate::limit::PerUser;
-use crate::session::{self, SessionContext};
+use crate::metrics::Metrics;
+use crate::router::{Readiness, Router, RouterConfig, RouterParts};
+use crate::session::{self, resume, SessionContext};
 use crate::store::Store;
 use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
 
@@ -50,8 +57,9 @@ pub enum StartError {
 pub struct Gateway {
     addr: SocketAddr,
     hub: Arc<Hub>,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    readiness: Arc<Readiness>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
     grace: Duration,
 }
 
@@ -61,31 +69,27 @@ impl Gateway {
         self.addr
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
+    /// Whether `/readyz` answers ready.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
     }
 
-    /// Graceful shutdown: stop accepting, close every client with 1001 "going away", leave the
-    /// upstream channel; returns within the configured grace period.
+    /// Graceful shutdown: stop accepting, close every client with 1001 "going away", let
+    /// in-flight REST calls finish, leave the upstream channel; returns within the grace period.
     pub async fn shutdown(self) {
         tracing::info!(sessions = self.hub.session_count(), "shutting down");
-        let _ = self.shutdown.send(true);
-        self.hub.close_all(CLOSE_SHUTDOWN);
-        let deadline = tokio::time::Instant::now() + self.grace;
-        for task in self.tasks {
-            let abort = task.abort_handle();
-            if tokio::time::timeout_at(deadline, task).await.is_err() {
-                abort.abort();
-            }
-        }
-        while self.hub.session_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        self.stop.cancel();
+        self.hub.close_all(close::SHUTDOWN);
+        self.tasks.close();
+        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(remaining_tasks = self.tasks.len(), "grace period over; abandoning what is left");
         }
         tracing::info!(remaining_sessions = self.hub.session_count(), "stopped");
     }
 }
 
-/// The upstream subscription the gateway needs: new messages, and membership changes.
+/// The upstream subscription the gateway needs: new messages, membership and read state, and
+/// the per-user realtime switch.
 pub fn upstream_config(config: &Config) -> UpstreamConfig {
     UpstreamConfig {
         websocket_url: config.realtime_websocket_url(),
@@ -95,25 +99,20 @@ pub fn upstream_config(config: &Config) -> UpstreamConfig {
             RealtimeVsn::V1 => Vsn::V1,
             RealtimeVsn::V2 => Vsn::V2,
         },
-        topic: "realtime:chat-gateway".into(),
-        bindings: vec![
-            Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None },
-            Binding {
-                event: "*".into(),
-                schema: "public".into(),
-                table: Some("thread_participants".into()),
-                filter: None,
-            },
-        ],
+        topic: config.upstream_topic.clone(),
+        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("*", "thread_participants")],
         heartbeat_interval: config.upstream_heartbeat,
-        join_timeout: Duration::from_secs(10),
-        backoff_min: Duration::from_millis(500),
-        backoff_max: Duration::from_secs(10),
+        join_timeout: config.upstream_join_timeout,
+        backoff_min: config.upstream_backoff_min,
+        backoff_max: config.upstream_backoff_max,
     }
 }
 
 /// Starts the gateway: binds, connects upstream, serves until [`Gateway::shutdown`].
 pub async fn start(config: Config) -> Result<Gateway, StartError> {
+    let started = chrono::Utc::now();
+    let stop = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .connect_timeout(config.backend_timeout)
@@ -139,75 +138,116 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         config.service_role_key.clone(),
         config.backend_timeout,
     );
-    let hub = Hub::new(store, config.limits.clone(), config.cache_ttl, config.cache_max_threads);
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(config.limits.clone(), metrics.clone());
+    let (directory, loaded) =
+        Directory::new(store.clone(), config.cache_ttl, config.cache_max_threads, tasks.clone(), stop.clone());
+    let margin = chrono::Duration::from_std(config.catchup_margin).unwrap_or_else(|_| chrono::Duration::seconds(60));
+    let history = History::new(config.resume_buffer, started - margin);
+    let readiness = Arc::new(Readiness::default());
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let (events_tx, events_rx) = mpsc::channel(65_536);
-    let upstream = upstream::spawn(upstream_config(&config), events_tx, shutdown_rx.clone());
-    let router = tokio::spawn(Router::new(hub.clone(), config.catchup_margin).run(events_rx));
+    let (events_tx, events_rx) = mpsc::channel(config.upstream_channel_capacity);
+    let router = Router::new(RouterParts {
+        hub: hub.clone(),
+        directory,
+        loaded,
+        store: store.clone(),
+        history: history.clone(),
+        readiness: readiness.clone(),
+        config: RouterConfig {
+            catchup_margin: config.catchup_margin,
+            max_waiting: config.router_max_waiting,
+            cursor_interval: config.cursor_interval,
+        },
+        tasks: tasks.clone(),
+        stop: stop.clone(),
+        started,
+    });
+    tasks.spawn(router.run(events_rx));
+    tasks.spawn(upstream::run(upstream_config(&config), events_tx, stop.clone()));
 
-    let ctx = SessionContext { hub: hub.clone(), verifier: verifier.clone(), shutdown: shutdown_rx.clone() };
+    let ctx = SessionContext {
+        hub: hub.clone(),
+        verifier: verifier.clone(),
+        store: store.clone(),
+        history,
+        readiness: readiness.clone(),
+        stop: stop.clone(),
+    };
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, 100_000));
-    let rest = warp::service(api::routes(ApiState { hub: hub.clone(), verifier: verifier.clone(), rate: rest_rate }));
+    let rest = warp::service(api::routes(ApiState {
+        hub: hub.clone(),
+        store,
+        readiness: readiness.clone(),
+        verifier,
+        rate: rest_rate,
+    }));
     // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
-    // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows for
-    // a larger frame). Writes are
-    // buffered up to 64 KiB and flushed once per batch (see session::write_batch).
+    // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows
+    // for a larger frame). Writes are buffered up to 64 KiB and flushed once per batch.
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.limits.read_buffer_bytes)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes));
-    let accept = tokio::spawn(accept_loop(listener, ctx, rest, ws_config, shutdown_rx));
+    let listener_ctx = Listener { ctx, rest, ws_config, tasks: tasks.clone() };
+    tasks.spawn(listener_ctx.accept_loop(listener));
     tracing::info!(%addr, upstream = %config.realtime_websocket_url(), "gateway listening");
-    Ok(Gateway {
-        addr,
-        hub,
-        shutdown: shutdown_tx,
-        tasks: vec![accept, upstream, router],
-        grace: config.shutdown_grace,
-    })
+    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace })
 }
 
-async fn accept_loop<R>(
-    listener: TcpListener,
+/// The accept loop and what every connection needs.
+struct Listener<R> {
     ctx: SessionContext,
     rest: R,
     ws_config: WebSocketConfig,
-    mut shutdown: watch::Receiver<bool>,
-) where
+    tasks: TaskTracker,
+}
+
+impl<R> Listener<R>
+where
     R: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     R::Future: Send,
 {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let rest = rest.clone();
-        let mut conn_shutdown = shutdown.clone();
-        tokio::spawn(async move {
+    async fn accept_loop(self, listener: TcpListener) {
+        let stop = self.ctx.stop.clone();
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            self.tasks.spawn(self.serve_connection(stream, peer));
+        }
+    }
+
+    fn serve_connection(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> {
+        let (ctx, rest, ws_config, tasks) = (self.ctx.clone(), self.rest.clone(), self.ws_config, self.tasks.clone());
+        let stop = ctx.stop.clone();
+        async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let ctx = ctx.clone();
+                let (ctx, tasks) = (ctx.clone(), tasks.clone());
                 let mut rest = rest.clone();
                 async move {
                     if is_websocket_upgrade(&req) && req.uri().path() == "/" {
-                        Ok::<_, Infallible>(upgrade(req, ctx, ws_config, peer).await)
+                        Ok::<_, Infallible>(upgrade(req, ctx, ws_config, peer, &tasks).await)
                     } else {
                         rest.call(req).await
                     }
@@ -221,12 +261,13 @@ async fn accept_loop<R>(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
-                _ = conn_shutdown.changed() => {
+                _ = stop.cancelled() => {
+                    // Let an in-flight request finish; idle keep-alive connections close now.
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    let _ = conn.await;
                 }
             }
-        });
+        }
     }
 }
 
@@ -258,8 +299,16 @@ pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String>
     api::bearer(auth).map(str::to_string)
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
-    warp::reply::with_status(warp::reply::json(&json!({"status": "error", "message": message})), status).into_response()
+/// The `since` of a WebSocket URL: None when absent, Err when malformed.
+fn request_since(query: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, PeerError> {
+    let Some(raw) = query.into_iter().flat_map(|q| q.split('&')).find_map(|p| p.strip_prefix("since=")) else {
+        return Ok(None);
+    };
+    let decoded =
+        urlencoding::decode(raw).map_err(|_| PeerError::bad_request("Invalid since: not URL-encoded text"))?;
+    resume::parse_since(&decoded).map(Some).ok_or_else(|| {
+        PeerError::bad_request("Invalid since: expected a cursor (an RFC 3339 time such as 2024-01-01T00:00:00Z)")
+    })
 }
 
 async fn upgrade(
@@ -267,48 +316,50 @@ async fn upgrade(
     ctx: SessionContext,
     ws_config: WebSocketConfig,
     peer: SocketAddr,
+    tasks: &TaskTracker,
 ) -> Response {
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
-        return json_error(StatusCode::BAD_REQUEST, "Missing Sec-WebSocket-Key");
+        return PeerError::bad_request("Missing Sec-WebSocket-Key").response();
     };
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return json_error(StatusCode::BAD_REQUEST, "Unsupported WebSocket version (13 required)");
+        return PeerError::bad_request("Unsupported WebSocket version (13 required)").response();
     }
     let Some(token) = request_token(req.uri().query(), req.headers()) else {
         tracing::info!(%peer, "WebSocket refused: no token");
-        return json_error(
+        return PeerError::new(
             StatusCode::UNAUTHORIZED,
             "Unauthorized: missing token (use ?token= or Authorization: Bearer)",
-        );
+        )
+        .response();
+    };
+    let since = match request_since(req.uri().query()) {
+        Ok(since) => since,
+        Err(e) => return e.response(),
     };
     let identity = match ctx.verifier.verify(&token).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");
-            return json_error(StatusCode::UNAUTHORIZED, &format!("Unauthorized: {e}"));
+            return PeerError::from(e).response();
         }
     };
-    let shared = match ctx.hub.register(identity.user_id) {
-        Ok(shared) => shared,
+    let (handle, replay) = match resume::register(&ctx.hub, &ctx.history, identity.user_id, since) {
+        Ok(registered) => registered,
         Err(e) => {
             tracing::warn!(%peer, user = %identity.user_id, reason = %e, "WebSocket refused: limit");
-            let status = match e {
-                crate::hub::RegisterError::UserFull => StatusCode::TOO_MANY_REQUESTS,
-                crate::hub::RegisterError::ServerFull => StatusCode::SERVICE_UNAVAILABLE,
-            };
-            return json_error(status, &e.to_string());
+            return PeerError::from(e).response();
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(ws, ctx, identity, token, shared).await;
+                session::run(ws, ctx, identity, token, handle, replay).await;
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "WebSocket upgrade failed");
-                ctx.hub.unregister(&shared);
+                ctx.hub.unregister(&handle);
             }
         }
     });
@@ -336,5 +387,12 @@ mod tests {
         headers.insert(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer xyz"));
         assert_eq!(request_token(Some("other=1"), &headers), Some("xyz".into()));
         assert_eq!(request_token(Some("token="), &headers), Some("xyz".into()));
+    }
+
+    #[test]
+    fn since_is_optional_but_never_malformed() {
+        assert_eq!(request_since(Some("token=a")), Ok(None));
+        assert!(request_since(Some("token=a&since=2026-01-01T00%3A00%3A00.000001Z")).is_ok_and(|s| s.is_some()));
+        assert_eq!(request_since(Some("since=yesterday")).map_err(|e| e.status), Err(StatusCode::BAD_REQUEST));
     }
 }

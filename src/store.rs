@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::protocol::{normalize_time, ChatMessage, Sender};
+use chrono::{DateTime, Utc};
+
+pub use crate::model::MessageRow;
 
 /// What went wrong talking to PostgREST.
 #[derive(Debug, thiserror::Error)]
@@ -75,37 +77,13 @@ pub struct Store {
     timeout: Duration,
 }
 
-/// A message row as PostgREST returns it (from `messages` or `chat_offline_messages`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct MessageRow {
-    pub id: Uuid,
-    pub thread_id: Uuid,
-    pub sender_id: Uuid,
-    pub content: String,
-    #[serde(default = "default_type")]
-    pub message_type: String,
-    pub created_at: String,
-    #[serde(default)]
-    pub sender: Option<Sender>,
-}
-
-fn default_type() -> String {
-    "text".into()
-}
-
-impl MessageRow {
-    /// The protocol's shape, with `created_at` normalized; `sender` must be known.
-    pub fn into_chat_message(self, sender: Sender) -> ChatMessage {
-        ChatMessage {
-            id: self.id,
-            thread_id: self.thread_id,
-            sender_id: self.sender_id,
-            content: self.content,
-            message_type: self.message_type,
-            created_at: normalize_time(&self.created_at).unwrap_or(self.created_at),
-            sender,
-        }
-    }
+/// The database's sync horizon read together with its clock (see `chat_sync_point()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct SyncPoint {
+    /// Every transaction that started before this had ended when the reading was taken.
+    pub horizon: DateTime<Utc>,
+    /// The database's clock at the reading.
+    pub db_now: DateTime<Utc>,
 }
 
 impl Store {
@@ -232,21 +210,31 @@ impl Store {
         .await
     }
 
-    /// Messages with `created_at >= since`, oldest first, at most `limit` (service role): the
-    /// catch-up after an upstream gap.
-    pub async fn messages_since(&self, since: &str, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
-        self.call(
-            As::Service,
-            Method::GET,
-            "messages",
-            &[
-                ("select", "id,thread_id,sender_id,content,message_type,created_at".into()),
-                ("created_at", format!("gte.{since}")),
-                ("order", "created_at.asc,id.asc".into()),
-                ("limit", limit.to_string()),
-            ],
-            None,
-        )
-        .await
+    /// One page of the gap fill (service role): messages with `created_at >= since`, after the
+    /// keyset position `after` = (created_at, id), oldest first.
+    pub async fn messages_page(
+        &self,
+        since: &str,
+        after: Option<(&str, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let args = match after {
+            Some((created_at, id)) => {
+                json!({"p_since": since, "p_after_created_at": created_at, "p_after_id": id, "p_limit": limit})
+            }
+            None => json!({"p_since": since, "p_limit": limit}),
+        };
+        self.rpc(As::Service, "chat_messages_page", args).await
+    }
+
+    /// `chat_sync_point()` (service role): the sync horizon and the database's clock.
+    pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
+        self.rpc(As::Service, "chat_sync_point", json!({})).await
+    }
+
+    /// `chat_unread_count_of(p_user_id)` (service role): a user's unread count, as
+    /// `chat_unread_count()` computes it for them.
+    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_unread_count_of", json!({"p_user_id": user_id})).await
     }
 }

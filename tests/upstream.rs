@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use realtime_gateway::upstream::{self, Binding, ChangeKind, UpstreamConfig, UpstreamEvent, Vsn};
+use realtime_gateway::upstream::{self, Binding, Lost, UpstreamConfig, UpstreamEvent, Vsn};
 use supabase_standin::seed::{ALICE, CLASS_3B_PARENTS};
 use supabase_standin::Stack;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 fn config(stack: &Stack, vsn: Vsn) -> UpstreamConfig {
     UpstreamConfig {
@@ -15,15 +16,7 @@ fn config(stack: &Stack, vsn: Vsn) -> UpstreamConfig {
         access_token: stack.keys().service_key.clone(),
         vsn,
         topic: "realtime:upstream-test".into(),
-        bindings: vec![
-            Binding { event: "INSERT".into(), schema: "public".into(), table: Some("messages".into()), filter: None },
-            Binding {
-                event: "*".into(),
-                schema: "public".into(),
-                table: Some("thread_participants".into()),
-                filter: None,
-            },
-        ],
+        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("*", "thread_participants")],
         heartbeat_interval: Duration::from_millis(200),
         join_timeout: Duration::from_secs(5),
         backoff_min: Duration::from_millis(50),
@@ -56,18 +49,16 @@ async fn subscribes_receives_and_heals_in_both_serializers() {
     let stack = Stack::start().await.expect("stand-in stack");
     for vsn in [Vsn::V1, Vsn::V2] {
         let (tx, mut events) = mpsc::channel(64);
-        let (stop, stopped) = watch::channel(false);
-        let task = upstream::spawn(config(&stack, vsn), tx, stopped);
+        let stop = CancellationToken::new();
+        let task = upstream::spawn(config(&stack, vsn), tx, stop.clone());
         assert!(matches!(next(&mut events).await, UpstreamEvent::Live { generation: 1 }));
 
         let id = insert(&stack, "over the upstream").await;
         match next(&mut events).await {
-            UpstreamEvent::Change(c) => {
-                assert_eq!((c.schema.as_str(), c.table.as_str(), c.kind), ("public", "messages", ChangeKind::Insert));
-                assert_eq!(c.record["id"], id.to_string());
-                assert_eq!(c.record["content"], "over the upstream");
-                assert!(c.commit_timestamp.is_some());
-                assert!(!c.ids.is_empty());
+            UpstreamEvent::Message { row, committed } => {
+                assert_eq!(row.id, id);
+                assert_eq!(row.content, "over the upstream");
+                assert!(committed.is_some(), "the commit time comes with the change");
             }
             other => panic!("expected a change, got {other:?}"),
         }
@@ -77,18 +68,24 @@ async fn subscribes_receives_and_heals_in_both_serializers() {
         realtime.set_refuse_joins(true);
         realtime.drop_all_sockets();
         match next(&mut events).await {
-            UpstreamEvent::Down { reason } => assert!(!reason.is_empty()),
+            UpstreamEvent::Down { reason } => assert!(!reason.to_string().is_empty()),
             other => panic!("expected Down, got {other:?}"),
         }
         // Retries are refused a few times without another Down.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let refused_before = realtime.stats().joins_refused;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while realtime.stats().joins_refused < refused_before + 3 {
+            assert!(tokio::time::Instant::now() < deadline, "the upstream kept retrying");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(events.try_recv().is_err(), "refused retries report nothing more: one Down per loss");
         realtime.set_refuse_joins(false);
         assert!(
             matches!(next(&mut events).await, UpstreamEvent::Live { generation: 2 }),
             "one Down per loss, then Live"
         );
 
-        stop.send(true).expect("stop");
+        stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .expect("leaves within a bound")
@@ -107,10 +104,13 @@ async fn a_wrong_api_key_is_reported_by_name() {
     let mut cfg = config(&stack, Vsn::V2);
     cfg.apikey = "not-a-key".into();
     let (tx, mut events) = mpsc::channel(8);
-    let (_stop, stopped) = watch::channel(false);
-    let _task = upstream::spawn(cfg, tx, stopped);
+    let stop = CancellationToken::new();
+    let _task = upstream::spawn(cfg, tx, stop.clone());
     match next(&mut events).await {
-        UpstreamEvent::Down { reason } => assert!(reason.contains("SUPABASE_ANON_KEY"), "{reason}"),
+        UpstreamEvent::Down { reason } => {
+            assert!(matches!(reason, Lost::BadApiKey(_)), "{reason:?}");
+            assert!(reason.to_string().contains("SUPABASE_ANON_KEY"), "{reason}");
+        }
         other => panic!("expected Down, got {other:?}"),
     }
 }

@@ -7,6 +7,6 @@ fuzz_target!(|data: &[u8]| {
         let _ = realtime_gateway::protocol::parse_client_message(text);
         let _ = realtime_gateway::protocol::parse_time(text);
         let _ = realtime_gateway::server::request_token(Some(text), &Default::default());
-        let _ = realtime_gateway::api::bearer(Some(text));
+        let _ = realtime_gateway::bearer(Some(text));
     }
 });

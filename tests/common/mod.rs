@@ -109,6 +109,16 @@ impl World {
         row.get(0)
     }
 
+    /// The value of one series of `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.http.get(format!("{}/metrics", self.base())).send().await.expect("metrics");
+        let text = text.text().await.expect("metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no series {name} in /metrics"))
+    }
+
     /// A REST call with `Authorization: Bearer <token>`; returns (status, JSON body).
     pub async fn rest(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{}", self.base(), path));

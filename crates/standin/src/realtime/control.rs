@@ -50,6 +50,9 @@ pub struct RealtimeStats {
     pub slow_drops: u64,
     pub paused: bool,
     pub refuse_joins: bool,
+    /// Joins refused because `refuse_joins` was set.
+    #[serde(default)]
+    pub joins_refused: u64,
     pub latency_ms: u64,
     pub heartbeat_timeout_ms: u64,
 }
@@ -128,6 +131,7 @@ impl RealtimeControl {
             slow_drops: s.slow_drops.load(Ordering::Relaxed),
             paused: s.paused.load(Ordering::Relaxed),
             refuse_joins: s.refuse_joins.load(Ordering::Relaxed),
+            joins_refused: s.joins_refused.load(Ordering::Relaxed),
             latency_ms: s.latency_ms.load(Ordering::Relaxed),
             heartbeat_timeout_ms: s.heartbeat_timeout_ms.load(Ordering::Relaxed),
         }

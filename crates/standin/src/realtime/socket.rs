@@ -527,6 +527,7 @@ impl Conn {
             return error("You must provide a topic name".into());
         }
         if self.shared.refuse_joins.load(Ordering::Relaxed) {
+            self.shared.joins_refused.fetch_add(1, Ordering::Relaxed);
             return error("Realtime was unable to connect to the project database".into());
         }
         let token = ["access_token", "user_token"]

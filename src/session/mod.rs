@@ -1,5 +1,8 @@
 //! Session: one client WebSocket, from `connection_established` to close.
 //!
+//! Submodules: [`outbox`] (the bounded queue and the handle the hub holds), [`resume`] (the
+//! replay of what a reconnecting client missed).
+//!
 //! Owns one connection's protocol state: its verified identity and token expiry, the client
 //! frames it accepts (size and rate limited), server pings and dead-socket detection, and writing
 //! the frames the hub queued for it (batched: everything queued is fed, then flushed once). Every
@@ -8,30 +11,33 @@
 //! It must never send a client data of a thread the user may not read (the hub routes; access
 //! checks for `subscribe_thread` go to RLS through the store with the user's own token).
 
+pub mod outbox;
+pub mod resume;
+
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::auth::{Identity, Verifier};
-use crate::hub::{CloseReason, Frame, Hub, SessionShared, CLOSE_SHUTDOWN};
+use crate::close::{self, Close};
+use crate::history::History;
+use crate::hub::Hub;
 use crate::limit::TokenBucket;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
-use crate::store::StoreError;
+use crate::router::Readiness;
+use crate::store::{Store, StoreError};
+use outbox::{Outgoing, SessionHandle};
+use resume::Replay;
 
-const CLOSE_EXPIRED: CloseReason = CloseReason { code: 4001, reason: "access token expired" };
-const CLOSE_RATE: CloseReason = CloseReason { code: 1008, reason: "rate limit exceeded" };
-const CLOSE_TOO_BIG: CloseReason = CloseReason { code: 1009, reason: "message too large" };
-const CLOSE_DEAD: CloseReason = CloseReason { code: 1001, reason: "no response to ping" };
-const CLOSE_STALLED: CloseReason = CloseReason { code: 4008, reason: "slow client: write stalled" };
-const CLOSE_BINARY: CloseReason = CloseReason { code: 1003, reason: "binary frames are not supported" };
 /// A write that makes no progress for this long drops the client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames fed to the socket before one flush.
@@ -42,21 +48,27 @@ const BATCH: usize = 64;
 pub struct SessionContext {
     pub hub: Arc<Hub>,
     pub verifier: Arc<Verifier>,
-    pub shutdown: watch::Receiver<bool>,
+    pub store: Store,
+    pub history: Arc<History>,
+    pub readiness: Arc<Readiness>,
+    /// Cancelled when the gateway shuts down.
+    pub stop: CancellationToken,
 }
 
 struct Session<S> {
     ws: WebSocketStream<S>,
     ctx: SessionContext,
-    shared: Arc<SessionShared>,
+    shared: Arc<SessionHandle>,
     identity: Identity,
     token: String,
     rate: TokenBucket,
+    /// Messages a database replay sent: skipped if they also arrive live.
+    replayed: HashSet<Uuid>,
 }
 
 enum Flow {
     Continue,
-    Close(CloseReason),
+    Close(Close),
     Gone,
 }
 
@@ -66,45 +78,52 @@ pub async fn run<S>(
     ctx: SessionContext,
     identity: Identity,
     token: String,
-    shared: Arc<SessionShared>,
+    shared: Arc<SessionHandle>,
+    replay: Option<Replay>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
-    let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate };
-    tracing::info!(session = shared.id, user = %shared.user_id, "client connected");
-    let reason = session.serve().await;
+    let replayed = HashSet::new();
+    let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed };
+    tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
+    let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
+    let secs = started.elapsed().as_secs();
     match &reason {
         Some(r) => {
-            tracing::info!(session = shared.id, user = %shared.user_id, code = r.code, reason = r.reason, secs = started.elapsed().as_secs(), "client disconnected")
+            tracing::info!(session = shared.id, user = %shared.user_id, code = r.code, reason = r.reason, secs, "client disconnected")
         }
-        None => {
-            tracing::info!(session = shared.id, user = %shared.user_id, secs = started.elapsed().as_secs(), "client disconnected")
-        }
+        None => tracing::info!(session = shared.id, user = %shared.user_id, secs, "client disconnected"),
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn send_json(&mut self, message: ServerMessage<'_>) -> Result<(), WsError> {
-        let text = message.to_json();
-        tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::text(text)))
+    async fn send_text(&mut self, text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>) -> Result<(), WsError> {
+        tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Text(text.into())))
             .await
             .unwrap_or(Err(WsError::ConnectionClosed))
+    }
+
+    async fn send_json(&mut self, message: ServerMessage<'_>) -> Result<(), WsError> {
+        self.send_text(message.to_json()).await
     }
 
     async fn error(&mut self, message: &str) -> Result<(), WsError> {
         self.send_json(ServerMessage::Error { message }).await
     }
 
-    async fn close(&mut self, reason: &CloseReason) {
+    async fn close(&mut self, reason: &Close) {
+        if let Some(text) = reason.error_frame {
+            let _ = self.error(text).await;
+        }
         let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
     }
 
     /// The session loop; returns the close reason (None: the client went away).
-    async fn serve(&mut self) -> Option<CloseReason> {
+    async fn serve(&mut self, replay: Option<Replay>) -> Option<Close> {
         let hello = ServerMessage::ConnectionEstablished {
             user_id: self.shared.user_id,
             timestamp: protocol::format_time(chrono::Utc::now()),
@@ -112,31 +131,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.send_json(hello).await.is_err() {
             return None;
         }
-        if !self.ctx.hub.is_ready() && self.error(protocol::UPSTREAM_ERROR).await.is_err() {
+        if let Some(replay) = replay {
+            if let Err(flow) = Box::pin(self.replay(replay)).await {
+                return self.finish(flow).await;
+            }
+        }
+        if !self.ctx.readiness.upstream_live() && self.error(protocol::UPSTREAM_ERROR).await.is_err() {
             return None;
         }
         let ping_every = self.ctx.hub.limits().ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let mut expiry = Box::pin(tokio::time::sleep(self.ctx.verifier.remaining(&self.identity)));
-        let mut shutdown = self.ctx.shutdown.clone();
+        let stop = self.ctx.stop.clone();
         let shared = self.shared.clone();
         loop {
             let flow = tokio::select! {
-                reason = shared.killed() => Flow::Close(reason),
-                _ = shutdown.changed() => Flow::Close(CLOSE_SHUTDOWN),
+                reason = shared.closed() => Flow::Close(reason),
+                _ = stop.cancelled() => Flow::Close(close::SHUTDOWN),
                 frame = shared.queue.pop() => self.write_batch(frame).await,
                 incoming = self.ws.next() => {
                     last_heard = Instant::now();
                     match incoming {
                         Some(Ok(message)) => self.on_message(message, &mut expiry).await,
-                        Some(Err(WsError::Capacity(_))) => Flow::Close(CLOSE_TOO_BIG),
+                        Some(Err(WsError::Capacity(_))) => Flow::Close(close::TOO_BIG),
                         Some(Err(_)) | None => Flow::Gone,
                     }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > ping_every * 2 {
-                        Flow::Close(CLOSE_DEAD)
+                        Flow::Close(close::DEAD)
                     } else {
                         match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Ping(Default::default()))).await {
                             Ok(Ok(())) => Flow::Continue,
@@ -144,35 +168,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         }
                     }
                 }
-                _ = &mut expiry => {
-                    let _ = self.error("Access token expired").await;
-                    Flow::Close(CLOSE_EXPIRED)
-                }
+                _ = &mut expiry => Flow::Close(close::EXPIRED),
             };
-            match flow {
-                Flow::Continue => {}
-                Flow::Gone => return None,
-                Flow::Close(reason) => {
-                    if reason == CLOSE_TOO_BIG || reason == CLOSE_RATE {
-                        let _ = self.error(reason.reason).await;
-                    }
-                    self.close(&reason).await;
-                    return Some(reason);
-                }
+            if !matches!(flow, Flow::Continue) {
+                return self.finish(flow).await;
             }
         }
     }
 
+    async fn finish(&mut self, flow: Flow) -> Option<Close> {
+        match flow {
+            Flow::Continue | Flow::Gone => None,
+            Flow::Close(reason) => {
+                self.close(&reason).await;
+                Some(reason)
+            }
+        }
+    }
+
+    /// Whether a queued frame must go out (not already sent by a database replay).
+    fn wanted(&self, frame: &Outgoing) -> bool {
+        self.replayed.is_empty() || frame.message.is_none_or(|id| !self.replayed.contains(&id))
+    }
+
     /// Feeds the frame and everything else already queued (up to a batch), then flushes once.
-    async fn write_batch(&mut self, first: Frame) -> Flow {
+    async fn write_batch(&mut self, first: Outgoing) -> Flow {
         let shared = self.shared.clone();
+        let mut batch = Vec::with_capacity(4);
+        if self.wanted(&first) {
+            batch.push(first);
+        }
+        while batch.len() < BATCH {
+            match shared.queue.try_pop() {
+                Some(frame) if self.wanted(&frame) => batch.push(frame),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        if batch.is_empty() {
+            return Flow::Continue;
+        }
         let write = async {
-            self.ws.feed(Message::Text(first)).await?;
-            for _ in 1..BATCH {
-                match shared.queue.try_pop() {
-                    Some(frame) => self.ws.feed(Message::Text(frame)).await?,
-                    None => break,
-                }
+            for frame in batch {
+                self.ws.feed(Message::Text(frame.text)).await?;
             }
             self.ws.flush().await
         };
@@ -181,27 +219,102 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let std::task::Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
             return if result.is_ok() { Flow::Continue } else { Flow::Gone };
         }
-        // The client is not reading fast enough: bound the wait, and give way to a kill.
+        // The client is not reading fast enough: bound the wait, and give way to a close.
         tokio::select! {
             result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
                 Ok(Ok(())) => Flow::Continue,
                 Ok(Err(_)) => Flow::Gone,
-                Err(_) => Flow::Close(CLOSE_STALLED),
+                Err(_) => Flow::Close(close::STALLED),
             },
-            reason = shared.killed() => Flow::Close(reason),
+            reason = shared.closed() => Flow::Close(reason),
         }
+    }
+
+    /// Replays what the client missed (see [`resume`]); Err when the socket must end.
+    async fn replay(&mut self, replay: Replay) -> Result<(), Flow> {
+        let gone = |_| Flow::Gone;
+        let (count, cursor, from_memory) = match replay {
+            Replay::Memory { frames, cursor } => {
+                let count = frames.len();
+                for chunk in frames.chunks(BATCH) {
+                    for frame in chunk {
+                        self.ws.feed(Message::Text(frame.text.clone())).await.map_err(gone)?;
+                    }
+                    tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush())
+                        .await
+                        .map_err(|_| Flow::Close(close::STALLED))?
+                        .map_err(gone)?;
+                }
+                (count, protocol::format_time(cursor), true)
+            }
+            Replay::Database { since } => match self.replay_from_database(since).await? {
+                Some((count, cursor)) => (count, cursor, false),
+                None => return Ok(()),
+            },
+        };
+        self.ctx.hub.metrics.resumed(from_memory, count as u64);
+        tracing::info!(session = self.shared.id, count, from_memory, "resume replayed");
+        self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count }).await.map_err(gone)
+    }
+
+    /// Pages the user's messages from `since` (as the user: RLS decides); None when the
+    /// database could not be read (the client is told and falls back to offline sync).
+    async fn replay_from_database(
+        &mut self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<(usize, String)>, Flow> {
+        let gone = |_| Flow::Gone;
+        let stamp = protocol::format_time(since);
+        let horizon = match self.ctx.store.sync_point().await {
+            Ok(point) => point.horizon,
+            Err(e) => return self.replay_failed(e).await,
+        };
+        let (mut from, mut count) = (since, 0usize);
+        loop {
+            let rows =
+                match self.ctx.store.offline_messages(&self.token, &protocol::format_time(from), resume::PAGE).await {
+                    Ok(rows) => rows,
+                    Err(e) => return self.replay_failed(e).await,
+                };
+            let full = rows.len() >= resume::PAGE as usize;
+            let last = rows.last().and_then(|r| r.created());
+            for row in rows {
+                if !self.replayed.insert(row.id) {
+                    continue;
+                }
+                let sender = row.sender.clone().unwrap_or_else(crate::model::Sender::unknown);
+                let frame = resume::replay_frame(row, sender, &stamp);
+                self.ws.feed(Message::Text(frame.text)).await.map_err(gone)?;
+                count += 1;
+            }
+            tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush())
+                .await
+                .map_err(|_| Flow::Close(close::STALLED))?
+                .map_err(gone)?;
+            match last.map(resume::after) {
+                Some(next) if full && next > from => from = next,
+                _ => break,
+            }
+        }
+        Ok(Some((count, resume::completed_cursor(since, horizon))))
+    }
+
+    async fn replay_failed(&mut self, e: StoreError) -> Result<Option<(usize, String)>, Flow> {
+        tracing::warn!(session = self.shared.id, error = %e, "resume replay failed");
+        self.error("Could not replay missed messages; use offline sync").await.map_err(|_| Flow::Gone)?;
+        Ok(None)
     }
 
     async fn on_message(&mut self, message: Message, expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>) -> Flow {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => return Flow::Close(CLOSE_BINARY),
+            Message::Binary(_) => return Flow::Close(close::BINARY),
             Message::Close(_) => return Flow::Gone,
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Flow::Continue,
         };
         if !self.rate.allow() {
             tracing::warn!(session = self.shared.id, user = %self.shared.user_id, "client exceeded the message rate limit");
-            return Flow::Close(CLOSE_RATE);
+            return Flow::Close(close::RATE);
         }
         let result = match parse_client_message(text.as_str()) {
             Err(e) => self.error(&e.to_string()).await,
@@ -221,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn subscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
-        let allowed = self.ctx.hub.store().can_read_thread(&self.token, thread_id).await;
+        let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
         match allowed {
             Ok(true) => match self.ctx.hub.subscribe_thread(&self.shared, thread_id) {
                 Ok(()) => {
@@ -231,10 +344,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(e) => self.error(&e.to_string()).await,
             },
             Ok(false) => self.error(&format!("Access denied to thread {thread_id}")).await,
-            Err(StoreError::Rejected { status: 401, .. }) => self.error("Access token rejected by the database").await,
             Err(e) => {
                 tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
-                self.error("Could not check thread access; try again").await
+                self.error(crate::error::access_check_frame(&e)).await
             }
         }
     }

@@ -1,0 +1,203 @@
+//! One session's outbox and the handle the hub holds: a bounded queue of pre-serialized frames,
+//! the session's thread mutes and explicit subscriptions, and the one-shot close request.
+//!
+//! Filled by the hub with `try_push` (never waiting), drained by the session's own task. A push
+//! into a full queue closes the session as too slow: it never blocks the caller and never grows
+//! memory without bound. Nothing here does I/O.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use uuid::Uuid;
+
+use crate::close::{self, Close};
+use crate::metrics::Metrics;
+
+/// A pre-serialized text frame, shared by every recipient (reference-counted bytes), with the id
+/// of the chat message it carries, if any (used to skip what a resume replay already sent).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub text: Utf8Bytes,
+    pub message: Option<Uuid>,
+}
+
+impl Outgoing {
+    pub fn notice(text: impl Into<Utf8Bytes>) -> Outgoing {
+        Outgoing { text: text.into(), message: None }
+    }
+}
+
+/// A session's bounded outgoing queue.
+///
+/// A `VecDeque` behind a mutex plus a `Notify`, rather than a channel, so that an idle session
+/// owns no pre-allocated slots: the buffer grows with a burst and is released when drained.
+pub struct Queue {
+    frames: Mutex<VecDeque<Outgoing>>,
+    ready: Notify,
+    capacity: usize,
+}
+
+/// The queue is full: the session is too far behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
+
+impl Queue {
+    pub fn new(capacity: usize) -> Queue {
+        Queue { frames: Mutex::new(VecDeque::new()), ready: Notify::new(), capacity }
+    }
+
+    /// Queues a frame without waiting.
+    pub fn try_push(&self, frame: &Outgoing) -> Result<(), Full> {
+        {
+            let mut frames = self.frames.lock().map_err(|_| Full)?;
+            if frames.len() >= self.capacity {
+                return Err(Full);
+            }
+            frames.push_back(frame.clone());
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes the next frame if one is queued.
+    pub fn try_pop(&self) -> Option<Outgoing> {
+        let mut frames = self.frames.lock().ok()?;
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > 16 {
+            // Give a burst's buffer back: idle sessions should cost (almost) nothing.
+            frames.shrink_to(0);
+        }
+        frame
+    }
+
+    /// Waits for the next frame.
+    pub async fn pop(&self) -> Outgoing {
+        loop {
+            if let Some(frame) = self.try_pop() {
+                return frame;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// The part of a session the hub shares with the session's own task.
+pub struct SessionHandle {
+    pub id: u64,
+    pub user_id: Uuid,
+    pub queue: Queue,
+    muted: Mutex<HashSet<Uuid>>,
+    has_muted: AtomicBool,
+    subscriptions: Mutex<HashSet<Uuid>>,
+    close: Notify,
+    close_reason: OnceLock<Close>,
+}
+
+impl SessionHandle {
+    pub fn new(id: u64, user_id: Uuid, capacity: usize) -> SessionHandle {
+        SessionHandle {
+            id,
+            user_id,
+            queue: Queue::new(capacity),
+            muted: Mutex::new(HashSet::new()),
+            has_muted: AtomicBool::new(false),
+            subscriptions: Mutex::new(HashSet::new()),
+            close: Notify::new(),
+            close_reason: OnceLock::new(),
+        }
+    }
+
+    /// Asks the session to close with `reason` (the first reason wins).
+    pub fn close(&self, reason: Close) {
+        if self.close_reason.set(reason).is_ok() {
+            self.close.notify_one();
+        }
+    }
+
+    /// Why the session was asked to close, if it was.
+    #[cfg(test)]
+    pub fn close_reason(&self) -> Option<Close> {
+        self.close_reason.get().copied()
+    }
+
+    /// Resolves once the session was asked to close; returns why.
+    pub async fn closed(&self) -> Close {
+        loop {
+            if let Some(reason) = self.close_reason.get() {
+                return *reason;
+            }
+            self.close.notified().await;
+        }
+    }
+
+    pub fn is_muted(&self, thread_id: &Uuid) -> bool {
+        self.has_muted.load(Ordering::Relaxed) && self.muted.lock().map(|m| m.contains(thread_id)).unwrap_or(false)
+    }
+
+    /// Mutes (`true`) or un-mutes a thread on this connection.
+    pub fn set_muted(&self, thread_id: Uuid, muted: bool) {
+        if let Ok(mut set) = self.muted.lock() {
+            if muted {
+                set.insert(thread_id);
+            } else {
+                set.remove(&thread_id);
+            }
+            self.has_muted.store(!set.is_empty(), Ordering::Relaxed);
+        }
+    }
+
+    /// Records an explicit subscription; false when the session already holds `limit` others.
+    pub fn add_subscription(&self, thread_id: Uuid, limit: usize) -> bool {
+        let Ok(mut subs) = self.subscriptions.lock() else { return false };
+        if !subs.contains(&thread_id) && subs.len() >= limit {
+            return false;
+        }
+        subs.insert(thread_id);
+        true
+    }
+
+    /// Forgets an explicit subscription; true if there was one.
+    pub fn remove_subscription(&self, thread_id: &Uuid) -> bool {
+        self.subscriptions.lock().map(|mut s| s.remove(thread_id)).unwrap_or(false)
+    }
+
+    pub fn subscriptions(&self) -> Vec<Uuid> {
+        self.subscriptions.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Queues a frame, or closes the session as too slow when its queue is full.
+    pub fn push(&self, frame: &Outgoing, metrics: &Metrics) {
+        if self.close_reason.get().is_some() {
+            return;
+        }
+        match self.queue.try_push(frame) {
+            Ok(()) => metrics.delivered(),
+            Err(Full) => {
+                metrics.slow_drop();
+                tracing::warn!(session = self.id, user = %self.user_id, "dropping slow client: send queue full");
+                self.close(close::SLOW);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_closes_the_session_instead_of_growing() {
+        let metrics = Metrics::default();
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 2);
+        let frame = Outgoing::notice("x");
+        for _ in 0..3 {
+            handle.push(&frame, &metrics);
+        }
+        assert_eq!(handle.close_reason(), Some(close::SLOW));
+        assert!(handle.queue.try_pop().is_some() && handle.queue.try_pop().is_some());
+        assert!(handle.queue.try_pop().is_none(), "the third frame was refused, not queued");
+    }
+}
