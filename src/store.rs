@@ -1,8 +1,9 @@
 //! Store: every call the gateway makes to Supabase PostgREST.
 //!
 //! User-facing data (offline messages, unread counts, mark-read, the thread access check) is read
-//! with the user's own token and the anon `apikey`, so row-level security decides. Only the hub's
-//! membership and profile lookups and the gap catch-up use the service role key. Every call has a
+//! with the user's own token and the anon `apikey`, so row-level security decides; so are the
+//! user's realtime switch and its reading. Only the hub's membership and profile lookups, the gap
+//! catch-up and a user's unread count for read-state pushes use the service role key. Every call has a
 //! timeout; failures are typed ([`StoreError`]) and mapped to HTTP answers once, in [`crate::api`].
 //! This module must never log a token and never widen what a user's token can read.
 
@@ -14,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::protocol::{normalize_time, ChatMessage, Sender};
+use chrono::{DateTime, Utc};
+
+use crate::protocol::{normalize_time, parse_time, ChatMessage, Sender};
 
 /// What went wrong talking to PostgREST.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +88,54 @@ pub struct MessageRow {
     #[serde(default = "default_type")]
     pub message_type: String,
     pub created_at: String,
-    #[serde(default)]
+    /// Name and role when the row carries them; `None` when absent or incomplete (for instance
+    /// `{"full_name": null, "role": null}` from a profile hidden by RLS).
+    #[serde(default, deserialize_with = "lenient_sender")]
     pub sender: Option<Sender>,
+}
+
+/// Reads `sender` without failing the row: anything but a name and a role is `None`.
+fn lenient_sender<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sender>, D::Error> {
+    #[derive(Deserialize)]
+    struct Partial {
+        full_name: Option<String>,
+        role: Option<String>,
+    }
+    let value = Option::<Value>::deserialize(d)?;
+    Ok(value
+        .and_then(|v| serde_json::from_value::<Partial>(v).ok())
+        .and_then(|p| Some(Sender { full_name: p.full_name?, role: p.role? })))
+}
+
+/// One answer of `chat_offline_messages`, decoded row by row so that one odd row cannot fail the
+/// page.
+#[derive(Debug, Default)]
+pub struct OfflineRows {
+    /// The rows that decoded, oldest first.
+    pub messages: Vec<MessageRow>,
+    /// How many rows the database returned, decodable or not.
+    pub returned: usize,
+    /// The `created_at` of the last row the database returned (the page's boundary).
+    pub last_created_at: Option<DateTime<Utc>>,
+}
+
+impl OfflineRows {
+    fn from_rows(rows: Vec<Value>) -> OfflineRows {
+        let returned = rows.len();
+        let last_created_at =
+            rows.last().and_then(|r| r.get("created_at")).and_then(Value::as_str).and_then(parse_time);
+        let messages = rows
+            .into_iter()
+            .filter_map(|row| match serde_json::from_value::<MessageRow>(row) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "offline sync: undecodable message row skipped");
+                    None
+                }
+            })
+            .collect();
+        OfflineRows { messages, returned, last_created_at }
+    }
 }
 
 fn default_type() -> String {
@@ -163,9 +212,12 @@ impl Store {
         self.call(who, Method::POST, &format!("rpc/{function}"), &[], Some(args)).await
     }
 
-    /// `chat_offline_messages(p_since, p_limit)` as the user.
-    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
-        self.rpc(As::User(token), "chat_offline_messages", json!({"p_since": since, "p_limit": limit})).await
+    /// `chat_offline_messages(p_since, p_limit)` as the user: at least `limit` rows when that
+    /// many remain (more when the last ones share a `created_at`), decoded row by row.
+    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<OfflineRows, StoreError> {
+        let rows: Vec<Value> =
+            self.rpc(As::User(token), "chat_offline_messages", json!({"p_since": since, "p_limit": limit})).await?;
+        Ok(OfflineRows::from_rows(rows))
     }
 
     /// `chat_sync_horizon()` as the user: the safe resume point for offline sync.
@@ -176,6 +228,24 @@ impl Store {
     /// `chat_unread_count()` as the user.
     pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
         self.rpc(As::User(token), "chat_unread_count", json!({})).await
+    }
+
+    /// `chat_unread_count_of(p_user_id)` with the service key: a user's unread count for a push
+    /// to their other devices. Never answer a client with it for anyone but that user.
+    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_unread_count_of", json!({"p_user_id": user_id})).await
+    }
+
+    /// `chat_set_realtime(p_enabled)` as the user: stores the user's realtime switch (shared by
+    /// every gateway instance); returns the stored value.
+    pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_set_realtime", json!({"p_enabled": enabled})).await
+    }
+
+    /// `chat_realtime_enabled()` as the user: whether the user wants realtime delivery (true
+    /// unless they switched it off). For session open.
+    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_realtime_enabled", json!({})).await
     }
 
     /// `chat_mark_thread_read(p_thread_id)` as the user.
