@@ -1,7 +1,7 @@
 //! The guide's own JavaScript, run under Node against the gateway: its `ChatClient` (with the `ws`
 //! package) connects and receives a `new_message`; its app-startup `initializeChat` shows the real
-//! unread count, displays the missed messages and stores a cursor the next start accepts. Fails (never skips) when Node or the npm packages are
-//! missing: run `scripts/setup` first.
+//! unread count, displays the missed messages and stores a cursor the next start accepts. Fails
+//! (never skips) when Node or the npm packages are missing: run `scripts/setup` first.
 
 use std::path::PathBuf;
 use std::process::Stdio;
