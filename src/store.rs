@@ -320,3 +320,42 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, created_at: &str, sender: Value) -> Value {
+        json!({
+            "id": id, "thread_id": Uuid::nil(), "sender_id": Uuid::nil(), "content": "hi",
+            "message_type": "text", "created_at": created_at, "sender": sender,
+        })
+    }
+
+    #[test]
+    fn a_hidden_sender_leaves_the_row_readable_without_a_name() {
+        let id = Uuid::from_u128(1).to_string();
+        let page = OfflineRows::from_rows(vec![
+            row(&id, "2026-01-01T00:00:00+00:00", json!({"full_name": null, "role": null})),
+            row(
+                &Uuid::from_u128(2).to_string(),
+                "2026-01-01T00:00:01+00:00",
+                json!({"full_name": "A", "role": "teacher"}),
+            ),
+        ]);
+        assert_eq!(page.returned, 2);
+        assert_eq!(page.messages.len(), 2);
+        assert!(page.messages[0].sender.is_none());
+        assert_eq!(page.messages[1].sender, Some(Sender { full_name: "A".into(), role: "teacher".into() }));
+    }
+
+    #[test]
+    fn an_undecodable_row_is_left_out_but_still_bounds_the_page() {
+        let page = OfflineRows::from_rows(vec![
+            row(&Uuid::from_u128(1).to_string(), "2026-01-01T00:00:00+00:00", Value::Null),
+            row("not-a-uuid", "2026-01-01T00:00:05+00:00", Value::Null),
+        ]);
+        assert_eq!((page.returned, page.messages.len()), (2, 1));
+        assert_eq!(page.last_created_at, parse_time("2026-01-01T00:00:05Z"));
+    }
+}
