@@ -128,6 +128,13 @@ async fn main() {
         let response = request.bearer_auth(&eva).send().await.expect("gateway answers");
         let status = response.status();
         let mut body: Value = response.json().await.unwrap_or(Value::Null);
+        // The documented `data.messages`, shortened; its top-level mirror (for the guide's
+        // `initializeChat`) is the same list and is left out of the printout.
+        if body.pointer("/data/messages").is_some() {
+            if let Some(top) = body.as_object_mut() {
+                top.remove("messages");
+            }
+        }
         if let Some(messages) = body.pointer_mut("/data/messages").and_then(Value::as_array_mut) {
             let n = messages.len();
             messages.truncate(2);

@@ -124,37 +124,74 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
         }
         Err(e) => return Err(e.into()),
     };
-    let rows = store.offline_messages(&caller.token, &protocol::format_time(since), OFFLINE_PAGE).await?;
-    let full_page = rows.len() as u32 >= OFFLINE_PAGE;
-    let newest = rows.last().and_then(|r| protocol::parse_time(&r.created_at));
-    let messages: Vec<ChatMessage> = rows
+    let page = store.offline_messages(&caller.token, &protocol::format_time(since), OFFLINE_PAGE).await?;
+    let (next, has_more) = next_cursor(since, horizon, page.returned, page.last_created_at);
+    let messages: Vec<ChatMessage> = page
+        .messages
         .into_iter()
         .map(|row| {
-            let sender = row.sender.clone().unwrap_or(Sender { full_name: "Unknown".into(), role: "unknown".into() });
+            let sender = row.sender.clone().unwrap_or_else(|| {
+                tracing::warn!(message = %row.id, sender = %row.sender_id, "offline sync: sender's name unavailable, placeholder sent");
+                unknown_sender()
+            });
             row.into_chat_message(sender)
         })
         .collect();
-    // Next cursor: the horizon (never past a transaction still open), or, when the page was cut
-    // short, just before the newest returned message so that the rest comes next time.
-    let next = match (full_page, newest) {
-        (true, Some(newest)) => (newest - chrono::Duration::microseconds(1)).min(horizon),
-        _ => horizon,
-    };
-    let next = next.max(since.min(horizon));
+    let count = messages.len();
+    let last_check_time = protocol::format_time(next);
+    // `data` is the documented shape; the same fields at the top level serve the guide's own
+    // `initializeChat`, which destructures them from there.
     Ok(ok(json!({
         "status": "success",
         "data": {
             "messages": messages,
-            "count": messages.len(),
-            "last_check_time": protocol::format_time(next),
-            "has_more": full_page,
-        }
+            "count": count,
+            "last_check_time": last_check_time,
+            "has_more": has_more,
+        },
+        "messages": messages,
+        "count": count,
+        "last_check_time": last_check_time,
+        "has_more": has_more,
     })))
+}
+
+/// The sender shown when the database gave no name (a row that should not exist: the schema
+/// names the sender of every message the reader may read).
+fn unknown_sender() -> Sender {
+    Sender { full_name: "Unknown sender".into(), role: "unknown".into() }
+}
+
+/// The next offline-sync cursor and `has_more`, from the request's `since`, the sync horizon read
+/// before the page, how many rows the page held and the `created_at` of its last row.
+///
+/// A short page: the horizon (everything before it has committed and was in this page or an
+/// earlier one). A full page: just after its last row (the database never ends a page inside a
+/// run of equal `created_at`), unless that is past the horizon: then the horizon and no more, so
+/// that a client never spins; what is left comes on its next sync.
+fn next_cursor(
+    since: chrono::DateTime<chrono::Utc>,
+    horizon: chrono::DateTime<chrono::Utc>,
+    returned: usize,
+    last: Option<chrono::DateTime<chrono::Utc>>,
+) -> (chrono::DateTime<chrono::Utc>, bool) {
+    match last {
+        Some(last) if returned >= OFFLINE_PAGE as usize => {
+            let after = last + chrono::Duration::microseconds(1);
+            if after <= horizon && after > since {
+                (after, true)
+            } else {
+                (horizon, false)
+            }
+        }
+        _ => (horizon, false),
+    }
 }
 
 async fn unread_count(state: ApiState, caller: Caller) -> Result<WithStatus<Json>, ApiError> {
     let count = state.store.unread_count(&caller.token).await?;
-    Ok(ok(json!({"status": "success", "data": {"unread_count": count}})))
+    // `data` as documented, and `unread_count` at the top level for the guide's `initializeChat`.
+    Ok(ok(json!({"status": "success", "data": {"unread_count": count}, "unread_count": count})))
 }
 
 async fn mark_read(state: ApiState, caller: Caller, thread: String) -> Result<WithStatus<Json>, ApiError> {
@@ -176,11 +213,21 @@ async fn mark_read(state: ApiState, caller: Caller, thread: String) -> Result<Wi
     })))
 }
 
-fn set_realtime(state: &ApiState, caller: &Caller, enabled: bool) -> WithStatus<Json> {
+/// Stores the user's switch in the database (every instance and every later session sees it),
+/// then applies it on this instance at once.
+async fn set_realtime(state: ApiState, caller: Caller, enabled: bool) -> Result<WithStatus<Json>, ApiError> {
+    match state.store.set_realtime(&caller.token, enabled).await {
+        Ok(_) => {}
+        // A database without the delivery migration: the switch holds on this instance only.
+        Err(StoreError::Rejected { status: 404, .. }) => {
+            tracing::warn!("chat_set_realtime() is missing: apply supabase/migrations; switch kept in memory only");
+        }
+        Err(e) => return Err(e.into()),
+    }
     state.hub.set_realtime(caller.identity.user_id, enabled);
     tracing::info!(user = %caller.identity.user_id, enabled, "real-time delivery switched");
     let message = if enabled { "Subscribed to real-time messages" } else { "Unsubscribed from real-time messages" };
-    ok(json!({"status": "success", "message": message, "user_id": caller.identity.user_id}))
+    Ok(ok(json!({"status": "success", "message": message, "user_id": caller.identity.user_id})))
 }
 
 fn respond(result: Result<WithStatus<Json>, ApiError>) -> WithStatus<Json> {
@@ -203,14 +250,14 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::post())
         .and(st())
         .and(caller.clone())
-        .map(|s: ApiState, c: Caller| set_realtime(&s, &c, true));
+        .then(|s, c| async move { respond(set_realtime(s, c, true).await) });
     let unsubscribe = chat
         .and(warp::path("unsubscribe"))
         .and(warp::path::end())
         .and(warp::post())
         .and(st())
         .and(caller.clone())
-        .map(|s: ApiState, c: Caller| set_realtime(&s, &c, false));
+        .then(|s, c| async move { respond(set_realtime(s, c, false).await) });
     let offline = chat
         .and(warp::path("offline-messages"))
         .and(warp::path::end())
@@ -299,4 +346,37 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallib
         ApiError::new(StatusCode::BAD_REQUEST, "Bad request")
     };
     Ok(error_reply(&e).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Duration, Utc};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        protocol::parse_time(s).expect("time")
+    }
+
+    #[test]
+    fn a_short_page_resumes_from_the_horizon() {
+        let (next, more) =
+            next_cursor(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), 3, Some(t("2026-01-01T12:00:00Z")));
+        assert_eq!((next, more), (t("2026-01-02T00:00:00Z"), false));
+        let (next, more) = next_cursor(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), 0, None);
+        assert_eq!((next, more), (t("2026-01-02T00:00:00Z"), false));
+    }
+
+    #[test]
+    fn a_full_page_resumes_just_after_its_last_row() {
+        let last = t("2026-01-01T12:00:00Z");
+        let (next, more) = next_cursor(t("2026-01-01T00:00:00Z"), t("2026-01-02T00:00:00Z"), 1200, Some(last));
+        assert_eq!((next, more), (last + Duration::microseconds(1), true));
+    }
+
+    #[test]
+    fn a_full_page_past_the_horizon_stops_at_the_horizon() {
+        let horizon = t("2026-01-01T12:00:00Z");
+        let (next, more) = next_cursor(t("2026-01-01T00:00:00Z"), horizon, 500, Some(horizon));
+        assert_eq!((next, more), (horizon, false));
+    }
 }

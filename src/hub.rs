@@ -71,6 +71,11 @@ impl Hub {
         self.sessions_by_user.len()
     }
 
+    /// How many sessions `user_id` has on this instance.
+    pub fn device_count(&self, user_id: &Uuid) -> usize {
+        self.sessions_by_user.get(user_id).map_or(0, |s| s.len())
+    }
+
     /// Whether `user_id` has a session on this instance.
     pub fn is_online(&self, user_id: &Uuid) -> bool {
         self.sessions_by_user.contains_key(user_id)

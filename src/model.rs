@@ -44,8 +44,23 @@ pub struct MessageRow {
     #[serde(default = "default_type")]
     pub message_type: String,
     pub created_at: String,
-    #[serde(default)]
+    /// Name and role when the row carries them; `None` when absent or incomplete (for instance
+    /// `{"full_name": null, "role": null}` from a profile hidden by RLS).
+    #[serde(default, deserialize_with = "lenient_sender")]
     pub sender: Option<Sender>,
+}
+
+/// Reads `sender` without failing the row: anything but a name and a role is `None`.
+fn lenient_sender<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Sender>, D::Error> {
+    #[derive(Deserialize)]
+    struct Partial {
+        full_name: Option<String>,
+        role: Option<String>,
+    }
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(value
+        .and_then(|v| serde_json::from_value::<Partial>(v).ok())
+        .and_then(|p| Some(Sender { full_name: p.full_name?, role: p.role? })))
 }
 
 fn default_type() -> String {

@@ -41,7 +41,7 @@ use crate::metrics::Metrics;
 use crate::router::{Readiness, Router, RouterConfig, RouterParts};
 use crate::session::{self, resume, SessionContext};
 use crate::store::Store;
-use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
+use crate::upstream::{self, event::SWITCH_TABLE, Binding, UpstreamConfig, Vsn};
 
 type Response = warp::reply::Response;
 
@@ -100,7 +100,11 @@ pub fn upstream_config(config: &Config) -> UpstreamConfig {
             RealtimeVsn::V2 => Vsn::V2,
         },
         topic: config.upstream_topic.clone(),
-        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("*", "thread_participants")],
+        bindings: vec![
+            Binding::table("INSERT", "messages"),
+            Binding::table("*", "thread_participants"),
+            Binding::table("*", SWITCH_TABLE),
+        ],
         heartbeat_interval: config.upstream_heartbeat,
         join_timeout: config.upstream_join_timeout,
         backoff_min: config.upstream_backoff_min,

@@ -1,8 +1,9 @@
 //! Store: every call the gateway makes to Supabase PostgREST.
 //!
 //! User-facing data (offline messages, unread counts, mark-read, the thread access check) is read
-//! with the user's own token and the anon `apikey`, so row-level security decides. Only the hub's
-//! membership and profile lookups and the gap catch-up use the service role key. Every call has a
+//! with the user's own token and the anon `apikey`, so row-level security decides; so are the
+//! user's realtime switch and its reading. Only the hub's membership and profile lookups, the gap
+//! catch-up and a user's unread count for read-state pushes use the service role key. Every call has a
 //! timeout; failures are typed ([`StoreError`]) and mapped to HTTP answers once, in [`crate::api`].
 //! This module must never log a token and never widen what a user's token can read.
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use crate::model::parse_time;
 pub use crate::model::MessageRow;
 
 /// What went wrong talking to PostgREST.
@@ -86,6 +88,37 @@ pub struct SyncPoint {
     pub db_now: DateTime<Utc>,
 }
 
+/// One answer of `chat_offline_messages`, decoded row by row so that one odd row cannot fail the
+/// page.
+#[derive(Debug, Default)]
+pub struct OfflineRows {
+    /// The rows that decoded, oldest first.
+    pub messages: Vec<MessageRow>,
+    /// How many rows the database returned, decodable or not.
+    pub returned: usize,
+    /// The `created_at` of the last row the database returned (the page's boundary).
+    pub last_created_at: Option<DateTime<Utc>>,
+}
+
+impl OfflineRows {
+    fn from_rows(rows: Vec<Value>) -> OfflineRows {
+        let returned = rows.len();
+        let last_created_at =
+            rows.last().and_then(|r| r.get("created_at")).and_then(Value::as_str).and_then(parse_time);
+        let messages = rows
+            .into_iter()
+            .filter_map(|row| match serde_json::from_value::<MessageRow>(row) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(error = %e, "offline sync: undecodable message row skipped");
+                    None
+                }
+            })
+            .collect();
+        OfflineRows { messages, returned, last_created_at }
+    }
+}
+
 impl Store {
     pub fn new(
         http: reqwest::Client,
@@ -141,9 +174,12 @@ impl Store {
         self.call(who, Method::POST, &format!("rpc/{function}"), &[], Some(args)).await
     }
 
-    /// `chat_offline_messages(p_since, p_limit)` as the user.
-    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<Vec<MessageRow>, StoreError> {
-        self.rpc(As::User(token), "chat_offline_messages", json!({"p_since": since, "p_limit": limit})).await
+    /// `chat_offline_messages(p_since, p_limit)` as the user: at least `limit` rows when that
+    /// many remain (more when the last ones share a `created_at`), decoded row by row.
+    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<OfflineRows, StoreError> {
+        let rows: Vec<Value> =
+            self.rpc(As::User(token), "chat_offline_messages", json!({"p_since": since, "p_limit": limit})).await?;
+        Ok(OfflineRows::from_rows(rows))
     }
 
     /// `chat_sync_horizon()` as the user: the safe resume point for offline sync.
@@ -154,6 +190,24 @@ impl Store {
     /// `chat_unread_count()` as the user.
     pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
         self.rpc(As::User(token), "chat_unread_count", json!({})).await
+    }
+
+    /// `chat_unread_count_of(p_user_id)` with the service key: a user's unread count for a push
+    /// to their other devices. Never answer a client with it for anyone but that user.
+    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_unread_count_of", json!({"p_user_id": user_id})).await
+    }
+
+    /// `chat_set_realtime(p_enabled)` as the user: stores the user's realtime switch (shared by
+    /// every gateway instance); returns the stored value.
+    pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_set_realtime", json!({"p_enabled": enabled})).await
+    }
+
+    /// `chat_realtime_enabled()` as the user: whether the user wants realtime delivery (true
+    /// unless they switched it off). For session open.
+    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_realtime_enabled", json!({})).await
     }
 
     /// `chat_mark_thread_read(p_thread_id)` as the user.
@@ -231,10 +285,46 @@ impl Store {
     pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
         self.rpc(As::Service, "chat_sync_point", json!({})).await
     }
+}
 
-    /// `chat_unread_count_of(p_user_id)` (service role): a user's unread count, as
-    /// `chat_unread_count()` computes it for them.
-    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
-        self.rpc(As::Service, "chat_unread_count_of", json!({"p_user_id": user_id})).await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, created_at: &str, sender: Value) -> Value {
+        json!({
+            "id": id, "thread_id": Uuid::nil(), "sender_id": Uuid::nil(), "content": "hi",
+            "message_type": "text", "created_at": created_at, "sender": sender,
+        })
+    }
+
+    #[test]
+    fn a_hidden_sender_leaves_the_row_readable_without_a_name() {
+        let id = Uuid::from_u128(1).to_string();
+        let page = OfflineRows::from_rows(vec![
+            row(&id, "2026-01-01T00:00:00+00:00", json!({"full_name": null, "role": null})),
+            row(
+                &Uuid::from_u128(2).to_string(),
+                "2026-01-01T00:00:01+00:00",
+                json!({"full_name": "A", "role": "teacher"}),
+            ),
+        ]);
+        assert_eq!(page.returned, 2);
+        assert_eq!(page.messages.len(), 2);
+        assert!(page.messages[0].sender.is_none());
+        assert_eq!(
+            page.messages[1].sender,
+            Some(crate::model::Sender { full_name: "A".into(), role: "teacher".into() })
+        );
+    }
+
+    #[test]
+    fn an_undecodable_row_is_left_out_but_still_bounds_the_page() {
+        let page = OfflineRows::from_rows(vec![
+            row(&Uuid::from_u128(1).to_string(), "2026-01-01T00:00:00+00:00", Value::Null),
+            row("not-a-uuid", "2026-01-01T00:00:05+00:00", Value::Null),
+        ]);
+        assert_eq!((page.returned, page.messages.len()), (2, 1));
+        assert_eq!(page.last_created_at, parse_time("2026-01-01T00:00:05Z"));
     }
 }

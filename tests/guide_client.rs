@@ -1,6 +1,7 @@
-//! The guide's own JavaScript `ChatClient`, run under Node with the `ws` package, connects to the
-//! gateway and receives a `new_message`. Fails (never skips) when Node or the npm packages are
-//! missing: run `scripts/setup` first.
+//! The guide's own JavaScript, run under Node against the gateway: its `ChatClient` (with the `ws`
+//! package) connects and receives a `new_message`; its app-startup `initializeChat` shows the real
+//! unread count, displays the missed messages and stores a cursor the next start accepts. Fails
+//! (never skips) when Node or the npm packages are missing: run `scripts/setup` first.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -51,4 +52,70 @@ async fn the_guides_chat_client_receives_a_new_message() {
     assert_eq!(got["data"]["sender"]["role"], "teacher");
     let status = tokio::time::timeout(ARRIVES, child.wait()).await.expect("exits").expect("status");
     assert!(status.success());
+}
+
+/// One run of the guide's `initializeChat` (js/guide-initialize-chat.js, the guide's code block
+/// unchanged) under Node as `token`, with `lastMessageCheck` stored from an earlier run, if any.
+async fn initialize_chat(world: &World, token: &str, stored: Option<&str>) -> serde_json::Value {
+    let js = js_dir();
+    let mut command = tokio::process::Command::new("node");
+    command.arg(js.join("guide-offline-sync.mjs")).arg(world.base()).arg(token);
+    if let Some(stored) = stored {
+        command.arg(stored);
+    }
+    let run = command.stderr(Stdio::inherit()).kill_on_drop(true).output();
+    let output = tokio::time::timeout(ARRIVES, run).await.expect("initializeChat ends in time").expect("node runs");
+    assert!(output.status.success(), "the guide's initializeChat threw: {}", String::from_utf8_lossy(&output.stdout));
+    serde_json::from_slice(&output.stdout).expect("one JSON line")
+}
+
+fn ids(displayed: &serde_json::Value) -> Vec<String> {
+    displayed
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["id"].as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_initialize_chat_shows_the_badge_and_the_missed_messages() {
+    assert!(js_dir().join("node_modules/ws").exists(), "npm packages missing: run scripts/setup");
+    let world = World::start().await;
+    let token = world.token(&CARLA);
+    let db = world.stack.sql().await;
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[&CARLA.id]).await.expect("count").get::<_, i64>(0) }
+    };
+    let unread_sql = "select count(*) from public.messages m
+                        join public.thread_participants tp on tp.thread_id = m.thread_id and tp.user_id = $1
+                       where m.sender_id <> $1 and m.created_at > tp.last_read_at";
+    let visible: Vec<String> = db
+        .query(
+            "select m.id::text from public.messages m
+               join public.thread_participants tp on tp.thread_id = m.thread_id and tp.user_id = $1
+              where m.created_at >= '2024-01-01T00:00:00Z' order by m.created_at, m.id",
+            &[&CARLA.id],
+        )
+        .await
+        .expect("visible")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    // First start: no stored cursor, so the guide's default "2024-01-01T00:00:00Z".
+    let first = initialize_chat(&world, &token, None).await;
+    assert_eq!(first["badge"], count(unread_sql).await, "{first}");
+    assert_eq!(ids(&first["displayed"]), visible, "every message Carla missed, oldest first");
+    assert!(first["displayed"].as_array().is_some_and(|a| a.iter().all(|m| m["sender"]["full_name"].is_string())));
+    assert_eq!(first["connects"], 1);
+    let stored = first["lastMessageCheck"].as_str().expect("lastMessageCheck stored").to_string();
+    assert!(chrono::DateTime::parse_from_rfc3339(&stored).is_ok(), "stored cursor {stored:?} is RFC 3339");
+
+    // Next start from the stored cursor: the new message, none of the old ones again.
+    let id = world.post(&ALICE, CLASS_3B_PARENTS, "Sports day is on Friday").await;
+    let second = initialize_chat(&world, &token, Some(&stored)).await;
+    assert_eq!(second["badge"], count(unread_sql).await);
+    let shown = ids(&second["displayed"]);
+    assert!(shown.contains(&id.to_string()), "{second}");
+    assert!(shown.iter().all(|s| !visible.contains(s)), "already shown before: {shown:?}");
 }

@@ -159,6 +159,11 @@ impl Phone {
         }
     }
 
+    /// The next frame, whatever its type; panics on close or timeout.
+    pub async fn expect_any(&mut self) -> Value {
+        self.next_json().await.unwrap_or_else(|| panic!("expected a frame, the socket closed or stayed silent"))
+    }
+
     /// Reads frames until one of type `kind`; panics on close or timeout.
     pub async fn expect(&mut self, kind: &str) -> Value {
         loop {

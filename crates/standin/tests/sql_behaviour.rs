@@ -9,6 +9,9 @@ use supabase_standin::seed::{
 use supabase_standin::Stack;
 use uuid::Uuid;
 
+#[path = "sql_behaviour/delivery.rs"]
+mod delivery;
+
 struct Api<'a> {
     stack: &'a Stack,
     http: reqwest::Client,
