@@ -43,6 +43,8 @@ export interface ChatClientOptions {
   syncTimeoutMs?: number;
   /** Application-level ping interval; a socket silent for two intervals is dropped (default 25 000 ms). */
   pingIntervalMs?: number;
+  /** Give up on a connection attempt that has not been established after this long (default 15 000 ms). */
+  connectTimeoutMs?: number;
   /** How many message ids are remembered for deduplication (default 10 000). */
   dedupCapacity?: number;
   /** Frames sent per second at most (the gateway closes with 1008 above its limit; default 10). */
@@ -219,6 +221,7 @@ export class ChatClient extends Emitter<ChatEvents> {
     } catch (error) {
       this.connecting = false;
       this.report({ kind: "token", message: `getToken failed: ${describe(error)}` });
+      this.attempt++;
       this.scheduleReconnect(1006, "no token");
       return;
     }
@@ -233,6 +236,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       ws = new this.WS(url);
     } catch (error) {
       this.report({ kind: "server", message: `cannot open WebSocket: ${describe(error)}` });
+      this.attempt++;
       this.scheduleReconnect(1006, "cannot open");
       return;
     }
@@ -247,6 +251,12 @@ export class ChatClient extends Emitter<ChatEvents> {
       syncing: null,
     };
     this.conn = conn;
+    // An upgrade that never completes (black-holed network) is abandoned, not waited on forever.
+    conn.timers.push(
+      setTimeout(() => {
+        if (!conn.established) this.drop(conn, 1006, "connect timeout");
+      }, this.opts.connectTimeoutMs ?? 15_000),
+    );
     ws.onopen = () => {
       if (this.conn === conn) this.setStatus("open");
     };
