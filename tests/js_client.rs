@@ -347,3 +347,68 @@ async fn the_client_library_loses_nothing_through_expiry_upstream_loss_pause_soc
         assert_eq!(by_rest, 0, "every catch-up should be a resume replay once the gateway has it: {syncs:?}");
     }
 }
+
+/// The example web app (`examples/web`, served with the built library by `examples/web/serve.mjs`)
+/// in headless Chromium: signed in as Carla with thread 3B open, a message inserted with SQL in 3B
+/// appears on the page; one in her 1:1 thread raises the unread badge by one, and opening that
+/// thread brings it down to the server's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_web_app_shows_a_live_message_and_the_unread_badge_in_chromium() {
+    let dir = assert_built();
+    assert!(dir.join("node_modules/playwright-core").exists(), "playwright-core missing: run scripts/setup");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&chromium).exists(), "{chromium} missing: run scripts/setup");
+    let world = World::start().await;
+    let nonce = Uuid::new_v4().simple().to_string();
+    let text_a = format!("Parents' evening moved to Thursday {}", &nonce[..8]);
+    let text_b = format!("Can we talk about the trip? {}", &nonce[..8]);
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .arg("e2e/browser.mjs")
+        .arg(world.base())
+        .arg(world.stack.url())
+        .arg(&world.stack.keys().anon_key)
+        .arg(world.token(&CARLA))
+        .arg(CLASS_3B_PARENTS.to_string())
+        .arg(ALICE_CARLA.to_string())
+        .arg(&text_a)
+        .arg(&text_b)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let ready = next_line(&mut lines).await;
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let badge = ready["badge"].as_i64().expect("a badge number");
+
+    world.post(&ALICE, CLASS_3B_PARENTS, &text_a).await;
+    world.post(&ALICE, ALICE_CARLA, &text_b).await;
+    let result = next_line(&mut lines).await;
+    assert_eq!(result["event"], "result", "{result}");
+    assert!(result["error"].is_null(), "in the browser: {result}");
+    assert_eq!(result["sawA"], true, "{result}");
+    assert_eq!(result["senderA"], "Alice Martin", "{result}");
+    assert_eq!(result["badgeAfter"], badge + 1, "{result}");
+    assert_eq!(result["threadBUnread"], "1", "{result}");
+    assert_eq!(result["sawB"], true, "{result}");
+    let (_, unread) = world.rest(reqwest::Method::GET, "/api/chat/unread-count", Some(&world.token(&CARLA))).await;
+    assert_eq!(
+        result["badgeAfterReading"], unread["data"]["unread_count"],
+        "the badge shows the server's count: {result}"
+    );
+    assert!(result["badgeAfterReading"].as_i64() <= Some(badge), "{result}");
+    assert_eq!(result["status"], "live", "{result}");
+    let status = tokio::time::timeout(PHASE, child.wait()).await.expect("exits").expect("status");
+    assert!(status.success());
+}
+
+async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
+    let line = tokio::time::timeout(PHASE, lines.next_line())
+        .await
+        .expect("the browser driver answers in time")
+        .expect("read")
+        .expect("the browser driver ended early");
+    serde_json::from_str::<Value>(&line).expect("json")
+}

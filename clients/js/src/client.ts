@@ -18,6 +18,8 @@ import type {
 export interface ChatClientOptions {
   /** The gateway: `https://chat.example.org` or `wss://chat.example.org` (REST and WebSocket share the host). */
   url: string;
+  /** Base of the REST endpoints when they are not on `url`'s host (e.g. a same-origin proxy for a web page). */
+  restUrl?: string;
   /**
    * Returns a valid Supabase access token. Called at start, ~`refreshMarginMs` before the current
    * one expires (the new one is pushed on the open socket), and when the gateway refused the
@@ -130,7 +132,7 @@ export class ChatClient extends Emitter<ChatEvents> {
     this.storage = options.storage ?? memoryStorage();
     const base = options.url.replace(/\/+$/, "");
     this.wsUrl = base.replace(/^http(s?):/i, "ws$1:");
-    this.httpUrl = base.replace(/^ws(s?):/i, "http$1:");
+    this.httpUrl = (options.restUrl ?? base).replace(/\/+$/, "").replace(/^ws(s?):/i, "http$1:");
     this.seen = new BoundedIdSet(options.dedupCapacity ?? 10_000);
     this.token = options.token ?? null;
     this.sendBudget = this.framesPerSecond();
