@@ -66,7 +66,7 @@ interface Connection {
   lastError: string;
   timers: ReturnType<typeof setTimeout>[];
   /** Set while catching up: frames are held here so that order per thread is kept. */
-  syncing: { buffer: Record<string, unknown>[]; restRunning: boolean } | null;
+  syncing: { buffer: Record<string, unknown>[]; restRunning: boolean; timer: ReturnType<typeof setTimeout> | null } | null;
 }
 
 type Mode = "idle" | "running" | "paused" | "stopped" | "halted";
@@ -287,8 +287,14 @@ export class ChatClient extends Emitter<ChatEvents> {
       case "connection_established":
         return this.onEstablished(conn, frame);
       case "new_message":
-        if (conn.syncing) conn.syncing.buffer.push(frame);
-        else this.deliverFrame(frame);
+        if (conn.syncing) {
+          conn.syncing.buffer.push(frame);
+          // Frames with a cursor come from a gateway that resumes: a long replay is progressing,
+          // so the wait for sync_complete counts from the last one (an old gateway sends none).
+          if (typeof frame.cursor === "string" && conn.syncing.timer) this.armSyncTimer(conn);
+        } else {
+          this.deliverFrame(frame);
+        }
         return;
       case "sync_complete": {
         const cursor = typeof frame.last_check_time === "string" ? frame.last_check_time : null;
@@ -336,12 +342,12 @@ export class ChatClient extends Emitter<ChatEvents> {
     this.startPing(conn);
     if (conn.since) {
       // Resume: hold frames until sync_complete; without it in time, catch up through REST.
-      conn.syncing = { buffer: [], restRunning: false };
+      conn.syncing = { buffer: [], restRunning: false, timer: null };
       this.setStatus("syncing");
-      conn.timers.push(setTimeout(() => void this.restCatchUp(conn), this.opts.syncTimeoutMs ?? 5_000));
+      this.armSyncTimer(conn);
     } else if (this.cursor) {
       // We hold a cursor but did not send it (the gateway refused it): catch up through REST now.
-      conn.syncing = { buffer: [], restRunning: false };
+      conn.syncing = { buffer: [], restRunning: false, timer: null };
       this.setStatus("syncing");
       void this.restCatchUp(conn);
     } else {
@@ -351,7 +357,18 @@ export class ChatClient extends Emitter<ChatEvents> {
     }
   }
 
+  private armSyncTimer(conn: Connection): void {
+    const syncing = conn.syncing;
+    if (!syncing) return;
+    if (syncing.timer) clearTimeout(syncing.timer);
+    syncing.timer = setTimeout(() => {
+      syncing.timer = null;
+      void this.restCatchUp(conn);
+    }, this.opts.syncTimeoutMs ?? 5_000);
+  }
+
   private goLive(conn: Connection, sync: ChatEvents["sync"] | null): void {
+    if (conn.syncing?.timer) clearTimeout(conn.syncing.timer);
     conn.syncing = null;
     this.setStatus("live");
     if (sync) this.emit("sync", sync);
@@ -361,6 +378,7 @@ export class ChatClient extends Emitter<ChatEvents> {
   /** Delivers the frames held while syncing, in arrival order; returns how many were new. */
   private flush(conn: Connection): number {
     const buffer = conn.syncing?.buffer ?? [];
+    if (conn.syncing?.timer) clearTimeout(conn.syncing.timer);
     conn.syncing = null;
     let delivered = 0;
     for (const frame of buffer) if (this.deliverFrame(frame)) delivered++;
@@ -370,6 +388,8 @@ export class ChatClient extends Emitter<ChatEvents> {
   private async restCatchUp(conn: Connection): Promise<void> {
     if (this.conn !== conn || !conn.syncing || conn.syncing.restRunning) return;
     conn.syncing.restRunning = true;
+    if (conn.syncing.timer) clearTimeout(conn.syncing.timer);
+    conn.syncing.timer = null;
     let delivered = 0;
     try {
       let cursor = conn.since ?? this.cursor;
@@ -478,6 +498,7 @@ export class ChatClient extends Emitter<ChatEvents> {
   private detach(conn: Connection): void {
     for (const t of conn.timers) clearTimeout(t);
     conn.timers = [];
+    if (conn.syncing?.timer) clearTimeout(conn.syncing.timer);
     conn.syncing = null;
     conn.ws.onopen = conn.ws.onmessage = conn.ws.onerror = conn.ws.onclose = null;
     if (this.conn === conn) this.conn = null;

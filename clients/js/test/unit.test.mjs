@@ -227,3 +227,31 @@ test("client: without sync_complete in time, catches up through REST, then deliv
   assert.equal(client.cursor, "2030-01-01T00:00:08Z");
   client.stop();
 });
+
+test("client: a long resume replay (frames with cursors) postpones the REST fallback; thread_read sets the count", async () => {
+  let restCalls = 0;
+  const fetch = async (url) => {
+    if (url.includes("offline-messages")) restCalls++;
+    return fakeFetch();
+  };
+  const { client } = makeClient({ fetch, syncTimeoutMs: 40 });
+  const reads = [];
+  client.on("threadRead", (r) => reads.push(r));
+  client.cursor = "2030-01-01T00:00:00Z";
+  await client.start();
+  const ws = FakeSocket.all[0];
+  ws.serverOpen();
+  for (let i = 0; i < 6; i++) {
+    await tick(20);
+    ws.frame({ type: "new_message", data: { id: `m${i}`, thread_id: "t", sender_id: "x" }, cursor: `2030-01-01T00:00:0${i + 1}Z` });
+  }
+  ws.frame({ type: "sync_complete", last_check_time: "2030-01-01T00:00:09Z", count: 6 });
+  assert.equal(restCalls, 0, "no REST fallback while the replay progresses");
+  assert.equal(client.status, "live");
+  assert.equal(client.cursor, "2030-01-01T00:00:09Z");
+  await tick(10);
+  ws.frame({ type: "thread_read", thread_id: "t", last_read_at: "2030-01-01T00:00:10Z", unread_count: 4 });
+  assert.equal(client.unreadCount, 4);
+  assert.deepEqual(reads, [{ threadId: "t", lastReadAt: "2030-01-01T00:00:10Z", unreadCount: 4 }]);
+  client.stop();
+});
