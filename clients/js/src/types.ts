@@ -1,0 +1,100 @@
+/** A chat message as the gateway delivers it (WebSocket `new_message.data` and REST offline sync). */
+export interface ChatMessage {
+  id: string;
+  thread_id: string;
+  sender_id: string;
+  content: string;
+  message_type: string;
+  created_at: string;
+  sender?: { full_name: string | null; role: string | null } | null;
+  [extra: string]: unknown;
+}
+
+/**
+ * - `connecting`: opening a socket (or fetching a token first);
+ * - `open`: socket open, waiting for `connection_established`;
+ * - `syncing`: catching up on what was missed (resume replay, or REST fallback);
+ * - `live`: caught up, messages arrive as they are posted;
+ * - `offline`: no socket (waiting to retry, paused, stopped, or halted on a client bug).
+ */
+export type ConnectionStatus = "connecting" | "open" | "syncing" | "live" | "offline";
+
+export interface MessageEvent {
+  message: ChatMessage;
+  /** `socket` (live or resume replay) or `rest` (offline-sync fallback). */
+  source: "socket" | "rest";
+}
+
+export interface ThreadReadEvent {
+  threadId: string;
+  lastReadAt: string | null;
+  /** The user's total unread count after the change. */
+  unreadCount: number | null;
+}
+
+export type ChatErrorKind =
+  /** The gateway lost Supabase Realtime; it heals itself and fills the gap. Informational. */
+  | "upstream"
+  /** An `error` frame from the gateway (refused subscription, malformed frame...). */
+  | "server"
+  /** Getting or using an access token failed. */
+  | "token"
+  /** A REST call failed. */
+  | "rest"
+  /** The gateway closed the socket because of a client bug (1008 rate limit, 1009 too large, 1003 binary): not retried. */
+  | "fatal"
+  /** Persisting the cursor failed. */
+  | "storage";
+
+export interface ChatError {
+  kind: ChatErrorKind;
+  message: string;
+  /** WebSocket close code or HTTP status, when there is one. */
+  code?: number;
+}
+
+export interface DisconnectEvent {
+  code: number;
+  reason: string;
+  /** Delay before the next attempt, or null when the client will not reconnect by itself. */
+  reconnectInMs: number | null;
+}
+
+export interface SyncEvent {
+  /** `resume`: the gateway replayed from `since`; `rest`: offline-messages fallback. */
+  via: "resume" | "rest";
+  /** Messages delivered by this catch-up (after deduplication). */
+  delivered: number;
+  cursor: string | null;
+}
+
+export interface ChatEvents {
+  message: MessageEvent;
+  threadRead: ThreadReadEvent;
+  status: ConnectionStatus;
+  error: ChatError;
+  unreadCount: number;
+  disconnect: DisconnectEvent;
+  sync: SyncEvent;
+}
+
+/** Why the client asks for a token: apps may refresh their session only when it is `expired`/`rejected`. */
+export type TokenReason = "initial" | "expiring" | "expired" | "rejected";
+
+/** The part of the WebSocket API the client uses (browsers, React Native, Node ≥ 22, the `ws` package). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export type FetchLike = (
+  input: string,
+  init?: { method?: string; headers?: Record<string, string> },
+) => Promise<{ status: number; ok: boolean; json(): Promise<unknown> }>;
