@@ -1,4 +1,5 @@
-//! REST API: the guide's `/api/chat/*` endpoints, plus `/healthz`, `/readyz` and `/metrics`.
+//! REST API: the guide's `/api/chat/*` endpoints, plus `/healthz`, `/readyz`, `/metrics` and
+//! `/api/openapi.json` (the document `tests/openapi.rs` checks this module against).
 //!
 //! Owns request parsing, the bearer-token check, and the one mapping from internal errors
 //! ([`AuthError`], [`StoreError`]) to the public error shape `{"status":"error","message":...}`
@@ -21,6 +22,9 @@ use crate::hub::Hub;
 use crate::limit::PerUser;
 use crate::protocol::{self, ChatMessage, Sender};
 use crate::store::StoreError;
+
+/// The OpenAPI document of this API (`docs/openapi.json`), served at `GET /api/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 
 /// Most messages one offline-sync call returns.
 pub const OFFLINE_PAGE: u32 = 500;
@@ -287,6 +291,11 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         }
     });
     let metrics = warp::path("metrics").and(warp::path::end()).and(st()).map(|s: ApiState| metrics_text(&s.hub));
+    let openapi = warp::path("api")
+        .and(warp::path("openapi.json"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::with_header(OPENAPI_JSON, "content-type", "application/json").into_response());
 
     subscribe
         .or(unsubscribe)
@@ -303,6 +312,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .map(|r: WithStatus<Json>| r.into_response())
         .or(metrics.map(|r: String| r.into_response()))
+        .unify()
+        .or(openapi)
         .unify()
         .recover(recover)
 }

@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod delivery;
 mod guide_client;
+mod openapi;
 mod resilience;
 mod rest;
 mod upstream;
