@@ -496,3 +496,30 @@ async fn websocket_frames_and_closes_match_the_frame_schemas() {
     assert_eq!(code, 1009);
     frames.close(code, &reason);
 }
+
+/// The JSON examples of `docs/protocol.md` are valid frames or REST bodies by the same schemas.
+#[test]
+fn protocol_document_examples_match_the_schemas() {
+    let protocol = include_str!("../docs/protocol.md");
+    let frames: Value = serde_json::from_str(FRAMES).expect("frame schemas");
+    let any_frame = jsonschema::validator_for(&frames).expect("frame schemas compile");
+    let api = Api::load();
+    let bodies =
+        ["Error", "RealtimeSwitch", "OfflineMessages", "UnreadCount", "MarkRead", "Health", "Ready", "NotReady"];
+    let mut examples = 0;
+    for block in protocol.split("```json").skip(1) {
+        let text = block.split("```").next().unwrap_or_default();
+        let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("example is not JSON ({e}):{text}"));
+        if value.get("type").is_some() {
+            let errors: Vec<String> = any_frame.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{value} is not a documented frame: {errors:?}");
+        } else {
+            assert!(
+                bodies.iter().any(|name| check(&api.schemas, name, &value).is_ok()),
+                "{value} matches no REST body schema"
+            );
+        }
+        examples += 1;
+    }
+    assert!(examples >= 15, "found only {examples} JSON examples");
+}
