@@ -1,4 +1,5 @@
-//! REST API: the guide's `/api/chat/*` endpoints, plus `/healthz`, `/readyz` and `/metrics`.
+//! REST API: the guide's `/api/chat/*` endpoints, plus `/healthz`, `/readyz`, `/metrics` and
+//! `/api/openapi.json` (the document `tests/openapi.rs` checks this module against).
 //!
 //! Owns request parsing, the bearer-token check, and the one mapping from internal errors
 //! ([`AuthError`], [`StoreError`]) to the public error shape `{"status":"error","message":...}`
@@ -22,6 +23,9 @@ use crate::limit::PerUser;
 use crate::model::{self as protocol, ChatMessage, Sender};
 use crate::router::Readiness;
 use crate::store::{Store, StoreError};
+
+/// The OpenAPI document of this API (`docs/openapi.json`), served at `GET /api/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../docs/openapi.json");
 
 /// Most messages one offline-sync call returns.
 pub const OFFLINE_PAGE: u32 = 500;
@@ -234,6 +238,11 @@ fn respond(result: Result<WithStatus<Json>, ApiError>) -> WithStatus<Json> {
     result.unwrap_or_else(|e| error_reply(&e))
 }
 
+/// GET or HEAD: health and metrics never change anything.
+fn read_only() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
 /// All REST routes.
 pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let shared = state.clone();
@@ -282,9 +291,9 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(caller)
         .then(|thread, s, c| async move { respond(mark_read(s, c, thread).await) });
 
-    let health = warp::path("healthz").and(warp::path::end()).map(|| ok(json!({"status": "ok"})));
+    let health = warp::path("healthz").and(warp::path::end()).and(read_only()).map(|| ok(json!({"status": "ok"})));
     let ready_state = st();
-    let ready = warp::path("readyz").and(warp::path::end()).and(ready_state).map(|s: ApiState| {
+    let ready = warp::path("readyz").and(warp::path::end()).and(read_only()).and(ready_state).map(|s: ApiState| {
         if s.readiness.is_ready() {
             ok(json!({"status": "ready", "upstream": "live"}))
         } else {
@@ -294,7 +303,13 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
             )
         }
     });
-    let metrics = warp::path("metrics").and(warp::path::end()).and(st()).map(|s: ApiState| metrics_text(&s));
+    let metrics =
+        warp::path("metrics").and(warp::path::end()).and(read_only()).and(st()).map(|s: ApiState| metrics_text(&s));
+    let openapi = warp::path("api")
+        .and(warp::path("openapi.json"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::with_header(OPENAPI_JSON, "content-type", "application/json").into_response());
 
     subscribe
         .or(unsubscribe)
@@ -311,6 +326,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .unify()
         .map(|r: WithStatus<Json>| r.into_response())
         .or(metrics.map(|r: String| r.into_response()))
+        .unify()
+        .or(openapi)
         .unify()
         .recover(recover)
 }
