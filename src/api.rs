@@ -17,6 +17,7 @@ use warp::reply::{Json, WithStatus};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{AuthError, Identity, Verifier};
+use crate::edge::Peer;
 use crate::hub::Hub;
 use crate::limit::PerUser;
 use crate::protocol::{self, ChatMessage, Sender};
@@ -42,10 +43,7 @@ impl warp::reject::Reject for ApiError {}
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> ApiError {
-        match e {
-            AuthError::KeysUnavailable => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            _ => ApiError::new(StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")),
-        }
+        ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), e.public_message())
     }
 }
 
@@ -106,28 +104,34 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 }
 
 fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
-        let verifier = state.verifier.clone();
-        let rate = state.rate.clone();
-        async move {
-            let token = bearer(header.as_deref())
-                .ok_or_else(|| {
-                    warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "Unauthorized: missing Authorization: Bearer token",
-                    ))
-                })?
-                .to_string();
-            let identity = verifier.verify(&token).await.map_err(|e| warp::reject::custom(ApiError::from(e)))?;
-            if !rate.allow(identity.user_id) {
-                return Err(warp::reject::custom(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many requests: slow down",
-                )));
+    let peer = warp::ext::optional::<Peer>();
+    warp::header::optional::<String>("authorization").and(peer).and_then(
+        move |header: Option<String>, peer: Option<Peer>| {
+            let verifier = state.verifier.clone();
+            let rate = state.rate.clone();
+            async move {
+                let token = bearer(header.as_deref())
+                    .ok_or_else(|| {
+                        warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "Unauthorized: missing Authorization: Bearer token",
+                        ))
+                    })?
+                    .to_string();
+                let identity = verifier
+                    .verify_from(peer.map(|p| p.0.ip()), &token)
+                    .await
+                    .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
+                if !rate.allow(identity.user_id) {
+                    return Err(warp::reject::custom(ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many requests: slow down",
+                    )));
+                }
+                Ok::<_, Rejection>(Caller { identity, token })
             }
-            Ok::<_, Rejection>(Caller { identity, token })
-        }
-    })
+        },
+    )
 }
 
 #[derive(Deserialize)]

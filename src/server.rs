@@ -28,8 +28,9 @@ use tower_service::Service;
 use warp::Reply;
 
 use crate::api::{self, ApiState};
-use crate::auth::Verifier;
+use crate::auth::{Verifier, VerifierSettings};
 use crate::config::{Config, RealtimeVsn};
+use crate::edge::Edge;
 use crate::hub::{Hub, Router, CLOSE_SHUTDOWN};
 use crate::limit::PerUser;
 use crate::session::{self, SessionContext};
@@ -119,14 +120,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .connect_timeout(config.backend_timeout)
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
-    let verifier = Verifier::new(
-        config.jwt_secret.as_deref(),
-        config.jwks_url(),
-        config.anon_key.clone(),
-        http.clone(),
-        config.jwt_leeway,
-        config.jwks_refresh_min,
-    );
+    let verifier = Verifier::new(VerifierSettings::from_config(&config), http.clone());
     if let Err(e) = verifier.prime().await {
         if config.jwt_secret.is_none() {
             tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
@@ -163,7 +157,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes));
-    let accept = tokio::spawn(accept_loop(listener, ctx, rest, ws_config, shutdown_rx));
+    let edge = Edge::new(&config.edge);
+    let accept = tokio::spawn(accept_loop(listener, ctx, rest, ws_config, edge, shutdown_rx));
     tracing::info!(%addr, upstream = %config.realtime_websocket_url(), "gateway listening");
     Ok(Gateway {
         addr,
@@ -179,6 +174,7 @@ async fn accept_loop<R>(
     ctx: SessionContext,
     rest: R,
     ws_config: WebSocketConfig,
+    edge: Arc<Edge>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     R: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
@@ -198,11 +194,13 @@ async fn accept_loop<R>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Some((stream, handshake)) = edge.admit(stream, peer) else { continue };
+        let http1 = edge.http1();
         let ctx = ctx.clone();
         let rest = rest.clone();
         let mut conn_shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
+            let service = handshake.service(service_fn(move |req: Request<Incoming>| {
                 let ctx = ctx.clone();
                 let mut rest = rest.clone();
                 async move {
@@ -212,12 +210,8 @@ async fn accept_loop<R>(
                         rest.call(req).await
                     }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+            }));
+            let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -281,11 +275,12 @@ async fn upgrade(
             "Unauthorized: missing token (use ?token= or Authorization: Bearer)",
         );
     };
-    let identity = match ctx.verifier.verify(&token).await {
+    let identity = match ctx.verifier.verify_from(Some(peer.ip()), &token).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");
-            return json_error(StatusCode::UNAUTHORIZED, &format!("Unauthorized: {e}"));
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+            return json_error(status, &e.public_message());
         }
     };
     let shared = match ctx.hub.register(identity.user_id) {
