@@ -5,8 +5,11 @@
 mod common;
 
 mod auth;
+mod cli;
 mod delivery;
+mod edge;
 mod guide_client;
+mod keys;
 mod resilience;
 mod rest;
 mod upstream;

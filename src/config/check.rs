@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, FromArgMatches};
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::{Args, Config, ConfigError};
 
@@ -20,28 +20,77 @@ where
     T: Into<OsString> + Clone,
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-    let matches = match Args::command().try_get_matches_from(&argv) {
-        Ok(matches) => matches,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-        Err(e) => {
-            let mut problems = probe_each(&argv);
-            if problems.is_empty() || e.kind() == ErrorKind::MissingRequiredArgument {
-                problems.push(first_line(&e));
-            }
-            return Err(problems);
+    match Args::command().try_get_matches_from(&argv) {
+        Ok(matches) => {
+            let args = Args::from_arg_matches(&matches).map_err(|e| vec![first_line(&e)])?;
+            Config::from_args(args).map_err(|e| flatten(e).collect())
         }
-    };
-    let args = Args::from_arg_matches(&matches).map_err(|e| vec![first_line(&e)])?;
-    Config::from_args(args).map_err(|e| match e {
-        ConfigError::Several(all) => all.iter().map(ToString::to_string).collect(),
-        one => vec![one.to_string()],
-    })
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) => Err(every_problem(&argv, &e)),
+    }
 }
 
-/// Each setting parsed on its own, from its flags and its variable: the problems of all of them.
-fn probe_each(argv: &[OsString]) -> Vec<String> {
+fn flatten(e: ConfigError) -> impl Iterator<Item = String> {
+    let all = match e {
+        ConfigError::Several(all) => all,
+        one => vec![one],
+    };
+    all.into_iter().map(|e| e.to_string())
+}
+
+/// A setting that clap refused or that is missing: reported by name, then replaced by its default
+/// (or a placeholder) so that the other settings can still be checked.
+struct Patch {
+    name: String,
+    long: String,
+    flag: String,
+    problem: String,
+}
+
+/// `argv` without the occurrences of `--long` (and their values).
+fn without(argv: &[OsString], long: &str) -> Vec<OsString> {
+    let mut kept = Vec::new();
+    let mut skip_value = false;
+    for item in argv {
+        let text = item.to_string_lossy();
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if text == format!("--{long}") {
+            skip_value = true;
+        } else if !text.starts_with(&format!("--{long}=")) {
+            kept.push(item.clone());
+        }
+    }
+    kept
+}
+
+fn every_problem(argv: &[OsString], first: &clap::Error) -> Vec<String> {
+    let patches = probe_each(argv);
+    let mut patched = argv.to_vec();
+    for patch in &patches {
+        patched = without(&patched, &patch.long);
+        patched.push(OsString::from(&patch.flag));
+    }
+    let mut problems: Vec<String> = patches.iter().map(|p| p.problem.clone()).collect();
+    match Args::try_parse_from(&patched) {
+        Ok(args) => {
+            if let Err(e) = Config::from_args(args) {
+                let patched_var = |text: &str| patches.iter().any(|p| text.starts_with(&format!("{}:", p.name)));
+                problems.extend(flatten(e).filter(|text| !patched_var(text)));
+            }
+        }
+        Err(_) if !problems.is_empty() => {}
+        Err(_) => problems.push(first_line(first)),
+    }
+    problems
+}
+
+/// Each setting parsed on its own, from its flags and its variable: every one that is invalid or
+/// missing, with the flag that stands in for it.
+fn probe_each(argv: &[OsString]) -> Vec<Patch> {
     let command = Args::command();
-    let mut problems = Vec::new();
+    let mut patches = Vec::new();
     for arg in command.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         let mut sub: Vec<OsString> = vec!["probe".into()];
@@ -57,13 +106,20 @@ fn probe_each(argv: &[OsString]) -> Vec<String> {
                 sub.push(item.clone());
             }
         }
+        let name = arg.get_env().map(|v| v.to_string_lossy().into_owned()).unwrap_or_else(|| format!("--{long}"));
+        let given = sub.len() > 1 || arg.get_env().is_some_and(|var| std::env::var_os(var).is_some());
+        let default = arg.get_default_values().first().map(|v| v.to_string_lossy().into_owned());
         let probe = clap::Command::new("probe").arg(arg.clone().required(false));
-        if let Err(e) = probe.try_get_matches_from(sub) {
-            let name = arg.get_env().map(|v| v.to_string_lossy().into_owned()).unwrap_or_else(|| format!("--{long}"));
-            problems.push(format!("{name}: {}", first_line(&e)));
-        }
+        let problem = match probe.try_get_matches_from(sub) {
+            Err(e) => format!("{name}: {}", first_line(&e)),
+            Ok(_) if arg.is_required_set() && !given => format!("{name}: required (or --{long})"),
+            Ok(_) => continue,
+        };
+        // A placeholder for a required setting; its own checks are skipped (already reported).
+        let value = default.unwrap_or_else(|| "http://placeholder.invalid".into());
+        patches.push(Patch { name, long: long.to_string(), flag: format!("--{long}={value}"), problem });
     }
-    problems
+    patches
 }
 
 fn first_line(e: &clap::Error) -> String {
@@ -150,7 +206,12 @@ mod tests {
         ]))
         .expect_err("invalid");
         let text = problems.join("\n");
-        assert!(text.contains("PORT:") && text.contains("MAX_HEADER_BYTES:"), "{text}");
+        for var in ["PORT:", "MAX_HEADER_BYTES:", "WS_PING_INTERVAL_SECS:", "CORS_ALLOWED_ORIGINS:"] {
+            assert!(text.contains(var), "{var} missing from:\n{text}");
+        }
+        let missing = load_from(["gw", "--supabase-url=https://abc.supabase.co", "--port=x"]).expect_err("invalid");
+        assert!(missing.iter().any(|p| p.starts_with("SUPABASE_ANON_KEY: required")), "{missing:?}");
+        assert!(missing.iter().any(|p| p.starts_with("PORT:")), "{missing:?}");
         let problems =
             load_from(argv(&["--ws-ping-interval-secs=0", "--cors-allowed-origins=ftp://nope"])).expect_err("invalid");
         assert_eq!(problems.len(), 2, "{problems:?}");
