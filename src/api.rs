@@ -104,34 +104,31 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 }
 
 fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    let peer = warp::ext::optional::<Peer>();
-    warp::header::optional::<String>("authorization").and(peer).and_then(
-        move |header: Option<String>, peer: Option<Peer>| {
-            let verifier = state.verifier.clone();
-            let rate = state.rate.clone();
-            async move {
-                let token = bearer(header.as_deref())
-                    .ok_or_else(|| {
-                        warp::reject::custom(ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "Unauthorized: missing Authorization: Bearer token",
-                        ))
-                    })?
-                    .to_string();
-                let identity = verifier
-                    .verify_from(peer.map(|p| p.0.ip()), &token)
-                    .await
-                    .map_err(|e| warp::reject::custom(ApiError::from(e)))?;
-                if !rate.allow(identity.user_id) {
-                    return Err(warp::reject::custom(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "Too many requests: slow down",
-                    )));
-                }
-                Ok::<_, Rejection>(Caller { identity, token })
+    let request = warp::header::optional::<String>("authorization").and(warp::ext::optional::<Peer>());
+    request.and_then(move |header: Option<String>, peer: Option<Peer>| {
+        let verifier = state.verifier.clone();
+        let rate = state.rate.clone();
+        async move {
+            let token = bearer(header.as_deref())
+                .ok_or_else(|| {
+                    warp::reject::custom(ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "Unauthorized: missing Authorization: Bearer token",
+                    ))
+                })?
+                .to_string();
+            let peer = peer.map(|p| p.0.ip());
+            let identity =
+                verifier.verify_from(peer, &token).await.map_err(|e| warp::reject::custom(ApiError::from(e)))?;
+            if !rate.allow(identity.user_id) {
+                return Err(warp::reject::custom(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many requests: slow down",
+                )));
             }
-        },
-    )
+            Ok::<_, Rejection>(Caller { identity, token })
+        }
+    })
 }
 
 #[derive(Deserialize)]
