@@ -17,6 +17,7 @@ use warp::reply::{Json, WithStatus};
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::{Identity, Verifier};
+use crate::edge::Peer;
 use crate::error::PeerError;
 use crate::hub::Hub;
 use crate::limit::PerUser;
@@ -70,7 +71,8 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 }
 
 fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("authorization").and_then(move |header: Option<String>| {
+    let request = warp::header::optional::<String>("authorization").and(warp::ext::optional::<Peer>());
+    request.and_then(move |header: Option<String>, peer: Option<Peer>| {
         let verifier = state.verifier.clone();
         let rate = state.rate.clone();
         async move {
@@ -82,8 +84,11 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
                     )))
                 })?
                 .to_string();
-            let identity =
-                verifier.verify(&token).await.map_err(|e| warp::reject::custom(Rejected(ApiError::from(e))))?;
+            let peer = peer.map(|p| p.0.ip());
+            let identity = verifier
+                .verify_from(peer, &token)
+                .await
+                .map_err(|e| warp::reject::custom(Rejected(ApiError::from(e))))?;
             if !rate.allow(identity.user_id) {
                 return Err(warp::reject::custom(Rejected(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -1,21 +1,26 @@
 //! Auth: verification of Supabase user access tokens.
 //!
-//! Owns the verification keys (the legacy HS256 secret and the project's JWKS, cached and
-//! re-fetched, rate-limited, on an unknown `kid`) and the rules: signature, `exp` with a small
-//! leeway, `aud = authenticated`, `sub` a uuid, and the algorithm pinned to the key that verifies
-//! it (HS256 only with the secret; ES256/RS256 only with a JWKS key of the same family and `kid`;
-//! never `none`). This module must never log a token or a secret, and never decide thread access
-//! (RLS does, through [`crate::store`]).
+//! Owns the rules: signature (HS256 with the legacy secret; ES256/RS256 with a key of the
+//! project's JWKS, see [`jwks`], by `kid` and pinned to its algorithm; never `none`), `exp` and
+//! `nbf` with the configured leeway, an `iat` in the future refused, `aud = authenticated`, `iss`
+//! when `JWT_ISSUER` is set, `sub` a uuid, anonymous users only with `ALLOW_ANONYMOUS`. Also owns
+//! the per-source-IP budget of refused tokens: an address that keeps presenting bad tokens is
+//! answered 429 without a signature check. This module must never log a token or a secret, and
+//! never decide thread access (RLS does, through [`crate::store`]).
 
-use std::collections::HashMap;
+pub mod jwks;
+
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use tokio::sync::{Mutex, RwLock};
 use uuid::Uuid;
+
+use crate::config::Config;
+use crate::limit::PerIp;
+use jwks::{FetchError, JwksCache, Lookup, Schedule};
 
 /// Why a token was refused. The text is safe to show to the client (it never echoes the token).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,18 +31,28 @@ pub enum AuthError {
     Malformed,
     #[error("access token expired")]
     Expired,
+    #[error("access token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error("access token was issued in the future (iat); check the clocks")]
+    IssuedInFuture,
     #[error("access token signature is invalid")]
     BadSignature,
     #[error("access token audience must be 'authenticated'")]
     WrongAudience,
+    #[error("access token was not issued by this project's Auth (iss)")]
+    WrongIssuer,
     #[error("access token algorithm {0} is not accepted")]
     AlgorithmNotAllowed(String),
     #[error("access token signed with an unknown key")]
     UnknownKey,
     #[error("access token subject is not a user id")]
     NotAUser,
+    #[error("anonymous users are not allowed; sign in first")]
+    Anonymous,
     #[error("signing keys are unavailable; try again later")]
     KeysUnavailable,
+    #[error("too many invalid access tokens from this address; try again later")]
+    TooManyFailures,
 }
 
 /// The verified identity of a client.
@@ -52,23 +67,53 @@ pub struct Identity {
 struct TokenClaims {
     sub: Option<String>,
     exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    is_anonymous: Option<bool>,
 }
 
-struct Jwks {
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
-    fetched_at: Option<Instant>,
+/// Everything the verifier needs; [`VerifierSettings::from_config`] reads it from [`Config`].
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    pub jwt_secret: Option<String>,
+    pub jwks_url: String,
+    /// Sent as `apikey` when fetching the JWKS.
+    pub apikey: String,
+    pub leeway: Duration,
+    pub issuer: Option<String>,
+    pub allow_anonymous: bool,
+    pub jwks: Schedule,
+    /// Refused tokens per source IP and second (0: unlimited), and the burst.
+    pub failures_per_sec: f64,
+    pub failure_burst: u32,
+}
+
+impl VerifierSettings {
+    pub fn from_config(c: &Config) -> VerifierSettings {
+        VerifierSettings {
+            jwt_secret: c.jwt_secret.clone(),
+            jwks_url: c.jwks_url(),
+            apikey: c.anon_key.clone(),
+            leeway: c.jwt_leeway,
+            issuer: c.jwt_issuer.clone(),
+            allow_anonymous: c.allow_anonymous,
+            jwks: Schedule { timeout: c.backend_timeout, refresh_min: c.jwks_refresh_min, max_age: c.jwks_max_age },
+            failures_per_sec: c.auth_failures_per_sec,
+            failure_burst: c.auth_failure_burst,
+        }
+    }
 }
 
 /// Verifies user tokens. Cheap to share behind an `Arc`.
 pub struct Verifier {
     secret: Option<DecodingKey>,
-    jwks: RwLock<Jwks>,
-    refresh_gate: Mutex<()>,
-    jwks_url: String,
-    apikey: String,
-    http: reqwest::Client,
+    keys: Arc<JwksCache>,
     leeway: Duration,
-    refresh_min: Duration,
+    issuer: Option<String>,
+    allow_anonymous: bool,
+    /// Refused tokens per source IP; `None` when unlimited.
+    failures: Option<PerIp>,
 }
 
 fn family_allows(alg: Algorithm) -> bool {
@@ -76,30 +121,41 @@ fn family_allows(alg: Algorithm) -> bool {
 }
 
 impl Verifier {
-    pub fn new(
-        jwt_secret: Option<&str>,
-        jwks_url: String,
-        apikey: String,
-        http: reqwest::Client,
-        leeway: Duration,
-        refresh_min: Duration,
-    ) -> Arc<Verifier> {
+    pub fn new(settings: VerifierSettings, http: reqwest::Client) -> Arc<Verifier> {
+        let failures = (settings.failures_per_sec > 0.0)
+            .then(|| PerIp::new(settings.failures_per_sec, f64::from(settings.failure_burst.max(1)), 100_000));
         Arc::new(Verifier {
-            secret: jwt_secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
-            jwks: RwLock::new(Jwks { keys: HashMap::new(), fetched_at: None }),
-            refresh_gate: Mutex::new(()),
-            jwks_url,
-            apikey,
-            http,
-            leeway,
-            refresh_min,
+            secret: settings.jwt_secret.as_deref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            keys: JwksCache::new(settings.jwks_url, settings.apikey, http, settings.jwks),
+            leeway: settings.leeway,
+            issuer: settings.issuer,
+            allow_anonymous: settings.allow_anonymous,
+            failures,
         })
     }
 
-    /// Loads the JWKS once at start-up. A project without asymmetric keys may answer 404: that is
-    /// not an error as long as a legacy secret is configured.
-    pub async fn prime(&self) -> Result<usize, String> {
-        self.refresh_jwks(true).await
+    /// Loads the JWKS once at start-up, within the backend timeout. A project without asymmetric
+    /// keys may answer 404: that is not an error as long as a legacy secret is configured.
+    pub async fn prime(&self) -> Result<usize, FetchError> {
+        self.keys.refresh_now().await
+    }
+
+    /// Verifies a token presented from `peer`: refused with [`AuthError::TooManyFailures`],
+    /// without a signature check, while that address is over its budget of refused tokens.
+    pub async fn verify_from(&self, peer: Option<IpAddr>, token: &str) -> Result<Identity, AuthError> {
+        let limited = self.failures.as_ref().zip(peer);
+        if let Some((failures, ip)) = limited {
+            if failures.exhausted(ip) {
+                return Err(AuthError::TooManyFailures);
+            }
+        }
+        let result = self.verify(token).await;
+        if let (Some((failures, ip)), Err(e)) = (limited, &result) {
+            if *e != AuthError::KeysUnavailable {
+                failures.spend(ip);
+            }
+        }
+        result
     }
 
     /// Verifies a token and returns who it belongs to.
@@ -124,25 +180,54 @@ impl Verifier {
             }
             other => return Err(AuthError::AlgorithmNotAllowed(format!("{other:?}"))),
         };
+        let claims = decode::<TokenClaims>(token, &key, &self.validation(alg))
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => AuthError::Expired,
+                    K::ImmatureSignature => AuthError::NotYetValid,
+                    K::InvalidSignature => AuthError::BadSignature,
+                    K::InvalidAudience => AuthError::WrongAudience,
+                    K::InvalidIssuer => AuthError::WrongIssuer,
+                    K::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
+                    K::MissingRequiredClaim(claim) if claim == "iss" => AuthError::WrongIssuer,
+                    K::MissingRequiredClaim(claim) if claim == "sub" => AuthError::NotAUser,
+                    K::InvalidAlgorithm => AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
+                    _ => AuthError::Malformed,
+                }
+            })?
+            .claims;
+        self.check_claims(&claims)?;
+        let user_id = claims.sub.as_deref().and_then(|s| Uuid::parse_str(s).ok()).ok_or(AuthError::NotAUser)?;
+        Ok(Identity { user_id, exp: claims.exp })
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
         let mut validation = Validation::new(alg);
         validation.algorithms = vec![alg];
         validation.set_audience(&["authenticated"]);
         validation.leeway = self.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-        let data = decode::<TokenClaims>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::ExpiredSignature => AuthError::Expired,
-                K::InvalidSignature => AuthError::BadSignature,
-                K::InvalidAudience => AuthError::WrongAudience,
-                K::MissingRequiredClaim(claim) if claim == "aud" => AuthError::WrongAudience,
-                K::MissingRequiredClaim(claim) if claim == "sub" => AuthError::NotAUser,
-                K::InvalidAlgorithm => AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)),
-                _ => AuthError::Malformed,
+        validation.validate_nbf = true;
+        match &self.issuer {
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                validation.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
             }
-        })?;
-        let user_id = data.claims.sub.as_deref().and_then(|s| Uuid::parse_str(s).ok()).ok_or(AuthError::NotAUser)?;
-        Ok(Identity { user_id, exp: data.claims.exp })
+            None => validation.set_required_spec_claims(&["exp", "sub", "aud"]),
+        }
+        validation
+    }
+
+    /// Rules the library does not check: `iat` not in the future, anonymous users.
+    fn check_claims(&self, claims: &TokenClaims) -> Result<(), AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(self.leeway.as_secs() as i64)) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if claims.is_anonymous == Some(true) && !self.allow_anonymous {
+            return Err(AuthError::Anonymous);
+        }
+        Ok(())
     }
 
     /// Seconds until `exp` (plus leeway) passes; zero or negative means expired.
@@ -152,61 +237,27 @@ impl Verifier {
         Duration::from_secs(left.max(0) as u64)
     }
 
+    /// The key for `kid`: from the cache without waiting, or, for an unknown `kid` (keys may have
+    /// rotated), after the one shared re-fetch, bounded by the backend timeout and rate-limited.
     async fn jwks_key(&self, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), AuthError> {
-        if let Some(found) = self.lookup(kid, alg).await? {
-            return Ok(found);
+        let other_alg = |key_alg| AuthError::AlgorithmNotAllowed(format!("{alg:?} with a {key_alg:?} key"));
+        match self.keys.lookup(kid, alg) {
+            Lookup::Found(key) => return Ok(key),
+            Lookup::OtherAlgorithm(key_alg) => return Err(other_alg(key_alg)),
+            Lookup::Missing => {}
         }
-        // Unknown kid: keys may have rotated. Re-fetch, at most once per refresh_min.
-        let _ = self.refresh_jwks(false).await;
-        self.lookup(kid, alg).await?.ok_or(AuthError::UnknownKey)
-    }
-
-    async fn lookup(&self, kid: &str, alg: Algorithm) -> Result<Option<(DecodingKey, Algorithm)>, AuthError> {
-        let jwks = self.jwks.read().await;
-        match jwks.keys.get(kid) {
-            Some((key, key_alg)) if *key_alg == alg => Ok(Some((key.clone(), alg))),
-            Some((_, key_alg)) => Err(AuthError::AlgorithmNotAllowed(format!("{alg:?} with a {key_alg:?} key"))),
-            None => Ok(None),
+        let unknown = || if self.keys.loaded() { AuthError::UnknownKey } else { AuthError::KeysUnavailable };
+        match self.keys.refresh_for_unknown().await {
+            None => Err(unknown()),
+            // A project without signing keys (legacy secret only) answers 404: the kid is unknown.
+            Some(Err(FetchError::Status(404))) => Err(AuthError::UnknownKey),
+            Some(Err(_)) => Err(AuthError::KeysUnavailable),
+            Some(Ok(_)) => match self.keys.lookup(kid, alg) {
+                Lookup::Found(key) => Ok(key),
+                Lookup::OtherAlgorithm(key_alg) => Err(other_alg(key_alg)),
+                Lookup::Missing => Err(unknown()),
+            },
         }
-    }
-
-    async fn refresh_jwks(&self, force: bool) -> Result<usize, String> {
-        let _gate = self.refresh_gate.lock().await;
-        if !force {
-            let jwks = self.jwks.read().await;
-            if jwks.fetched_at.is_some_and(|at| at.elapsed() < self.refresh_min) {
-                return Ok(jwks.keys.len());
-            }
-        }
-        let result = self.fetch_jwks().await;
-        let mut jwks = self.jwks.write().await;
-        jwks.fetched_at = Some(Instant::now());
-        match result {
-            Ok(keys) => {
-                tracing::info!(keys = keys.len(), "loaded signing keys (JWKS)");
-                jwks.keys = keys;
-                Ok(jwks.keys.len())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, url = %self.jwks_url, "could not load signing keys (JWKS)");
-                Err(e)
-            }
-        }
-    }
-
-    async fn fetch_jwks(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
-        let response = self
-            .http
-            .get(&self.jwks_url)
-            .header("apikey", &self.apikey)
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {}", e.without_url()))?;
-        if !response.status().is_success() {
-            return Err(format!("HTTP {}", response.status()));
-        }
-        let set: JwkSet = response.json().await.map_err(|e| format!("not a JWKS: {}", e.without_url()))?;
-        Ok(keys_from_set(&set))
     }
 }
 
@@ -220,33 +271,6 @@ fn declared_alg(token: &str) -> Option<String> {
     value.get("alg")?.as_str().map(str::to_string)
 }
 
-/// Usable verification keys of a JWKS, by `kid`, each pinned to one algorithm.
-fn keys_from_set(set: &JwkSet) -> HashMap<String, (DecodingKey, Algorithm)> {
-    let mut keys = HashMap::new();
-    for jwk in &set.keys {
-        let Some(kid) = jwk.common.key_id.clone() else { continue };
-        let alg = match &jwk.algorithm {
-            AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-            AlgorithmParameters::RSA(_) => Algorithm::RS256,
-            _ => continue,
-        };
-        if let Some(declared) = jwk.common.key_algorithm {
-            let matches = matches!(
-                (declared, alg),
-                (jsonwebtoken::jwk::KeyAlgorithm::ES256, Algorithm::ES256)
-                    | (jsonwebtoken::jwk::KeyAlgorithm::RS256, Algorithm::RS256)
-            );
-            if !matches {
-                continue;
-            }
-        }
-        if let Ok(key) = DecodingKey::from_jwk(jwk) {
-            keys.insert(kid, (key, alg));
-        }
-    }
-    keys
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,15 +279,26 @@ mod tests {
 
     const SECRET: &str = "test-secret-test-secret-test-secret-1234";
 
+    fn settings(secret: Option<&str>) -> VerifierSettings {
+        VerifierSettings {
+            jwt_secret: secret.map(str::to_string),
+            jwks_url: "http://127.0.0.1:9/auth/v1/.well-known/jwks.json".into(),
+            apikey: "anon".into(),
+            leeway: Duration::from_secs(5),
+            issuer: None,
+            allow_anonymous: false,
+            jwks: Schedule {
+                timeout: Duration::from_secs(1),
+                refresh_min: Duration::from_secs(3600),
+                max_age: Duration::from_secs(600),
+            },
+            failures_per_sec: 0.0,
+            failure_burst: 1,
+        }
+    }
+
     fn verifier(secret: Option<&str>) -> Arc<Verifier> {
-        Verifier::new(
-            secret,
-            "http://127.0.0.1:9/auth/v1/.well-known/jwks.json".into(),
-            "anon".into(),
-            reqwest::Client::new(),
-            Duration::from_secs(5),
-            Duration::from_secs(3600),
-        )
+        Verifier::new(settings(secret), reqwest::Client::new())
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> String {
@@ -324,5 +359,76 @@ mod tests {
             rt.block_on(verifier(None).verify(&token(claims(60), SECRET))),
             Err(AuthError::AlgorithmNotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn time_claims_are_enforced_with_the_leeway() {
+        let v = verifier(Some(SECRET)); // leeway 5 s
+        let rt = rt();
+        let now = chrono::Utc::now().timestamp();
+        let mut early = claims(3600);
+        early["nbf"] = json!(now + 60);
+        assert_eq!(rt.block_on(v.verify(&token(early, SECRET))), Err(AuthError::NotYetValid));
+        let mut almost = claims(3600);
+        almost["nbf"] = json!(now + 2);
+        assert!(rt.block_on(v.verify(&token(almost, SECRET))).is_ok(), "nbf within the leeway");
+        let mut future = claims(3600);
+        future["iat"] = json!(now + 60);
+        assert_eq!(rt.block_on(v.verify(&token(future, SECRET))), Err(AuthError::IssuedInFuture));
+        let mut skewed = claims(3600);
+        skewed["iat"] = json!(now + 2);
+        assert!(rt.block_on(v.verify(&token(skewed, SECRET))).is_ok(), "iat within the leeway");
+    }
+
+    #[test]
+    fn issuer_is_checked_only_when_configured() {
+        let issuer = "https://abc.supabase.co/auth/v1";
+        let mut with_iss = claims(60);
+        with_iss["iss"] = json!(issuer);
+        let mut other_iss = claims(60);
+        other_iss["iss"] = json!("https://evil.supabase.co/auth/v1");
+        let rt = rt();
+        assert!(rt.block_on(verifier(Some(SECRET)).verify(&token(other_iss.clone(), SECRET))).is_ok());
+        let checking = Verifier::new(
+            VerifierSettings { issuer: Some(issuer.into()), ..settings(Some(SECRET)) },
+            reqwest::Client::new(),
+        );
+        assert!(rt.block_on(checking.verify(&token(with_iss, SECRET))).is_ok());
+        assert_eq!(rt.block_on(checking.verify(&token(other_iss, SECRET))), Err(AuthError::WrongIssuer));
+        assert_eq!(rt.block_on(checking.verify(&token(claims(60), SECRET))), Err(AuthError::WrongIssuer));
+    }
+
+    #[test]
+    fn anonymous_users_only_when_allowed() {
+        let mut anonymous = claims(60);
+        anonymous["is_anonymous"] = json!(true);
+        let rt = rt();
+        let strict = verifier(Some(SECRET));
+        assert_eq!(rt.block_on(strict.verify(&token(anonymous.clone(), SECRET))), Err(AuthError::Anonymous));
+        let mut signed_in = claims(60);
+        signed_in["is_anonymous"] = json!(false);
+        assert!(rt.block_on(strict.verify(&token(signed_in, SECRET))).is_ok());
+        let lenient =
+            Verifier::new(VerifierSettings { allow_anonymous: true, ..settings(Some(SECRET)) }, reqwest::Client::new());
+        assert!(rt.block_on(lenient.verify(&token(anonymous, SECRET))).is_ok());
+    }
+
+    #[test]
+    fn an_address_over_its_failure_budget_is_refused_without_a_check() {
+        let limited = Verifier::new(
+            VerifierSettings { failures_per_sec: 0.001, failure_burst: 2, ..settings(Some(SECRET)) },
+            reqwest::Client::new(),
+        );
+        let rt = rt();
+        let (nat, other): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let good = token(claims(60), SECRET);
+        let forged = token(claims(60), "another-secret-another-secret-12345");
+        assert!(rt.block_on(limited.verify_from(Some(nat), &good)).is_ok(), "successes cost nothing");
+        for _ in 0..2 {
+            assert_eq!(rt.block_on(limited.verify_from(Some(nat), &forged)), Err(AuthError::BadSignature));
+        }
+        assert_eq!(rt.block_on(limited.verify_from(Some(nat), &forged)), Err(AuthError::TooManyFailures));
+        assert_eq!(rt.block_on(limited.verify_from(Some(nat), &good)), Err(AuthError::TooManyFailures));
+        assert!(rt.block_on(limited.verify_from(Some(other), &good)).is_ok(), "other addresses unaffected");
     }
 }

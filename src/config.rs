@@ -3,13 +3,21 @@
 //! Sources, lowest to highest precedence: a `.env` file in the working directory (if present), the
 //! process environment, command-line flags. A missing or malformed setting stops start-up with a
 //! message naming the variable. `.env.example` at the repository root documents every variable.
-//! This module never logs secret values: [`Config`]'s `Debug` redacts them.
+//! Every problem is reported at once ([`check`] also serves `--check-config`; `rules` holds the
+//! checks of single settings). This module never logs secret values: [`Config`]'s `Debug` redacts
+//! them.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+
+pub mod check;
+mod rules;
+
+pub use rules::parse_origins;
+use rules::{edge_settings, invalid, jwt_secret, non_empty, positive, rate, seconds, supabase_url, Problems};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -114,6 +122,41 @@ pub struct Args {
     /// Upper bound on graceful shutdown, seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Longest time signing keys (JWKS) are trusted before a scheduled re-fetch, seconds; a
+    /// shorter `Cache-Control: max-age` from Auth is honoured.
+    #[arg(long, env = "JWKS_MAX_AGE_SECS", default_value_t = 600)]
+    pub jwks_max_age_secs: u64,
+    /// Expected `iss` claim of user tokens (e.g. https://<ref>.supabase.co/auth/v1); empty: not checked.
+    #[arg(long, env = "JWT_ISSUER", default_value = "")]
+    pub jwt_issuer: String,
+    /// Accept tokens of Supabase anonymous users (`is_anonymous: true`).
+    #[arg(long, env = "ALLOW_ANONYMOUS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_anonymous: bool,
+    /// Refused tokens per source IP and second before that IP gets 429 without a signature check
+    /// (0 disables; a school's phones often share one address behind NAT).
+    #[arg(long, env = "AUTH_FAILURES_PER_SEC", default_value_t = 50.0)]
+    pub auth_failures_per_sec: f64,
+    /// Burst of refused tokens allowed per source IP before the rate applies.
+    #[arg(long, env = "AUTH_FAILURE_BURST", default_value_t = 100)]
+    pub auth_failure_burst: u32,
+    /// TCP connections that have not yet sent a complete first request; more are closed at once.
+    #[arg(long, env = "MAX_PENDING_HANDSHAKES", default_value_t = 1024)]
+    pub max_pending_handshakes: usize,
+    /// All TCP connections (WebSocket sessions, REST, handshakes); more are closed at once.
+    /// Default: MAX_CONNECTIONS + MAX_PENDING_HANDSHAKES + 1024.
+    #[arg(long, env = "MAX_TCP_CONNECTIONS")]
+    pub max_tcp_connections: Option<usize>,
+    /// Seconds a client has to send a complete request head (and an idle keep-alive connection
+    /// its next one); slower connections are closed.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub handshake_timeout_secs: f64,
+    /// Largest request head (request line and headers, including `?token=`), bytes; larger gets 431.
+    #[arg(long, env = "MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Browser origins allowed to call the REST API and open the WebSocket, comma-separated
+    /// (e.g. https://app.school.example). Empty: no browser origin is allowed.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "")]
+    pub cors_allowed_origins: String,
     /// Topic of the upstream channel (any `realtime:<name>`).
     #[arg(long, env = "UPSTREAM_TOPIC", default_value = "realtime:chat-gateway")]
     pub upstream_topic: String,
@@ -139,6 +182,9 @@ pub struct Args {
     /// Recently routed messages kept in memory to serve resumes (`?since=`) without the database.
     #[arg(long, env = "RESUME_BUFFER_MESSAGES", default_value_t = 20_000)]
     pub resume_buffer_messages: usize,
+    /// Print the effective configuration (secrets redacted) and exit: 0 if valid, 2 otherwise.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// Validated configuration.
@@ -162,6 +208,15 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub cache_max_threads: usize,
     pub shutdown_grace: Duration,
+    /// Longest time a fetched JWKS is trusted (a shorter `Cache-Control: max-age` wins).
+    pub jwks_max_age: Duration,
+    /// Required `iss` of user tokens, if set.
+    pub jwt_issuer: Option<String>,
+    pub allow_anonymous: bool,
+    /// Refused tokens per source IP and second (0: no limit), and the burst.
+    pub auth_failures_per_sec: f64,
+    pub auth_failure_burst: u32,
+    pub edge: EdgeSettings,
     pub upstream_topic: String,
     pub upstream_join_timeout: Duration,
     pub upstream_backoff_min: Duration,
@@ -170,6 +225,17 @@ pub struct Config {
     pub router_max_waiting: usize,
     pub cursor_interval: Duration,
     pub resume_buffer: usize,
+}
+
+/// Limits applied before authentication (see [`crate::edge`]).
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub max_pending_handshakes: usize,
+    pub max_tcp_connections: usize,
+    pub handshake_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// Serialized origins (`https://host[:port]`) allowed for browsers; empty: none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Limits applied to clients.
@@ -189,113 +255,104 @@ pub struct Limits {
 pub enum ConfigError {
     #[error("{var}: {problem}")]
     Invalid { var: &'static str, problem: String },
+    /// More than one setting is wrong: every one is reported, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
-fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { var, problem: problem.into() }
-}
-
-fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigError> {
-    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
-        return Err(invalid(var, format!("must be a number of seconds between 0 and 86400, got {value}")));
-    }
-    Ok(Duration::from_secs_f64(value))
-}
-
-fn non_empty(var: &'static str, value: &str) -> Result<String, ConfigError> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(invalid(var, "must not be empty"));
-    }
-    Ok(trimmed.to_string())
-}
-
-fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
-    if value == 0 {
-        return Err(invalid(var, "must be at least 1"));
-    }
-    Ok(value)
-}
+/// hyper's smallest read buffer: a smaller header limit cannot be enforced.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl Config {
-    /// Reads `.env` (if present), the environment and the command line, then validates.
+    /// Reads `.env` (if present), the environment and the command line, then validates; every
+    /// problem is reported, one per line.
     pub fn load() -> Result<Config, String> {
         let _ = dotenvy::dotenv();
-        let args = Args::try_parse().map_err(|e| e.to_string())?;
-        Config::from_args(args).map_err(|e| e.to_string())
+        check::load_from(std::env::args_os()).map_err(|problems| problems.join("\n"))
     }
 
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
-        let url_text = non_empty("SUPABASE_URL", &a.supabase_url)?;
-        let supabase_url =
-            reqwest::Url::parse(&url_text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
-        if !matches!(supabase_url.scheme(), "http" | "https") || supabase_url.host().is_none() {
-            return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
-        }
-        let jwt_secret = match a.supabase_jwt_secret.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(s) if s.len() < 16 => {
-                return Err(invalid("SUPABASE_JWT_SECRET", "is too short to be a Supabase JWT secret"))
-            }
-            Some(s) => Some(s.to_string()),
-        };
+        let mut p = Problems::default();
+        let supabase_url = p.or(supabase_url(&a.supabase_url).map(Some), None);
+        let jwt_secret = p.or(jwt_secret(a.supabase_jwt_secret.as_deref()), None);
         if a.ws_rate_limit_per_sec == 0 {
-            return Err(invalid("WS_RATE_LIMIT_PER_SEC", "must be at least 1"));
+            p.0.push(invalid("WS_RATE_LIMIT_PER_SEC", "must be at least 1"));
         }
         if a.ws_max_message_bytes < 256 {
-            return Err(invalid("WS_MAX_MESSAGE_BYTES", "must be at least 256"));
-        }
-        if !(64..=1 << 20).contains(&a.ws_read_buffer_bytes) {
-            return Err(invalid("WS_READ_BUFFER_BYTES", "must be between 64 and 1048576"));
+            p.0.push(invalid("WS_MAX_MESSAGE_BYTES", "must be at least 256"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&a.log_level) {
-            return Err(invalid("LOG_LEVEL", format!("not a log filter ({e}); e.g. info or realtime_gateway=debug")));
+            p.0.push(invalid("LOG_LEVEL", format!("not a tracing filter ({e})")));
+        }
+        if !(64..=1 << 20).contains(&a.ws_read_buffer_bytes) {
+            p.0.push(invalid("WS_READ_BUFFER_BYTES", "must be between 64 and 1048576"));
         }
         if !a.upstream_topic.starts_with("realtime:") || a.upstream_topic.len() <= "realtime:".len() {
-            return Err(invalid("UPSTREAM_TOPIC", "must look like realtime:<name>"));
+            p.0.push(invalid("UPSTREAM_TOPIC", "must look like realtime:<name>"));
         }
+        let second = Duration::from_secs(1);
+        let limits = Limits {
+            max_connections: p.or(positive("MAX_CONNECTIONS", a.max_connections), 1),
+            max_connections_per_user: p.or(positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user), 1),
+            max_message_bytes: a.ws_max_message_bytes,
+            read_buffer_bytes: a.ws_read_buffer_bytes,
+            rate_per_sec: a.ws_rate_limit_per_sec,
+            queue_capacity: p.or(positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity), 1),
+            max_thread_subscriptions: p.or(positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions), 1),
+            ping_interval: p.or(seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs), second),
+        };
+        let edge = edge_settings(&a, limits.max_connections, &mut p);
+        let anon_key = p.or(non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key), String::new());
+        let service_role_key =
+            p.or(non_empty("SUPABASE_SERVICE_ROLE_KEY", &a.supabase_service_role_key), String::new());
+        let upstream_heartbeat = p.or(seconds("UPSTREAM_HEARTBEAT_SECS", a.upstream_heartbeat_secs), second);
+        let backend_timeout_ms = p.or(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize), 1) as u64;
+        let rest_rate_per_sec = p.or(positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize), 1);
+        let cache_ttl_secs = p.or(positive("CACHE_TTL_SECS", a.cache_ttl_secs as usize), 1) as u64;
+        let cache_max_threads = p.or(positive("CACHE_MAX_THREADS", a.cache_max_threads), 1);
+        let jwks_max_age_secs = p.or(positive("JWKS_MAX_AGE_SECS", a.jwks_max_age_secs as usize), 1) as u64;
+        let auth_failures_per_sec = p.or(rate("AUTH_FAILURES_PER_SEC", a.auth_failures_per_sec), 0.0);
+        let auth_failure_burst = p.or(positive("AUTH_FAILURE_BURST", a.auth_failure_burst as usize), 1) as u32;
+        let upstream_join_timeout = p.or(seconds("UPSTREAM_JOIN_TIMEOUT_SECS", a.upstream_join_timeout_secs), second);
+        let backoff_min_ms = p.or(positive("UPSTREAM_BACKOFF_MIN_MS", a.upstream_backoff_min_ms as usize), 1) as u64;
+        let upstream_backoff_max = p.or(seconds("UPSTREAM_BACKOFF_MAX_SECS", a.upstream_backoff_max_secs), second);
+        let upstream_channel_capacity = p.or(positive("UPSTREAM_QUEUE_CAPACITY", a.upstream_queue_capacity), 1);
+        let router_max_waiting = p.or(positive("ROUTER_MAX_WAITING", a.router_max_waiting), 1);
+        let cursor_interval_ms = p.or(positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize), 1) as u64;
+        p.finish()?;
+        let supabase_url = supabase_url.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
         Ok(Config {
             supabase_url,
-            anon_key: non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key)?,
-            service_role_key: non_empty("SUPABASE_SERVICE_ROLE_KEY", &a.supabase_service_role_key)?,
+            anon_key,
+            service_role_key,
             jwt_secret,
             listen: SocketAddr::new(a.bind_address, a.port),
             log_format: a.log_format,
             log_level: a.log_level,
             realtime_vsn: a.realtime_vsn,
-            upstream_heartbeat: seconds("UPSTREAM_HEARTBEAT_SECS", a.upstream_heartbeat_secs)?,
+            upstream_heartbeat,
             catchup_margin: Duration::from_secs(a.catchup_margin_secs),
             jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
             jwks_refresh_min: Duration::from_secs(a.jwks_refresh_min_secs),
-            backend_timeout: Duration::from_millis(
-                positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize)? as u64
-            ),
-            rest_rate_per_sec: positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize)? as u32,
-            limits: Limits {
-                max_connections: positive("MAX_CONNECTIONS", a.max_connections)?,
-                max_connections_per_user: positive("MAX_CONNECTIONS_PER_USER", a.max_connections_per_user)?,
-                max_message_bytes: a.ws_max_message_bytes,
-                read_buffer_bytes: a.ws_read_buffer_bytes,
-                rate_per_sec: a.ws_rate_limit_per_sec,
-                queue_capacity: positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity)?,
-                max_thread_subscriptions: positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions)?,
-                ping_interval: seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs)?,
-            },
-            cache_ttl: Duration::from_secs(positive("CACHE_TTL_SECS", a.cache_ttl_secs as usize)? as u64),
-            cache_max_threads: positive("CACHE_MAX_THREADS", a.cache_max_threads)?,
+            backend_timeout: Duration::from_millis(backend_timeout_ms),
+            rest_rate_per_sec: rest_rate_per_sec as u32,
+            limits,
+            cache_ttl: Duration::from_secs(cache_ttl_secs),
+            cache_max_threads,
             shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            jwks_max_age: Duration::from_secs(jwks_max_age_secs),
+            jwt_issuer: Some(a.jwt_issuer.trim().to_string()).filter(|s| !s.is_empty()),
+            allow_anonymous: a.allow_anonymous,
+            auth_failures_per_sec,
+            auth_failure_burst,
+            edge,
             upstream_topic: a.upstream_topic,
-            upstream_join_timeout: seconds("UPSTREAM_JOIN_TIMEOUT_SECS", a.upstream_join_timeout_secs)?,
-            upstream_backoff_min: Duration::from_millis(positive(
-                "UPSTREAM_BACKOFF_MIN_MS",
-                a.upstream_backoff_min_ms as usize,
-            )? as u64),
-            upstream_backoff_max: seconds("UPSTREAM_BACKOFF_MAX_SECS", a.upstream_backoff_max_secs)?,
-            upstream_channel_capacity: positive("UPSTREAM_QUEUE_CAPACITY", a.upstream_queue_capacity)?,
-            router_max_waiting: positive("ROUTER_MAX_WAITING", a.router_max_waiting)?,
-            cursor_interval: Duration::from_millis(
-                positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize)? as u64
-            ),
+            upstream_join_timeout,
+            upstream_backoff_min: Duration::from_millis(backoff_min_ms),
+            upstream_backoff_max,
+            upstream_channel_capacity,
+            router_max_waiting,
+            cursor_interval: Duration::from_millis(cursor_interval_ms),
             resume_buffer: a.resume_buffer_messages,
         })
     }
@@ -400,8 +457,8 @@ mod tests {
         assert!(e.to_string().starts_with("WS_PING_INTERVAL_SECS:"), "{e}");
         let e = parse(&["--ws-read-buffer-bytes=10"]).expect_err("refused, not clamped");
         assert!(e.to_string().starts_with("WS_READ_BUFFER_BYTES:"), "{e}");
-        let e = parse(&["--log-level=[[["]).expect_err("a bad filter stops start-up");
-        assert!(e.to_string().starts_with("LOG_LEVEL:"), "{e}");
+        let e = parse(&["--upstream-topic=chat"]).expect_err("invalid");
+        assert!(e.to_string().starts_with("UPSTREAM_TOPIC:"), "{e}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ impl From<AuthError> for PeerError {
     fn from(e: AuthError) -> PeerError {
         match e {
             AuthError::KeysUnavailable => PeerError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            AuthError::TooManyFailures => PeerError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string()),
             _ => PeerError::new(StatusCode::UNAUTHORIZED, format!("Unauthorized: {e}")),
         }
     }
@@ -101,6 +102,7 @@ mod tests {
     fn keys_unavailable_is_503_everywhere_and_bad_tokens_401() {
         assert_eq!(PeerError::from(AuthError::KeysUnavailable).status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(PeerError::from(AuthError::Expired).status, StatusCode::UNAUTHORIZED);
+        assert_eq!(PeerError::from(AuthError::TooManyFailures).status, StatusCode::TOO_MANY_REQUESTS);
         let hidden =
             PeerError::from(StoreError::Rejected { status: 500, code: "XX000".into(), message: "secret".into() });
         assert_eq!(hidden.status, StatusCode::BAD_GATEWAY);

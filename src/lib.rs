@@ -7,13 +7,15 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `limit`, and [`server`] (listener, upgrade, shutdown).
+//! `metrics`, `limit`, [`edge`] (bounds on connections before authentication), and [`server`]
+//! (listener, upgrade, shutdown).
 
 mod api;
 pub mod auth;
 pub mod close;
 pub mod config;
 mod directory;
+pub mod edge;
 mod error;
 mod history;
 mod hub;

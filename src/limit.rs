@@ -1,6 +1,8 @@
-//! Rate limits: a token bucket for one client's frames, and a keyed set of buckets for REST calls
-//! per user. Pure bookkeeping over `Instant`s: no I/O, no locks held across awaits.
+//! Rate limits: a token bucket for one client's frames, a keyed set of buckets for REST calls
+//! per user, and one for refused tokens per source IP. Pure bookkeeping over `Instant`s: no I/O,
+//! no locks held across awaits.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -19,6 +21,18 @@ impl TokenBucket {
     pub fn new(per_sec: u32) -> TokenBucket {
         let capacity = f64::from(per_sec.max(1)) * 2.0;
         TokenBucket { tokens: capacity, capacity, per_sec: f64::from(per_sec.max(1)), last: Instant::now() }
+    }
+
+    /// `per_sec` sustained (may be fractional), bursts of `burst`.
+    pub fn with_rate(per_sec: f64, burst: f64) -> TokenBucket {
+        let capacity = burst.max(1.0);
+        TokenBucket { tokens: capacity, capacity, per_sec: per_sec.max(0.0), last: Instant::now() }
+    }
+
+    /// Whether a token is available at `now`, without taking it.
+    pub fn has_token_at(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.per_sec).min(self.capacity) >= 1.0
     }
 
     /// Takes one token if there is one.
@@ -70,6 +84,42 @@ impl PerUser {
     }
 }
 
+/// One bucket per source IP, spent by refused tokens; bounded like [`PerUser`].
+pub struct PerIp {
+    buckets: DashMap<IpAddr, TokenBucket>,
+    per_sec: f64,
+    burst: f64,
+    max_ips: usize,
+}
+
+impl PerIp {
+    pub fn new(per_sec: f64, burst: f64, max_ips: usize) -> PerIp {
+        PerIp { buckets: DashMap::new(), per_sec, burst, max_ips }
+    }
+
+    /// Whether `ip` has no budget left (it is not spent by asking).
+    pub fn exhausted(&self, ip: IpAddr) -> bool {
+        self.buckets.get(&ip).is_some_and(|b| !b.has_token_at(Instant::now()))
+    }
+
+    /// Spends one unit of `ip`'s budget.
+    pub fn spend(&self, ip: IpAddr) {
+        if self.buckets.len() >= self.max_ips && !self.buckets.contains_key(&ip) {
+            let now = Instant::now();
+            // Buckets that refilled completely belong to addresses that behave: forget them.
+            self.buckets.retain(|_, b| {
+                let mut probe = b.clone();
+                probe.allow_at(now);
+                probe.tokens + 1.0 < probe.capacity
+            });
+            if self.buckets.len() >= self.max_ips {
+                self.buckets.clear();
+            }
+        }
+        self.buckets.entry(ip).or_insert_with(|| TokenBucket::with_rate(self.per_sec, self.burst)).allow();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +146,26 @@ mod tests {
             limits.allow(Uuid::new_v4());
         }
         assert!(limits.buckets.len() <= 5);
+    }
+
+    #[test]
+    fn per_ip_budget_is_spent_by_failures_only_and_refills() {
+        let start = Instant::now();
+        let mut b = TokenBucket::with_rate(0.5, 3.0);
+        assert!(b.has_token_at(start));
+        assert_eq!((0..10).filter(|_| b.allow_at(start)).count(), 3);
+        assert!(!b.has_token_at(start));
+        assert!(b.has_token_at(start + Duration::from_secs(2)), "0.5/s: one token after 2 s");
+        let ips = PerIp::new(1.0, 2.0, 2);
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        assert!(!ips.exhausted(ip));
+        ips.spend(ip);
+        ips.spend(ip);
+        assert!(ips.exhausted(ip));
+        assert!(!ips.exhausted([192, 0, 2, 2].into()));
+        for i in 0..10u8 {
+            ips.spend([198, 51, 100, i].into());
+        }
+        assert!(ips.buckets.len() <= 3);
     }
 }

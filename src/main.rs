@@ -1,12 +1,20 @@
 //! `realtime-gateway`: reads the configuration, starts the gateway, stops on SIGTERM/SIGINT.
+//! With `--check-config`: prints the effective configuration (secrets redacted) and exits, 0 if
+//! it is valid, 2 with every problem listed otherwise.
 
-use realtime_gateway::config::{Config, LogFormat};
+use std::io::IsTerminal as _;
+
+use realtime_gateway::config::{check, Config, LogFormat};
 use realtime_gateway::server;
 
 fn init_logging(config: &Config) {
     // Config::load validated the filter: a bad LOG_LEVEL never gets here.
     let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: files and journals must not get escape codes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -37,13 +45,24 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() {
-    let config = match Config::load() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let check_only = argv.iter().any(|a| a == "--check-config");
+    let _ = dotenvy::dotenv();
+    let config = match check::load_from(argv) {
         Ok(config) => config,
-        Err(message) => {
-            eprintln!("realtime-gateway: configuration error: {message}");
+        Err(problems) => {
+            eprintln!("realtime-gateway: configuration error ({} problem(s)):", problems.len());
+            for problem in problems {
+                eprintln!("  {problem}");
+            }
             std::process::exit(2);
         }
     };
+    if check_only {
+        print!("{}", check::describe(&config));
+        println!("# configuration is valid");
+        return;
+    }
     init_logging(&config);
     tracing::info!(config = ?config, "starting");
     let gateway = match server::start(config).await {

@@ -29,10 +29,11 @@ use tower_service::Service;
 use warp::Reply;
 
 use crate::api::{self, ApiState};
-use crate::auth::Verifier;
+use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
 use crate::config::{Config, RealtimeVsn};
 use crate::directory::Directory;
+use crate::edge::Edge;
 use crate::error::PeerError;
 use crate::history::History;
 use crate::hub::Hub;
@@ -122,14 +123,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .connect_timeout(config.backend_timeout)
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
-    let verifier = Verifier::new(
-        config.jwt_secret.as_deref(),
-        config.jwks_url(),
-        config.anon_key.clone(),
-        http.clone(),
-        config.jwt_leeway,
-        config.jwks_refresh_min,
-    );
+    let verifier = Verifier::new(VerifierSettings::from_config(&config), http.clone());
     if let Err(e) = verifier.prime().await {
         if config.jwt_secret.is_none() {
             tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
@@ -199,7 +193,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes));
-    let listener_ctx = Listener { ctx, rest, ws_config, tasks: tasks.clone() };
+    let edge = Edge::new(&config.edge);
+    let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };
     tasks.spawn(listener_ctx.accept_loop(listener));
     tracing::info!(%addr, upstream = %config.realtime_websocket_url(), "gateway listening");
     Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace })
@@ -210,6 +205,7 @@ struct Listener<R> {
     ctx: SessionContext,
     rest: R,
     ws_config: WebSocketConfig,
+    edge: Arc<Edge>,
     tasks: TaskTracker,
 }
 
@@ -234,19 +230,23 @@ where
                 },
             };
             let _ = stream.set_nodelay(true);
-            self.tasks.spawn(self.serve_connection(stream, peer));
+            // Bounds before authentication: connection caps, handshake deadline, header size.
+            let Some((stream, handshake)) = self.edge.admit(stream, peer) else { continue };
+            self.tasks.spawn(self.serve_connection(stream, handshake, peer));
         }
     }
 
     fn serve_connection(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: crate::edge::Guarded<tokio::net::TcpStream>,
+        handshake: crate::edge::Handshake,
         peer: SocketAddr,
     ) -> impl std::future::Future<Output = ()> {
         let (ctx, rest, ws_config, tasks) = (self.ctx.clone(), self.rest.clone(), self.ws_config, self.tasks.clone());
+        let http1 = self.edge.http1();
         let stop = ctx.stop.clone();
         async move {
-            let service = service_fn(move |req: Request<Incoming>| {
+            let service = handshake.service(service_fn(move |req: Request<Incoming>| {
                 let (ctx, tasks) = (ctx.clone(), tasks.clone());
                 let mut rest = rest.clone();
                 async move {
@@ -256,12 +256,8 @@ where
                         rest.call(req).await
                     }
                 }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
+            }));
+            let conn = http1.serve_connection(TokioIo::new(stream), service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -340,7 +336,7 @@ async fn upgrade(
         Ok(since) => since,
         Err(e) => return e.response(),
     };
-    let identity = match ctx.verifier.verify(&token).await {
+    let identity = match ctx.verifier.verify_from(Some(peer.ip()), &token).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");

@@ -1,5 +1,6 @@
 //! Tokens: good ones in, every kind of bad one out, on the WebSocket and on REST, for the legacy
-//! HS256 secret and for ES256 signing keys published as a JWKS.
+//! HS256 secret and for ES256 signing keys published as a JWKS; the optional issuer check,
+//! anonymous users, and the per-address budget of refused tokens.
 
 use crate::common::{Phone, World};
 use base64::Engine as _;
@@ -36,6 +37,13 @@ fn bad_tokens(keys: &Keys) -> Vec<(&'static str, String)> {
     )
     .expect("hmac");
     let confused = format!("{signing_input}.{hmac}");
+    let now = supabase_standin::keys::now_secs();
+    let mut not_yet = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    not_yet.extra.insert("nbf".into(), serde_json::json!(now + 600));
+    let mut from_the_future = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    from_the_future.iat = now + 600;
+    let mut anonymous = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    anonymous.extra.insert("is_anonymous".into(), serde_json::json!(true));
     vec![
         ("expired", keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, -3600)),
         ("expired es256", keys.user_token(CARLA.id, CARLA.email, Alg::Es256, -3600)),
@@ -49,6 +57,10 @@ fn bad_tokens(keys: &Keys) -> Vec<(&'static str, String)> {
         ("hs384", hs384),
         ("es256 header with hmac signature", confused),
         ("garbage", "not.a.jwt".into()),
+        ("not valid yet (nbf)", keys.sign(&not_yet, Alg::Hs256)),
+        ("not valid yet (nbf) es256", keys.sign(&not_yet, Alg::Es256)),
+        ("issued in the future (iat)", keys.sign(&from_the_future, Alg::Hs256)),
+        ("anonymous user", keys.sign(&anonymous, Alg::Es256)),
     ]
 }
 
@@ -121,4 +133,56 @@ async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
     let other = world.stack.token(&supabase_standin::seed::DAVID, Alg::Hs256);
     kept.send_json(serde_json::json!({"type": "access_token", "token": other})).await;
     assert!(kept.expect("error").await["message"].as_str().unwrap_or_default().contains("another user"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_issuer_is_checked_when_set_and_allow_anonymous_admits_anonymous_users() {
+    let world = World::start_with(|c| {
+        c.jwt_issuer = Some(format!("{}/auth/v1", c.supabase_url.as_str().trim_end_matches('/')));
+        c.allow_anonymous = true;
+    })
+    .await;
+    let keys = world.stack.keys();
+    let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&world.token(&CARLA))).await;
+    assert_eq!(status, 200, "this project's issuer: {body}");
+    let mut foreign = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    foreign.iss = Some("https://another-project.supabase.co/auth/v1".into());
+    let (status, body) =
+        world.rest(Method::GET, "/api/chat/unread-count", Some(&keys.sign(&foreign, Alg::Hs256))).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("iss"), "{body}");
+    let mut anonymous = keys.user_claims(CARLA.id, CARLA.email, 3600);
+    anonymous.extra.insert("is_anonymous".into(), serde_json::json!(true));
+    let token = keys.sign(&anonymous, Alg::Es256);
+    let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&token)).await;
+    assert_eq!(status, 200, "ALLOW_ANONYMOUS=true: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_presenting_bad_tokens_gets_429_without_a_signature_check() {
+    let world = World::start_with(|c| {
+        c.auth_failures_per_sec = 0.01;
+        c.auth_failure_burst = 3;
+    })
+    .await;
+    let keys = world.stack.keys();
+    let forged = Keys::generate("a-completely-different-secret-of-enough-length", &keys.issuer).user_token(
+        CARLA.id,
+        CARLA.email,
+        Alg::Hs256,
+        3600,
+    );
+    for _ in 0..3 {
+        let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["status"], "error");
+    // From this address, even a good token is turned away until the budget refills.
+    let good = world.token(&CARLA);
+    let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&good)).await;
+    assert_eq!(status, 429);
+    let ws = Phone::connect(&format!("{}?token={}", world.ws_base(), good)).await;
+    assert!(matches!(ws, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 429));
 }

@@ -359,7 +359,10 @@ async fn the_example_web_app_shows_a_live_message_and_the_unread_badge_in_chromi
     assert!(dir.join("node_modules/playwright-core").exists(), "playwright-core missing: run scripts/setup");
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(std::path::Path::new(&chromium).exists(), "{chromium} missing: run scripts/setup");
-    let world = World::start().await;
+    // The page is served from its own origin; the gateway admits exactly that browser origin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let world = World::start_with(|c| c.edge.cors_allowed_origins = vec![origin.clone()]).await;
     let nonce = Uuid::new_v4().simple().to_string();
     let text_a = format!("Parents' evening moved to Thursday {}", &nonce[..8]);
     let text_b = format!("Can we talk about the trip? {}", &nonce[..8]);
@@ -374,6 +377,7 @@ async fn the_example_web_app_shows_a_live_message_and_the_unread_badge_in_chromi
         .arg(ALICE_CARLA.to_string())
         .arg(&text_a)
         .arg(&text_b)
+        .arg(port.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

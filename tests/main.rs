@@ -5,9 +5,12 @@
 mod common;
 
 mod auth;
+mod cli;
 mod delivery;
+mod edge;
 mod guide_client;
 mod js_client;
+mod keys;
 mod openapi;
 mod resilience;
 mod rest;

@@ -7,11 +7,11 @@
 import { chromium } from "playwright-core";
 import { serve } from "../../../examples/web/serve.mjs";
 
-const [gateway, supabase, anonKey, token, threadA, threadB, textA, textB] = process.argv.slice(2);
+const [gateway, supabase, anonKey, token, threadA, threadB, textA, textB, port] = process.argv.slice(2);
 const out = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
 const WAIT = 20_000;
 
-const server = await serve({ gateway, supabase, anonKey });
+const server = await serve({ gateway, supabase, anonKey, port: Number(port ?? 0) });
 const origin = `http://127.0.0.1:${server.address().port}`;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -28,10 +28,12 @@ try {
   await page.click("#signin");
   await page.waitForSelector('#status[data-status="live"]', { timeout: WAIT });
   // Opening thread A marks it read (POST mark-read, then GET unread-count): wait for both.
+  // Both waiters exist before the click: the count may come back before the mark-read is seen.
   const marked = page.waitForResponse((r) => r.url().includes(`/api/chat/mark-read/${threadA}`), { timeout: WAIT });
+  const counted = page.waitForResponse((r) => r.url().includes("/api/chat/unread-count"), { timeout: WAIT });
   await page.click(`#threads li[data-thread-id="${threadA}"]`, { timeout: WAIT });
   await marked;
-  await page.waitForResponse((r) => r.url().includes("/api/chat/unread-count"), { timeout: WAIT });
+  await counted;
   await page.waitForTimeout(300);
   const badge = Number(await page.textContent("#badge"));
   out({ event: "ready", badge });

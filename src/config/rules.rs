@@ -1,0 +1,112 @@
+//! Validation rules of single settings, and the collector that lets [`super::Config::from_args`]
+//! report every problem at once. Pure functions over values: no I/O, never prints a value of a
+//! secret setting.
+
+use std::time::Duration;
+
+use super::{Args, ConfigError, EdgeSettings, MIN_HEADER_BYTES};
+
+pub(super) fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { var, problem: problem.into() }
+}
+
+/// Collects every problem of a configuration instead of stopping at the first.
+#[derive(Default)]
+pub(super) struct Problems(pub(super) Vec<ConfigError>);
+
+impl Problems {
+    /// The value if valid; otherwise records the problem and returns `fallback` so that checking
+    /// goes on (the configuration is refused at the end anyway).
+    pub(super) fn or<T>(&mut self, result: Result<T, ConfigError>, fallback: T) -> T {
+        result.unwrap_or_else(|e| {
+            self.0.push(e);
+            fallback
+        })
+    }
+
+    pub(super) fn finish(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
+        }
+    }
+}
+
+pub(super) fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && value > 0.0 && value <= 86_400.0) {
+        return Err(invalid(var, format!("must be a number of seconds between 0 and 86400, got {value}")));
+    }
+    Ok(Duration::from_secs_f64(value))
+}
+
+pub(super) fn non_empty(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err(invalid(var, "must not be empty"));
+    }
+    Ok(trimmed.to_string())
+}
+
+pub(super) fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
+    if value == 0 {
+        return Err(invalid(var, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+pub(super) fn supabase_url(value: &str) -> Result<reqwest::Url, ConfigError> {
+    let text = non_empty("SUPABASE_URL", value)?;
+    let url = reqwest::Url::parse(&text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
+    }
+    Ok(url)
+}
+
+pub(super) fn jwt_secret(value: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) if s.len() < 16 => Err(invalid("SUPABASE_JWT_SECRET", "is too short to be a Supabase JWT secret")),
+        Some(s) => Ok(Some(s.to_string())),
+    }
+}
+
+/// `https://a.example, http://localhost:8081` → serialized origins; each must be scheme://host[:port].
+pub fn parse_origins(value: &str) -> Result<Vec<String>, ConfigError> {
+    let mut origins = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad =
+            || invalid("CORS_ALLOWED_ORIGINS", format!("{item:?} is not an origin such as https://app.example.org"));
+        let url = reqwest::Url::parse(item).map_err(|_| bad())?;
+        let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none() && url.username().is_empty();
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+            return Err(bad());
+        }
+        origins.push(url.origin().ascii_serialization());
+    }
+    Ok(origins)
+}
+
+pub(super) fn rate(var: &'static str, value: f64) -> Result<f64, ConfigError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid(var, format!("must be a rate of at least 0 per second, got {value}")));
+    }
+    Ok(value)
+}
+
+pub(super) fn edge_settings(a: &Args, max_connections: usize, p: &mut Problems) -> EdgeSettings {
+    let max_pending_handshakes = p.or(positive("MAX_PENDING_HANDSHAKES", a.max_pending_handshakes), 1);
+    let derived = max_connections.saturating_add(max_pending_handshakes).saturating_add(1024);
+    let max_tcp_connections = p.or(positive("MAX_TCP_CONNECTIONS", a.max_tcp_connections.unwrap_or(derived)), 1);
+    if a.max_header_bytes < MIN_HEADER_BYTES {
+        p.0.push(invalid("MAX_HEADER_BYTES", format!("must be at least {MIN_HEADER_BYTES}")));
+    }
+    EdgeSettings {
+        max_pending_handshakes,
+        max_tcp_connections,
+        handshake_timeout: p.or(seconds("HANDSHAKE_TIMEOUT_SECS", a.handshake_timeout_secs), Duration::from_secs(1)),
+        max_header_bytes: a.max_header_bytes.max(MIN_HEADER_BYTES),
+        cors_allowed_origins: p.or(parse_origins(&a.cors_allowed_origins), Vec::new()),
+    }
+}

@@ -1,0 +1,97 @@
+//! The `realtime-gateway` binary itself: `--check-config`, and text logs without colour codes
+//! when stderr is not a terminal (a file, a pipe, the journal).
+
+use std::process::{Command, Stdio};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_realtime-gateway");
+
+/// The binary with a minimal valid environment, in an empty directory (no `.env`).
+fn gateway(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("SUPABASE_URL", "http://127.0.0.1:1")
+        .env("SUPABASE_ANON_KEY", "anon-key-not-a-secret-but-long")
+        .env("SUPABASE_SERVICE_ROLE_KEY", "service-role-key-value-0123456789")
+        .env("SUPABASE_JWT_SECRET", "jwt-secret-value-0123456789abcdef")
+        .env("PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1");
+    command
+}
+
+fn empty_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gateway-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration_with_secrets_redacted() {
+    let dir = empty_dir("valid");
+    let output = gateway(&dir)
+        .arg("--check-config")
+        .env("CORS_ALLOWED_ORIGINS", "https://app.school.example")
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{:?}\n{stdout}\n{}", output.status, String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("SUPABASE_URL=http://127.0.0.1:1/"), "{stdout}");
+    assert!(stdout.contains("CORS_ALLOWED_ORIGINS=https://app.school.example"), "{stdout}");
+    assert!(stdout.contains("HANDSHAKE_TIMEOUT_SECS=5"), "{stdout}");
+    for secret in ["service-role-key-value-0123456789", "jwt-secret-value-0123456789abcdef", "anon-key-not"] {
+        assert!(!stdout.contains(secret), "a secret was printed:\n{stdout}");
+    }
+}
+
+#[test]
+fn check_config_reports_every_bad_variable_and_exits_non_zero() {
+    let dir = empty_dir("invalid");
+    let output = gateway(&dir)
+        .arg("--check-config")
+        .env("PORT", "eighty")
+        .env("BACKEND_TIMEOUT_MS", "0")
+        .env("CORS_ALLOWED_ORIGINS", "app.school.example")
+        .env("LOG_LEVEL", "realtime_gateway=loud")
+        .env_remove("SUPABASE_SERVICE_ROLE_KEY")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for var in ["PORT", "BACKEND_TIMEOUT_MS", "CORS_ALLOWED_ORIGINS", "LOG_LEVEL", "SUPABASE_SERVICE_ROLE_KEY"] {
+        assert!(stderr.contains(var), "{var} not reported:\n{stderr}");
+    }
+    assert!(!stderr.contains("jwt-secret-value"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let dir = empty_dir("logs");
+    let mut child = tokio::process::Command::from(gateway(&dir))
+        .env("LOG_FORMAT", "text")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let read = tokio::time::timeout(crate::common::ARRIVES, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("gateway listening") {
+                return;
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    assert!(read.is_ok(), "the gateway never logged that it listens:\n{seen}");
+    assert!(seen.contains("INFO"), "{seen}");
+    assert!(!seen.contains('\u{1b}'), "ANSI escape codes in a non-terminal log:\n{seen:?}");
+}
