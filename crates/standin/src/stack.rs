@@ -69,6 +69,7 @@ pub struct Stack {
     // Dropped before `database`: the change feed must stop before its cluster may go away.
     realtime: Realtime,
     database: Database,
+    rest_faults: crate::rest::faults::RestFaults,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -103,6 +104,7 @@ impl Stack {
             .map(move || warp::reply::json(jwks_keys.jwks()).into_response());
         let health = warp::path!("_standin" / "health")
             .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+        let rest_faults = rest.faults();
         let routes = rest
             .routes()
             .or(jwks)
@@ -126,7 +128,7 @@ impl Stack {
                 .await;
         });
         tracing::info!(%url, database = database.name(), "stand-in stack ready");
-        Ok(Stack { addr, keys, database, realtime, stop: Some(stop), server: Some(server) })
+        Ok(Stack { addr, keys, database, realtime, rest_faults, stop: Some(stop), server: Some(server) })
     }
 
     /// `http://127.0.0.1:PORT`: what `SUPABASE_URL` is for the gateway.
@@ -153,6 +155,10 @@ impl Stack {
     /// If the database refuses the connection: the stack is unusable then, and a test should fail.
     pub async fn sql(&self) -> tokio_postgres::Client {
         self.database.connect().await.expect("the stack's database accepts superuser connections")
+    }
+
+    pub fn rest_faults(&self) -> crate::rest::faults::RestFaults {
+        self.rest_faults.clone()
     }
 
     pub fn realtime(&self) -> RealtimeControl {

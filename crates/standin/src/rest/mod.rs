@@ -16,6 +16,7 @@
 //! `params=single-object`, CSV and other media types, aggregates, computed relationships, the
 //! per-role `statement_timeout` Supabase sets, and a schema cache (the catalog is read per request).
 
+pub mod faults;
 pub mod query;
 
 use std::sync::{Arc, Mutex};
@@ -205,6 +206,7 @@ impl Pooled<'_> {
 pub struct Rest {
     pool: Arc<Pool>,
     keys: Arc<Keys>,
+    faults: faults::RestFaults,
 }
 
 struct Request {
@@ -223,7 +225,12 @@ fn quote_ident(name: &str) -> String {
 
 impl Rest {
     pub fn new(db_url: String, keys: Arc<Keys>) -> Rest {
-        Rest { pool: Pool::new(db_url, 16), keys }
+        Rest { pool: Pool::new(db_url, 16), keys, faults: faults::RestFaults::default() }
+    }
+
+    /// The fault controls (for tests).
+    pub fn faults(&self) -> faults::RestFaults {
+        self.faults.clone()
     }
 
     /// `/rest/v1/...`
@@ -242,6 +249,18 @@ impl Rest {
                     if body.len() > 1 << 20 {
                         return RestError::new(StatusCode::PAYLOAD_TOO_LARGE, "PGRST413", "Request body too large")
                             .reply();
+                    }
+                    match rest.faults.take(tail.as_str()) {
+                        Some(faults::Fault::Fail(code)) => {
+                            return RestError::new(
+                                faults::status(code),
+                                "PGRST000",
+                                "Injected fault: the database is unavailable",
+                            )
+                            .reply();
+                        }
+                        Some(faults::Fault::Stall(duration)) => tokio::time::sleep(duration).await,
+                        None => {}
                     }
                     let params = url_params(&raw_query);
                     let request = Request { method, path: tail.as_str().to_string(), params, headers, body };
