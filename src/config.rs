@@ -104,8 +104,10 @@ pub struct Args {
     /// REST calls per user and second (bursts of twice that); more get 429.
     #[arg(long, env = "REST_RATE_LIMIT_PER_SEC", default_value_t = 20)]
     pub rest_rate_limit_per_sec: u32,
-    /// Frames queued for one session before it is dropped as too slow.
-    #[arg(long, env = "SESSION_QUEUE_CAPACITY", default_value_t = 1024)]
+    /// Frames queued for one session before it is dropped as too slow (close 4008; the client
+    /// resumes with `since`). Room for one large transaction or gap fill; the buffer is released
+    /// when drained, so idle sessions do not pay for it.
+    #[arg(long, env = "SESSION_QUEUE_CAPACITY", default_value_t = 4096)]
     pub session_queue_capacity: usize,
     /// Threads one session may subscribe to with `subscribe_thread`.
     #[arg(long, env = "MAX_THREAD_SUBSCRIPTIONS", default_value_t = 200)]

@@ -115,7 +115,8 @@ pub fn upstream_config(config: &Config) -> UpstreamConfig {
 
 /// Starts the gateway: binds, connects upstream, serves until [`Gateway::shutdown`].
 pub async fn start(config: Config) -> Result<Gateway, StartError> {
-    let started = chrono::Utc::now();
+    // Microseconds, as every cursor the gateway hands out: a cursor equal to the start is covered.
+    let started = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let http = reqwest::Client::builder()

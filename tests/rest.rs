@@ -289,19 +289,6 @@ async fn one_large_transaction_is_synced_across_pages_exactly_once() {
     assert!(seen.values().all(|&n| n == 1), "nothing returned twice");
 }
 
-/// Starts another gateway on the same stand-in stack, as a restart or a second instance would.
-async fn another_gateway(world: &World) -> realtime_gateway::server::Gateway {
-    let keys = world.stack.keys();
-    let config = realtime_gateway::config::Config::for_project(
-        &world.stack.url(),
-        &keys.anon_key,
-        &keys.service_key,
-        Some(&keys.jwt_secret),
-    )
-    .expect("valid test configuration");
-    realtime_gateway::server::start(config).await.expect("gateway starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_realtime_switch_is_stored_and_a_restarted_gateway_applies_it() {
     let mut world = World::start().await;
@@ -311,7 +298,7 @@ async fn the_realtime_switch_is_stored_and_a_restarted_gateway_applies_it() {
     if let Some(gateway) = world.gateway.take() {
         gateway.shutdown().await;
     }
-    world.gateway = Some(another_gateway(&world).await);
+    world.gateway = Some(world.another_gateway(|_| {}).await);
     world.wait_ready(true).await;
 
     // After the restart David's phone stays silent, Carla's (same thread) does not.

@@ -102,6 +102,26 @@ impl World {
         phone
     }
 
+    /// A phone of `who` that resumes from `since` (`?since=`); gets `connection_established`.
+    pub async fn phone_since(&self, who: &Person, since: &str) -> Phone {
+        let url = format!("{}?token={}&since={}", self.ws_base(), self.token(who), urlencoding::encode(since));
+        let mut phone = Phone::connect(&url).await.expect("connects");
+        let hello = phone.next_json().await.expect("connection_established");
+        assert_eq!(hello["type"], "connection_established", "{hello}");
+        phone
+    }
+
+    /// Another gateway on the same stand-in stack, as a restart or a second instance would be.
+    pub async fn another_gateway(&self, tweak: impl FnOnce(&mut Config)) -> Gateway {
+        let keys = self.stack.keys();
+        let mut config =
+            Config::for_project(&self.stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
+                .expect("valid test configuration");
+        config.upstream_heartbeat = Duration::from_millis(500);
+        tweak(&mut config);
+        server::start(config).await.expect("gateway starts")
+    }
+
     /// `who` posts in `thread` (a real INSERT committed in PostgreSQL); returns the message id.
     pub async fn post(&self, who: &Person, thread: Uuid, content: &str) -> Uuid {
         let db = self.stack.sql().await;
@@ -136,6 +156,14 @@ impl World {
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         (status, body)
     }
+}
+
+/// The id of a `new_message` frame.
+pub fn message_id(frame: &Value) -> Uuid {
+    frame["data"]["id"]
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .unwrap_or_else(|| panic!("no message id in {frame}"))
 }
 
 pub struct Phone {
@@ -179,6 +207,20 @@ impl Phone {
                 .unwrap_or_else(|| panic!("expected a {kind} frame, the socket closed or stayed silent"));
             if frame["type"] == kind {
                 return frame;
+            }
+        }
+    }
+
+    /// Reads a resume replay: every `new_message` up to `sync_complete`; returns their ids in order
+    /// and the `sync_complete` frame.
+    pub async fn replay(&mut self) -> (Vec<Uuid>, Value) {
+        let mut ids = Vec::new();
+        loop {
+            let frame = self.expect_any().await;
+            match frame["type"].as_str() {
+                Some("new_message") => ids.push(message_id(&frame)),
+                Some("sync_complete") => return (ids, frame),
+                _ => {}
             }
         }
     }
