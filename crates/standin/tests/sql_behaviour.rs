@@ -9,7 +9,6 @@ use supabase_standin::seed::{
 use supabase_standin::Stack;
 use uuid::Uuid;
 
-#[path = "sql_behaviour/delivery.rs"]
 mod delivery;
 
 struct Api<'a> {
