@@ -35,17 +35,37 @@ pub enum RealtimeVsn {
 )]
 pub struct Args {
     /// Base URL of the Supabase project (https://<ref>.supabase.co, or the local stand-in).
+    /// Selects the Supabase backend; without it, DATABASE_URL selects plain PostgreSQL.
     #[arg(long, env = "SUPABASE_URL")]
-    pub supabase_url: String,
+    pub supabase_url: Option<String>,
     /// Publishable/anon API key: sent as `apikey` on every PostgREST call and the Realtime socket.
     #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
-    pub supabase_anon_key: String,
+    pub supabase_anon_key: Option<String>,
     /// Service role key: joins the upstream channel and reads membership and profiles. Never sent to clients.
     #[arg(long, env = "SUPABASE_SERVICE_ROLE_KEY", hide_env_values = true)]
-    pub supabase_service_role_key: String,
+    pub supabase_service_role_key: Option<String>,
     /// Legacy HS256 JWT secret. Optional when the project signs user tokens with asymmetric keys (JWKS).
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub supabase_jwt_secret: Option<String>,
+    /// Same as SUPABASE_JWT_SECRET (for the PostgreSQL backend); set one of the two.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// JWKS of the token issuer; default `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Plain PostgreSQL backend (when SUPABASE_URL is not set): login role with REPLICATION,
+    /// member of authenticated and service_role (see supabase/standalone/00_base.sql).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL backend: this instance's durable logical replication slot (one per instance).
+    #[arg(long, env = "SLOT_NAME", default_value = "chat_gateway")]
+    pub slot_name: String,
+    /// PostgreSQL backend: most pooled connections for REST and lookups.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+    /// PostgreSQL backend: pause between two reads of the slot when it had nothing new, ms.
+    #[arg(long, env = "SLOT_POLL_MS", default_value_t = 20)]
+    pub slot_poll_ms: u64,
     /// TCP port for WebSocket and REST.
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
@@ -141,12 +161,46 @@ pub struct Args {
     pub resume_buffer_messages: usize,
 }
 
+/// Which database backend the gateway talks to.
+#[derive(Clone)]
+pub enum Backend {
+    /// Supabase: Realtime for changes, PostgREST for reads (the default).
+    Supabase(SupabaseProject),
+    /// Plain PostgreSQL: a durable replication slot for changes, a pool for reads.
+    Postgres(crate::pg::PgSettings),
+}
+
+/// A Supabase project's URL and keys.
+#[derive(Clone)]
+pub struct SupabaseProject {
+    pub url: reqwest::Url,
+    pub anon_key: String,
+    pub service_role_key: String,
+}
+
+impl SupabaseProject {
+    /// `ws(s)://.../realtime/v1/websocket` derived from SUPABASE_URL.
+    pub fn realtime_websocket_url(&self) -> String {
+        let mut url = self.url.clone();
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        let _ = url.set_scheme(scheme);
+        url.set_query(None);
+        let base = url.as_str().trim_end_matches('/');
+        format!("{base}/realtime/v1/websocket")
+    }
+
+    /// `<SUPABASE_URL>/rest/v1`.
+    pub fn rest_url(&self) -> String {
+        format!("{}/rest/v1", self.url.as_str().trim_end_matches('/'))
+    }
+}
+
 /// Validated configuration.
 #[derive(Clone)]
 pub struct Config {
-    pub supabase_url: reqwest::Url,
-    pub anon_key: String,
-    pub service_role_key: String,
+    pub backend: Backend,
+    /// JWKS_URL, or the Supabase project's; None when neither (HS256 secret only).
+    pub jwks_url: Option<String>,
     pub jwt_secret: Option<String>,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
@@ -202,14 +256,6 @@ fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(value))
 }
 
-fn non_empty(var: &'static str, value: &str) -> Result<String, ConfigError> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(invalid(var, "must not be empty"));
-    }
-    Ok(trimmed.to_string())
-}
-
 fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(invalid(var, "must be at least 1"));
@@ -226,19 +272,21 @@ impl Config {
     }
 
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
-        let url_text = non_empty("SUPABASE_URL", &a.supabase_url)?;
-        let supabase_url =
-            reqwest::Url::parse(&url_text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
-        if !matches!(supabase_url.scheme(), "http" | "https") || supabase_url.host().is_none() {
-            return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
-        }
-        let jwt_secret = match a.supabase_jwt_secret.as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(s) if s.len() < 16 => {
-                return Err(invalid("SUPABASE_JWT_SECRET", "is too short to be a Supabase JWT secret"))
+        let backend = backend(&a)?;
+        let jwt_secret = jwt_secret(&a)?;
+        let jwks_url = match (a.jwks_url.as_deref().map(str::trim), &backend) {
+            (Some(url), _) if !url.is_empty() => {
+                reqwest::Url::parse(url).map_err(|e| invalid("JWKS_URL", format!("not a URL ({e})")))?;
+                Some(url.to_string())
             }
-            Some(s) => Some(s.to_string()),
+            (_, Backend::Supabase(p)) => {
+                Some(format!("{}/auth/v1/.well-known/jwks.json", p.url.as_str().trim_end_matches('/')))
+            }
+            (_, Backend::Postgres(_)) => None,
         };
+        if jwks_url.is_none() && jwt_secret.is_none() {
+            return Err(invalid("JWT_SECRET", "set JWT_SECRET or JWKS_URL: without either no token can be verified"));
+        }
         if a.ws_rate_limit_per_sec == 0 {
             return Err(invalid("WS_RATE_LIMIT_PER_SEC", "must be at least 1"));
         }
@@ -255,9 +303,8 @@ impl Config {
             return Err(invalid("UPSTREAM_TOPIC", "must look like realtime:<name>"));
         }
         Ok(Config {
-            supabase_url,
-            anon_key: non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key)?,
-            service_role_key: non_empty("SUPABASE_SERVICE_ROLE_KEY", &a.supabase_service_role_key)?,
+            backend,
+            jwks_url,
             jwt_secret,
             listen: SocketAddr::new(a.bind_address, a.port),
             log_format: a.log_format,
@@ -322,33 +369,87 @@ impl Config {
         Config::from_args(args)
     }
 
-    /// `ws(s)://.../realtime/v1/websocket` derived from SUPABASE_URL.
-    pub fn realtime_websocket_url(&self) -> String {
-        let mut url = self.supabase_url.clone();
-        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        let _ = url.set_scheme(scheme);
-        url.set_query(None);
-        let base = url.as_str().trim_end_matches('/');
-        format!("{base}/realtime/v1/websocket")
+    /// A configuration for tests and embedding: the PostgreSQL backend, everything else default.
+    pub fn for_postgres(database_url: &str, slot_name: &str, jwt_secret: &str) -> Result<Config, ConfigError> {
+        let argv = [
+            "realtime-gateway".to_string(),
+            format!("--database-url={database_url}"),
+            format!("--slot-name={slot_name}"),
+            format!("--jwt-secret={jwt_secret}"),
+            "--port=0".to_string(),
+            "--bind-address=127.0.0.1".to_string(),
+        ];
+        let args = Args::try_parse_from(argv).map_err(|e| invalid("arguments", e.to_string()))?;
+        Config::from_args(args)
     }
 
-    /// `<SUPABASE_URL>/rest/v1`.
-    pub fn rest_url(&self) -> String {
-        format!("{}/rest/v1", self.supabase_url.as_str().trim_end_matches('/'))
+    /// The Supabase project, when that is the backend.
+    pub fn supabase(&self) -> Option<&SupabaseProject> {
+        match &self.backend {
+            Backend::Supabase(project) => Some(project),
+            Backend::Postgres(_) => None,
+        }
     }
+}
 
-    /// `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
-    pub fn jwks_url(&self) -> String {
-        format!("{}/auth/v1/.well-known/jwks.json", self.supabase_url.as_str().trim_end_matches('/'))
+/// SUPABASE_URL selects Supabase (and requires its keys); otherwise DATABASE_URL selects
+/// PostgreSQL.
+fn backend(a: &Args) -> Result<Backend, ConfigError> {
+    let set = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    if let Some(url_text) = set(&a.supabase_url) {
+        let url = reqwest::Url::parse(&url_text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
+        }
+        let anon_key = set(&a.supabase_anon_key).ok_or_else(|| invalid("SUPABASE_ANON_KEY", "is required"))?;
+        let service_role_key =
+            set(&a.supabase_service_role_key).ok_or_else(|| invalid("SUPABASE_SERVICE_ROLE_KEY", "is required"))?;
+        return Ok(Backend::Supabase(SupabaseProject { url, anon_key, service_role_key }));
     }
+    let Some(database_url) = set(&a.database_url) else {
+        return Err(invalid("SUPABASE_URL", "is required (or DATABASE_URL, for plain PostgreSQL)"));
+    };
+    if !crate::pg::valid_slot_name(&a.slot_name) {
+        return Err(invalid("SLOT_NAME", "lower-case letters, digits and underscores, at most 63"));
+    }
+    let settings = crate::pg::PgSettings {
+        database_url,
+        slot_name: a.slot_name.clone(),
+        pool_size: positive("DATABASE_POOL_SIZE", a.database_pool_size)?,
+        poll_interval: Duration::from_millis(positive("SLOT_POLL_MS", a.slot_poll_ms as usize)? as u64),
+    };
+    crate::pg::connection_config(&settings).map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
+    Ok(Backend::Postgres(settings))
+}
+
+/// SUPABASE_JWT_SECRET or its alias JWT_SECRET.
+fn jwt_secret(a: &Args) -> Result<Option<String>, ConfigError> {
+    let value = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+    let (var, secret) = match (value(&a.supabase_jwt_secret), value(&a.jwt_secret)) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(invalid("JWT_SECRET", "differs from SUPABASE_JWT_SECRET; set only one of them"))
+        }
+        (Some(s), _) => ("SUPABASE_JWT_SECRET", s),
+        (None, Some(s)) => ("JWT_SECRET", s),
+        (None, None) => return Ok(None),
+    };
+    if secret.len() < 16 {
+        return Err(invalid(var, "is too short to be a JWT secret"));
+    }
+    Ok(Some(secret))
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("supabase_url", &self.supabase_url.as_str())
-            .field("anon_key", &"<redacted>")
-            .field("service_role_key", &"<redacted>")
+            .field(
+                "backend",
+                &match &self.backend {
+                    Backend::Supabase(p) => format!("supabase {}", p.url.as_str()),
+                    Backend::Postgres(s) => format!("postgres (slot {})", s.slot_name),
+                },
+            )
+            .field("jwks_url", &self.jwks_url)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("listen", &self.listen)
             .field("realtime_vsn", &self.realtime_vsn)
@@ -375,9 +476,10 @@ mod tests {
     #[test]
     fn derives_service_urls() {
         let c = parse(&[]).expect("valid");
-        assert_eq!(c.realtime_websocket_url(), "wss://abc.supabase.co/realtime/v1/websocket");
-        assert_eq!(c.rest_url(), "https://abc.supabase.co/rest/v1");
-        assert_eq!(c.jwks_url(), "https://abc.supabase.co/auth/v1/.well-known/jwks.json");
+        let project = c.supabase().expect("the Supabase backend");
+        assert_eq!(project.realtime_websocket_url(), "wss://abc.supabase.co/realtime/v1/websocket");
+        assert_eq!(project.rest_url(), "https://abc.supabase.co/rest/v1");
+        assert_eq!(c.jwks_url.as_deref(), Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json"));
         assert_eq!(c.listen.port(), 3000);
         assert!(c.jwt_secret.is_none());
     }
@@ -385,7 +487,8 @@ mod tests {
     #[test]
     fn local_http_maps_to_ws() {
         let c = parse(&["--supabase-url=http://127.0.0.1:54321/"]).expect("valid");
-        assert_eq!(c.realtime_websocket_url(), "ws://127.0.0.1:54321/realtime/v1/websocket");
+        let url = c.supabase().map(SupabaseProject::realtime_websocket_url);
+        assert_eq!(url.as_deref(), Some("ws://127.0.0.1:54321/realtime/v1/websocket"));
     }
 
     #[test]
@@ -406,9 +509,34 @@ mod tests {
 
     #[test]
     fn missing_setting_is_named() {
-        let e = Args::try_parse_from(["gw", "--supabase-url=https://x.supabase.co"]).err().map(|e| e.to_string());
-        let text = e.unwrap_or_default();
-        assert!(text.contains("--supabase-anon-key"), "{text}");
+        let args = Args::try_parse_from(["gw", "--supabase-url=https://x.supabase.co"]).expect("parses");
+        let text = Config::from_args(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.starts_with("SUPABASE_ANON_KEY:"), "{text}");
+        let args = Args::try_parse_from(["gw"]).expect("parses");
+        let text = Config::from_args(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.starts_with("SUPABASE_URL:") && text.contains("DATABASE_URL"), "{text}");
+    }
+
+    #[test]
+    fn database_url_without_supabase_selects_postgres() {
+        let secret = "0123456789abcdef0123";
+        let c = Config::for_postgres("postgres://gw:pw@db.example/chat", "gw_1", secret).expect("valid");
+        assert!(matches!(&c.backend, Backend::Postgres(s) if s.slot_name == "gw_1"));
+        assert_eq!((c.jwt_secret.as_deref(), c.jwks_url.as_deref()), (Some(secret), None));
+        let text = format!("{c:?}");
+        assert!(!text.contains("pw@") && !text.contains(secret), "{text}");
+        let e = Config::for_postgres("postgres://gw@db/chat", "Bad-Slot", secret).expect_err("invalid slot");
+        assert!(e.to_string().starts_with("SLOT_NAME:"), "{e}");
+        let args = Args::try_parse_from(["gw", "--database-url=postgres://gw@db/chat"]).expect("parses");
+        let e = Config::from_args(args).expect_err("no way to verify tokens");
+        assert!(e.to_string().starts_with("JWT_SECRET:"), "{e}");
+        let args = Args::try_parse_from([
+            "gw",
+            "--database-url=postgres://gw@db/chat",
+            "--jwks-url=https://auth.example/jwks.json",
+        ])
+        .expect("parses");
+        assert!(Config::from_args(args).is_ok_and(|c| c.jwks_url.is_some()));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `limit`, and [`server`] (listener, upgrade, shutdown).
+//! `metrics`, `limit`, and [`server`] (listener, upgrade, shutdown). [`pg`] is the second
+//! backend: the same change feed and store on plain PostgreSQL.
 
 mod api;
 pub mod auth;
@@ -20,6 +21,7 @@ mod hub;
 mod limit;
 mod metrics;
 mod model;
+pub mod pg;
 pub mod protocol;
 mod router;
 pub mod server;

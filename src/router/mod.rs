@@ -32,6 +32,7 @@ use crate::model::{format_time, MessageRow};
 use crate::protocol::{ServerMessage, UPSTREAM_ERROR};
 use crate::session::outbox::{Outgoing, SessionHandle};
 use crate::store::Store;
+use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;
 use cursor::Cursor;
 use gap::GapPage;
@@ -102,6 +103,9 @@ pub struct Router {
     live: bool,
     ever_live: bool,
     scratch: Vec<Arc<SessionHandle>>,
+    /// The newest feed checkpoint not yet confirmed through `watermark`.
+    checkpoint: Option<u64>,
+    watermark: Arc<Watermark>,
 }
 
 /// Everything the router is built from.
@@ -117,6 +121,8 @@ pub struct RouterParts {
     pub stop: CancellationToken,
     /// When the gateway started: messages before it were never routed here.
     pub started: DateTime<Utc>,
+    /// Where the router reports how far it has fanned out the feed's checkpoints.
+    pub watermark: Arc<Watermark>,
 }
 
 impl Router {
@@ -146,6 +152,8 @@ impl Router {
             live: false,
             ever_live: false,
             scratch: Vec::new(),
+            checkpoint: None,
+            watermark: parts.watermark,
         }
     }
 
@@ -185,6 +193,14 @@ impl Router {
         if ready {
             self.cursor.request_if_due();
         }
+        // A checkpoint is confirmed once nothing before it waits: no lookup, no held change, no
+        // gap to fill (what was dropped on a bound comes back through the gap fill first).
+        if let Some(position) = self.checkpoint {
+            if matches!(self.gap, GapState::Idle) && self.held.is_empty() && self.threads.is_empty() {
+                self.watermark.raise(position);
+                self.checkpoint = None;
+            }
+        }
         let stamped = self.cursor.stamped(self.waiting.oldest());
         let mut ring = self.history.lock();
         if stamped > ring.cursor {
@@ -201,6 +217,9 @@ impl Router {
         match event {
             UpstreamEvent::Live { generation } => self.on_live(generation),
             UpstreamEvent::Down { reason } => self.on_down(&reason.to_string()),
+            UpstreamEvent::Checkpoint { position } => {
+                self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
+            }
             change => {
                 if matches!(self.gap, GapState::Running { .. }) {
                     // Older messages are still being read from the database: keep thread order.
@@ -270,7 +289,7 @@ impl Router {
                 let from = committed.or(self.resume_point).unwrap_or(self.started) - self.margin();
                 self.need_gap(from);
             }
-            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } => {}
+            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } | UpstreamEvent::Checkpoint { .. } => {}
         }
     }
 
