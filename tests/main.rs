@@ -8,6 +8,7 @@ mod auth;
 mod delivery;
 mod guide_client;
 mod js_client;
+mod postgres;
 mod resilience;
 mod rest;
 mod upstream;

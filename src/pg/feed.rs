@@ -168,7 +168,9 @@ async fn serve(
     let mut last_lag = None::<Instant>;
     loop {
         if stop.is_cancelled() {
-            // What the router confirmed last, so a restart starts right after it.
+            // Let the router confirm what it fanned out (it drops its receiver when done), then
+            // move the slot there, so a restart starts right after it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), events.closed()).await;
             let _ = advance(&client, config, handles, state).await;
             return Ended::Stopped;
         }
@@ -201,7 +203,10 @@ async fn serve(
             match poll(&client, config, events, state, flush, &types).await {
                 Ok(Polled::Reached) => last_flush = Some(flush),
                 Ok(Polled::More) => more = true,
-                Ok(Polled::RouterGone) => return Ended::Stopped,
+                Ok(Polled::RouterGone) => {
+                    let _ = advance(&client, config, handles, state).await;
+                    return Ended::Stopped;
+                }
                 Err(e) => return Ended::Lost { lost: e, was_live: true },
             }
         }

@@ -8,7 +8,10 @@
 //! resume cursor (see [`cursor`]), and the ring of recent messages ([`History`]). A message counts
 //! as delivered only once it has been fanned out; when a bound is hit the waiting messages are
 //! dropped, clients get the upstream-error frame and a gap fill brings them back: never a silent
-//! drop. The router never awaits PostgREST: every database call runs in a tracked task.
+//! drop. The router never awaits PostgREST: every database call runs in a tracked task. A feed
+//! with durable positions (the PostgreSQL slot) sends checkpoints; the router raises the shared
+//! [`Watermark`] to one only when everything before it was fanned out, and the feed confirms
+//! that position to the database.
 
 pub mod cursor;
 pub mod gap;
@@ -166,7 +169,10 @@ impl Router {
         loop {
             let room = self.waiting.len() < self.config.max_waiting;
             tokio::select! {
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.cancelled() => {
+                    self.confirm_on_stop(&mut events);
+                    break;
+                }
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
@@ -193,14 +199,7 @@ impl Router {
         if ready {
             self.cursor.request_if_due();
         }
-        // A checkpoint is confirmed once nothing before it waits: no lookup, no held change, no
-        // gap to fill (what was dropped on a bound comes back through the gap fill first).
-        if let Some(position) = self.checkpoint {
-            if matches!(self.gap, GapState::Idle) && self.held.is_empty() && self.threads.is_empty() {
-                self.watermark.raise(position);
-                self.checkpoint = None;
-            }
-        }
+        self.confirm_checkpoint();
         let stamped = self.cursor.stamped(self.waiting.oldest());
         let mut ring = self.history.lock();
         if stamped > ring.cursor {
@@ -211,6 +210,27 @@ impl Router {
             // Ids below the next gap fill's window can never come back.
             self.seen.prune_below(point - self.margin() - chrono::Duration::seconds(60));
         }
+    }
+
+    /// A feed checkpoint is confirmed once nothing before it waits: no lookup, no held change, no
+    /// gap to fill (what was dropped on a bound comes back through the gap fill first).
+    fn confirm_checkpoint(&mut self) {
+        if let Some(position) = self.checkpoint {
+            if matches!(self.gap, GapState::Idle) && self.held.is_empty() && self.threads.is_empty() {
+                self.watermark.raise(position);
+                self.checkpoint = None;
+            }
+        }
+    }
+
+    /// At shutdown: checkpoints queued right behind what was already fanned out are confirmed,
+    /// so a restart does not fan those transactions out again. Anything else still queued was
+    /// never delivered and stays unconfirmed.
+    fn confirm_on_stop(&mut self, events: &mut mpsc::Receiver<UpstreamEvent>) {
+        while let Ok(UpstreamEvent::Checkpoint { position }) = events.try_recv() {
+            self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
+        }
+        self.confirm_checkpoint();
     }
 
     fn on_event(&mut self, event: UpstreamEvent) {
