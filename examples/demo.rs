@@ -3,6 +3,11 @@
 //! Auth), the real `realtime-gateway` binary configured by environment variables, and a short
 //! scripted conversation: a teacher posts in class 3B with a SQL INSERT; two parents' phones get
 //! it, a parent of class 4A does not; then the REST calls a phone makes when the app reopens.
+//!
+//! `--postgres` (`scripts/demo --postgres`): the same conversation with the gateway on its
+//! PostgreSQL backend: `DATABASE_URL` (the `chat_gateway` role of
+//! `supabase/standalone/00_base.sql`) and `JWT_SECRET` instead of `SUPABASE_*`; Realtime and
+//! PostgREST stand-ins are not used by the gateway then.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -51,6 +56,7 @@ async fn main() {
     let keys = stack.keys();
     println!("  SUPABASE_URL = {}", stack.url());
 
+    let postgres = std::env::args().any(|a| a == "--postgres");
     let port = free_port();
     let exe = std::env::current_exe().expect("current exe");
     let gateway_bin = exe
@@ -59,11 +65,28 @@ async fn main() {
         .map(|dir| dir.join("realtime-gateway"))
         .expect("target dir");
     println!("Starting {} on port {port}...", gateway_bin.display());
-    let mut gateway = tokio::process::Command::new(&gateway_bin)
-        .env("SUPABASE_URL", stack.url())
-        .env("SUPABASE_ANON_KEY", &keys.anon_key)
-        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
-        .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
+    let mut command = tokio::process::Command::new(&gateway_bin);
+    if postgres {
+        let db = stack.database();
+        let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/standalone/00_base.sql"))
+            .expect("supabase/standalone/00_base.sql");
+        stack.sql().await.batch_execute(&base).await.expect("the standalone base applies");
+        let url = format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name());
+        println!("  Backend: plain PostgreSQL, DATABASE_URL = {url} (durable slot demo_gateway)");
+        command
+            .env_remove("SUPABASE_URL")
+            .env("DATABASE_URL", url)
+            .env("SLOT_NAME", "demo_gateway")
+            .env("JWT_SECRET", &keys.jwt_secret)
+            .env("JWKS_URL", format!("{}/auth/v1/.well-known/jwks.json", stack.url()));
+    } else {
+        command
+            .env("SUPABASE_URL", stack.url())
+            .env("SUPABASE_ANON_KEY", &keys.anon_key)
+            .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
+            .env("SUPABASE_JWT_SECRET", &keys.jwt_secret);
+    }
+    let mut gateway = command
         .env("PORT", port.to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("LOG_LEVEL", std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
@@ -83,7 +106,11 @@ async fn main() {
         assert!(tokio::time::Instant::now() < deadline, "gateway did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("Gateway ready: upstream Realtime subscription is live.\n");
+    if postgres {
+        println!("Gateway ready: its replication slot on PostgreSQL is live.\n");
+    } else {
+        println!("Gateway ready: upstream Realtime subscription is live.\n");
+    }
 
     let ws_base = format!("ws://127.0.0.1:{port}/");
     println!("Phones connect:");

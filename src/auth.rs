@@ -93,8 +93,8 @@ impl VerifierSettings {
     pub fn from_config(c: &Config) -> VerifierSettings {
         VerifierSettings {
             jwt_secret: c.jwt_secret.clone(),
-            jwks_url: c.jwks_url(),
-            apikey: c.anon_key.clone(),
+            jwks_url: c.jwks_url.clone().unwrap_or_default(),
+            apikey: c.supabase().map(|p| p.anon_key.clone()).unwrap_or_default(),
             leeway: c.jwt_leeway,
             issuer: c.jwt_issuer.clone(),
             allow_anonymous: c.allow_anonymous,

@@ -17,7 +17,11 @@ pub mod check;
 mod rules;
 
 pub use rules::parse_origins;
-use rules::{edge_settings, invalid, jwt_secret, non_empty, positive, rate, seconds, supabase_url, Problems};
+use rules::{edge_settings, invalid, positive, rate, seconds, Problems};
+
+mod backend;
+use backend::{backend, jwks_url, jwt_secret};
+pub use backend::{Backend, SupabaseProject};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -44,16 +48,35 @@ pub enum RealtimeVsn {
 pub struct Args {
     /// Base URL of the Supabase project (https://<ref>.supabase.co, or the local stand-in).
     #[arg(long, env = "SUPABASE_URL")]
-    pub supabase_url: String,
+    pub supabase_url: Option<String>,
     /// Publishable/anon API key: sent as `apikey` on every PostgREST call and the Realtime socket.
     #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
-    pub supabase_anon_key: String,
+    pub supabase_anon_key: Option<String>,
     /// Service role key: joins the upstream channel and reads membership and profiles. Never sent to clients.
     #[arg(long, env = "SUPABASE_SERVICE_ROLE_KEY", hide_env_values = true)]
-    pub supabase_service_role_key: String,
+    pub supabase_service_role_key: Option<String>,
     /// Legacy HS256 JWT secret. Optional when the project signs user tokens with asymmetric keys (JWKS).
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub supabase_jwt_secret: Option<String>,
+    /// Same as SUPABASE_JWT_SECRET (for the PostgreSQL backend); set one of the two.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// JWKS of the token issuer; default `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
+    #[arg(long, env = "JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Plain PostgreSQL backend (when SUPABASE_URL is not set): login role with REPLICATION,
+    /// member of authenticated and service_role (see supabase/standalone/00_base.sql).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL backend: this instance's durable logical replication slot (one per instance).
+    #[arg(long, env = "SLOT_NAME", default_value = "chat_gateway")]
+    pub slot_name: String,
+    /// PostgreSQL backend: most pooled connections for REST and lookups.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: usize,
+    /// PostgreSQL backend: pause between two reads of the slot when it had nothing new, ms.
+    #[arg(long, env = "SLOT_POLL_MS", default_value_t = 20)]
+    pub slot_poll_ms: u64,
     /// TCP port for WebSocket and REST.
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
@@ -192,9 +215,9 @@ pub struct Args {
 /// Validated configuration.
 #[derive(Clone)]
 pub struct Config {
-    pub supabase_url: reqwest::Url,
-    pub anon_key: String,
-    pub service_role_key: String,
+    pub backend: Backend,
+    /// JWKS_URL, or the Supabase project's; None when neither (HS256 secret only).
+    pub jwks_url: Option<String>,
     pub jwt_secret: Option<String>,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
@@ -275,8 +298,12 @@ impl Config {
 
     pub fn from_args(a: Args) -> Result<Config, ConfigError> {
         let mut p = Problems::default();
-        let supabase_url = p.or(supabase_url(&a.supabase_url).map(Some), None);
-        let jwt_secret = p.or(jwt_secret(a.supabase_jwt_secret.as_deref()), None);
+        let backend = p.or(backend(&a).map(Some), None);
+        let jwt_secret = p.or(jwt_secret(&a), None);
+        let jwks_url = p.or(jwks_url(&a, backend.as_ref()), None);
+        if jwks_url.is_none() && jwt_secret.is_none() && backend.is_some() {
+            p.0.push(invalid("JWT_SECRET", "set JWT_SECRET or JWKS_URL: without either no token can be verified"));
+        }
         if a.ws_rate_limit_per_sec == 0 {
             p.0.push(invalid("WS_RATE_LIMIT_PER_SEC", "must be at least 1"));
         }
@@ -304,9 +331,6 @@ impl Config {
             ping_interval: p.or(seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs), second),
         };
         let edge = edge_settings(&a, limits.max_connections, &mut p);
-        let anon_key = p.or(non_empty("SUPABASE_ANON_KEY", &a.supabase_anon_key), String::new());
-        let service_role_key =
-            p.or(non_empty("SUPABASE_SERVICE_ROLE_KEY", &a.supabase_service_role_key), String::new());
         let upstream_heartbeat = p.or(seconds("UPSTREAM_HEARTBEAT_SECS", a.upstream_heartbeat_secs), second);
         let backend_timeout_ms = p.or(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize), 1) as u64;
         let rest_rate_per_sec = p.or(positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize), 1);
@@ -322,11 +346,10 @@ impl Config {
         let router_max_waiting = p.or(positive("ROUTER_MAX_WAITING", a.router_max_waiting), 1);
         let cursor_interval_ms = p.or(positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize), 1) as u64;
         p.finish()?;
-        let supabase_url = supabase_url.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
+        let backend = backend.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
         Ok(Config {
-            supabase_url,
-            anon_key,
-            service_role_key,
+            backend,
+            jwks_url,
             jwt_secret,
             listen: SocketAddr::new(a.bind_address, a.port),
             log_format: a.log_format,
@@ -381,33 +404,40 @@ impl Config {
         Config::from_args(args)
     }
 
-    /// `ws(s)://.../realtime/v1/websocket` derived from SUPABASE_URL.
-    pub fn realtime_websocket_url(&self) -> String {
-        let mut url = self.supabase_url.clone();
-        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-        let _ = url.set_scheme(scheme);
-        url.set_query(None);
-        let base = url.as_str().trim_end_matches('/');
-        format!("{base}/realtime/v1/websocket")
+    /// A configuration for tests and embedding: the PostgreSQL backend, everything else default.
+    pub fn for_postgres(database_url: &str, slot_name: &str, jwt_secret: &str) -> Result<Config, ConfigError> {
+        let argv = [
+            "realtime-gateway".to_string(),
+            format!("--database-url={database_url}"),
+            format!("--slot-name={slot_name}"),
+            format!("--jwt-secret={jwt_secret}"),
+            "--port=0".to_string(),
+            "--bind-address=127.0.0.1".to_string(),
+        ];
+        let args = Args::try_parse_from(argv).map_err(|e| invalid("arguments", e.to_string()))?;
+        Config::from_args(args)
     }
 
-    /// `<SUPABASE_URL>/rest/v1`.
-    pub fn rest_url(&self) -> String {
-        format!("{}/rest/v1", self.supabase_url.as_str().trim_end_matches('/'))
-    }
-
-    /// `<SUPABASE_URL>/auth/v1/.well-known/jwks.json`.
-    pub fn jwks_url(&self) -> String {
-        format!("{}/auth/v1/.well-known/jwks.json", self.supabase_url.as_str().trim_end_matches('/'))
+    /// The Supabase project, when that is the backend.
+    pub fn supabase(&self) -> Option<&SupabaseProject> {
+        match &self.backend {
+            Backend::Supabase(project) => Some(project),
+            Backend::Postgres(_) => None,
+        }
     }
 }
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("supabase_url", &self.supabase_url.as_str())
-            .field("anon_key", &"<redacted>")
-            .field("service_role_key", &"<redacted>")
+            .field(
+                "backend",
+                &match &self.backend {
+                    Backend::Supabase(p) => format!("supabase {}", p.url.as_str()),
+                    Backend::Postgres(s) => format!("postgres (slot {})", s.slot_name),
+                },
+            )
+            .field("jwks_url", &self.jwks_url)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("listen", &self.listen)
             .field("realtime_vsn", &self.realtime_vsn)
@@ -417,63 +447,4 @@ impl fmt::Debug for Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
-        let mut argv = vec![
-            "gw",
-            "--supabase-url=https://abc.supabase.co",
-            "--supabase-anon-key=anon",
-            "--supabase-service-role-key=service",
-        ];
-        argv.extend_from_slice(extra);
-        Config::from_args(Args::try_parse_from(argv).map_err(|e| invalid("args", e.to_string()))?)
-    }
-
-    #[test]
-    fn derives_service_urls() {
-        let c = parse(&[]).expect("valid");
-        assert_eq!(c.realtime_websocket_url(), "wss://abc.supabase.co/realtime/v1/websocket");
-        assert_eq!(c.rest_url(), "https://abc.supabase.co/rest/v1");
-        assert_eq!(c.jwks_url(), "https://abc.supabase.co/auth/v1/.well-known/jwks.json");
-        assert_eq!(c.listen.port(), 3000);
-        assert!(c.jwt_secret.is_none());
-    }
-
-    #[test]
-    fn local_http_maps_to_ws() {
-        let c = parse(&["--supabase-url=http://127.0.0.1:54321/"]).expect("valid");
-        assert_eq!(c.realtime_websocket_url(), "ws://127.0.0.1:54321/realtime/v1/websocket");
-    }
-
-    #[test]
-    fn bad_values_name_the_variable() {
-        let e = parse(&["--supabase-url=not a url"]).expect_err("invalid");
-        assert!(e.to_string().starts_with("SUPABASE_URL:"), "{e}");
-        let e = parse(&["--supabase-url=ftp://x"]).expect_err("invalid");
-        assert!(e.to_string().starts_with("SUPABASE_URL:"), "{e}");
-        let e = parse(&["--supabase-jwt-secret=short"]).expect_err("invalid");
-        assert!(e.to_string().starts_with("SUPABASE_JWT_SECRET:"), "{e}");
-        let e = parse(&["--ws-ping-interval-secs=0"]).expect_err("invalid");
-        assert!(e.to_string().starts_with("WS_PING_INTERVAL_SECS:"), "{e}");
-        let e = parse(&["--ws-read-buffer-bytes=10"]).expect_err("refused, not clamped");
-        assert!(e.to_string().starts_with("WS_READ_BUFFER_BYTES:"), "{e}");
-        let e = parse(&["--upstream-topic=chat"]).expect_err("invalid");
-        assert!(e.to_string().starts_with("UPSTREAM_TOPIC:"), "{e}");
-    }
-
-    #[test]
-    fn missing_setting_is_named() {
-        let e = Args::try_parse_from(["gw", "--supabase-url=https://x.supabase.co"]).err().map(|e| e.to_string());
-        let text = e.unwrap_or_default();
-        assert!(text.contains("--supabase-anon-key"), "{text}");
-    }
-
-    #[test]
-    fn debug_redacts_secrets() {
-        let c = parse(&["--supabase-jwt-secret=0123456789abcdef0123"]).expect("valid");
-        let text = format!("{c:?}");
-        assert!(!text.contains("0123456789abcdef0123") && !text.contains("service\""), "{text}");
-    }
-}
+mod tests;

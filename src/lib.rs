@@ -8,7 +8,8 @@
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
 //! `metrics`, `limit`, [`edge`] (bounds on connections before authentication), and [`server`]
-//! (listener, upgrade, shutdown).
+//! (listener, upgrade, shutdown). [`pg`] is the second backend: the same change feed and store on
+//! plain PostgreSQL.
 
 mod api;
 pub mod auth;
@@ -22,6 +23,7 @@ mod hub;
 mod limit;
 mod metrics;
 mod model;
+pub mod pg;
 pub mod protocol;
 mod router;
 pub mod server;

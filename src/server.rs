@@ -1,5 +1,7 @@
 //! Server: wires configuration, auth, store, directory, hub, history, router and upstream; owns
-//! the listener, the WebSocket upgrade, and shutdown.
+//! the listener, the WebSocket upgrade, and shutdown. The backend (Supabase, or plain PostgreSQL
+//! through [`crate::pg`]) is chosen here, once: it decides which store and which change feed are
+//! built; everything downstream of the two seams is the same.
 //!
 //! One TCP port serves both the WebSocket (path `/`, token from `?token=` or
 //! `Authorization: Bearer`, verified before the upgrade; optional `?since=` to resume) and the REST
@@ -31,7 +33,7 @@ use warp::Reply;
 use crate::api::{self, ApiState};
 use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
-use crate::config::{Config, RealtimeVsn};
+use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
 use crate::directory::Directory;
 use crate::edge::Edge;
 use crate::error::PeerError;
@@ -42,7 +44,8 @@ use crate::metrics::Metrics;
 use crate::router::{Readiness, Router, RouterConfig, RouterParts};
 use crate::session::{self, resume, SessionContext};
 use crate::store::Store;
-use crate::upstream::{self, event::SWITCH_TABLE, Binding, UpstreamConfig, Vsn};
+use crate::upstream::event::{Watermark, SWITCH_TABLE};
+use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
 
 type Response = warp::reply::Response;
 
@@ -52,6 +55,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("PostgreSQL backend: {0}")]
+    Postgres(#[from] crate::pg::PgSetupError),
 }
 
 /// A running gateway.
@@ -62,9 +67,17 @@ pub struct Gateway {
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
+    slot_lag: Option<Arc<crate::pg::SlotLag>>,
 }
 
 impl Gateway {
+    /// PostgreSQL backend: bytes of WAL the server retains for this gateway's replication slot
+    /// (`pg_current_wal_lsn() - confirmed_flush_lsn`, refreshed about once a second), for a
+    /// `/metrics` gauge. None on the Supabase backend and before the first reading.
+    pub fn slot_lag_bytes(&self) -> Option<i64> {
+        self.slot_lag.as_ref().and_then(|lag| lag.bytes())
+    }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -91,11 +104,11 @@ impl Gateway {
 
 /// The upstream subscription the gateway needs: new messages, membership and read state, and
 /// the per-user realtime switch.
-pub fn upstream_config(config: &Config) -> UpstreamConfig {
+pub fn upstream_config(config: &Config, project: &SupabaseProject) -> UpstreamConfig {
     UpstreamConfig {
-        websocket_url: config.realtime_websocket_url(),
-        apikey: config.anon_key.clone(),
-        access_token: config.service_role_key.clone(),
+        websocket_url: project.realtime_websocket_url(),
+        apikey: project.anon_key.clone(),
+        access_token: project.service_role_key.clone(),
         vsn: match config.realtime_vsn {
             RealtimeVsn::V1 => Vsn::V1,
             RealtimeVsn::V2 => Vsn::V2,
@@ -125,18 +138,23 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
     let verifier = Verifier::new(VerifierSettings::from_config(&config), http.clone());
-    if let Err(e) = verifier.prime().await {
-        if config.jwt_secret.is_none() {
-            tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
+    if config.jwks_url.is_some() {
+        if let Err(e) = verifier.prime().await {
+            if config.jwt_secret.is_none() {
+                tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
+            }
         }
     }
-    let store = Store::new(
-        http,
-        config.rest_url(),
-        config.anon_key.clone(),
-        config.service_role_key.clone(),
-        config.backend_timeout,
-    );
+    let store = match &config.backend {
+        Backend::Supabase(project) => Store::new(
+            http,
+            project.rest_url(),
+            project.anon_key.clone(),
+            project.service_role_key.clone(),
+            config.backend_timeout,
+        ),
+        Backend::Postgres(settings) => Store::Pg(crate::pg::store(settings, verifier.clone(), config.backend_timeout)?),
+    };
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let (directory, loaded) =
@@ -150,6 +168,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
 
     let (events_tx, events_rx) = mpsc::channel(config.upstream_channel_capacity);
+    let watermark = Arc::new(Watermark::default());
     let router = Router::new(RouterParts {
         hub: hub.clone(),
         directory,
@@ -165,9 +184,31 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         tasks: tasks.clone(),
         stop: stop.clone(),
         started,
+        watermark: watermark.clone(),
     });
     tasks.spawn(router.run(events_rx));
-    tasks.spawn(upstream::run(upstream_config(&config), events_tx, stop.clone()));
+    let (backend_name, slot_lag) = match &config.backend {
+        Backend::Supabase(project) => {
+            tasks.spawn(upstream::run(upstream_config(&config, project), events_tx, stop.clone()));
+            (format!("supabase upstream={}", project.realtime_websocket_url()), None)
+        }
+        Backend::Postgres(settings) => {
+            let lag = Arc::new(crate::pg::SlotLag::default());
+            let feed = crate::pg::FeedConfig {
+                pg: crate::pg::connection_config(settings)?,
+                slot: settings.slot_name.clone(),
+                publication: crate::pg::PUBLICATION.to_string(),
+                poll: settings.poll_interval,
+                batch: 10_000,
+                connect_timeout: config.upstream_join_timeout,
+                backoff_min: config.upstream_backoff_min,
+                backoff_max: config.upstream_backoff_max,
+            };
+            let handles = crate::pg::FeedHandles { watermark, lag: lag.clone() };
+            tasks.spawn(crate::pg::feed::run(feed, events_tx, handles, stop.clone()));
+            (format!("postgres slot={}", settings.slot_name), Some(lag))
+        }
+    };
 
     let ctx = SessionContext {
         hub: hub.clone(),
@@ -197,8 +238,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let edge = Edge::new(&config.edge);
     let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };
     tasks.spawn(listener_ctx.accept_loop(listener));
-    tracing::info!(%addr, upstream = %config.realtime_websocket_url(), "gateway listening");
-    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace })
+    tracing::info!(%addr, backend = %backend_name, "gateway listening");
+    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace, slot_lag })
 }
 
 /// The accept loop and what every connection needs.

@@ -1,4 +1,6 @@
-//! Store: every call the gateway makes to Supabase PostgREST.
+//! Store: every database call the gateway makes, behind one type with two backends: Supabase
+//! PostgREST over HTTP ([`Postgrest`], the default) or plain PostgreSQL ([`crate::pg::PgStore`],
+//! same calls, same answers, same errors). [`Store`] only dispatches.
 //!
 //! User-facing data (offline messages, unread counts, mark-read, the thread access check) is read
 //! with the user's own token and the anon `apikey`, so row-level security decides; so are the
@@ -71,7 +73,7 @@ struct PostgrestError {
 
 /// A PostgREST client for one Supabase project.
 #[derive(Clone)]
-pub struct Store {
+pub struct Postgrest {
     http: reqwest::Client,
     rest_url: String,
     anon_key: String,
@@ -101,7 +103,7 @@ pub struct OfflineRows {
 }
 
 impl OfflineRows {
-    fn from_rows(rows: Vec<Value>) -> OfflineRows {
+    pub(crate) fn from_rows(rows: Vec<Value>) -> OfflineRows {
         let returned = rows.len();
         let last_created_at =
             rows.last().and_then(|r| r.get("created_at")).and_then(Value::as_str).and_then(parse_time);
@@ -119,7 +121,24 @@ impl OfflineRows {
     }
 }
 
+/// The gateway's store: the same calls on either backend.
+#[derive(Clone)]
+pub enum Store {
+    Rest(Postgrest),
+    Pg(crate::pg::PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Rest(s) => s.$method($($arg),*).await,
+            Store::Pg(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
 impl Store {
+    /// A PostgREST store (Supabase).
     pub fn new(
         http: reqwest::Client,
         rest_url: String,
@@ -127,9 +146,65 @@ impl Store {
         service_key: String,
         timeout: Duration,
     ) -> Store {
-        Store { http, rest_url, anon_key, service_key, timeout }
+        Store::Rest(Postgrest { http, rest_url, anon_key, service_key, timeout })
     }
 
+    /// `chat_offline_messages(p_since, p_limit)` as the user.
+    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<OfflineRows, StoreError> {
+        dispatch!(self.offline_messages(token, since, limit))
+    }
+    /// `chat_sync_horizon()` as the user.
+    pub async fn sync_horizon(&self, token: &str) -> Result<String, StoreError> {
+        dispatch!(self.sync_horizon(token))
+    }
+    /// `chat_unread_count()` as the user.
+    pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
+        dispatch!(self.unread_count(token))
+    }
+    /// `chat_unread_count_of(p_user_id)` with service rights (pushes to that user only).
+    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
+        dispatch!(self.unread_count_of(user_id))
+    }
+    /// `chat_set_realtime(p_enabled)` as the user.
+    pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
+        dispatch!(self.set_realtime(token, enabled))
+    }
+    /// `chat_realtime_enabled()` as the user.
+    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
+        dispatch!(self.realtime_enabled(token))
+    }
+    /// `chat_mark_thread_read(p_thread_id)` as the user.
+    pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {
+        dispatch!(self.mark_thread_read(token, thread_id))
+    }
+    /// Whether RLS lets the user read the thread.
+    pub async fn can_read_thread(&self, token: &str, thread_id: Uuid) -> Result<bool, StoreError> {
+        dispatch!(self.can_read_thread(token, thread_id))
+    }
+    /// Participants of a thread (service rights).
+    pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        dispatch!(self.thread_participants(thread_id))
+    }
+    /// Profiles by id (service rights).
+    pub async fn profiles(&self, ids: &[Uuid]) -> Result<Vec<Profile>, StoreError> {
+        dispatch!(self.profiles(ids))
+    }
+    /// One keyset page of the gap fill (service rights).
+    pub async fn messages_page(
+        &self,
+        since: &str,
+        after: Option<(&str, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        dispatch!(self.messages_page(since, after, limit))
+    }
+    /// `chat_sync_point()` (service rights).
+    pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
+        dispatch!(self.sync_point())
+    }
+}
+
+impl Postgrest {
     async fn call<T: DeserializeOwned>(
         &self,
         who: As<'_>,

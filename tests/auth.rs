@@ -138,7 +138,7 @@ async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_issuer_is_checked_when_set_and_allow_anonymous_admits_anonymous_users() {
     let world = World::start_with(|c| {
-        c.jwt_issuer = Some(format!("{}/auth/v1", c.supabase_url.as_str().trim_end_matches('/')));
+        c.jwt_issuer = c.supabase().map(|p| format!("{}/auth/v1", p.url.as_str().trim_end_matches('/')));
         c.allow_anonymous = true;
     })
     .await;

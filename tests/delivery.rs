@@ -6,7 +6,11 @@ use supabase_standin::seed::{ALICE, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PAR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_teacher_posts_in_3b_both_parents_phones_get_it_and_4a_does_not() {
-    let world = World::start().await;
+    scenario_a_teacher_posts_in_3b_both_parents_phones_get_it_and_4a_does_not(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_a_teacher_posts_in_3b_both_parents_phones_get_it_and_4a_does_not(world: &World) {
     let mut carla_phone = world.phone(&CARLA).await;
     let mut carla_tablet = world.phone(&CARLA).await;
     let mut david = world.phone(&DAVID).await;
@@ -36,7 +40,11 @@ async fn a_teacher_posts_in_3b_both_parents_phones_get_it_and_4a_does_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_thread_is_decided_by_rls_and_errors_keep_the_socket_open() {
-    let world = World::start().await;
+    scenario_subscribe_thread_is_decided_by_rls_and_errors_keep_the_socket_open(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_subscribe_thread_is_decided_by_rls_and_errors_keep_the_socket_open(world: &World) {
     let mut carla = world.phone(&CARLA).await;
 
     carla.send_json(json!({"type": "subscribe_thread", "thread_id": CLASS_3B_PARENTS})).await;

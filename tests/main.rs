@@ -14,6 +14,7 @@ mod instances;
 mod js_client;
 mod keys;
 mod openapi;
+mod postgres;
 mod resilience;
 mod rest;
 mod resume;

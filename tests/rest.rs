@@ -22,9 +22,13 @@ async fn unread_by_sql(world: &World, user: Uuid) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_count_and_mark_read() {
-    let world = World::start().await;
+    scenario_unread_count_and_mark_read(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_unread_count_and_mark_read(world: &World) {
     let eva = world.token(&EVA);
-    let expected = unread_by_sql(&world, EVA.id).await;
+    let expected = unread_by_sql(world, EVA.id).await;
     assert!(expected > 0, "the seed leaves Eva with unread messages");
     let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&eva)).await;
     assert_eq!(status, 200, "{body}");
@@ -41,12 +45,12 @@ async fn unread_count_and_mark_read() {
         json!({"status": "success", "message": "Messages marked as read", "thread_id": CLASS_3B_PARENTS, "user_id": EVA.id})
     );
     let (_, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&eva)).await;
-    assert_eq!(body["data"]["unread_count"], unread_by_sql(&world, EVA.id).await);
+    assert_eq!(body["data"]["unread_count"], unread_by_sql(world, EVA.id).await);
     assert_eq!(body["data"]["unread_count"], 0, "Eva is only in 3B");
 
     // Alice's own message does not count for Alice; David's does.
     let alice = world.token(&ALICE);
-    let before = unread_by_sql(&world, ALICE.id).await;
+    let before = unread_by_sql(world, ALICE.id).await;
     world.post(&ALICE, CLASS_3B_PARENTS, "mine").await;
     world.post(&DAVID, CLASS_3B_PARENTS, "from David").await;
     let (_, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&alice)).await;
@@ -55,7 +59,11 @@ async fn unread_count_and_mark_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mark_read_refuses_bad_ids_and_strangers() {
-    let world = World::start().await;
+    scenario_mark_read_refuses_bad_ids_and_strangers(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_mark_read_refuses_bad_ids_and_strangers(world: &World) {
     let carla = world.token(&CARLA);
     let (status, body) = world.rest(Method::POST, "/api/chat/mark-read/not-a-uuid", Some(&carla)).await;
     assert_eq!(status, 400);
@@ -77,7 +85,11 @@ async fn mark_read_refuses_bad_ids_and_strangers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor() {
-    let world = World::start().await;
+    scenario_offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor(world: &World) {
     let farid = world.token(&FARID);
     let since = "2020-01-01T00:00:00Z";
     let (status, body) =
@@ -120,7 +132,11 @@ async fn offline_messages_only_of_visible_threads_with_senders_and_a_safe_cursor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_messages_validates_last_check_time() {
-    let world = World::start().await;
+    scenario_offline_messages_validates_last_check_time(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_offline_messages_validates_last_check_time(world: &World) {
     let carla = world.token(&CARLA);
     for path in [
         "/api/chat/offline-messages",
@@ -137,7 +153,11 @@ async fn offline_messages_validates_last_check_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_unsubscribe_stops_live_delivery_until_subscribe() {
-    let world = World::start().await;
+    scenario_rest_unsubscribe_stops_live_delivery_until_subscribe(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_rest_unsubscribe_stops_live_delivery_until_subscribe(world: &World) {
     let token = world.token(&DAVID);
     let mut david = world.phone(&DAVID).await;
     // Carla is in the same thread and stays subscribed: once her phone has a message, the gateway
@@ -190,7 +210,11 @@ fn position(messages: &[serde_json::Value], id: Uuid) -> Option<&serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_who_left_the_thread_keeps_name_and_role_in_offline_sync() {
-    let world = World::start().await;
+    scenario_a_sender_who_left_the_thread_keeps_name_and_role_in_offline_sync(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_a_sender_who_left_the_thread_keeps_name_and_role_in_offline_sync(world: &World) {
     let grace = supabase_standin::seed::GRACE;
     let id = world.post(&grace, CLASS_4A_PARENTS, "Thank you all, we are moving away").await;
     // Grace leaves class 4A: she now shares no thread with Farid, and RLS hides her profile.
@@ -204,13 +228,13 @@ async fn a_sender_who_left_the_thread_keeps_name_and_role_in_offline_sync() {
         .expect("remove Grace");
     assert_eq!(removed, 1);
 
-    let (messages, _, _) = sync_page(&world, &world.token(&FARID), "2020-01-01T00:00:00Z").await;
+    let (messages, _, _) = sync_page(world, &world.token(&FARID), "2020-01-01T00:00:00Z").await;
     let got = position(&messages, id).expect("Grace's message is still Farid's to read");
     assert_eq!(got["sender"], json!({"full_name": "Grace Lee", "role": "parent"}));
     assert!(messages.iter().all(|m| m["sender"]["full_name"] != "Unknown sender"), "{messages:?}");
 
     // Nobody outside the thread learns anything: Carla (3B) gets neither the message nor Grace.
-    let (messages, _, _) = sync_page(&world, &world.token(&CARLA), "2020-01-01T00:00:00Z").await;
+    let (messages, _, _) = sync_page(world, &world.token(&CARLA), "2020-01-01T00:00:00Z").await;
     assert!(position(&messages, id).is_none());
     assert!(messages.iter().all(|m| m["sender"]["full_name"] != "Grace Lee"));
 }
@@ -326,7 +350,11 @@ async fn the_realtime_switch_is_stored_and_a_restarted_gateway_applies_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marking_read_on_one_device_tells_every_device_with_the_new_unread_count() {
-    let world = World::start().await;
+    scenario_marking_read_on_one_device_tells_every_device_with_the_new_unread_count(&World::start().await).await;
+}
+
+/// The scenario itself, on whichever backend `world` runs (also run by `tests/postgres.rs`).
+pub async fn scenario_marking_read_on_one_device_tells_every_device_with_the_new_unread_count(world: &World) {
     let mut phone = world.phone(&CARLA).await;
     let mut tablet = world.phone(&CARLA).await;
     let unread = world.post(&ALICE, CLASS_3B_PARENTS, "please read me").await;
@@ -336,7 +364,7 @@ async fn marking_read_on_one_device_tells_every_device_with_the_new_unread_count
     let (status, body) =
         world.rest(Method::POST, &format!("/api/chat/mark-read/{CLASS_3B_PARENTS}"), Some(&carla)).await;
     assert_eq!(status, 200, "{body}");
-    let want = unread_by_sql(&world, CARLA.id).await;
+    let want = unread_by_sql(world, CARLA.id).await;
     for device in [&mut phone, &mut tablet] {
         let read = device.expect("thread_read").await;
         assert_eq!(read["thread_id"], CLASS_3B_PARENTS.to_string());

@@ -139,10 +139,20 @@ fn secret(value: &str) -> String {
 /// The effective configuration, one `VARIABLE=value` per line, secrets redacted.
 pub fn describe(c: &Config) -> String {
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
-    let rows: Vec<(&str, String)> = vec![
-        ("SUPABASE_URL", c.supabase_url.to_string()),
-        ("SUPABASE_ANON_KEY", secret(&c.anon_key)),
-        ("SUPABASE_SERVICE_ROLE_KEY", secret(&c.service_role_key)),
+    let mut rows: Vec<(&str, String)> = match &c.backend {
+        super::Backend::Supabase(p) => vec![
+            ("SUPABASE_URL", p.url.to_string()),
+            ("SUPABASE_ANON_KEY", secret(&p.anon_key)),
+            ("SUPABASE_SERVICE_ROLE_KEY", secret(&p.service_role_key)),
+        ],
+        super::Backend::Postgres(s) => vec![
+            ("DATABASE_URL", "<redacted>".into()),
+            ("SLOT_NAME", s.slot_name.clone()),
+            ("DATABASE_POOL_SIZE", s.pool_size.to_string()),
+        ],
+    };
+    rows.extend([
+        ("JWKS_URL", c.jwks_url.clone().unwrap_or_else(|| "(none: HS256 secret only)".into())),
         ("SUPABASE_JWT_SECRET", c.jwt_secret.as_deref().map(secret).unwrap_or_else(|| "(empty: JWKS only)".into())),
         ("BIND_ADDRESS", c.listen.ip().to_string()),
         ("PORT", c.listen.port().to_string()),
@@ -176,7 +186,15 @@ pub fn describe(c: &Config) -> String {
         ("CACHE_TTL_SECS", secs(c.cache_ttl)),
         ("CACHE_MAX_THREADS", c.cache_max_threads.to_string()),
         ("SHUTDOWN_GRACE_SECS", secs(c.shutdown_grace)),
-    ];
+        ("UPSTREAM_TOPIC", c.upstream_topic.clone()),
+        ("UPSTREAM_JOIN_TIMEOUT_SECS", secs(c.upstream_join_timeout)),
+        ("UPSTREAM_BACKOFF_MIN_MS", c.upstream_backoff_min.as_millis().to_string()),
+        ("UPSTREAM_BACKOFF_MAX_SECS", secs(c.upstream_backoff_max)),
+        ("UPSTREAM_QUEUE_CAPACITY", c.upstream_channel_capacity.to_string()),
+        ("ROUTER_MAX_WAITING", c.router_max_waiting.to_string()),
+        ("CURSOR_INTERVAL_MS", c.cursor_interval.as_millis().to_string()),
+        ("RESUME_BUFFER_MESSAGES", c.resume_buffer.to_string()),
+    ]);
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
 }
 

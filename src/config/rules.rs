@@ -40,36 +40,11 @@ pub(super) fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigE
     Ok(Duration::from_secs_f64(value))
 }
 
-pub(super) fn non_empty(var: &'static str, value: &str) -> Result<String, ConfigError> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(invalid(var, "must not be empty"));
-    }
-    Ok(trimmed.to_string())
-}
-
 pub(super) fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(invalid(var, "must be at least 1"));
     }
     Ok(value)
-}
-
-pub(super) fn supabase_url(value: &str) -> Result<reqwest::Url, ConfigError> {
-    let text = non_empty("SUPABASE_URL", value)?;
-    let url = reqwest::Url::parse(&text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(invalid("SUPABASE_URL", "must be an http(s) URL such as https://<ref>.supabase.co"));
-    }
-    Ok(url)
-}
-
-pub(super) fn jwt_secret(value: Option<&str>) -> Result<Option<String>, ConfigError> {
-    match value.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(s) if s.len() < 16 => Err(invalid("SUPABASE_JWT_SECRET", "is too short to be a Supabase JWT secret")),
-        Some(s) => Ok(Some(s.to_string())),
-    }
 }
 
 /// `https://a.example, http://localhost:8081` → serialized origins; each must be scheme://host[:port].

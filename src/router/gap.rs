@@ -12,9 +12,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::{error_frame, GapState, Router, Waiter};
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
 use crate::store::Store;
+use crate::upstream::UpstreamEvent;
 
 /// What the gap-fill task sends the router.
 pub enum GapPage {
@@ -70,5 +72,96 @@ pub async fn fill(
                 }
             }
         }
+    }
+}
+
+/// The router's side of gap fills: when one is needed, starting it, taking its pages, and the
+/// bound on what waits (which turns into a gap fill when hit).
+impl Router {
+    /// Over the bound: drop what waits (undelivered, so forgotten by dedup), tell clients, and
+    /// let a gap fill from the oldest dropped message bring everything back in order.
+    pub(super) fn check_bounds(&mut self) {
+        if self.waiting.len() <= self.config.max_waiting {
+            return;
+        }
+        let oldest = self.waiting.oldest().unwrap_or(self.started);
+        self.hub.metrics.router_overflow();
+        tracing::error!(
+            waiting = self.waiting.len(),
+            "router waiting buffer full: dropping it and filling the gap from the database"
+        );
+        for (_, queue) in self.threads.drain() {
+            for waiter in queue {
+                if let Waiter::Message { row, created_at } = waiter {
+                    self.seen.forget(row.id, created_at);
+                }
+            }
+        }
+        self.held.clear();
+        self.waiting.clear();
+        // Membership changes may have been dropped with them.
+        self.directory.forget_members();
+        self.cursor.invalidate();
+        self.hub.broadcast(&error_frame());
+        self.need_gap(oldest - self.margin());
+    }
+
+    pub(super) fn need_gap(&mut self, from: DateTime<Utc>) {
+        self.cursor.invalidate();
+        self.gap = match std::mem::replace(&mut self.gap, GapState::Idle) {
+            GapState::Idle => GapState::Needed(from),
+            GapState::Needed(earlier) => GapState::Needed(earlier.min(from)),
+            GapState::Running { pages, again } => {
+                GapState::Running { pages, again: Some(again.map_or(from, |a| a.min(from))) }
+            }
+        };
+    }
+
+    pub(super) fn start_gap(&mut self, from: DateTime<Utc>) {
+        tracing::info!(from = %format_time(from), "filling the gap from the database");
+        let (tx, rx) = mpsc::channel(2);
+        self.tasks.spawn(fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone()));
+        self.gap = GapState::Running { pages: rx, again: None };
+    }
+
+    pub(super) fn on_gap_page(&mut self, page: Option<GapPage>) {
+        match page {
+            Some(GapPage::Rows(rows)) => {
+                let before = self.seen.len();
+                for row in rows {
+                    self.accept(row);
+                }
+                self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
+            }
+            Some(GapPage::Done { scanned }) => {
+                tracing::info!(scanned, "gap filled");
+                let again = match std::mem::replace(&mut self.gap, GapState::Idle) {
+                    GapState::Running { again, .. } => again,
+                    _ => None,
+                };
+                if let Some(from) = again {
+                    self.gap = GapState::Needed(from);
+                }
+                let held: Vec<UpstreamEvent> = self.held.drain(..).collect();
+                for event in held {
+                    if let UpstreamEvent::Message { row, .. } = &event {
+                        if let Some(t) = row.created() {
+                            self.waiting.remove(row.id, t);
+                        }
+                    }
+                    self.on_change(event);
+                }
+            }
+            // The task ended without Done: only when the gateway stops.
+            None => self.gap = GapState::Idle,
+        }
+    }
+}
+
+/// The next page of a running gap fill (pending forever when none runs).
+pub(super) async fn next_page(gap: &mut GapState) -> Option<GapPage> {
+    match gap {
+        GapState::Running { pages, .. } => pages.recv().await,
+        _ => std::future::pending().await,
     }
 }

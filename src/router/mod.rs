@@ -8,7 +8,10 @@
 //! resume cursor (see [`cursor`]), and the ring of recent messages ([`History`]). A message counts
 //! as delivered only once it has been fanned out; when a bound is hit the waiting messages are
 //! dropped, clients get the upstream-error frame and a gap fill brings them back: never a silent
-//! drop. The router never awaits PostgREST: every database call runs in a tracked task.
+//! drop. The router never awaits PostgREST: every database call runs in a tracked task. A feed
+//! with durable positions (the PostgreSQL slot) sends checkpoints; the router raises the shared
+//! [`Watermark`] to one only when everything before it was fanned out, and the feed confirms
+//! that position to the database.
 
 pub mod cursor;
 pub mod gap;
@@ -32,6 +35,7 @@ use crate::model::{format_time, MessageRow};
 use crate::protocol::{ServerMessage, UPSTREAM_ERROR};
 use crate::session::outbox::{Outgoing, SessionHandle};
 use crate::store::Store;
+use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;
 use cursor::Cursor;
 use gap::GapPage;
@@ -102,6 +106,9 @@ pub struct Router {
     live: bool,
     ever_live: bool,
     scratch: Vec<Arc<SessionHandle>>,
+    /// The newest feed checkpoint not yet confirmed through `watermark`.
+    checkpoint: Option<u64>,
+    watermark: Arc<Watermark>,
 }
 
 /// Everything the router is built from.
@@ -117,6 +124,8 @@ pub struct RouterParts {
     pub stop: CancellationToken,
     /// When the gateway started: messages before it were never routed here.
     pub started: DateTime<Utc>,
+    /// Where the router reports how far it has fanned out the feed's checkpoints.
+    pub watermark: Arc<Watermark>,
 }
 
 impl Router {
@@ -146,6 +155,8 @@ impl Router {
             live: false,
             ever_live: false,
             scratch: Vec::new(),
+            checkpoint: None,
+            watermark: parts.watermark,
         }
     }
 
@@ -158,13 +169,16 @@ impl Router {
         loop {
             let room = self.waiting.len() < self.config.max_waiting;
             tokio::select! {
-                _ = self.stop.cancelled() => break,
+                _ = self.stop.cancelled() => {
+                    self.confirm_on_stop(&mut events);
+                    break;
+                }
                 event = events.recv() => match event {
                     Some(event) => self.on_event(event),
                     None => break,
                 },
                 Some(key) = self.loaded.recv() => self.on_loaded(key),
-                page = next_page(&mut self.gap), if room => self.on_gap_page(page),
+                page = gap::next_page(&mut self.gap), if room => self.on_gap_page(page),
                 Some(point) = self.cursor.next_point() => self.cursor.offer(point, self.live && matches!(self.gap, GapState::Idle)),
             }
             self.after_step();
@@ -185,6 +199,7 @@ impl Router {
         if ready {
             self.cursor.request_if_due();
         }
+        self.confirm_checkpoint();
         let stamped = self.cursor.stamped(self.waiting.oldest());
         let mut ring = self.history.lock();
         if stamped > ring.cursor {
@@ -197,10 +212,34 @@ impl Router {
         }
     }
 
+    /// A feed checkpoint is confirmed once nothing before it waits: no lookup, no held change, no
+    /// gap to fill (what was dropped on a bound comes back through the gap fill first).
+    fn confirm_checkpoint(&mut self) {
+        if let Some(position) = self.checkpoint {
+            if matches!(self.gap, GapState::Idle) && self.held.is_empty() && self.threads.is_empty() {
+                self.watermark.raise(position);
+                self.checkpoint = None;
+            }
+        }
+    }
+
+    /// At shutdown: checkpoints queued right behind what was already fanned out are confirmed,
+    /// so a restart does not fan those transactions out again. Anything else still queued was
+    /// never delivered and stays unconfirmed.
+    fn confirm_on_stop(&mut self, events: &mut mpsc::Receiver<UpstreamEvent>) {
+        while let Ok(UpstreamEvent::Checkpoint { position }) = events.try_recv() {
+            self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
+        }
+        self.confirm_checkpoint();
+    }
+
     fn on_event(&mut self, event: UpstreamEvent) {
         match event {
             UpstreamEvent::Live { generation } => self.on_live(generation),
             UpstreamEvent::Down { reason } => self.on_down(&reason.to_string()),
+            UpstreamEvent::Checkpoint { position } => {
+                self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
+            }
             change => {
                 if matches!(self.gap, GapState::Running { .. }) {
                     // Older messages are still being read from the database: keep thread order.
@@ -270,7 +309,7 @@ impl Router {
                 let from = committed.or(self.resume_point).unwrap_or(self.started) - self.margin();
                 self.need_gap(from);
             }
-            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } => {}
+            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } | UpstreamEvent::Checkpoint { .. } => {}
         }
     }
 
@@ -383,85 +422,6 @@ impl Router {
         self.threads.remove(&thread_id);
     }
 
-    /// Over the bound: drop what waits (undelivered, so forgotten by dedup), tell clients, and
-    /// let a gap fill from the oldest dropped message bring everything back in order.
-    fn check_bounds(&mut self) {
-        if self.waiting.len() <= self.config.max_waiting {
-            return;
-        }
-        let oldest = self.waiting.oldest().unwrap_or(self.started);
-        self.hub.metrics.router_overflow();
-        tracing::error!(
-            waiting = self.waiting.len(),
-            "router waiting buffer full: dropping it and filling the gap from the database"
-        );
-        for (_, queue) in self.threads.drain() {
-            for waiter in queue {
-                if let Waiter::Message { row, created_at } = waiter {
-                    self.seen.forget(row.id, created_at);
-                }
-            }
-        }
-        self.held.clear();
-        self.waiting.clear();
-        // Membership changes may have been dropped with them.
-        self.directory.forget_members();
-        self.cursor.invalidate();
-        self.hub.broadcast(&error_frame());
-        self.need_gap(oldest - self.margin());
-    }
-
-    fn need_gap(&mut self, from: DateTime<Utc>) {
-        self.cursor.invalidate();
-        self.gap = match std::mem::replace(&mut self.gap, GapState::Idle) {
-            GapState::Idle => GapState::Needed(from),
-            GapState::Needed(earlier) => GapState::Needed(earlier.min(from)),
-            GapState::Running { pages, again } => {
-                GapState::Running { pages, again: Some(again.map_or(from, |a| a.min(from))) }
-            }
-        };
-    }
-
-    fn start_gap(&mut self, from: DateTime<Utc>) {
-        tracing::info!(from = %format_time(from), "filling the gap from the database");
-        let (tx, rx) = mpsc::channel(2);
-        self.tasks.spawn(gap::fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone()));
-        self.gap = GapState::Running { pages: rx, again: None };
-    }
-
-    fn on_gap_page(&mut self, page: Option<GapPage>) {
-        match page {
-            Some(GapPage::Rows(rows)) => {
-                let before = self.seen.len();
-                for row in rows {
-                    self.accept(row);
-                }
-                self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
-            }
-            Some(GapPage::Done { scanned }) => {
-                tracing::info!(scanned, "gap filled");
-                let again = match std::mem::replace(&mut self.gap, GapState::Idle) {
-                    GapState::Running { again, .. } => again,
-                    _ => None,
-                };
-                if let Some(from) = again {
-                    self.gap = GapState::Needed(from);
-                }
-                let held: Vec<UpstreamEvent> = self.held.drain(..).collect();
-                for event in held {
-                    if let UpstreamEvent::Message { row, .. } = &event {
-                        if let Some(t) = row.created() {
-                            self.waiting.remove(row.id, t);
-                        }
-                    }
-                    self.on_change(event);
-                }
-            }
-            // The task ended without Done: only when the gateway stops.
-            None => self.gap = GapState::Idle,
-        }
-    }
-
     /// `thread_read` to every session of the user, with their unread count after the change.
     fn push_read_state(&self, thread_id: Uuid, user_id: Uuid, last_read_at: String) {
         if !self.hub.is_online(&user_id) {
@@ -486,11 +446,4 @@ impl Router {
 
 fn error_frame() -> Outgoing {
     Outgoing::notice(ServerMessage::Error { message: UPSTREAM_ERROR }.to_json())
-}
-
-async fn next_page(gap: &mut GapState) -> Option<GapPage> {
-    match gap {
-        GapState::Running { pages, .. } => pages.recv().await,
-        _ => std::future::pending().await,
-    }
 }

@@ -30,13 +30,33 @@ pub enum UpstreamEvent {
     RealtimeSwitch { user_id: Uuid, enabled: bool, committed: Option<DateTime<Utc>> },
     /// A change that could not be read in full: the database must fill the gap.
     Unreadable { table: String, reason: String, committed: Option<DateTime<Utc>> },
+    /// Only from a feed with durable positions (the PostgreSQL slot): every change before this
+    /// position was sent. The router raises the [`Watermark`] to it once all of them are fanned
+    /// out, and the feed confirms it to the database then.
+    Checkpoint { position: u64 },
+}
+
+/// The highest feed position the router has fully fanned out (0: none). Written by the router,
+/// read by a feed that must confirm what was delivered (the PostgreSQL slot); unused otherwise.
+#[derive(Debug, Default)]
+pub struct Watermark(std::sync::atomic::AtomicU64);
+
+impl Watermark {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raises the watermark; it never goes back.
+    pub fn raise(&self, position: u64) {
+        self.0.fetch_max(position, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl UpstreamEvent {
     /// The change's commit time, for changes.
     pub fn committed(&self) -> Option<DateTime<Utc>> {
         match self {
-            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } => None,
+            UpstreamEvent::Live { .. } | UpstreamEvent::Down { .. } | UpstreamEvent::Checkpoint { .. } => None,
             UpstreamEvent::Message { committed, .. }
             | UpstreamEvent::Membership { committed, .. }
             | UpstreamEvent::ReadState { committed, .. }

@@ -104,6 +104,9 @@ pub enum Lost {
     Closed(String),
     #[error("socket error: {0}")]
     Socket(String),
+    /// The PostgreSQL backend's change feed (replication slot) was lost or could not be read.
+    #[error("PostgreSQL change feed: {0}")]
+    Database(String),
 }
 
 /// Starts the upstream task; it runs until `stop` is cancelled or the router goes away.

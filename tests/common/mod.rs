@@ -1,6 +1,12 @@
 //! The test world: a throwaway Supabase stand-in (real PostgreSQL with the project's migrations
 //! and seed, Realtime and PostgREST stand-ins) and a real gateway on port 0, driven as phones and
 //! apps would drive them. Helpers read like the guide's scenarios.
+//!
+//! Two backends: [`Backend::Supabase`] (the gateway reads the Realtime and PostgREST stand-ins)
+//! and [`Backend::Postgres`] (the gateway reads the same database directly: a durable replication
+//! slot and its own pool, as the `chat_gateway` role of `supabase/standalone/00_base.sql`).
+//! `World::start()` uses `GATEWAY_TEST_BACKEND` (`supabase`, the default, or `postgres`), so any
+//! scenario can be run on either; `tests/postgres.rs` runs the main ones on PostgreSQL always.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -24,6 +30,47 @@ pub struct World {
     pub stack: Stack,
     pub gateway: Option<Gateway>,
     pub http: reqwest::Client,
+    pub backend: Backend,
+    /// The gateway's configuration (a restart starts a gateway with it again).
+    pub config: Config,
+}
+
+/// Which backend the gateway of a [`World`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Supabase,
+    Postgres,
+}
+
+impl Backend {
+    /// `GATEWAY_TEST_BACKEND=postgres` runs `World::start()` scenarios on PostgreSQL.
+    pub fn from_env() -> Backend {
+        match std::env::var("GATEWAY_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Backend::Postgres,
+            _ => Backend::Supabase,
+        }
+    }
+}
+
+/// The standalone base: what a plain PostgreSQL needs besides the migrations.
+pub fn standalone_sql() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/standalone/00_base.sql");
+    std::fs::read_to_string(path).expect("supabase/standalone/00_base.sql is readable")
+}
+
+/// Roles are per cluster and the tests share one: one test at a time applies the base.
+pub static BASE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Applies the standalone base to `db` (idempotent) and returns the gateway's connection string
+/// and slot name for it.
+pub async fn prepare_postgres(db: &supabase_standin::pg::Database) -> (String, String) {
+    {
+        let _one = BASE_LOCK.lock().await;
+        let admin = db.connect().await.expect("superuser connection");
+        admin.batch_execute(&standalone_sql()).await.expect("the standalone base applies");
+    }
+    let url = format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name());
+    (url, format!("gw_{}", db.name()))
 }
 
 pub fn init_logs() {
@@ -41,7 +88,17 @@ impl World {
 
     /// Same, with the gateway's configuration adjusted by `tweak`.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> World {
-        let world = World::start_unready_with(tweak).await;
+        World::start_on(Backend::from_env(), tweak).await
+    }
+
+    /// The stack and a gateway on the PostgreSQL backend.
+    pub async fn start_postgres() -> World {
+        World::start_on(Backend::Postgres, |_| {}).await
+    }
+
+    /// The stack and a gateway on `backend`, its configuration adjusted by `tweak`.
+    pub async fn start_on(backend: Backend, tweak: impl FnOnce(&mut Config)) -> World {
+        let world = World::start_unready_on(backend, tweak).await;
         world.wait_ready(true).await;
         world
     }
@@ -49,16 +106,48 @@ impl World {
     /// The stack and a gateway, without waiting for `/readyz` (for gateways that cannot become
     /// ready, such as one whose every database call times out).
     pub async fn start_unready_with(tweak: impl FnOnce(&mut Config)) -> World {
+        World::start_unready_on(Backend::from_env(), tweak).await
+    }
+
+    async fn start_unready_on(backend: Backend, tweak: impl FnOnce(&mut Config)) -> World {
         init_logs();
         let stack = Stack::start().await.expect("the stand-in stack (PostgreSQL, Realtime, PostgREST) must start");
         let keys = stack.keys();
-        let mut config = Config::for_project(&stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
-            .expect("valid test configuration");
+        let mut config = match backend {
+            Backend::Supabase => {
+                Config::for_project(&stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
+            }
+            Backend::Postgres => {
+                let (url, slot) = prepare_postgres(stack.database()).await;
+                Config::for_postgres(&url, &slot, &keys.jwt_secret)
+            }
+        }
+        .expect("valid test configuration");
         config.upstream_heartbeat = Duration::from_millis(500);
         config.jwks_refresh_min = Duration::from_millis(100);
+        if backend == Backend::Postgres {
+            // The token issuer is the stand-in's Auth (ES256 keys in its JWKS), as JWKS_URL.
+            config.jwks_url = Some(format!("{}/auth/v1/.well-known/jwks.json", stack.url()));
+            config.upstream_backoff_min = Duration::from_millis(100);
+            config.upstream_backoff_max = Duration::from_secs(1);
+        }
         tweak(&mut config);
-        let gateway = server::start(config).await.expect("gateway starts");
-        World { stack, gateway: Some(gateway), http: reqwest::Client::new() }
+        let gateway = server::start(config.clone()).await.expect("gateway starts");
+        World { stack, gateway: Some(gateway), http: reqwest::Client::new(), backend, config }
+    }
+
+    /// Stops the gateway (graceful shutdown).
+    pub async fn stop_gateway(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+
+    /// Starts a gateway again with the same configuration, and waits until it is ready.
+    pub async fn start_gateway(&mut self) {
+        let gateway = server::start(self.config.clone()).await.expect("gateway starts again");
+        self.gateway = Some(gateway);
+        self.wait_ready(true).await;
     }
 
     pub fn gateway(&self) -> &Gateway {
@@ -113,11 +202,7 @@ impl World {
 
     /// Another gateway on the same stand-in stack, as a restart or a second instance would be.
     pub async fn another_gateway(&self, tweak: impl FnOnce(&mut Config)) -> Gateway {
-        let keys = self.stack.keys();
-        let mut config =
-            Config::for_project(&self.stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
-                .expect("valid test configuration");
-        config.upstream_heartbeat = Duration::from_millis(500);
+        let mut config = self.config.clone();
         tweak(&mut config);
         server::start(config).await.expect("gateway starts")
     }

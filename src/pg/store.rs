@@ -1,0 +1,286 @@
+//! The store on plain PostgreSQL: the same calls as the PostgREST client ([`crate::store`]),
+//! made directly through a connection pool, with the same answers and the same errors.
+//!
+//! Every call is one transaction that first does what PostgREST does for a request:
+//! `set_config('role', ..., true)` (= `set local role`) and
+//! `set_config('request.jwt.claims', <claims json>, true)`, so the project's RLS policies,
+//! `auth.uid()` and the `chat_*` functions decide exactly as they do behind PostgREST. A user's
+//! call runs as `authenticated` with the claims of the user's token, which this module verifies
+//! itself first (as PostgREST does: it never trusts a token it did not check); the routing
+//! path's reads run as `service_role` (BYPASSRLS) with the claims `{"role":"service_role"}`.
+//! Results are rendered to JSON by PostgreSQL (`json_agg`, `to_json`) as PostgREST renders them.
+//! Database errors map to [`StoreError`] with PostgREST's HTTP statuses, so REST answers are the
+//! same on both backends. This module must never log a token, a password or claims, and never
+//! widen what a user's token can read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use deadpool_postgres::{Pool, PoolError};
+use serde::de::DeserializeOwned;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use crate::auth::{AuthError, Verifier};
+use crate::model::MessageRow;
+use crate::store::{OfflineRows, Profile, StoreError, SyncPoint};
+
+/// Whose rights a call runs with.
+#[derive(Clone, Copy)]
+enum Who<'a> {
+    User(&'a str),
+    Service,
+}
+
+/// The PostgreSQL store. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    verifier: Arc<Verifier>,
+    timeout: Duration,
+}
+
+/// The HTTP status PostgREST answers for a SQLSTATE (its documented table; anything not listed
+/// is 400). `42501` is 403 because user calls always run as `authenticated`.
+pub fn postgrest_status(code: &str) -> u16 {
+    match code {
+        "42501" => 403,
+        "23503" | "23505" => 409,
+        "25006" => 405,
+        "P0001" => 400,
+        "42883" | "42P01" => 404,
+        "42P17" => 500,
+        c if c.starts_with("08") || c.starts_with("53") || c == "57P01" => 503,
+        c if c.starts_with("28") || c.starts_with("0L") || c.starts_with("0P") => 403,
+        c if ["09", "25", "2D", "38", "39", "3B", "40", "54", "55", "57", "58", "F0", "HV", "P0", "XX"]
+            .iter()
+            .any(|p| c.starts_with(p)) =>
+        {
+            500
+        }
+        _ => 400,
+    }
+}
+
+/// A database error as PostgREST would have reported it.
+pub fn db_error(e: tokio_postgres::Error) -> StoreError {
+    match e.as_db_error() {
+        // The statement timeout is the backend timeout: the same answer as a timed-out request.
+        Some(db) if db.code().code() == "57014" => StoreError::Timeout,
+        Some(db) => StoreError::Rejected {
+            status: postgrest_status(db.code().code()),
+            code: db.code().code().to_string(),
+            message: db.message().to_string(),
+        },
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Timeout(_) => StoreError::Timeout,
+        PoolError::Backend(e) => db_error(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn jwt_rejected(message: String) -> StoreError {
+    StoreError::Rejected { status: 401, code: "PGRST301".into(), message }
+}
+
+impl PgStore {
+    pub fn new(pool: Pool, verifier: Arc<Verifier>, timeout: Duration) -> PgStore {
+        PgStore { pool, verifier, timeout }
+    }
+
+    /// The claims of a token, verified here (signature, expiry, audience, subject), as JSON.
+    async fn claims(&self, token: &str) -> Result<String, StoreError> {
+        match self.verifier.verify(token).await {
+            Ok(_) => {}
+            Err(AuthError::KeysUnavailable) => return Err(StoreError::Unavailable("signing keys unavailable".into())),
+            Err(AuthError::Expired) => return Err(jwt_rejected("JWT expired".into())),
+            Err(e) => return Err(jwt_rejected(e.to_string())),
+        }
+        // Verified above: the payload segment is the signed claim set.
+        let payload = token.trim().split('.').nth(1).ok_or_else(|| jwt_rejected("malformed JWT".into()))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload.trim_end_matches('='))
+            .map_err(|_| jwt_rejected("malformed JWT".into()))?;
+        let claims: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).map_err(|_| jwt_rejected("malformed JWT claims".into()))?;
+        Ok(serde_json::Value::Object(claims).to_string())
+    }
+
+    /// Runs `sql` (one row, one column: JSON text) in a transaction with `who`'s role and claims.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        who: Who<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<T, StoreError> {
+        let (role, claims) = match who {
+            Who::User(token) => ("authenticated", self.claims(token).await?),
+            Who::Service => ("service_role", r#"{"role":"service_role"}"#.to_string()),
+        };
+        let timeout_ms = self.timeout.as_millis().to_string();
+        let attempt = || async {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await?;
+            let setup = tx
+                .prepare_cached(
+                    "select set_config('role', $1, true), set_config('request.jwt.claims', $2, true), \
+                     set_config('statement_timeout', $3, true)",
+                )
+                .await?;
+            tx.execute(&setup, &[&role, &claims, &timeout_ms]).await?;
+            let statement = tx.prepare_cached(sql).await?;
+            let row = tx.query_one(&statement, params).await?;
+            let text: Option<String> = row.try_get(0)?;
+            tx.commit().await?;
+            Ok::<_, Attempt>(text)
+        };
+        let run = async {
+            match attempt().await {
+                // A pooled connection the server had already closed (restart, terminated
+                // backend): once more on a fresh one. Every call here is idempotent.
+                Err(Attempt::Db(e)) if e.is_closed() => attempt().await,
+                other => other,
+            }
+        };
+        let text = match tokio::time::timeout(self.timeout, run).await {
+            Err(_) => return Err(StoreError::Timeout),
+            Ok(Err(Attempt::Db(e))) => return Err(db_error(e)),
+            Ok(Err(Attempt::Store(e))) => return Err(e),
+            Ok(Ok(text)) => text,
+        };
+        serde_json::from_str(text.as_deref().unwrap_or("null")).map_err(|e| StoreError::Decode(e.to_string()))
+    }
+
+    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<OfflineRows, StoreError> {
+        let limit = limit as i32;
+        let rows: Vec<serde_json::Value> = self
+            .json(
+                Who::User(token),
+                "select coalesce(json_agg(t), '[]')::text from public.chat_offline_messages($1::text::timestamptz, $2) t",
+                &[&since, &limit],
+            )
+            .await?;
+        Ok(OfflineRows::from_rows(rows))
+    }
+
+    pub async fn sync_horizon(&self, token: &str) -> Result<String, StoreError> {
+        self.json(Who::User(token), "select to_json(public.chat_sync_horizon())::text", &[]).await
+    }
+
+    pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
+        self.json(Who::User(token), "select to_json(public.chat_unread_count())::text", &[]).await
+    }
+
+    pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
+        self.json(Who::Service, "select to_json(public.chat_unread_count_of($1))::text", &[&user_id]).await
+    }
+
+    pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
+        self.json(Who::User(token), "select to_json(public.chat_set_realtime($1))::text", &[&enabled]).await
+    }
+
+    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
+        self.json(Who::User(token), "select to_json(public.chat_realtime_enabled())::text", &[]).await
+    }
+
+    pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {
+        let _: serde_json::Value = self
+            .json(Who::User(token), "select to_json(public.chat_mark_thread_read($1))::text", &[&thread_id])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn can_read_thread(&self, token: &str, thread_id: Uuid) -> Result<bool, StoreError> {
+        self.json(
+            Who::User(token),
+            "select to_json(exists(select 1 from public.threads where id = $1))::text",
+            &[&thread_id],
+        )
+        .await
+    }
+
+    pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
+        self.json(
+            Who::Service,
+            "select coalesce(json_agg(user_id), '[]')::text from public.thread_participants where thread_id = $1",
+            &[&thread_id],
+        )
+        .await
+    }
+
+    pub async fn profiles(&self, ids: &[Uuid]) -> Result<Vec<Profile>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        self.json(
+            Who::Service,
+            "select coalesce(json_agg(t), '[]')::text from \
+             (select id, full_name, role from public.profiles where id = any($1)) t",
+            &[&ids],
+        )
+        .await
+    }
+
+    pub async fn messages_page(
+        &self,
+        since: &str,
+        after: Option<(&str, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let (after_at, after_id) = (after.map(|(t, _)| t), after.map(|(_, id)| id));
+        let limit = limit as i32;
+        self.json(
+            Who::Service,
+            "select coalesce(json_agg(t), '[]')::text from public.chat_messages_page(\
+             $1::text::timestamptz, $2::text::timestamptz, $3, $4) t",
+            &[&since, &after_at, &after_id, &limit],
+        )
+        .await
+    }
+
+    pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
+        self.json(Who::Service, "select public.chat_sync_point()::text", &[]).await
+    }
+}
+
+/// What one attempt can fail with.
+enum Attempt {
+    Db(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Attempt {
+    fn from(e: tokio_postgres::Error) -> Attempt {
+        Attempt::Db(e)
+    }
+}
+
+impl From<StoreError> for Attempt {
+    fn from(e: StoreError) -> Attempt {
+        Attempt::Store(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_postgrest() {
+        assert_eq!(postgrest_status("42501"), 403);
+        assert_eq!(postgrest_status("22P02"), 400);
+        assert_eq!(postgrest_status("22007"), 400);
+        assert_eq!(postgrest_status("P0001"), 400);
+        assert_eq!(postgrest_status("23505"), 409);
+        assert_eq!(postgrest_status("42883"), 404);
+        assert_eq!(postgrest_status("08006"), 503);
+        assert_eq!(postgrest_status("XX000"), 500);
+    }
+}
