@@ -29,5 +29,3 @@ pub const BINARY: Close = Close { code: 1003, reason: "binary frames are not sup
 pub const DEAD: Close = Close { code: 1001, reason: "no response to ping", error_frame: None };
 /// The server is shutting down.
 pub const SHUTDOWN: Close = Close { code: 1001, reason: "server shutting down", error_frame: None };
-/// Every close the gateway can send (for documentation and tests).
-pub const ALL: [Close; 8] = [SLOW, STALLED, EXPIRED, RATE, TOO_BIG, BINARY, DEAD, SHUTDOWN];

@@ -13,7 +13,7 @@
 
 mod api;
 pub mod auth;
-pub mod close;
+mod close;
 pub mod config;
 mod directory;
 pub mod edge;
