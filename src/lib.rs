@@ -7,9 +7,10 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `limit`, [`edge`] (bounds on connections before authentication), and [`server`]
+//! `metrics`, `admin` (the operator page), `limit`, [`edge`] (bounds on connections before authentication), and [`server`]
 //! (listener, upgrade, shutdown).
 
+mod admin;
 mod api;
 pub mod auth;
 pub mod close;

@@ -12,10 +12,10 @@
 
 pub mod cursor;
 pub mod gap;
+mod readiness;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use crate::store::Store;
 use crate::upstream::UpstreamEvent;
 use cursor::Cursor;
 use gap::GapPage;
+pub use readiness::Readiness;
 use window::{Seen, Waiting};
 
 /// Settings of the router.
@@ -48,26 +49,18 @@ pub struct RouterConfig {
     pub cursor_interval: Duration,
 }
 
-/// Readiness as `/readyz` reports it: upstream live and no gap left to fill.
-#[derive(Default)]
-pub struct Readiness {
-    ready: AtomicBool,
-    upstream_live: AtomicBool,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-    pub fn upstream_live(&self) -> bool {
-        self.upstream_live.load(Ordering::Acquire)
-    }
-}
-
 /// Something waiting in a thread's queue.
 enum Waiter {
-    Message { row: MessageRow, created_at: DateTime<Utc> },
-    Membership { user_id: Uuid, present: bool },
+    /// `committed`: the upstream's commit time (live messages only), for the delivery latency.
+    Message {
+        row: MessageRow,
+        created_at: DateTime<Utc>,
+        committed: Option<DateTime<Utc>>,
+    },
+    Membership {
+        user_id: Uuid,
+        present: bool,
+    },
 }
 
 enum GapState {
@@ -180,8 +173,7 @@ impl Router {
             }
         }
         let ready = self.live && matches!(self.gap, GapState::Idle);
-        self.readiness.ready.store(ready, Ordering::Release);
-        self.readiness.upstream_live.store(self.live, Ordering::Release);
+        self.readiness.set(ready, self.live);
         if ready {
             self.cursor.request_if_due();
         }
@@ -256,7 +248,7 @@ impl Router {
             self.cursor.on_commit(committed);
         }
         match change {
-            UpstreamEvent::Message { row, .. } => self.accept(row),
+            UpstreamEvent::Message { row, committed } => self.accept(row, committed),
             UpstreamEvent::Membership { thread_id, user_id, present, .. } => match self.threads.get_mut(&thread_id) {
                 Some(queue) => queue.push_back(Waiter::Membership { user_id, present }),
                 None => self.apply_membership(thread_id, user_id, present),
@@ -285,7 +277,7 @@ impl Router {
 
     /// A new message (live or from a gap fill): deduplicated, then delivered or queued behind
     /// its thread's earlier messages.
-    fn accept(&mut self, row: MessageRow) {
+    fn accept(&mut self, row: MessageRow, committed: Option<DateTime<Utc>>) {
         let Some(created_at) = row.created() else {
             tracing::warn!(message = %row.id, "message with an unreadable created_at; filling from the database");
             let from = self.resume_point.unwrap_or(self.started) - self.margin();
@@ -299,13 +291,13 @@ impl Router {
         let thread_id = row.thread_id;
         if let Some(queue) = self.threads.get_mut(&thread_id) {
             self.waiting.add(row.id, created_at);
-            queue.push_back(Waiter::Message { row, created_at });
+            queue.push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
             return;
         }
-        if let Some(row) = self.try_deliver(row, created_at) {
+        if let Some(row) = self.try_deliver(row, created_at, committed) {
             self.waiting.add(row.id, created_at);
-            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at });
+            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
         }
     }
@@ -313,7 +305,12 @@ impl Router {
     /// Fans a message out if its thread's members and its sender are known; gives it back if not
     /// (after asking the directory to load what is missing).
     #[must_use]
-    fn try_deliver(&mut self, row: MessageRow, created_at: DateTime<Utc>) -> Option<MessageRow> {
+    fn try_deliver(
+        &mut self,
+        row: MessageRow,
+        created_at: DateTime<Utc>,
+        committed: Option<DateTime<Utc>>,
+    ) -> Option<MessageRow> {
         let members = self.directory.members(&row.thread_id);
         let sender = row.sender.clone().or_else(|| self.directory.profile(&row.sender_id));
         let (Some(members), Some(sender)) = (members, sender) else {
@@ -338,6 +335,10 @@ impl Router {
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
         ring.push(Entry { created_at, participants: members, frame });
         drop(ring);
+        if let Some(committed) = committed {
+            // Clocks of the database and this host may disagree: a negative latency counts as 0.
+            self.hub.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());
+        }
         self.hub.metrics.routed();
         tracing::debug!(message = %id, thread = %thread_id, recipients = n, "delivered");
         None
@@ -369,11 +370,11 @@ impl Router {
         while let Some(front) = self.threads.get_mut(&thread_id).and_then(VecDeque::pop_front) {
             match front {
                 Waiter::Membership { user_id, present } => self.apply_membership(thread_id, user_id, present),
-                Waiter::Message { row, created_at } => {
-                    if let Some(row) = self.try_deliver(row, created_at) {
+                Waiter::Message { row, created_at, committed } => {
+                    if let Some(row) = self.try_deliver(row, created_at, committed) {
                         self.waiting.add(row.id, created_at);
                         if let Some(queue) = self.threads.get_mut(&thread_id) {
-                            queue.push_front(Waiter::Message { row, created_at });
+                            queue.push_front(Waiter::Message { row, created_at, committed });
                         }
                         return;
                     }
@@ -397,7 +398,7 @@ impl Router {
         );
         for (_, queue) in self.threads.drain() {
             for waiter in queue {
-                if let Waiter::Message { row, created_at } = waiter {
+                if let Waiter::Message { row, created_at, .. } = waiter {
                     self.seen.forget(row.id, created_at);
                 }
             }
@@ -434,7 +435,7 @@ impl Router {
             Some(GapPage::Rows(rows)) => {
                 let before = self.seen.len();
                 for row in rows {
-                    self.accept(row);
+                    self.accept(row, None);
                 }
                 self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
             }
