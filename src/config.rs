@@ -380,7 +380,8 @@ impl Config {
         })
     }
 
-    /// A configuration for tests and embedding: the given project, everything else default.
+    /// A configuration for tests and embedding: the given project, everything else default but
+    /// no drain (no load balancer watches an embedded gateway's `/readyz`).
     pub fn for_project(
         supabase_url: &str,
         anon_key: &str,
@@ -394,6 +395,7 @@ impl Config {
             format!("--supabase-service-role-key={service_role_key}"),
             "--port=0".to_string(),
             "--bind-address=127.0.0.1".to_string(),
+            "--drain-secs=0".to_string(),
         ];
         if let Some(secret) = jwt_secret {
             argv.push(format!("--supabase-jwt-secret={secret}"));

@@ -87,10 +87,12 @@ impl Gateway {
     /// channel is left, and this returns (at the latest when the grace period is over).
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
+        // Validated below the grace period; a configuration built in code may not be.
+        let drain = self.drain.min(self.grace);
         self.readiness.start_draining();
-        tracing::info!(sessions = self.hub.session_count(), drain_secs = self.drain.as_secs_f64(), "draining");
-        tokio::time::sleep(self.drain).await;
-        let window = close_window(self.grace, self.drain);
+        tracing::info!(sessions = self.hub.session_count(), drain_secs = drain.as_secs_f64(), "draining");
+        tokio::time::sleep(drain).await;
+        let window = close_window(self.grace, drain);
         let sessions = self.hub.sessions();
         tracing::info!(sessions = sessions.len(), window_secs = window.as_secs_f64(), "closing sessions");
         let start = tokio::time::Instant::now();

@@ -12,6 +12,7 @@ mod guide_client;
 mod js_client;
 mod keys;
 mod openapi;
+mod operators;
 mod resilience;
 mod rest;
 mod upstream;
