@@ -55,6 +55,8 @@ pub struct ApiState {
     pub verifier: Arc<Verifier>,
     /// REST calls per user and second (bursts of twice that).
     pub rate: Arc<PerUser>,
+    /// Operator settings: metrics token, admin page, edge counters, recent disconnects.
+    pub ops: Arc<crate::admin::Ops>,
 }
 
 /// The caller: verified identity and the raw token to forward to PostgREST.
@@ -75,9 +77,11 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
     request.and_then(move |header: Option<String>, peer: Option<Peer>| {
         let verifier = state.verifier.clone();
         let rate = state.rate.clone();
+        let metrics = state.hub.metrics.clone();
         async move {
             let token = bearer(header.as_deref())
                 .ok_or_else(|| {
+                    metrics.auth_failed("rest", crate::auth::AuthError::Missing.label());
                     warp::reject::custom(Rejected(ApiError::new(
                         StatusCode::UNAUTHORIZED,
                         "Unauthorized: missing Authorization: Bearer token",
@@ -85,10 +89,10 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
                 })?
                 .to_string();
             let peer = peer.map(|p| p.0.ip());
-            let identity = verifier
-                .verify_from(peer, &token)
-                .await
-                .map_err(|e| warp::reject::custom(Rejected(ApiError::from(e))))?;
+            let identity = verifier.verify_from(peer, &token).await.map_err(|e| {
+                metrics.auth_failed("rest", e.label());
+                warp::reject::custom(Rejected(ApiError::from(e)))
+            })?;
             if !rate.allow(identity.user_id) {
                 return Err(warp::reject::custom(Rejected(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -251,6 +255,8 @@ fn read_only() -> impl Filter<Extract = (), Error = Rejection> + Clone {
 /// All REST routes.
 pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let shared = state.clone();
+    let shared_for_admin = state.clone();
+    let state_metrics = state.hub.metrics.clone();
     let st = move || {
         let s = shared.clone();
         warp::any().map(move || s.clone())
@@ -302,14 +308,26 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         if s.readiness.is_ready() {
             ok(json!({"status": "ready", "upstream": "live"}))
         } else {
+            // Draining: the instance is shutting down, whatever the upstream's state.
+            let (status, upstream) = match (s.readiness.is_draining(), s.readiness.upstream_live()) {
+                (true, true) => ("draining", "live"),
+                (true, false) => ("draining", "down"),
+                (false, _) => ("not_ready", "down"),
+            };
             warp::reply::with_status(
-                warp::reply::json(&json!({"status": "not_ready", "upstream": "down"})),
+                warp::reply::json(&json!({"status": status, "upstream": upstream})),
                 StatusCode::SERVICE_UNAVAILABLE,
             )
         }
     });
-    let metrics =
-        warp::path("metrics").and(warp::path::end()).and(read_only()).and(st()).map(|s: ApiState| metrics_text(&s));
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(read_only())
+        .and(st())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(|s: ApiState, auth: Option<String>| metrics_reply(&s, auth.as_deref()));
+    let admin = crate::admin::routes(shared_for_admin);
+    let timing = state_metrics.clone();
     let openapi = warp::path("api")
         .and(warp::path("openapi.json"))
         .and(warp::path::end())
@@ -330,34 +348,80 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(ready)
         .unify()
         .map(|r: WithStatus<Json>| r.into_response())
-        .or(metrics.map(|r: String| r.into_response()))
+        .or(metrics)
         .unify()
         .or(openapi)
         .unify()
+        .or(admin)
+        .unify()
         .recover(recover)
+        .with(warp::log::custom(move |info: warp::log::Info<'_>| {
+            timing.rest_request(route_label(info.path()), info.status().as_u16(), info.elapsed());
+        }))
 }
 
-fn metrics_text(state: &ApiState) -> String {
+/// The route template of a request path, a static label for the latency series (never the
+/// path itself: it may hold ids).
+fn route_label(path: &str) -> &'static str {
+    const ROUTES: [&str; 12] = [
+        "/api/chat/subscribe",
+        "/api/chat/unsubscribe",
+        "/api/chat/offline-messages",
+        "/api/chat/unread-count",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/openapi.json",
+        "/admin",
+        "/admin/api/overview",
+        "/api/chat/mark-read/:thread_id",
+        "/admin/api/users/:user_id/disconnect",
+    ];
+    let path = path.trim_end_matches('/');
+    if let Some(found) = ROUTES[..10].iter().find(|r| **r == path) {
+        return found;
+    }
+    if path.strip_prefix("/api/chat/mark-read/").is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) {
+        return ROUTES[10];
+    }
+    let user = path.strip_prefix("/admin/api/users/").and_then(|rest| rest.strip_suffix("/disconnect"));
+    if user.is_some_and(|id| !id.is_empty() && !id.contains('/')) {
+        return ROUTES[11];
+    }
+    "other"
+}
+
+/// `/metrics`: the Prometheus text, behind `METRICS_TOKEN` when it is set.
+fn metrics_reply(state: &ApiState, authorization: Option<&str>) -> warp::reply::Response {
+    if let Some(expected) = &state.ops.metrics_token {
+        if !crate::admin::bearer_matches(authorization, expected) {
+            let e = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized: metrics need Authorization: Bearer <METRICS_TOKEN>",
+            );
+            return error_reply(&e).into_response();
+        }
+    }
     let hub: &Hub = &state.hub;
-    hub.metrics.render(&[
-        ("gateway_sessions", "Open WebSocket sessions", hub.session_count() as u64),
-        ("gateway_users", "Users with at least one session", hub.user_count() as u64),
-        (
-            "gateway_upstream_ready",
-            "1 when the upstream is live and no gap is left to fill",
-            u64::from(state.readiness.is_ready()),
-        ),
-        (
-            "gateway_upstream_live",
-            "1 when the upstream subscription is live",
-            u64::from(state.readiness.upstream_live()),
-        ),
-    ])
+    let edge = state.ops.edge.stats();
+    let sampled = crate::metrics::Sampled {
+        sessions: hub.session_count(),
+        users: hub.user_count(),
+        upstream_live: state.readiness.upstream_live(),
+        upstream_ready: state.readiness.upstream_ready(),
+        ready: state.readiness.is_ready(),
+        draining: state.readiness.is_draining(),
+        edge_open_connections: edge.open_connections,
+        edge_pending_handshakes: edge.pending_handshakes,
+    };
+    warp::reply::with_header(hub.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE).into_response()
 }
 
 async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
     let e = if let Some(Rejected(e)) = rejection.find::<Rejected>() {
         e.clone()
+    } else if let Some(e) = crate::admin::refusal(&rejection) {
+        e
     } else if rejection.is_not_found() {
         ApiError::new(StatusCode::NOT_FOUND, "Not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -377,6 +441,19 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         protocol::parse_time(s).expect("time")
+    }
+
+    #[test]
+    fn route_labels_are_templates_never_ids() {
+        assert_eq!(route_label("/api/chat/unread-count"), "/api/chat/unread-count");
+        assert_eq!(
+            route_label("/api/chat/mark-read/b0000000-0000-4000-8000-000000000001"),
+            "/api/chat/mark-read/:thread_id"
+        );
+        assert_eq!(route_label("/admin/api/users/abc/disconnect"), "/admin/api/users/:user_id/disconnect");
+        assert_eq!(route_label("/admin/"), "/admin");
+        assert_eq!(route_label("/api/chat/mark-read/a/b"), "other");
+        assert_eq!(route_label("/nothing/here"), "other");
     }
 
     #[test]

@@ -55,6 +55,28 @@ pub enum AuthError {
     TooManyFailures,
 }
 
+impl AuthError {
+    /// A short stable name per variant, for metrics (`gateway_auth_failures_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::NotAUser => "not_a_user",
+            AuthError::Anonymous => "anonymous",
+            AuthError::KeysUnavailable => "keys_unavailable",
+            AuthError::TooManyFailures => "too_many_failures",
+        }
+    }
+}
+
 /// The verified identity of a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

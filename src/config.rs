@@ -17,7 +17,7 @@ pub mod check;
 mod rules;
 
 pub use rules::parse_origins;
-use rules::{edge_settings, invalid, positive, rate, seconds, Problems};
+use rules::{drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
 
 mod backend;
 use backend::{backend, jwks_url, jwt_secret};
@@ -144,9 +144,19 @@ pub struct Args {
     /// Most threads whose membership is cached at once.
     #[arg(long, env = "CACHE_MAX_THREADS", default_value_t = 100_000)]
     pub cache_max_threads: usize,
-    /// Upper bound on graceful shutdown, seconds.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    /// Upper bound on graceful shutdown, seconds (drain, then sessions closed over the rest).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, seconds of answering /readyz 503 with every session still open, before the
+    /// sessions are closed spread over the rest of SHUTDOWN_GRACE_SECS; less than it.
+    #[arg(long, env = "DRAIN_SECS", default_value_t = 5.0)]
+    pub drain_secs: f64,
+    /// Bearer token /metrics requires (at least 16 characters); empty: /metrics is open.
+    #[arg(long, env = "METRICS_TOKEN", default_value = "", hide_env_values = true, hide_default_value = true)]
+    pub metrics_token: String,
+    /// Bearer token of the operator page /admin (at least 16 characters); empty: no /admin.
+    #[arg(long, env = "ADMIN_TOKEN", default_value = "", hide_env_values = true, hide_default_value = true)]
+    pub admin_token: String,
     /// Longest time signing keys (JWKS) are trusted before a scheduled re-fetch, seconds; a
     /// shorter `Cache-Control: max-age` from Auth is honoured.
     #[arg(long, env = "JWKS_MAX_AGE_SECS", default_value_t = 600)]
@@ -233,6 +243,10 @@ pub struct Config {
     pub cache_ttl: Duration,
     pub cache_max_threads: usize,
     pub shutdown_grace: Duration,
+    /// Part of the shutdown grace with /readyz at 503 before sessions are closed.
+    pub drain: Duration,
+    pub metrics_token: Option<String>,
+    pub admin_token: Option<String>,
     /// Longest time a fetched JWKS is trusted (a shorter `Cache-Control: max-age` wins).
     pub jwks_max_age: Duration,
     /// Required `iss` of user tokens, if set.
@@ -345,6 +359,10 @@ impl Config {
         let upstream_channel_capacity = p.or(positive("UPSTREAM_QUEUE_CAPACITY", a.upstream_queue_capacity), 1);
         let router_max_waiting = p.or(positive("ROUTER_MAX_WAITING", a.router_max_waiting), 1);
         let cursor_interval_ms = p.or(positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize), 1) as u64;
+        let shutdown_grace = Duration::from_secs(a.shutdown_grace_secs);
+        let drain = p.or(drain(a.drain_secs, shutdown_grace), Duration::ZERO);
+        let metrics_token = p.or(secret_token("METRICS_TOKEN", &a.metrics_token), None);
+        let admin_token = p.or(secret_token("ADMIN_TOKEN", &a.admin_token), None);
         p.finish()?;
         let backend = backend.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
         Ok(Config {
@@ -364,7 +382,10 @@ impl Config {
             limits,
             cache_ttl: Duration::from_secs(cache_ttl_secs),
             cache_max_threads,
-            shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+            shutdown_grace,
+            drain,
+            metrics_token,
+            admin_token,
             jwks_max_age: Duration::from_secs(jwks_max_age_secs),
             jwt_issuer: Some(a.jwt_issuer.trim().to_string()).filter(|s| !s.is_empty()),
             allow_anonymous: a.allow_anonymous,
@@ -382,7 +403,8 @@ impl Config {
         })
     }
 
-    /// A configuration for tests and embedding: the given project, everything else default.
+    /// A configuration for tests and embedding: the given project, everything else default but
+    /// no drain (no load balancer watches an embedded gateway's `/readyz`).
     pub fn for_project(
         supabase_url: &str,
         anon_key: &str,
@@ -396,6 +418,7 @@ impl Config {
             format!("--supabase-service-role-key={service_role_key}"),
             "--port=0".to_string(),
             "--bind-address=127.0.0.1".to_string(),
+            "--drain-secs=0".to_string(),
         ];
         if let Some(secret) = jwt_secret {
             argv.push(format!("--supabase-jwt-secret={secret}"));

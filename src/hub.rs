@@ -197,6 +197,25 @@ impl Hub {
         }
     }
 
+    /// Every open session (for a shutdown that closes them one by one).
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        self.sessions_by_user.iter().flat_map(|entry| entry.value().clone()).collect()
+    }
+
+    /// Closes every session of one user with `reason`; returns how many.
+    pub fn close_user(&self, user_id: &Uuid, reason: Close) -> usize {
+        let Some(sessions) = self.sessions_by_user.get(user_id) else { return 0 };
+        for session in sessions.iter() {
+            session.close(reason);
+        }
+        sessions.len()
+    }
+
+    /// Up to `limit` online users with their number of sessions (for the admin page).
+    pub fn online_users(&self, limit: usize) -> Vec<(Uuid, usize)> {
+        self.sessions_by_user.iter().take(limit).map(|entry| (*entry.key(), entry.value().len())).collect()
+    }
+
     /// Every session that must receive a message of `thread_id`, given the thread's participants:
     /// participants' sessions (unless the user turned realtime off or the session muted the
     /// thread) plus explicit subscribers who are still participants; each at most once.

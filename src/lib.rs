@@ -7,10 +7,11 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `limit`, [`edge`] (bounds on connections before authentication), and [`server`]
-//! (listener, upgrade, shutdown). [`pg`] is the second backend: the same change feed and store on
-//! plain PostgreSQL.
+//! `metrics`, `admin` (the operator page), `limit`, [`edge`] (bounds on connections before
+//! authentication), and [`server`] (listener, upgrade, shutdown). [`pg`] is the second backend:
+//! the same change feed and store on plain PostgreSQL.
 
+mod admin;
 mod api;
 pub mod auth;
 mod close;

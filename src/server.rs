@@ -9,7 +9,9 @@
 //! tokio-tungstenite so that the socket's buffer sizes and limits are ours to choose. Shutdown is
 //! one [`CancellationToken`]: every spawned task (connections, sessions, upstream, router, lookups)
 //! is tracked by one [`TaskTracker`], selects on the token, and is awaited up to the grace period,
-//! so in-flight REST calls get their answers.
+//! so in-flight REST calls get their answers. Before that, a drain (see [`Gateway::shutdown`]):
+//! `/readyz` answers 503 and new upgrades are refused while sessions stay open, then sessions are
+//! closed one by one, spread over the rest of the grace period.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use warp::Reply;
 
+use crate::admin::{Disconnects, Ops};
 use crate::api::{self, ApiState};
 use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
@@ -68,6 +71,7 @@ pub struct Gateway {
     tasks: TaskTracker,
     grace: Duration,
     slot_lag: Option<Arc<crate::pg::SlotLag>>,
+    drain: Duration,
 }
 
 impl Gateway {
@@ -88,18 +92,51 @@ impl Gateway {
         self.readiness.is_ready()
     }
 
-    /// Graceful shutdown: stop accepting, close every client with 1001 "going away", let
-    /// in-flight REST calls finish, leave the upstream channel; returns within the grace period.
+    /// Graceful shutdown within `SHUTDOWN_GRACE_SECS`: at once `/readyz` answers 503 and new
+    /// WebSocket upgrades get 503 (REST keeps being served); after `DRAIN_SECS`, every session is
+    /// closed with 1001 "server shutting down", one at a time, evenly spread over most of the
+    /// rest of the grace period (so that reconnects do not all land on the other instances in
+    /// the same instant); then the listener stops, in-flight REST calls finish, the upstream
+    /// channel is left, and this returns (at the latest when the grace period is over).
     pub async fn shutdown(self) {
-        tracing::info!(sessions = self.hub.session_count(), "shutting down");
-        self.stop.cancel();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        // Validated below the grace period; a configuration built in code may not be.
+        let drain = self.drain.min(self.grace);
+        self.readiness.start_draining();
+        tracing::info!(sessions = self.hub.session_count(), drain_secs = drain.as_secs_f64(), "draining");
+        tokio::time::sleep(drain).await;
+        let window = close_window(self.grace, drain);
+        let sessions = self.hub.sessions();
+        tracing::info!(sessions = sessions.len(), window_secs = window.as_secs_f64(), "closing sessions");
+        let start = tokio::time::Instant::now();
+        for (i, at) in close_schedule(sessions.len(), window).enumerate() {
+            tokio::time::sleep_until(start + at).await;
+            if let Some(session) = sessions.get(i) {
+                session.close(close::SHUTDOWN);
+            }
+        }
         self.hub.close_all(close::SHUTDOWN);
+        self.stop.cancel();
         self.tasks.close();
-        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
             tracing::warn!(remaining_tasks = self.tasks.len(), "grace period over; abandoning what is left");
         }
         tracing::info!(remaining_sessions = self.hub.session_count(), "stopped");
     }
+}
+
+/// The part of the grace period after the drain over which sessions are closed: all of it but a
+/// tail (a fifth, at most 2 s) left for the last closes and in-flight calls to finish.
+pub fn close_window(grace: Duration, drain: Duration) -> Duration {
+    let rest = grace.saturating_sub(drain);
+    rest.saturating_sub((rest / 5).min(Duration::from_secs(2)))
+}
+
+/// When each of `n` sessions is closed, from the start of the window: evenly spaced, the first
+/// at once, the last one interval before the window's end.
+pub fn close_schedule(n: usize, window: Duration) -> impl Iterator<Item = Duration> {
+    let step = if n == 0 { Duration::ZERO } else { window / u32::try_from(n).unwrap_or(u32::MAX) };
+    (0..n).map(move |i| step.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)))
 }
 
 /// The upstream subscription the gateway needs: new messages, membership and read state, and
@@ -145,6 +182,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             }
         }
     }
+    let metrics = Arc::new(Metrics::default());
     let store = match &config.backend {
         Backend::Supabase(project) => Store::new(
             http,
@@ -152,10 +190,10 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             project.anon_key.clone(),
             project.service_role_key.clone(),
             config.backend_timeout,
-        ),
+        )
+        .with_metrics(metrics.clone()),
         Backend::Postgres(settings) => Store::Pg(crate::pg::store(settings, verifier.clone(), config.backend_timeout)?),
     };
-    let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let (directory, loaded) =
         Directory::new(store.clone(), config.cache_ttl, config.cache_max_threads, tasks.clone(), stop.clone());
@@ -210,6 +248,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         }
     };
 
+    let disconnects = Arc::new(Disconnects::default());
+    let edge = Edge::new(&config.edge);
+    let ops = Arc::new(Ops {
+        edge: edge.clone(),
+        metrics_token: config.metrics_token.clone(),
+        admin_token: config.admin_token.clone(),
+        disconnects: disconnects.clone(),
+    });
     let ctx = SessionContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
@@ -217,6 +263,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         history,
         readiness: readiness.clone(),
         stop: stop.clone(),
+        disconnects: disconnects.clone(),
     };
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, 100_000));
     let rest = warp::service(api::routes(ApiState {
@@ -225,6 +272,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         readiness: readiness.clone(),
         verifier,
         rate: rest_rate,
+        ops,
     }));
     // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
     // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows
@@ -235,11 +283,10 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .max_write_buffer_size(1 << 20)
         .max_message_size(Some(config.limits.max_message_bytes))
         .max_frame_size(Some(config.limits.max_message_bytes));
-    let edge = Edge::new(&config.edge);
     let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };
     tasks.spawn(listener_ctx.accept_loop(listener));
     tracing::info!(%addr, backend = %backend_name, "gateway listening");
-    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace, slot_lag })
+    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace, drain: config.drain, slot_lag })
 }
 
 /// The accept loop and what every connection needs.
@@ -366,7 +413,11 @@ async fn upgrade(
     if req.headers().get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
         return PeerError::bad_request("Unsupported WebSocket version (13 required)").response();
     }
+    if ctx.readiness.is_draining() {
+        return PeerError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").response();
+    }
     let Some(token) = request_token(req.uri().query(), req.headers()) else {
+        ctx.hub.metrics.auth_failed("websocket", crate::auth::AuthError::Missing.label());
         tracing::info!(%peer, "WebSocket refused: no token");
         return PeerError::new(
             StatusCode::UNAUTHORIZED,
@@ -381,6 +432,7 @@ async fn upgrade(
     let identity = match ctx.verifier.verify_from(Some(peer.ip()), &token).await {
         Ok(identity) => identity,
         Err(e) => {
+            ctx.hub.metrics.auth_failed("websocket", e.label());
             tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");
             return PeerError::from(e).response();
         }
@@ -429,6 +481,20 @@ mod tests {
         headers.insert(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer xyz"));
         assert_eq!(request_token(Some("other=1"), &headers), Some("xyz".into()));
         assert_eq!(request_token(Some("token="), &headers), Some("xyz".into()));
+    }
+
+    #[test]
+    fn sessions_are_closed_evenly_over_the_window_not_at_once() {
+        let window = close_window(Duration::from_secs(30), Duration::from_secs(5));
+        assert_eq!(window, Duration::from_secs(23), "25 s after the drain, less a 2 s tail");
+        assert_eq!(close_window(Duration::from_secs(4), Duration::from_secs(1)), Duration::from_millis(2400));
+        let at: Vec<Duration> = close_schedule(20, Duration::from_secs(2)).collect();
+        assert_eq!(at.len(), 20);
+        assert_eq!(at[0], Duration::ZERO);
+        assert_eq!(at[1], Duration::from_millis(100));
+        assert_eq!(at[19], Duration::from_millis(1900));
+        assert!(at.windows(2).all(|w| w[1] > w[0]));
+        assert_eq!(close_schedule(0, Duration::from_secs(2)).count(), 0);
     }
 
     #[test]

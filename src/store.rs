@@ -79,6 +79,8 @@ pub struct Postgrest {
     anon_key: String,
     service_key: String,
     timeout: Duration,
+    /// Where each call's latency is recorded (`gateway_postgrest_request_duration_seconds`).
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 /// The database's sync horizon read together with its clock (see `chat_sync_point()`).
@@ -146,7 +148,15 @@ impl Store {
         service_key: String,
         timeout: Duration,
     ) -> Store {
-        Store::Rest(Postgrest { http, rest_url, anon_key, service_key, timeout })
+        Store::Rest(Postgrest { http, rest_url, anon_key, service_key, timeout, metrics: None })
+    }
+
+    /// Records the latency of every PostgREST call in `metrics`, labelled by [`call_name`].
+    pub fn with_metrics(self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Store {
+        match self {
+            Store::Rest(postgrest) => Store::Rest(Postgrest { metrics: Some(metrics), ..postgrest }),
+            other => other,
+        }
     }
 
     /// `chat_offline_messages(p_since, p_limit)` as the user.
@@ -206,6 +216,29 @@ impl Store {
 
 impl Postgrest {
     async fn call<T: DeserializeOwned>(
+        &self,
+        who: As<'_>,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<T, StoreError> {
+        let started = std::time::Instant::now();
+        let result = self.call_untimed(who, method, path, query, body).await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(StoreError::Timeout) => "timeout",
+                Err(StoreError::Unavailable(_)) => "unavailable",
+                Err(StoreError::Rejected { .. }) => "rejected",
+                Err(StoreError::Decode(_)) => "decode",
+            };
+            metrics.postgrest_call(call_name(path), outcome, started.elapsed());
+        }
+        result
+    }
+
+    async fn call_untimed<T: DeserializeOwned>(
         &self,
         who: As<'_>,
         method: Method,
@@ -360,6 +393,28 @@ impl Postgrest {
     pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
         self.rpc(As::Service, "chat_sync_point", json!({})).await
     }
+}
+
+/// Every PostgREST path the store calls, as the static label of its latency series.
+const CALLS: [&str; 12] = [
+    "rpc/chat_offline_messages",
+    "rpc/chat_sync_horizon",
+    "rpc/chat_sync_point",
+    "rpc/chat_unread_count",
+    "rpc/chat_unread_count_of",
+    "rpc/chat_set_realtime",
+    "rpc/chat_realtime_enabled",
+    "rpc/chat_mark_thread_read",
+    "rpc/chat_messages_page",
+    "threads",
+    "thread_participants",
+    "profiles",
+];
+
+/// The metrics label of a call's path: itself when known, `other` otherwise (a label never
+/// comes from data).
+pub fn call_name(path: &str) -> &'static str {
+    CALLS.iter().find(|c| **c == path).copied().unwrap_or("other")
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod admin;
 mod auth;
 mod cli;
 mod delivery;
@@ -14,6 +15,7 @@ mod instances;
 mod js_client;
 mod keys;
 mod openapi;
+mod operators;
 mod postgres;
 mod resilience;
 mod rest;

@@ -193,9 +193,12 @@ async fn refused_upgrade(url: &str) -> Answer {
     }
 }
 
+/// Enables the operator page in these tests, so that its routes are checked like the others.
+const ADMIN_TOKEN: &str = "admin-token-for-the-openapi-tests";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented_for_good_and_bad_input() {
-    let world = World::start().await;
+    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
     let api = Api::load();
     let carla = world.token(&CARLA);
     let good = Some(carla.as_str());
@@ -223,6 +226,12 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
         (Method::GET, "/readyz".into(), None, 200),
         (Method::GET, "/metrics".into(), None, 200),
         (Method::GET, "/api/openapi.json".into(), None, 200),
+        (Method::GET, "/admin".into(), None, 200),
+        (Method::GET, "/admin/api/overview".into(), Some(ADMIN_TOKEN), 200),
+        (Method::GET, "/admin/api/overview".into(), good, 401),
+        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), Some(ADMIN_TOKEN), 200),
+        (Method::POST, "/admin/api/users/not-a-uuid/disconnect".into(), Some(ADMIN_TOKEN), 400),
+        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), None, 401),
     ];
     let mut exercised: BTreeSet<(String, String)> = BTreeSet::new();
     let mut failures = Vec::new();
@@ -281,7 +290,7 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_the_server_answers_is_documented() {
-    let world = World::start().await;
+    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
     let api = Api::load();
     let words = [
         "api",
@@ -314,6 +323,13 @@ async fn every_route_the_server_answers_is_documented() {
             }
         }
     }
+    // The operator page's routes (enabled here by ADMIN_TOKEN), and their neighbours.
+    for admin in ["admin", "admin/api", "admin/api/overview", "admin/overview", "admin/api/users", "admin/api/users/x"]
+    {
+        paths.push(format!("/{admin}"));
+    }
+    paths.push("/admin/api/users/b0000000-0000-4000-8000-000000000001/disconnect".into());
+    paths.push("/admin/api/users/disconnect".into());
     let methods = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
     let mut answered: BTreeSet<(String, String)> = BTreeSet::new();
     let mut failures = Vec::new();

@@ -194,6 +194,9 @@ pub fn describe(c: &Config) -> String {
         ("ROUTER_MAX_WAITING", c.router_max_waiting.to_string()),
         ("CURSOR_INTERVAL_MS", c.cursor_interval.as_millis().to_string()),
         ("RESUME_BUFFER_MESSAGES", c.resume_buffer.to_string()),
+        ("DRAIN_SECS", secs(c.drain)),
+        ("METRICS_TOKEN", c.metrics_token.as_deref().map(secret).unwrap_or_else(|| "(empty: /metrics open)".into())),
+        ("ADMIN_TOKEN", c.admin_token.as_deref().map(secret).unwrap_or_else(|| "(empty: no /admin)".into())),
     ]);
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
 }
@@ -235,6 +238,22 @@ mod tests {
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].starts_with("WS_PING_INTERVAL_SECS:") || problems[1].starts_with("WS_PING_INTERVAL_SECS:"));
         assert!(problems.iter().any(|p| p.starts_with("CORS_ALLOWED_ORIGINS:")), "{problems:?}");
+    }
+
+    #[test]
+    fn the_drain_must_end_before_the_grace_period_and_tokens_must_be_long() {
+        let config = load_from(argv(&[])).expect("valid");
+        assert_eq!((config.drain.as_secs(), config.shutdown_grace.as_secs()), (5, 30));
+        assert_eq!((config.metrics_token.as_deref(), config.admin_token.as_deref()), (None, None));
+        let problems = load_from(argv(&["--drain-secs=10", "--shutdown-grace-secs=10", "--admin-token=short"]))
+            .expect_err("invalid");
+        assert!(
+            problems.iter().any(|p| p.starts_with("DRAIN_SECS: must be less than SHUTDOWN_GRACE_SECS")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.starts_with("ADMIN_TOKEN:")), "{problems:?}");
+        let config = load_from(argv(&["--metrics-token=0123456789abcdef-metrics"])).expect("valid");
+        assert!(!describe(&config).contains("0123456789abcdef-metrics"));
     }
 
     #[test]

@@ -40,6 +40,35 @@ pub(super) fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigE
     Ok(Duration::from_secs_f64(value))
 }
 
+/// `DRAIN_SECS`: zero or more seconds, and less than the shutdown grace it is part of.
+pub(super) fn drain(value: f64, grace: Duration) -> Result<Duration, ConfigError> {
+    if !(value.is_finite() && value >= 0.0) {
+        return Err(invalid("DRAIN_SECS", format!("must be a number of seconds (0 or more), got {value}")));
+    }
+    let drain = Duration::from_secs_f64(value.min(86_400.0));
+    if drain >= grace {
+        return Err(invalid(
+            "DRAIN_SECS",
+            format!(
+                "must be less than SHUTDOWN_GRACE_SECS ({}): sessions are closed in the time between them",
+                grace.as_secs_f64()
+            ),
+        ));
+    }
+    Ok(drain)
+}
+
+/// An optional bearer secret (`METRICS_TOKEN`, `ADMIN_TOKEN`): empty means off; otherwise long
+/// enough not to be guessed.
+pub(super) fn secret_token(var: &'static str, value: &str) -> Result<Option<String>, ConfigError> {
+    let value = value.trim();
+    match value.chars().count() {
+        0 => Ok(None),
+        n if n < 16 => Err(invalid(var, "must be at least 16 characters (a long random secret) or empty")),
+        _ => Ok(Some(value.to_string())),
+    }
+}
+
 pub(super) fn positive(var: &'static str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(invalid(var, "must be at least 1"));

@@ -4,6 +4,7 @@
 //! channel, so the router keeps reading the upstream meanwhile and takes pages only as fast as it
 //! can route them. Never decides who receives a message.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -92,13 +93,18 @@ impl Router {
         );
         for (_, queue) in self.threads.drain() {
             for waiter in queue {
-                if let Waiter::Message { row, created_at } = waiter {
+                if let Waiter::Message { row, created_at, .. } = waiter {
                     self.seen.forget(row.id, created_at);
                 }
             }
         }
         self.held.clear();
         self.waiting.clear();
+        self.overflows += 1;
+        if let GapState::Running { backlog, .. } = &mut self.gap {
+            // The rest of the page comes again with the next fill, after what was dropped.
+            backlog.clear();
+        }
         // Membership changes may have been dropped with them.
         self.directory.forget_members();
         self.cursor.invalidate();
@@ -111,8 +117,8 @@ impl Router {
         self.gap = match std::mem::replace(&mut self.gap, GapState::Idle) {
             GapState::Idle => GapState::Needed(from),
             GapState::Needed(earlier) => GapState::Needed(earlier.min(from)),
-            GapState::Running { pages, again } => {
-                GapState::Running { pages, again: Some(again.map_or(from, |a| a.min(from))) }
+            GapState::Running { pages, again, backlog, done } => {
+                GapState::Running { pages, again: Some(again.map_or(from, |a| a.min(from))), backlog, done }
             }
         };
     }
@@ -121,39 +127,75 @@ impl Router {
         tracing::info!(from = %format_time(from), "filling the gap from the database");
         let (tx, rx) = mpsc::channel(2);
         self.tasks.spawn(fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone()));
-        self.gap = GapState::Running { pages: rx, again: None };
+        self.gap = GapState::Running { pages: rx, again: None, backlog: VecDeque::new(), done: None };
     }
 
+    /// A page (or the end) from the fill task: kept in the fill's backlog, fed to the router as
+    /// room allows (see [`Router::feed_gap`]).
     pub(super) fn on_gap_page(&mut self, page: Option<GapPage>) {
-        match page {
-            Some(GapPage::Rows(rows)) => {
-                let before = self.seen.len();
-                for row in rows {
-                    self.accept(row);
-                }
-                self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
-            }
-            Some(GapPage::Done { scanned }) => {
-                tracing::info!(scanned, "gap filled");
-                let again = match std::mem::replace(&mut self.gap, GapState::Idle) {
-                    GapState::Running { again, .. } => again,
-                    _ => None,
-                };
-                if let Some(from) = again {
-                    self.gap = GapState::Needed(from);
-                }
-                let held: Vec<UpstreamEvent> = self.held.drain(..).collect();
-                for event in held {
-                    if let UpstreamEvent::Message { row, .. } = &event {
-                        if let Some(t) = row.created() {
-                            self.waiting.remove(row.id, t);
-                        }
-                    }
-                    self.on_change(event);
-                }
-            }
+        match (page, &mut self.gap) {
+            (Some(GapPage::Rows(rows)), GapState::Running { backlog, .. }) => backlog.extend(rows),
+            (Some(GapPage::Done { scanned }), GapState::Running { done, .. }) => *done = Some(scanned),
             // The task ended without Done: only when the gateway stops.
-            None => self.gap = GapState::Idle,
+            (None, _) => self.gap = GapState::Idle,
+            _ => {}
+        }
+    }
+
+    /// Whether the running fill may hand over its next page: the backlog is empty and there is
+    /// room to wait for lookups.
+    pub(super) fn gap_wants_page(&self) -> bool {
+        matches!(&self.gap, GapState::Running { backlog, done: None, .. } if backlog.is_empty())
+            && self.waiting.len() < self.config.max_waiting
+    }
+
+    /// Feeds backlog rows to the router while there is room to wait for their lookups (so a fill
+    /// never overflows the bound by itself), then finishes the fill once it has been read whole.
+    pub(super) fn feed_gap(&mut self) {
+        while self.waiting.len() < self.config.max_waiting {
+            let GapState::Running { backlog, done, .. } = &mut self.gap else { return };
+            match backlog.pop_front() {
+                Some(row) => {
+                    let before = self.seen.len();
+                    self.accept(row, None);
+                    self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
+                }
+                None => {
+                    if let Some(scanned) = *done {
+                        self.finish_gap(scanned);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn finish_gap(&mut self, scanned: u64) {
+        tracing::info!(scanned, "gap filled");
+        let again = match std::mem::replace(&mut self.gap, GapState::Idle) {
+            GapState::Running { again, .. } => again,
+            _ => None,
+        };
+        if let Some(from) = again {
+            // Another fill is due (a bound was hit meanwhile): what was held stays held, behind
+            // the messages that fill will bring, so each thread keeps its order.
+            self.gap = GapState::Needed(from);
+            return;
+        }
+        let overflows = self.overflows;
+        let mut held: VecDeque<UpstreamEvent> = std::mem::take(&mut self.held);
+        while let Some(event) = held.pop_front() {
+            if let UpstreamEvent::Message { row, .. } = &event {
+                if let Some(t) = row.created() {
+                    self.waiting.remove(row.id, t);
+                }
+            }
+            self.on_change(event);
+            if self.overflows != overflows {
+                // A bound was hit: the rest stays held behind the next fill, in order.
+                self.held = held;
+                return;
+            }
         }
     }
 }

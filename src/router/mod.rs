@@ -15,10 +15,10 @@
 
 pub mod cursor;
 pub mod gap;
+mod readiness;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;
 use cursor::Cursor;
 use gap::GapPage;
+pub use readiness::Readiness;
 use window::{Seen, Waiting};
 
 /// Settings of the router.
@@ -52,35 +53,30 @@ pub struct RouterConfig {
     pub cursor_interval: Duration,
 }
 
-/// Readiness as `/readyz` reports it: upstream live and no gap left to fill.
-#[derive(Default)]
-pub struct Readiness {
-    ready: AtomicBool,
-    upstream_live: AtomicBool,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-    pub fn upstream_live(&self) -> bool {
-        self.upstream_live.load(Ordering::Acquire)
-    }
-}
-
 /// Something waiting in a thread's queue.
 enum Waiter {
-    Message { row: MessageRow, created_at: DateTime<Utc> },
-    Membership { user_id: Uuid, present: bool },
+    /// `committed`: the upstream's commit time (live messages only), for the delivery latency.
+    Message {
+        row: MessageRow,
+        created_at: DateTime<Utc>,
+        committed: Option<DateTime<Utc>>,
+    },
+    Membership {
+        user_id: Uuid,
+        present: bool,
+    },
 }
 
 enum GapState {
     Idle,
     /// A gap must be filled from this time, as soon as the upstream is live.
     Needed(DateTime<Utc>),
+    /// A fill is reading: its pages not yet fed to the router, and whether it has read the end.
     Running {
         pages: mpsc::Receiver<GapPage>,
         again: Option<DateTime<Utc>>,
+        backlog: VecDeque<MessageRow>,
+        done: Option<u64>,
     },
 }
 
@@ -98,6 +94,8 @@ pub struct Router {
     threads: HashMap<Uuid, VecDeque<Waiter>>,
     waiting: Waiting,
     held: VecDeque<UpstreamEvent>,
+    /// Times the waiting bound was hit (a gap fill then brings the dropped messages back).
+    overflows: u64,
     seen: Seen,
     gap: GapState,
     cursor: Cursor,
@@ -147,6 +145,7 @@ impl Router {
             threads: HashMap::new(),
             waiting: Waiting::default(),
             held: VecDeque::new(),
+            overflows: 0,
             seen: Seen::default(),
             gap: GapState::Idle,
             cursor,
@@ -167,7 +166,7 @@ impl Router {
     /// Consumes upstream events until the upstream closes or the gateway stops.
     pub async fn run(mut self, mut events: mpsc::Receiver<UpstreamEvent>) {
         loop {
-            let room = self.waiting.len() < self.config.max_waiting;
+            let wants_page = self.gap_wants_page();
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     self.confirm_on_stop(&mut events);
@@ -178,7 +177,7 @@ impl Router {
                     None => break,
                 },
                 Some(key) = self.loaded.recv() => self.on_loaded(key),
-                page = gap::next_page(&mut self.gap), if room => self.on_gap_page(page),
+                page = gap::next_page(&mut self.gap), if wants_page => self.on_gap_page(page),
                 Some(point) = self.cursor.next_point() => self.cursor.offer(point, self.live && matches!(self.gap, GapState::Idle)),
             }
             self.after_step();
@@ -188,14 +187,14 @@ impl Router {
 
     /// Bookkeeping after every step: start a needed gap fill, readiness, the cursor.
     fn after_step(&mut self) {
+        self.feed_gap();
         if let GapState::Needed(from) = self.gap {
             if self.live {
                 self.start_gap(from);
             }
         }
         let ready = self.live && matches!(self.gap, GapState::Idle);
-        self.readiness.ready.store(ready, Ordering::Release);
-        self.readiness.upstream_live.store(self.live, Ordering::Release);
+        self.readiness.set(ready, self.live);
         if ready {
             self.cursor.request_if_due();
         }
@@ -241,7 +240,7 @@ impl Router {
                 self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
             }
             change => {
-                if matches!(self.gap, GapState::Running { .. }) {
+                if !matches!(self.gap, GapState::Idle) {
                     // Older messages are still being read from the database: keep thread order.
                     self.hold(change);
                 } else {
@@ -295,7 +294,7 @@ impl Router {
             self.cursor.on_commit(committed);
         }
         match change {
-            UpstreamEvent::Message { row, .. } => self.accept(row),
+            UpstreamEvent::Message { row, committed } => self.accept(row, committed),
             UpstreamEvent::Membership { thread_id, user_id, present, .. } => match self.threads.get_mut(&thread_id) {
                 Some(queue) => queue.push_back(Waiter::Membership { user_id, present }),
                 None => self.apply_membership(thread_id, user_id, present),
@@ -324,7 +323,7 @@ impl Router {
 
     /// A new message (live or from a gap fill): deduplicated, then delivered or queued behind
     /// its thread's earlier messages.
-    fn accept(&mut self, row: MessageRow) {
+    fn accept(&mut self, row: MessageRow, committed: Option<DateTime<Utc>>) {
         let Some(created_at) = row.created() else {
             tracing::warn!(message = %row.id, "message with an unreadable created_at; filling from the database");
             let from = self.resume_point.unwrap_or(self.started) - self.margin();
@@ -338,13 +337,13 @@ impl Router {
         let thread_id = row.thread_id;
         if let Some(queue) = self.threads.get_mut(&thread_id) {
             self.waiting.add(row.id, created_at);
-            queue.push_back(Waiter::Message { row, created_at });
+            queue.push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
             return;
         }
-        if let Some(row) = self.try_deliver(row, created_at) {
+        if let Some(row) = self.try_deliver(row, created_at, committed) {
             self.waiting.add(row.id, created_at);
-            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at });
+            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
         }
     }
@@ -352,7 +351,12 @@ impl Router {
     /// Fans a message out if its thread's members and its sender are known; gives it back if not
     /// (after asking the directory to load what is missing).
     #[must_use]
-    fn try_deliver(&mut self, row: MessageRow, created_at: DateTime<Utc>) -> Option<MessageRow> {
+    fn try_deliver(
+        &mut self,
+        row: MessageRow,
+        created_at: DateTime<Utc>,
+        committed: Option<DateTime<Utc>>,
+    ) -> Option<MessageRow> {
         let members = self.directory.members(&row.thread_id);
         let sender = row.sender.clone().or_else(|| self.directory.profile(&row.sender_id));
         let (Some(members), Some(sender)) = (members, sender) else {
@@ -377,6 +381,10 @@ impl Router {
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
         ring.push(Entry { created_at, participants: members, frame });
         drop(ring);
+        if let Some(committed) = committed {
+            // Clocks of the database and this host may disagree: a negative latency counts as 0.
+            self.hub.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());
+        }
         self.hub.metrics.routed();
         tracing::debug!(message = %id, thread = %thread_id, recipients = n, "delivered");
         None
@@ -408,11 +416,11 @@ impl Router {
         while let Some(front) = self.threads.get_mut(&thread_id).and_then(VecDeque::pop_front) {
             match front {
                 Waiter::Membership { user_id, present } => self.apply_membership(thread_id, user_id, present),
-                Waiter::Message { row, created_at } => {
-                    if let Some(row) = self.try_deliver(row, created_at) {
+                Waiter::Message { row, created_at, committed } => {
+                    if let Some(row) = self.try_deliver(row, created_at, committed) {
                         self.waiting.add(row.id, created_at);
                         if let Some(queue) = self.threads.get_mut(&thread_id) {
-                            queue.push_front(Waiter::Message { row, created_at });
+                            queue.push_front(Waiter::Message { row, created_at, committed });
                         }
                         return;
                     }

@@ -53,6 +53,8 @@ pub struct SessionContext {
     pub readiness: Arc<Readiness>,
     /// Cancelled when the gateway shuts down.
     pub stop: CancellationToken,
+    /// The recent disconnects the admin page shows.
+    pub disconnects: Arc<crate::admin::Disconnects>,
 }
 
 struct Session<S> {
@@ -100,6 +102,9 @@ pub async fn run<S>(
     }
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
+    let (code, label) = reason.map_or((0, "client_gone"), |r| (r.code, r.label));
+    session.ctx.hub.metrics.disconnected(code, label);
+    session.ctx.disconnects.record(shared.user_id, code, label);
     let secs = started.elapsed().as_secs();
     match &reason {
         Some(r) => {
@@ -243,6 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Replays what the client missed (see [`resume`]); Err when the socket must end.
     async fn replay(&mut self, replay: Replay) -> Result<(), Flow> {
         let gone = |_| Flow::Gone;
+        let started = Instant::now();
         let (count, cursor, from_memory) = match replay {
             Replay::Memory { frames, cursor } => {
                 let count = frames.len();
@@ -262,7 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 None => return Ok(()),
             },
         };
-        self.ctx.hub.metrics.resumed(from_memory, count as u64);
+        self.ctx.hub.metrics.resumed(from_memory, count as u64, started.elapsed());
         tracing::info!(session = self.shared.id, count, from_memory, "resume replayed");
         self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count }).await.map_err(gone)
     }
@@ -344,7 +350,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn subscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
+        let started = Instant::now();
         let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+        self.ctx.hub.metrics.rls_checked(started.elapsed());
         match allowed {
             Ok(true) => match self.ctx.hub.subscribe_thread(&self.shared, thread_id) {
                 Ok(()) => {
@@ -375,7 +383,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(())
             }
             Ok(_) => self.error("Access token belongs to another user").await,
-            Err(e) => self.error(&format!("Invalid access token: {e}")).await,
+            Err(e) => {
+                self.ctx.hub.metrics.auth_failed("token_refresh", e.label());
+                self.error(&format!("Invalid access token: {e}")).await
+            }
         }
     }
 }

@@ -1,0 +1,215 @@
+//! The operator page: `/admin` (one static HTML file) and its JSON endpoints under
+//! `/admin/api/...`, plus the bounded record of recent disconnects it shows.
+//!
+//! Off unless `ADMIN_TOKEN` is set: every `/admin` path then answers 404 as if it did not exist.
+//! The page itself is public static HTML (a login form); it keeps the token in `sessionStorage`
+//! and sends it as `Authorization: Bearer` to the JSON endpoints, which compare it in constant
+//! time. Owns: the overview (sessions, users online, deliveries counter, upstream state,
+//! readiness, recent disconnects) and disconnecting one user's sessions (close 1008 "disconnected
+//! by an operator"). Must never accept the token in a URL, log it, or show message content.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use uuid::Uuid;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::api::ApiState;
+use crate::close;
+use crate::edge::Edge;
+use crate::error::PeerError;
+use crate::model::format_time;
+
+/// The page, embedded in the binary.
+pub const PAGE: &str = include_str!("page.html");
+
+/// How many disconnects the page can show.
+pub const RECENT: usize = 100;
+
+/// Most online users listed in one overview.
+const ONLINE_LISTED: usize = 500;
+
+/// Operator settings and state the REST layer needs besides the chat API's.
+pub struct Ops {
+    pub edge: Arc<Edge>,
+    /// `METRICS_TOKEN`: when set, `/metrics` needs it as a bearer token.
+    pub metrics_token: Option<String>,
+    /// `ADMIN_TOKEN`: when set, `/admin` exists and needs it.
+    pub admin_token: Option<String>,
+    pub disconnects: Arc<Disconnects>,
+}
+
+/// One ended session, as the page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    pub at: DateTime<Utc>,
+    pub user_id: Uuid,
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// The last [`RECENT`] disconnects, newest last.
+#[derive(Default)]
+pub struct Disconnects {
+    ring: Mutex<VecDeque<Disconnect>>,
+}
+
+impl Disconnects {
+    pub fn record(&self, user_id: Uuid, code: u16, reason: &'static str) {
+        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        if ring.len() >= RECENT {
+            ring.pop_front();
+        }
+        ring.push_back(Disconnect { at: Utc::now(), user_id, code, reason });
+    }
+
+    /// Newest first.
+    pub fn recent(&self) -> Vec<Disconnect> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner).iter().rev().cloned().collect()
+    }
+}
+
+/// Whether `header` is `Bearer <expected>`, compared without an early exit.
+pub fn bearer_matches(header: Option<&str>, expected: &str) -> bool {
+    let Some(given) = crate::api::bearer(header) else { return false };
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0 && !b.is_empty()
+}
+
+#[derive(Debug)]
+struct Refused(PeerError);
+
+impl warp::reject::Reject for Refused {}
+
+/// Turns this module's refusals into their JSON answers (used by the API's recovery).
+pub fn refusal(rejection: &Rejection) -> Option<PeerError> {
+    rejection.find::<Refused>().map(|r| r.0.clone())
+}
+
+/// Passes when the admin page is enabled (else 404), with the configured token.
+fn enabled(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    warp::any().and_then(move || {
+        let state = state.clone();
+        async move {
+            if state.ops.admin_token.is_some() {
+                Ok(state)
+            } else {
+                Err(warp::reject::not_found())
+            }
+        }
+    })
+}
+
+/// Passes with a correct admin bearer token, else answers 401.
+fn operator(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+    enabled(state).and(warp::header::optional::<String>("authorization")).and_then(
+        |state: ApiState, header: Option<String>| async move {
+            let expected = state.ops.admin_token.as_deref().unwrap_or_default();
+            if bearer_matches(header.as_deref(), expected) {
+                Ok(state)
+            } else {
+                Err(warp::reject::custom(Refused(PeerError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized: the admin API needs Authorization: Bearer <ADMIN_TOKEN>",
+                ))))
+            }
+        },
+    )
+}
+
+fn overview(state: &ApiState) -> serde_json::Value {
+    let hub = &state.hub;
+    let online: Vec<_> = hub
+        .online_users(ONLINE_LISTED)
+        .into_iter()
+        .map(|(user_id, sessions)| json!({"user_id": user_id, "sessions": sessions}))
+        .collect();
+    let recent: Vec<_> = state
+        .ops
+        .disconnects
+        .recent()
+        .into_iter()
+        .map(|d| json!({"at": format_time(d.at), "user_id": d.user_id, "code": d.code, "reason": d.reason}))
+        .collect();
+    json!({
+        "status": "success",
+        "sessions": hub.session_count(),
+        "users": hub.user_count(),
+        "deliveries_total": hub.metrics.deliveries(),
+        "upstream": if state.readiness.upstream_live() { "live" } else { "down" },
+        "ready": state.readiness.is_ready(),
+        "draining": state.readiness.is_draining(),
+        "online": online,
+        "recent_disconnects": recent,
+    })
+}
+
+/// `/admin`, `/admin/api/overview`, `/admin/api/users/:user_id/disconnect`.
+pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let admin = warp::path("admin");
+    let page = admin
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(enabled(state.clone()))
+        .map(|_| warp::reply::html(PAGE).into_response());
+    let api = admin.and(warp::path("api"));
+    let overview = api
+        .and(warp::path("overview"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(operator(state.clone()))
+        .map(|s: ApiState| warp::reply::json(&overview(&s)).into_response());
+    let disconnect = api
+        .and(warp::path("users"))
+        .and(warp::path::param::<String>())
+        .and(warp::path("disconnect"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(operator(state))
+        .map(|user: String, s: ApiState| {
+            let Ok(user_id) = Uuid::parse_str(&user) else {
+                let e = PeerError::bad_request("Invalid user_id: must be a UUID");
+                return warp::reply::with_status(warp::reply::json(&e.body()), e.status).into_response();
+            };
+            let closed = s.hub.close_user(&user_id, close::OPERATOR);
+            tracing::info!(user = %user_id, sessions = closed, "disconnected by an operator");
+            warp::reply::json(&json!({"status": "success", "user_id": user_id, "closed": closed})).into_response()
+        });
+    page.or(overview).unify().or(disconnect).unify()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        assert!(bearer_matches(Some("Bearer s3cret-token"), "s3cret-token"));
+        assert!(bearer_matches(Some("bearer s3cret-token"), "s3cret-token"));
+        assert!(!bearer_matches(Some("Bearer s3cret-toke"), "s3cret-token"));
+        assert!(!bearer_matches(Some("Bearer s3cret-token2"), "s3cret-token"));
+        assert!(!bearer_matches(Some("s3cret-token"), "s3cret-token"));
+        assert!(!bearer_matches(None, "s3cret-token"));
+        assert!(!bearer_matches(Some("Bearer x"), ""));
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_hundred_newest_first() {
+        let ring = Disconnects::default();
+        let users: Vec<Uuid> = (0..150).map(|_| Uuid::new_v4()).collect();
+        for user in &users {
+            ring.record(*user, 1001, "shutdown");
+        }
+        let recent = ring.recent();
+        assert_eq!(recent.len(), RECENT);
+        assert_eq!(recent[0].user_id, users[149]);
+        assert_eq!(recent[RECENT - 1].user_id, users[50]);
+    }
+}

@@ -1,0 +1,90 @@
+//! The operator page (`/admin`): off without `ADMIN_TOKEN`; in headless Chromium (Debian's
+//! `/usr/bin/chromium`, driven by `clients/js/e2e/admin.mjs` through playwright-core), a wrong
+//! token is refused, the right one shows a connected phone's user, and "Disconnect" closes the
+//! phone's socket with 1008 "disconnected by an operator". Fails (never skips) when Node, the npm
+//! packages or Chromium are missing: run `scripts/setup` first.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::Value;
+use supabase_standin::seed::CARLA;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{World, ARRIVES};
+
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_there_is_no_admin_page() {
+    let world = World::start().await;
+    for (method, path) in [
+        (Method::GET, "/admin"),
+        (Method::GET, "/admin/api/overview"),
+        (Method::POST, "/admin/api/users/a0000000-0000-4000-8000-000000000001/disconnect"),
+    ] {
+        let (status, body) = world.rest(method, path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js");
+    assert!(dir.join("node_modules/playwright-core").exists(), "playwright-core missing: run scripts/setup");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(std::path::Path::new(&chromium).exists(), "{chromium} missing: run scripts/setup");
+    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let mut phone = world.phone(&CARLA).await;
+    let close = tokio::spawn(async move {
+        loop {
+            match tokio::time::timeout(ARRIVES * 3, phone.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    });
+
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .arg("e2e/admin.mjs")
+        .arg(world.base())
+        .arg(ADMIN_TOKEN)
+        .arg(CARLA.id.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(ARRIVES * 3, lines.next_line())
+        .await
+        .expect("the browser driver answers in time")
+        .expect("read")
+        .expect("the browser driver ended early");
+    let result: Value = serde_json::from_str(&line).expect("json");
+    assert!(result["error"].is_null(), "in the browser: {result}");
+    assert_eq!(result["wrongTokenError"], "The token was refused.", "{result}");
+    assert_eq!(result["dashboardHiddenAfterWrongToken"], true, "{result}");
+    assert_eq!(result["sawUser"], true, "{result}");
+    assert_eq!(result["sessions"], "1", "{result}");
+    assert_eq!(result["upstream"], "live", "{result}");
+    assert_eq!(result["ready"], "ready", "{result}");
+    assert_eq!(result["storedInSession"], true, "{result}");
+    assert!(result["rate"].as_str().and_then(|r| r.parse::<f64>().ok()).is_some(), "{result}");
+    assert_eq!(result["listedDisconnect"], "operator", "{result}");
+    for url in result["urls"].as_array().into_iter().flatten() {
+        assert!(!url.as_str().unwrap_or_default().contains(ADMIN_TOKEN), "the token went into a URL: {url}");
+    }
+    let closed = tokio::time::timeout(ARRIVES, close).await.expect("closed in time").expect("reader");
+    assert_eq!(closed, Some((1008, "disconnected by an operator".to_string())));
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    assert!(status.success());
+}
