@@ -13,24 +13,25 @@
 //! `/readyz` answers 503 and new upgrades are refused while sessions stay open, then sessions are
 //! closed one by one, spread over the rest of the grace period.
 
+mod upgrade;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderMap, Request, StatusCode};
+use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
-use warp::Reply;
+pub use upgrade::request_token;
+use upgrade::{is_websocket_upgrade, upgrade};
 
 use crate::admin::{Disconnects, Ops};
 use crate::api::{self, ApiState};
@@ -39,13 +40,12 @@ use crate::close;
 use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
 use crate::directory::Directory;
 use crate::edge::Edge;
-use crate::error::PeerError;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::limit::PerUser;
 use crate::metrics::Metrics;
 use crate::router::{Readiness, Router, RouterConfig, RouterParts};
-use crate::session::{self, resume, SessionContext};
+use crate::session::SessionContext;
 use crate::store::Store;
 use crate::upstream::event::{Watermark, SWITCH_TABLE};
 use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
@@ -360,128 +360,9 @@ where
     }
 }
 
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
-}
-
-/// The token of a WebSocket request: `?token=` first, then `Authorization: Bearer`.
-pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
-    if let Some(query) = query {
-        for pair in query.split('&') {
-            if let Some(value) = pair.strip_prefix("token=") {
-                if let Ok(decoded) = urlencoding::decode(value) {
-                    if !decoded.is_empty() {
-                        return Some(decoded.into_owned());
-                    }
-                }
-            }
-        }
-    }
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    api::bearer(auth).map(str::to_string)
-}
-
-/// The `since` of a WebSocket URL: None when absent, Err when malformed.
-fn request_since(query: Option<&str>) -> Result<Option<chrono::DateTime<chrono::Utc>>, PeerError> {
-    let Some(raw) = query.into_iter().flat_map(|q| q.split('&')).find_map(|p| p.strip_prefix("since=")) else {
-        return Ok(None);
-    };
-    let decoded =
-        urlencoding::decode(raw).map_err(|_| PeerError::bad_request("Invalid since: not URL-encoded text"))?;
-    resume::parse_since(&decoded).map(Some).ok_or_else(|| {
-        PeerError::bad_request("Invalid since: expected a cursor (an RFC 3339 time such as 2024-01-01T00:00:00Z)")
-    })
-}
-
-async fn upgrade(
-    mut req: Request<Incoming>,
-    ctx: SessionContext,
-    ws_config: WebSocketConfig,
-    peer: SocketAddr,
-    tasks: &TaskTracker,
-) -> Response {
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| derive_accept_key(k.as_bytes())) else {
-        return PeerError::bad_request("Missing Sec-WebSocket-Key").response();
-    };
-    if req.headers().get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        return PeerError::bad_request("Unsupported WebSocket version (13 required)").response();
-    }
-    if ctx.readiness.is_draining() {
-        return PeerError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").response();
-    }
-    let Some(token) = request_token(req.uri().query(), req.headers()) else {
-        ctx.hub.metrics.auth_failed("websocket", crate::auth::AuthError::Missing.label());
-        tracing::info!(%peer, "WebSocket refused: no token");
-        return PeerError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized: missing token (use ?token= or Authorization: Bearer)",
-        )
-        .response();
-    };
-    let since = match request_since(req.uri().query()) {
-        Ok(since) => since,
-        Err(e) => return e.response(),
-    };
-    let identity = match ctx.verifier.verify_from(Some(peer.ip()), &token).await {
-        Ok(identity) => identity,
-        Err(e) => {
-            ctx.hub.metrics.auth_failed("websocket", e.label());
-            tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");
-            return PeerError::from(e).response();
-        }
-    };
-    let (handle, replay) = match resume::register(&ctx.hub, &ctx.history, identity.user_id, since) {
-        Ok(registered) => registered,
-        Err(e) => {
-            tracing::warn!(%peer, user = %identity.user_id, reason = %e, "WebSocket refused: limit");
-            return PeerError::from(e).response();
-        }
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(ws, ctx, identity, token, handle, replay).await;
-            }
-            Err(e) => {
-                tracing::info!(%peer, error = %e, "WebSocket upgrade failed");
-                ctx.hub.unregister(&handle);
-            }
-        }
-    });
-    let mut response = warp::reply().into_response();
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    if let Ok(value) = http::HeaderValue::from_str(&key) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    response
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_from_query_or_header() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(request_token(Some("a=1&token=abc.def"), &headers), Some("abc.def".into()));
-        assert_eq!(request_token(Some("token=a%2Eb"), &headers), Some("a.b".into()));
-        assert_eq!(request_token(None, &headers), None);
-        headers.insert(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer xyz"));
-        assert_eq!(request_token(Some("other=1"), &headers), Some("xyz".into()));
-        assert_eq!(request_token(Some("token="), &headers), Some("xyz".into()));
-    }
 
     #[test]
     fn sessions_are_closed_evenly_over_the_window_not_at_once() {
@@ -495,12 +376,5 @@ mod tests {
         assert_eq!(at[19], Duration::from_millis(1900));
         assert!(at.windows(2).all(|w| w[1] > w[0]));
         assert_eq!(close_schedule(0, Duration::from_secs(2)).count(), 0);
-    }
-
-    #[test]
-    fn since_is_optional_but_never_malformed() {
-        assert_eq!(request_since(Some("token=a")), Ok(None));
-        assert!(request_since(Some("token=a&since=2026-01-01T00%3A00%3A00.000001Z")).is_ok_and(|s| s.is_some()));
-        assert_eq!(request_since(Some("since=yesterday")).map_err(|e| e.status), Err(StatusCode::BAD_REQUEST));
     }
 }
