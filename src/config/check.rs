@@ -231,7 +231,7 @@ mod tests {
             assert!(text.contains(var), "{var} missing from:\n{text}");
         }
         let missing = load_from(["gw", "--supabase-url=https://abc.supabase.co", "--port=x"]).expect_err("invalid");
-        assert!(missing.iter().any(|p| p.starts_with("SUPABASE_ANON_KEY: required")), "{missing:?}");
+        assert!(missing.iter().any(|p| p.starts_with("SUPABASE_ANON_KEY: is required")), "{missing:?}");
         assert!(missing.iter().any(|p| p.starts_with("PORT:")), "{missing:?}");
         let problems =
             load_from(argv(&["--ws-ping-interval-secs=0", "--cors-allowed-origins=ftp://nope"])).expect_err("invalid");
