@@ -24,11 +24,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
+use pgoutput::{format_lsn, parse_lsn, Decoder};
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use super::pgoutput::{format_lsn, parse_lsn, Decoder};
 use crate::upstream::event::Watermark;
 use crate::upstream::{decode_change, Lost, UpstreamEvent};
 
@@ -332,7 +332,7 @@ async fn poll(
         if transaction.end_lsn <= state.sent_upto {
             continue; // sent before; the router has not confirmed it yet
         }
-        for payload in &transaction.payloads {
+        for payload in &super::payload::payloads(&transaction) {
             for event in decode_change(payload) {
                 if events.send(event).await.is_err() {
                     return Ok(Polled::RouterGone);
