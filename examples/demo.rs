@@ -68,9 +68,7 @@ async fn main() {
     let mut command = tokio::process::Command::new(&gateway_bin);
     if postgres {
         let db = stack.database();
-        let base = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/standalone/00_base.sql"))
-            .expect("supabase/standalone/00_base.sql");
-        stack.sql().await.batch_execute(&base).await.expect("the standalone base applies");
+        // The stand-in's database already has supabase/standalone/00_base.sql (role chat_gateway).
         let url = format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name());
         println!("  Backend: plain PostgreSQL, DATABASE_URL = {url} (durable slot demo_gateway)");
         command

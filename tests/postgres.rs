@@ -188,7 +188,6 @@ async fn a_fresh_postgresql_needs_only_the_standalone_base_and_the_migrations() 
     files.push(format!("{root}/supabase/seed.sql"));
     for file in files {
         let sql = std::fs::read_to_string(&file).expect("sql file");
-        let _one = common::BASE_LOCK.lock().await;
         db.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{file}: {e:?}"));
     }
 

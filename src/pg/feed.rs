@@ -23,13 +23,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backon::BackoffBuilder;
+use pgoutput::{format_lsn, parse_lsn, Decoder};
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use super::pgoutput::{format_lsn, parse_lsn, Decoder};
 use crate::upstream::event::Watermark;
+use crate::upstream::supervise::{self, Attempt, Backoff, Ended};
 use crate::upstream::{decode_change, Lost, UpstreamEvent};
 
 /// How to run the feed.
@@ -71,55 +71,40 @@ pub struct FeedHandles {
     pub lag: Arc<SlotLag>,
 }
 
-enum Ended {
-    Stopped,
-    Lost { lost: Lost, was_live: bool },
-}
-
 fn lost(what: &str, e: impl std::fmt::Display) -> Lost {
     Lost::Database(format!("{what}: {e}"))
 }
 
-/// The reconnect loop: one [`serve`] per connection, one `Down` per loss.
+/// The reconnect loop ([`supervise::supervise`]): one [`serve`] per connection, one `Down` per
+/// loss.
 pub async fn run(
     config: FeedConfig,
     events: mpsc::Sender<UpstreamEvent>,
     handles: FeedHandles,
     stop: CancellationToken,
 ) {
-    let backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(config.backoff_min)
-            .with_max_delay(config.backoff_max)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut delays = backoff();
-    let mut state = State { generation: 0, sent_upto: 0, advanced: 0, decoder: Decoder::default() };
-    let mut reported = false;
-    while !stop.is_cancelled() {
-        let (reason, was_live) = match serve(&config, &events, &handles, &stop, &mut state).await {
-            Ended::Stopped => return,
-            Ended::Lost { lost, was_live } => (lost, was_live),
-        };
-        if was_live {
-            delays = backoff();
-            reported = false;
-        }
-        if !reported {
-            reported = true;
-            if events.send(UpstreamEvent::Down { reason: reason.clone() }).await.is_err() {
-                return;
-            }
-        }
-        let delay = delays.next().unwrap_or(config.backoff_max);
-        tracing::warn!(slot = %config.slot, reason = %reason, retry_in_ms = delay.as_millis() as u64, "PostgreSQL change feed lost");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
+    let state = State { generation: 0, sent_upto: 0, advanced: 0, decoder: Decoder::default() };
+    let mut feed = Feed { config: &config, events: &events, handles: &handles, stop: &stop, state };
+    let backoff = Backoff { min: config.backoff_min, max: config.backoff_max };
+    supervise::supervise(&mut feed, backoff, &events, &stop).await;
+}
+
+/// The slot's change feed as [`Attempt`]s: one [`serve`] each, [`State`] kept across them.
+struct Feed<'a> {
+    config: &'a FeedConfig,
+    events: &'a mpsc::Sender<UpstreamEvent>,
+    handles: &'a FeedHandles,
+    stop: &'a CancellationToken,
+    state: State,
+}
+
+impl Attempt for Feed<'_> {
+    fn attempt(&mut self) -> impl std::future::Future<Output = Ended> + Send {
+        serve(self.config, self.events, self.handles, self.stop, &mut self.state)
+    }
+
+    fn log_lost(&self, reason: &Lost, retry_in: Duration) {
+        tracing::warn!(slot = %self.config.slot, reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "PostgreSQL change feed lost");
     }
 }
 
@@ -332,7 +317,7 @@ async fn poll(
         if transaction.end_lsn <= state.sent_upto {
             continue; // sent before; the router has not confirmed it yet
         }
-        for payload in &transaction.payloads {
+        for payload in &super::payload::payloads(&transaction) {
             for event in decode_change(payload) {
                 if events.send(event).await.is_err() {
                     return Ok(Polled::RouterGone);

@@ -5,13 +5,14 @@
 //! Two parts behind the gateway's two seams: [`feed`] (the change feed from a durable logical
 //! replication slot, producing the same [`crate::upstream::UpstreamEvent`]s as the Supabase
 //! upstream) and [`store::PgStore`] (every database call of [`crate::store::Store`], with RLS
-//! applied exactly as PostgREST applies it). [`pgoutput`] decodes the replication messages.
+//! applied exactly as PostgREST applies it). The `pgoutput` crate decodes the replication messages;
+//! [`payload`] shapes them as Realtime's.
 //! This module owns the connection settings and the pool; it never logs the connection string
 //! (it holds the password) and never connects as a superuser on its own initiative: the role in
 //! `DATABASE_URL` needs LOGIN, REPLICATION and membership in `authenticated` and `service_role`.
 
 pub mod feed;
-pub mod pgoutput;
+pub mod payload;
 pub mod store;
 
 use std::fmt;

@@ -10,13 +10,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use super::phoenix::{decode_any, encode, Frame, Vsn};
+use super::supervise::Ended;
 use super::{decode_change, Binding, Lost, UpstreamConfig, UpstreamEvent};
-
-/// How one attempt ended.
-pub(super) enum Ended {
-    Stopped,
-    Lost { lost: Lost, was_live: bool },
-}
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -2,20 +2,21 @@
 //!
 //! Owns the socket to `SUPABASE_URL/realtime/v1/websocket` (apikey and vsn in the query, wss via
 //! rustls), the single `phx_join` with `postgres_changes` bindings and the service role key,
-//! heartbeats, loss detection, and reconnecting with exponential backoff and jitter. The channel
-//! goes through phases ([`channel`]): connect, join, wait for Realtime's "Subscribed to
-//! PostgreSQL" (only that makes the subscription [`UpstreamEvent::Live`]), pump. Changes are
-//! decoded at the edge ([`event`]) and sent to the router in order through a bounded channel.
+//! heartbeats, loss detection, and reconnecting with exponential backoff and jitter (the loop is
+//! [`supervise`], shared with the PostgreSQL backend's feed). The channel goes through phases
+//! ([`channel`]): connect, join, wait for Realtime's "Subscribed to PostgreSQL" (only that makes
+//! the subscription [`UpstreamEvent::Live`]), pump. Changes are decoded at the edge ([`event`])
+//! and sent to the router in order through a bounded channel.
 //! This module never logs the apikey or the token (URLs are logged without their query), and
 //! never decides who receives what.
 
 mod channel;
 pub mod event;
 pub mod phoenix;
+pub(crate) mod supervise;
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,44 +120,33 @@ pub fn spawn(
     tokio::spawn(run(config, events, stop))
 }
 
-fn backoff(config: &UpstreamConfig) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(config.backoff_min)
-        .with_max_delay(config.backoff_max)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The Realtime channel as [`supervise::Attempt`]s: one [`channel::serve`] each.
+struct Realtime<'a> {
+    config: &'a UpstreamConfig,
+    events: &'a mpsc::Sender<UpstreamEvent>,
+    stop: &'a CancellationToken,
+    generation: u64,
+    /// The socket URL without its query (which holds the apikey).
+    shown_url: String,
 }
 
-/// The reconnect loop: one [`channel::serve`] per attempt, one `Down` per loss.
-pub async fn run(config: UpstreamConfig, events: mpsc::Sender<UpstreamEvent>, stop: CancellationToken) {
-    let mut generation = 0u64;
-    let mut delays = backoff(&config);
-    let mut reported = false;
-    let shown_url = config.websocket_url.split('?').next().unwrap_or_default().to_string();
-    while !stop.is_cancelled() {
-        let (lost, was_live) = match channel::serve(&config, &events, &stop, &mut generation).await {
-            channel::Ended::Stopped => return,
-            channel::Ended::Lost { lost, was_live } => (lost, was_live),
-        };
-        if was_live {
-            delays = backoff(&config);
-            reported = false;
-        }
-        if !reported {
-            reported = true;
-            if events.send(UpstreamEvent::Down { reason: lost.clone() }).await.is_err() {
-                return;
-            }
-        }
-        let delay = delays.next().unwrap_or(config.backoff_max);
-        tracing::warn!(url = %shown_url, reason = %lost, retry_in_ms = delay.as_millis() as u64, "upstream Realtime subscription lost");
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
+impl supervise::Attempt for Realtime<'_> {
+    fn attempt(&mut self) -> impl std::future::Future<Output = supervise::Ended> + Send {
+        channel::serve(self.config, self.events, self.stop, &mut self.generation)
     }
+
+    fn log_lost(&self, reason: &Lost, retry_in: Duration) {
+        tracing::warn!(url = %self.shown_url, reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "upstream Realtime subscription lost");
+    }
+}
+
+/// The reconnect loop ([`supervise::supervise`]): one [`channel::serve`] per attempt, one `Down`
+/// per loss.
+pub async fn run(config: UpstreamConfig, events: mpsc::Sender<UpstreamEvent>, stop: CancellationToken) {
+    let shown_url = config.websocket_url.split('?').next().unwrap_or_default().to_string();
+    let mut realtime = Realtime { config: &config, events: &events, stop: &stop, generation: 0, shown_url };
+    let backoff = supervise::Backoff { min: config.backoff_min, max: config.backoff_max };
+    supervise::supervise(&mut realtime, backoff, &events, &stop).await;
 }
 
 #[cfg(test)]

@@ -15,6 +15,11 @@
 -- `authenticated` for a user's call, of `service_role` for routing lookups). It is never a
 -- superuser. Give it a password afterwards: `\password chat_gateway` in psql.
 --
+-- The local Supabase stand-in (crates/standin) applies this same file to its throwaway clusters
+-- as what a Supabase project already has: keep it faithful to Supabase. Never apply it to a
+-- Supabase project, and never copy it into supabase/migrations/: there all of it (but the
+-- `chat_gateway` role) exists and belongs to Supabase.
+--
 -- Every statement is guarded: re-running it is harmless, and so is running it on a database
 -- restored from a Supabase dump (roles are per cluster and not in a dump; apply this file before
 -- restoring so the dump's grants find them, then again after; the dump's own `auth` functions

@@ -52,23 +52,9 @@ impl Backend {
     }
 }
 
-/// The standalone base: what a plain PostgreSQL needs besides the migrations.
-pub fn standalone_sql() -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/supabase/standalone/00_base.sql");
-    std::fs::read_to_string(path).expect("supabase/standalone/00_base.sql is readable")
-}
-
-/// Roles are per cluster and the tests share one: one test at a time applies the base.
-pub static BASE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Applies the standalone base to `db` (idempotent) and returns the gateway's connection string
-/// and slot name for it.
-pub async fn prepare_postgres(db: &supabase_standin::pg::Database) -> (String, String) {
-    {
-        let _one = BASE_LOCK.lock().await;
-        let admin = db.connect().await.expect("superuser connection");
-        admin.batch_execute(&standalone_sql()).await.expect("the standalone base applies");
-    }
+/// The gateway's connection string and slot name for `db`. Nothing to apply: the stand-in's
+/// template database was built with `supabase/standalone/00_base.sql` (role `chat_gateway`).
+pub fn prepare_postgres(db: &supabase_standin::pg::Database) -> (String, String) {
     let url = format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name());
     (url, format!("gw_{}", db.name()))
 }
@@ -118,7 +104,7 @@ impl World {
                 Config::for_project(&stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
             }
             Backend::Postgres => {
-                let (url, slot) = prepare_postgres(stack.database()).await;
+                let (url, slot) = prepare_postgres(stack.database());
                 Config::for_postgres(&url, &slot, &keys.jwt_secret)
             }
         }

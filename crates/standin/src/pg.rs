@@ -3,8 +3,9 @@
 //! Owns finding the PostgreSQL binaries on the machine, `initdb` into a fresh temp dir (as the
 //! `postgres` system user when running as root, since initdb refuses root), starting the server on
 //! 127.0.0.1 with a free port and logical decoding enabled, building a template database once
-//! (local Supabase base + every file of `supabase/migrations/` + `supabase/seed.sql`), and cloning
-//! it per test. Cleanup is guaranteed by a reaper process whose stdin is a pipe we hold: when this
+//! (`supabase/standalone/00_base.sql` for what Supabase provides, which also creates the gateway's
+//! `chat_gateway` login role, + every file of `supabase/migrations/` + `supabase/seed.sql`), and
+//! cloning it per test. Cleanup is guaranteed by a reaper process whose stdin is a pipe we hold: when this
 //! process ends for any reason (panic, kill), the pipe closes and the reaper stops the server and
 //! removes the directory. This module must never touch a server it did not start.
 
@@ -134,10 +135,12 @@ fn supabase_dir() -> PathBuf {
         .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../supabase")))
 }
 
+/// What Supabase provides before any migration (roles, `auth`, grants, publication): the same
+/// file a plain PostgreSQL gets for the gateway's PostgreSQL backend, so the two cannot drift.
 fn base_sql() -> PathBuf {
     std::env::var("STANDIN_BASE_SQL")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/supabase_base.sql")))
+        .unwrap_or_else(|_| supabase_dir().join("standalone").join("00_base.sql"))
 }
 
 /// Connects to `url`, driving the connection on the current runtime.

@@ -1,7 +1,7 @@
 //! Realtime stand-in: Supabase Realtime's `postgres_changes` over the Phoenix channel protocol,
 //! fed by changes really committed in PostgreSQL.
 //!
-//! Data path: PostgreSQL WAL → [`feed`] (pgoutput decoding) → [`Shared::dispatch`] (routing to
+//! Data path: PostgreSQL WAL → the `pgoutput` crate (decoding) → [`feed`] (Realtime's change shape) → [`Shared::dispatch`] (routing to
 //! every joined channel with a matching binding, `data` serialized once per change) → each
 //! [`socket`]'s bounded queue → its writer (latency control, [`rls`] check for user tokens) → the
 //! client. [`frame`] is the wire format; [`control`] holds the fault and load controls.
@@ -43,13 +43,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use pgoutput::Decoder;
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::keys::Keys;
-use feed::{Change, Decoder};
+use feed::Change;
 use frame::Vsn;
 use socket::SocketHandle;
 
@@ -221,12 +222,12 @@ async fn poll_feed(shared: &Shared, conn: &FeedConn) -> Result<(), tokio_postgre
         if rows.iter().any(|r| r.try_get::<_, &[u8]>(0).ok().and_then(|d| d.first().copied()) == Some(b'R')) {
             types = type_names(&conn.client).await?;
         }
-        let lookup = |oid: u32| types.get(&oid).cloned().unwrap_or_else(|| "text".into());
         let mut changes = Vec::new();
         for row in &rows {
             let Ok(data) = row.try_get::<_, &[u8]>(0) else { continue };
-            match decoder.feed(data, &lookup) {
-                Ok(mut c) => changes.append(&mut c),
+            match decoder.feed(data, &types) {
+                Ok(Some(transaction)) => changes.extend(Change::committed(&transaction)),
+                Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "undecodable pgoutput message"),
             }
         }
