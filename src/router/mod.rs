@@ -456,6 +456,17 @@ impl Router {
                     }
                     self.on_change(event);
                 }
+                // A held message the gap fill had already accepted was a duplicate above, and its
+                // entry was removed although it may still be queued behind a lookup. Nothing is
+                // held now, so what waits is exactly what the thread queues hold.
+                self.waiting.clear();
+                for queue in self.threads.values() {
+                    for waiter in queue {
+                        if let Waiter::Message { row, created_at } = waiter {
+                            self.waiting.add(row.id, *created_at);
+                        }
+                    }
+                }
             }
             // The task ended without Done: only when the gateway stops.
             None => self.gap = GapState::Idle,
