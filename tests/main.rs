@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod chaos;
 mod cli;
 mod delivery;
 mod edge;
