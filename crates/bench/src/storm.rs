@@ -45,6 +45,7 @@ async fn connection(
     session: &StormSession,
     cursor: &mut DateTime<Utc>,
     mut leave: watch::Receiver<bool>,
+    on_sync: Option<&AtomicU64>,
 ) -> Result<Option<(Duration, u64, Instant)>, String> {
     let began = Instant::now();
     let since = cursor.to_rfc3339_opts(SecondsFormat::Micros, true);
@@ -90,6 +91,9 @@ async fn connection(
                     *cursor = (*cursor).max(c);
                 }
                 resumed = Some((began.elapsed(), replayed, Instant::now()));
+                if let Some(counter) = on_sync {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
             }
             Some("error") if v["message"].as_str().is_some_and(|m| m.starts_with("Could not replay")) => {
                 return Err("replay failed".into());
@@ -115,18 +119,15 @@ pub async fn session_life(
     let mut cursor = start;
     // Before the storm: one resume (nothing missed), then live until the drop.
     let mut drop_wait = drop_rx.clone();
-    match connection(url.clone(), &session, &mut cursor, drop_rx.clone()).await {
-        Ok(_) => {}
-        Err(_) => {
-            session.failed.store(true, Ordering::Relaxed);
-        }
+    if connection(url.clone(), &session, &mut cursor, drop_rx.clone(), Some(&first_done)).await.is_err() {
+        session.failed.store(true, Ordering::Relaxed);
+        first_done.fetch_add(1, Ordering::Relaxed);
     }
-    first_done.fetch_add(1, Ordering::Relaxed);
     let _ = drop_wait.wait_for(|d| *d).await;
     tokio::time::sleep(delay).await;
     // The storm: come back with the newest cursor; retry a failed replay after a second.
     for _ in 0..30 {
-        let result = connection(url.clone(), &session, &mut cursor, stop_rx.clone()).await;
+        let result = connection(url.clone(), &session, &mut cursor, stop_rx.clone(), None).await;
         if let Ok(Some((took, replayed, at))) = result {
             let since_drop =
                 dropped_at.lock().ok().and_then(|d| *d).map(|d| at.saturating_duration_since(d)).unwrap_or_default();
