@@ -194,8 +194,27 @@ impl Router {
             if self.overflows != overflows {
                 // A bound was hit: the rest stays held behind the next fill, in order.
                 self.held = held;
-                return;
+                break;
             }
+        }
+        self.rebuild_waiting();
+    }
+
+    /// What waits is exactly what the thread queues and the held changes hold. A held message the
+    /// fill had already accepted was a duplicate above, and taking its held copy out of `waiting`
+    /// also took out the copy still queued behind a lookup: rebuilt, the cursor cannot pass it.
+    fn rebuild_waiting(&mut self) {
+        self.waiting.clear();
+        let queued = self.threads.values().flatten().filter_map(|w| match w {
+            Waiter::Message { row, created_at, .. } => Some((row.id, *created_at)),
+            Waiter::Membership { .. } => None,
+        });
+        let held = self.held.iter().filter_map(|e| match e {
+            UpstreamEvent::Message { row, .. } => row.created().map(|t| (row.id, t)),
+            _ => None,
+        });
+        for (id, created_at) in queued.chain(held).collect::<Vec<_>>() {
+            self.waiting.add(id, created_at);
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod ceiling;
 mod clients;
+mod storm;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ struct Cli {
 enum Cmd {
     /// Run the benchmark (default: the standard scenario).
     Run(RunArgs),
+    /// The reconnect storm: all sessions dropped at once and resuming with `since` over a window
+    /// while INSERTs continue.
+    Storm(StormArgs),
     /// Serve as the ceiling server (used by `run` as a subprocess).
     Ceiling {
         #[arg(long)]
@@ -81,6 +85,28 @@ struct RunArgs {
     #[arg(long, default_value = "target/bench/report.json")]
     report: PathBuf,
     /// Gateway binary (built with `cargo build --release -p realtime-gateway` if missing).
+    #[arg(long, default_value = "target/release/realtime-gateway")]
+    gateway_bin: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+struct StormArgs {
+    /// Class threads (each 1 teacher + 30 parents, plus one 1:1 thread): 280 gives 10,360 sessions.
+    #[arg(long, default_value_t = 280)]
+    classes: usize,
+    /// Reconnects spread uniformly over this many seconds after the drop.
+    #[arg(long, default_value_t = 10.0)]
+    spread_secs: f64,
+    /// Real INSERTs per second during the whole storm.
+    #[arg(long, default_value_t = 100)]
+    inserts_per_sec: u64,
+    /// New sessions per second while connecting before the storm.
+    #[arg(long, default_value_t = 2500)]
+    connect_rate: u32,
+    #[arg(long, default_value_t = 2)]
+    gen_threads: usize,
+    #[arg(long, default_value = "target/bench/storm.json")]
+    report: PathBuf,
     #[arg(long, default_value = "target/release/realtime-gateway")]
     gateway_bin: PathBuf,
 }
@@ -714,10 +740,196 @@ async fn end_to_end(
            "server_cpu_cores": cpu})
 }
 
+/// The gateway's value of one `/metrics` counter (0 when absent).
+async fn gateway_counter(port: u16, name: &str) -> u64 {
+    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+async fn run_storm(args: StormArgs) -> i32 {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+    use tokio::sync::watch;
+    raise_nofile();
+    let t0 = Instant::now();
+    if !args.gateway_bin.exists() {
+        eprintln!("build the gateway first: cargo build --release -p realtime-gateway");
+        return 2;
+    }
+    let stack = match Stack::start_with(StackOptions { own_cluster: true, ..Default::default() }).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stand-in stack: {e}");
+            return 2;
+        }
+    };
+    let pop = population(args.classes);
+    load_population(&stack, &pop).await;
+    let keys = stack.keys().clone();
+    let port = free_port();
+    let mut gateway: Child = match Command::new(&args.gateway_bin)
+        .env("SUPABASE_URL", stack.url())
+        .env("SUPABASE_ANON_KEY", &keys.anon_key)
+        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
+        .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
+        .env("PORT", port.to_string())
+        .env("BIND_ADDRESS", "127.0.0.1")
+        .env("LOG_LEVEL", "warn")
+        .env("MAX_CONNECTIONS", "100000")
+        .env("WS_PING_INTERVAL_SECS", "600")
+        .stdout(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start {}: {e}", args.gateway_bin.display());
+            return 2;
+        }
+    };
+    if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
+        eprintln!("gateway never became ready");
+        let _ = gateway.kill();
+        return 2;
+    }
+    eprintln!("storm: {} users, {} threads, {} sessions", pop.users.len(), pop.threads.len(), pop.sessions.len());
+    let start = chrono::Utc::now();
+    let (drop_tx, drop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let first_done = Arc::new(AtomicU64::new(0));
+    let dropped_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let mut sessions = Vec::with_capacity(pop.sessions.len());
+    let mut tasks = Vec::with_capacity(pop.sessions.len());
+    let connect_start = Instant::now();
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for (i, &u) in pop.sessions.iter().enumerate() {
+        let due = connect_start + Duration::from_secs_f64(i as f64 / f64::from(args.connect_rate.max(1)));
+        tokio::time::sleep_until(due.into()).await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_secs_f64(args.spread_secs * (seed % 1_000_000) as f64 / 1_000_000.0);
+        let token = keys.user_token(
+            pop.users[u].0,
+            &pop.users[u].1,
+            if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 },
+            4 * 3600,
+        );
+        let session = Arc::new(storm::StormSession { user: u, ..Default::default() });
+        sessions.push(session.clone());
+        tasks.push(tokio::spawn(storm::session_life(
+            format!("ws://127.0.0.1:{port}/?token={token}"),
+            session,
+            start,
+            delay,
+            drop_rx.clone(),
+            stop_rx.clone(),
+            first_done.clone(),
+            dropped_at.clone(),
+        )));
+    }
+    // Real INSERTs, round robin over the threads, for the whole storm.
+    let (insert_stop, mut insert_stop_rx) = watch::channel(false);
+    let db = stack.sql().await;
+    let threads: Vec<(Uuid, Uuid)> = pop.threads.iter().map(|(t, _, s)| (*t, pop.users[*s].0)).collect();
+    let per_sec = args.inserts_per_sec.max(1);
+    let inserter = tokio::spawn(async move {
+        let mut inserted: Vec<(u128, usize)> = Vec::new();
+        let began = Instant::now();
+        for i in 0.. {
+            let due = began + Duration::from_secs_f64(i as f64 / per_sec as f64);
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = insert_stop_rx.changed() => break,
+            }
+            let k = i % threads.len();
+            let (thread, sender) = threads[k];
+            match db
+                .query_one(
+                    "insert into public.messages (thread_id, sender_id, content) values ($1, $2, 'storm') returning id",
+                    &[&thread, &sender],
+                )
+                .await
+            {
+                Ok(row) => inserted.push((row.get::<_, Uuid>(0).as_u128(), k)),
+                Err(e) => eprintln!("insert failed: {e}"),
+            }
+        }
+        inserted
+    });
+    while first_done.load(Ordering::Relaxed) < sessions.len() as u64
+        && connect_start.elapsed() < Duration::from_secs(180)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("storm: {} sessions connected and live; live traffic for 3 s", sessions.len());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rest0 = stack.rest_faults().requests();
+    let mem0 = gateway_counter(port, "gateway_resumes_from_memory_total").await;
+    let db0 = gateway_counter(port, "gateway_resumes_from_database_total").await;
+    if let Ok(mut d) = dropped_at.lock() {
+        *d = Some(Instant::now());
+    }
+    let _ = drop_tx.send(true);
+    eprintln!("storm: every session dropped; they come back over {} s", args.spread_secs);
+    let storm_started = Instant::now();
+    let settled = |s: &Arc<storm::StormSession>| {
+        s.resumed.lock().map(|r| r.is_some()).unwrap_or(false) || s.failed.load(Ordering::Relaxed)
+    };
+    while !sessions.iter().all(settled) && storm_started.elapsed() < Duration::from_secs_f64(args.spread_secs + 90.0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rest1 = stack.rest_faults().requests();
+    let mem1 = gateway_counter(port, "gateway_resumes_from_memory_total").await;
+    let db1 = gateway_counter(port, "gateway_resumes_from_database_total").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = insert_stop.send(true);
+    let inserted = inserter.await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let members: Vec<HashSet<usize>> = pop.threads.iter().map(|(_, m, _)| m.iter().copied().collect()).collect();
+    let expected: Vec<Vec<u128>> = sessions
+        .iter()
+        .map(|s| inserted.iter().filter(|(_, k)| members[*k].contains(&s.user)).map(|(id, _)| *id).collect())
+        .collect();
+    let mut report = storm::summary(&sessions, &expected, rest1 - rest0, mem1 - mem0, db1 - db0, args.spread_secs);
+    report["inserted"] = json!(inserted.len());
+    report["inserts_per_sec"] = json!(args.inserts_per_sec);
+    report["users"] = json!(pop.users.len());
+    report["machine"] = machine();
+    report["total_secs"] = json!(t0.elapsed().as_secs_f64());
+    let _ = Command::new("kill").arg("-TERM").arg(gateway.id().to_string()).status();
+    let _ = gateway.wait();
+    println!("\n== reconnect storm\n{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    if let Some(dir) = args.report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&args.report, serde_json::to_string_pretty(&report).unwrap_or_default()) {
+        eprintln!("cannot write {}: {e}", args.report.display());
+    }
+    let failed = report["lost"] != json!(0)
+        || report["duplicated_on_one_socket"] != json!(0)
+        || report["not_resumed"] != json!(0);
+    if failed {
+        println!("\n!!!!! FAILURE: the storm lost or duplicated messages, or sessions never resumed !!!!!");
+        return 1;
+    }
+    0
+}
+
 fn main() {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Some(Cmd::Run(a)) => a.gen_threads.max(1),
+        Some(Cmd::Storm(a)) => a.gen_threads.max(1),
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
@@ -737,6 +949,7 @@ fn main() {
             }
         }
         Some(Cmd::Run(args)) => runtime.block_on(run(args)),
+        Some(Cmd::Storm(args)) => runtime.block_on(run_storm(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run(args)),
             _ => 2,

@@ -30,6 +30,7 @@ struct Rule {
 pub struct RestFaults {
     rules: Arc<Mutex<Vec<Rule>>>,
     hits: Arc<std::sync::atomic::AtomicU64>,
+    requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RestFaults {
@@ -53,8 +54,15 @@ impl RestFaults {
         self.hits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The fault for a request to `path`, consuming one use of the first matching rule.
+    /// How many requests reached the PostgREST stand-in so far (faulted or not).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The fault for a request to `path`, consuming one use of the first matching rule. Called
+    /// once per request: it also counts requests.
     pub(super) fn take(&self, path: &str) -> Option<Fault> {
+        self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut rules = self.rules.lock().ok()?;
         let index = rules.iter().position(|r| path.contains(&r.path_contains) && r.remaining != Some(0))?;
         let rule = &mut rules[index];
