@@ -71,11 +71,6 @@ impl Hub {
         self.sessions_by_user.len()
     }
 
-    /// How many sessions `user_id` has on this instance.
-    pub fn device_count(&self, user_id: &Uuid) -> usize {
-        self.sessions_by_user.get(user_id).map_or(0, |s| s.len())
-    }
-
     /// Whether `user_id` has a session on this instance.
     pub fn is_online(&self, user_id: &Uuid) -> bool {
         self.sessions_by_user.contains_key(user_id)
@@ -167,6 +162,14 @@ impl Hub {
             self.realtime_off.remove(&user_id);
         } else {
             self.realtime_off.insert(user_id, ());
+        }
+    }
+
+    /// Replaces the whole set of users who switched realtime off (read from the database).
+    pub fn replace_realtime_off(&self, off: &std::collections::HashSet<Uuid>) {
+        self.realtime_off.retain(|user, _| off.contains(user));
+        for user in off {
+            self.realtime_off.insert(*user, ());
         }
     }
 

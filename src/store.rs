@@ -179,9 +179,20 @@ impl Store {
     pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
         dispatch!(self.set_realtime(token, enabled))
     }
-    /// `chat_realtime_enabled()` as the user.
-    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
-        dispatch!(self.realtime_enabled(token))
+    /// Every user who switched realtime off (service rights), read in keyset pages.
+    pub async fn realtime_off_users(&self) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        const PAGE: u32 = 1000;
+        let mut users = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let page = dispatch!(self.realtime_off_page(after, PAGE))?;
+            let full = page.len() >= PAGE as usize;
+            after = page.last().copied();
+            users.extend(page);
+            if !full {
+                return Ok(users);
+            }
+        }
     }
     /// `chat_mark_thread_read(p_thread_id)` as the user.
     pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {
@@ -312,10 +323,23 @@ impl Postgrest {
         self.rpc(As::User(token), "chat_set_realtime", json!({"p_enabled": enabled})).await
     }
 
-    /// `chat_realtime_enabled()` as the user: whether the user wants realtime delivery (true
-    /// unless they switched it off). For session open.
-    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
-        self.rpc(As::User(token), "chat_realtime_enabled", json!({})).await
+    /// One keyset page of the users who switched realtime off (service role).
+    pub async fn realtime_off_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            user_id: Uuid,
+        }
+        let mut query = vec![
+            ("select", "user_id".to_string()),
+            ("realtime_enabled", "eq.false".into()),
+            ("order", "user_id.asc".into()),
+            ("limit", limit.to_string()),
+        ];
+        if let Some(after) = after {
+            query.push(("user_id", format!("gt.{after}")));
+        }
+        let rows: Vec<Row> = self.call(As::Service, Method::GET, "chat_realtime_settings", &query, None).await?;
+        Ok(rows.into_iter().map(|r| r.user_id).collect())
     }
 
     /// `chat_mark_thread_read(p_thread_id)` as the user.
@@ -403,7 +427,7 @@ const CALLS: [&str; 12] = [
     "rpc/chat_unread_count",
     "rpc/chat_unread_count_of",
     "rpc/chat_set_realtime",
-    "rpc/chat_realtime_enabled",
+    "chat_realtime_settings",
     "rpc/chat_mark_thread_read",
     "rpc/chat_messages_page",
     "threads",

@@ -185,8 +185,16 @@ impl PgStore {
         self.json(Who::User(token), "select to_json(public.chat_set_realtime($1))::text", &[&enabled]).await
     }
 
-    pub async fn realtime_enabled(&self, token: &str) -> Result<bool, StoreError> {
-        self.json(Who::User(token), "select to_json(public.chat_realtime_enabled())::text", &[]).await
+    pub async fn realtime_off_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Uuid>, StoreError> {
+        self.json(
+            Who::Service,
+            "select coalesce(json_agg(user_id), '[]')::text from (select user_id \
+               from public.chat_realtime_settings \
+              where not realtime_enabled and ($1::uuid is null or user_id > $1) \
+              order by user_id limit $2) s",
+            &[&after, &i64::from(limit)],
+        )
+        .await
     }
 
     pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {

@@ -16,6 +16,7 @@
 pub mod cursor;
 pub mod gap;
 mod readiness;
+mod switches;
 pub mod window;
 
 use std::collections::{HashMap, VecDeque};
@@ -94,6 +95,7 @@ pub struct Router {
     threads: HashMap<Uuid, VecDeque<Waiter>>,
     waiting: Waiting,
     held: VecDeque<UpstreamEvent>,
+    switches: switches::Switches,
     /// Times the waiting bound was hit (a gap fill then brings the dropped messages back).
     overflows: u64,
     seen: Seen,
@@ -146,6 +148,7 @@ impl Router {
             waiting: Waiting::default(),
             held: VecDeque::new(),
             overflows: 0,
+            switches: switches::Switches::default(),
             seen: Seen::default(),
             gap: GapState::Idle,
             cursor,
@@ -178,6 +181,7 @@ impl Router {
                 },
                 Some(key) = self.loaded.recv() => self.on_loaded(key),
                 page = gap::next_page(&mut self.gap), if wants_page => self.on_gap_page(page),
+                Some(off) = self.switches.rx.recv() => self.on_switches_read(off),
                 Some(point) = self.cursor.next_point() => self.cursor.offer(point, self.live && matches!(self.gap, GapState::Idle)),
             }
             self.after_step();
@@ -193,7 +197,7 @@ impl Router {
                 self.start_gap(from);
             }
         }
-        let ready = self.live && matches!(self.gap, GapState::Idle);
+        let ready = self.live && matches!(self.gap, GapState::Idle) && self.switches.loaded();
         self.readiness.set(ready, self.live);
         if ready {
             self.cursor.request_if_due();
@@ -265,6 +269,7 @@ impl Router {
         }
         self.ever_live = true;
         self.need_gap(from);
+        self.read_switches();
     }
 
     fn on_down(&mut self, reason: &str) {
@@ -302,7 +307,7 @@ impl Router {
             UpstreamEvent::ReadState { thread_id, user_id, last_read_at, .. } => {
                 self.push_read_state(thread_id, user_id, last_read_at)
             }
-            UpstreamEvent::RealtimeSwitch { user_id, enabled, .. } => self.hub.set_realtime(user_id, enabled),
+            UpstreamEvent::RealtimeSwitch { user_id, enabled, .. } => self.on_switch(user_id, enabled),
             UpstreamEvent::Unreadable { table, reason, committed } => {
                 tracing::warn!(%table, %reason, "unreadable change from upstream; filling the gap from the database");
                 let from = committed.or(self.resume_point).unwrap_or(self.started) - self.margin();

@@ -90,16 +90,6 @@ pub async fn run<S>(
     let replayed = HashSet::new();
     let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed };
     tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
-    if session.ctx.hub.device_count(&shared.user_id) == 1 {
-        // The user's first device here: read their persisted realtime switch (later changes
-        // arrive through the change feed).
-        match session.ctx.store.realtime_enabled(&session.token).await {
-            Ok(enabled) => session.ctx.hub.set_realtime(shared.user_id, enabled),
-            Err(e) => {
-                tracing::warn!(user = %shared.user_id, error = %e, "could not read the realtime switch; assuming on")
-            }
-        }
-    }
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
     let (code, label) = reason.map_or((0, "client_gone"), |r| (r.code, r.label));
