@@ -11,6 +11,7 @@
 
 mod ceiling;
 mod clients;
+mod e2e;
 mod storm;
 
 use std::collections::{HashMap, HashSet};
@@ -44,6 +45,8 @@ enum Cmd {
     /// The reconnect storm: all sessions dropped at once and resuming with `since` over a window
     /// while INSERTs continue.
     Storm(StormArgs),
+    /// The end-to-end pass (real INSERTs) on both backends, latency side by side.
+    E2e(e2e::E2eArgs),
     /// Serve as the ceiling server (used by `run` as a subprocess).
     Ceiling {
         #[arg(long)]
@@ -930,6 +933,7 @@ fn main() {
     let threads = match &cli.command {
         Some(Cmd::Run(a)) => a.gen_threads.max(1),
         Some(Cmd::Storm(a)) => a.gen_threads.max(1),
+        Some(Cmd::E2e(_)) => 2,
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
@@ -950,6 +954,7 @@ fn main() {
         }
         Some(Cmd::Run(args)) => runtime.block_on(run(args)),
         Some(Cmd::Storm(args)) => runtime.block_on(run_storm(args)),
+        Some(Cmd::E2e(args)) => runtime.block_on(e2e::run(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run(args)),
             _ => 2,
