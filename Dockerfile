@@ -38,8 +38,9 @@ ENV PORT=3000 \
     LOG_FORMAT=json \
     LOG_LEVEL=info
 EXPOSE 3000
-# SIGTERM starts the graceful shutdown: stop accepting, close clients with 1001 "going away",
-# leave the upstream channel, exit within SHUTDOWN_GRACE_SECS (default 10; give the runtime more).
+# SIGTERM starts the graceful shutdown: /readyz 503 for DRAIN_SECS, then clients closed with 1001
+# "going away" spread over the rest, upstream channel left, exit within SHUTDOWN_GRACE_SECS
+# (default 30; give the runtime more).
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["/bin/sh", "-c", "curl --fail --silent --show-error --max-time 2 -o /dev/null \"http://127.0.0.1:${PORT:-3000}/healthz\" || exit 1"]
