@@ -4,15 +4,14 @@
 //! the gateway's own pool). Prints INSERT-to-phone latency side by side and writes
 //! `target/bench/e2e.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use supabase_standin::keys::Alg;
 use supabase_standin::{Stack, StackOptions};
 
-use super::{clients, end_to_end, free_port, load_population, population, raise_nofile, wait_http};
+use super::{clients, end_to_end, free_port, load_population, population, raise_nofile, session_tokens, wait_http};
 
 #[derive(clap::Args, Clone)]
 pub struct E2eArgs {
@@ -31,23 +30,41 @@ pub struct E2eArgs {
     gateway_bin: PathBuf,
 }
 
-fn gateway(args: &E2eArgs, stack: &Stack, backend: &str, port: u16) -> std::io::Result<Child> {
+/// Which backend a gateway process talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Supabase,
+    Postgres,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Supabase => "supabase",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Starts a release gateway on `port` against the stand-in stack, on `backend`.
+pub fn spawn_gateway(bin: &Path, stack: &Stack, backend: Backend, port: u16) -> std::io::Result<Child> {
     let keys = stack.keys();
-    let mut command = Command::new(&args.gateway_bin);
-    if backend == "supabase" {
-        command
+    let mut command = Command::new(bin);
+    match backend {
+        Backend::Supabase => command
             .env("SUPABASE_URL", stack.url())
             .env("SUPABASE_ANON_KEY", &keys.anon_key)
             .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
-            .env("SUPABASE_JWT_SECRET", &keys.jwt_secret);
-    } else {
-        let db = stack.database();
-        command
-            .env("DATABASE_URL", format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name()))
-            .env("SLOT_NAME", "bench_e2e")
-            .env("JWT_SECRET", &keys.jwt_secret)
-            .env("JWKS_URL", format!("{}/auth/v1/.well-known/jwks.json", stack.url()));
-    }
+            .env("SUPABASE_JWT_SECRET", &keys.jwt_secret),
+        Backend::Postgres => {
+            let db = stack.database();
+            command
+                .env("DATABASE_URL", format!("postgres://chat_gateway@127.0.0.1:{}/{}", db.port(), db.name()))
+                .env("SLOT_NAME", "bench_e2e")
+                .env("JWT_SECRET", &keys.jwt_secret)
+                .env("JWKS_URL", format!("{}/auth/v1/.well-known/jwks.json", stack.url()))
+        }
+    };
     command
         .env("PORT", port.to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
@@ -71,20 +88,11 @@ pub async fn run(args: E2eArgs) -> i32 {
     };
     let pop = population(args.classes);
     load_population(&stack, &pop).await;
-    let keys = stack.keys().clone();
-    let tokens: Vec<(usize, String)> = pop
-        .sessions
-        .iter()
-        .enumerate()
-        .map(|(i, &u)| {
-            let alg = if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 };
-            (u, keys.user_token(pop.users[u].0, &pop.users[u].1, alg, 4 * 3600))
-        })
-        .collect();
+    let tokens = session_tokens(&pop, stack.keys());
     let mut results = Vec::new();
-    for backend in ["supabase", "postgres"] {
+    for backend in [Backend::Supabase, Backend::Postgres] {
         let port = free_port();
-        let mut child = match gateway(&args, &stack, backend, port) {
+        let mut child = match spawn_gateway(&args.gateway_bin, &stack, backend, port) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("cannot start {}: {e}", args.gateway_bin.display());
@@ -92,7 +100,7 @@ pub async fn run(args: E2eArgs) -> i32 {
             }
         };
         if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
-            eprintln!("{backend}: the gateway never became ready");
+            eprintln!("{}: the gateway never became ready", backend.name());
             let _ = child.kill();
             return 2;
         }
@@ -102,9 +110,9 @@ pub async fn run(args: E2eArgs) -> i32 {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pid = child.id();
         let mut result = end_to_end(&stack, &pop, &sessions, args.inserts_per_sec, args.secs, pid).await;
-        result["backend"] = json!(backend);
+        result["backend"] = json!(backend.name());
         result["sessions"] = json!(sessions.len() - failures);
-        eprintln!("{backend}: {result}");
+        eprintln!("{}: {result}", backend.name());
         results.push(result);
         let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
         let _ = child.wait();

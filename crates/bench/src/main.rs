@@ -16,7 +16,7 @@ mod storm;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -199,6 +199,18 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0
+}
+
+/// A four-hour token per session, HS256 and ES256 alternately.
+fn session_tokens(pop: &Population, keys: &supabase_standin::keys::Keys) -> Vec<(usize, String)> {
+    pop.sessions
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| {
+            let alg = if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 };
+            (u, keys.user_token(pop.users[u].0, &pop.users[u].1, alg, 4 * 3600))
+        })
+        .collect()
 }
 
 fn free_port() -> u16 {
@@ -479,38 +491,11 @@ async fn run(args: RunArgs) -> i32 {
     let pop = population(args.classes);
     load_population(&stack, &pop).await;
     let keys = stack.keys().clone();
-    let tokens: Vec<(usize, String)> = pop
-        .sessions
-        .iter()
-        .enumerate()
-        .map(|(i, &u)| {
-            (
-                u,
-                keys.user_token(
-                    pop.users[u].0,
-                    &pop.users[u].1,
-                    if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 },
-                    4 * 3600,
-                ),
-            )
-        })
-        .collect();
+    let tokens = session_tokens(&pop, &keys);
     eprintln!("population: {} users, {} threads, {} sessions", pop.users.len(), pop.threads.len(), pop.sessions.len());
 
     let port = free_port();
-    let mut gateway: Child = match Command::new(&args.gateway_bin)
-        .env("SUPABASE_URL", stack.url())
-        .env("SUPABASE_ANON_KEY", &keys.anon_key)
-        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
-        .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
-        .env("PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("LOG_LEVEL", "warn")
-        .env("MAX_CONNECTIONS", "100000")
-        .env("WS_PING_INTERVAL_SECS", "600")
-        .stdout(Stdio::null())
-        .spawn()
-    {
+    let mut gateway: Child = match e2e::spawn_gateway(&args.gateway_bin, &stack, e2e::Backend::Supabase, port) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot start {}: {e}", args.gateway_bin.display());
@@ -776,19 +761,7 @@ async fn run_storm(args: StormArgs) -> i32 {
     load_population(&stack, &pop).await;
     let keys = stack.keys().clone();
     let port = free_port();
-    let mut gateway: Child = match Command::new(&args.gateway_bin)
-        .env("SUPABASE_URL", stack.url())
-        .env("SUPABASE_ANON_KEY", &keys.anon_key)
-        .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
-        .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
-        .env("PORT", port.to_string())
-        .env("BIND_ADDRESS", "127.0.0.1")
-        .env("LOG_LEVEL", "warn")
-        .env("MAX_CONNECTIONS", "100000")
-        .env("WS_PING_INTERVAL_SECS", "600")
-        .stdout(Stdio::null())
-        .spawn()
-    {
+    let mut gateway: Child = match e2e::spawn_gateway(&args.gateway_bin, &stack, e2e::Backend::Supabase, port) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot start {}: {e}", args.gateway_bin.display());
