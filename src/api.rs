@@ -413,6 +413,7 @@ fn metrics_reply(state: &ApiState, authorization: Option<&str>) -> warp::reply::
         draining: state.readiness.is_draining(),
         edge_open_connections: edge.open_connections,
         edge_pending_handshakes: edge.pending_handshakes,
+        slot_lag_bytes: state.ops.slot_lag.as_ref().and_then(|lag| lag.bytes()),
     };
     warp::reply::with_header(hub.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE).into_response()
 }

@@ -84,6 +84,8 @@ pub struct Sampled {
     pub draining: bool,
     pub edge_open_connections: usize,
     pub edge_pending_handshakes: usize,
+    /// WAL retained by the PostgreSQL backend's slot, bytes (None: Supabase, or not read yet).
+    pub slot_lag_bytes: Option<i64>,
 }
 
 /// The gateway's metrics. One per gateway, shared behind an `Arc`.
@@ -118,6 +120,7 @@ pub struct Metrics {
     edge_pending: Gauge,
     rss: Gauge,
     open_fds: Gauge,
+    slot_lag: Gauge,
 }
 
 impl Default for Metrics {
@@ -209,6 +212,11 @@ impl Metrics {
             gauge(&mut r, "edge_pending_handshakes", "TCP connections that have not sent a complete request head");
         let rss = gauge(&mut r, "process_resident_memory_bytes", "Resident memory of the process (Linux /proc)");
         let open_fds = gauge(&mut r, "process_open_fds", "Open file descriptors of the process (Linux /proc)");
+        let slot_lag = gauge(
+            &mut r,
+            "slot_lag_bytes",
+            "PostgreSQL backend: WAL kept for the replication slot (current WAL position minus confirmed); -1 on Supabase",
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         r.register("build_info", "Always 1; the version of the running gateway in its label", build);
@@ -243,6 +251,7 @@ impl Metrics {
             edge_pending,
             rss,
             open_fds,
+            slot_lag,
         }
     }
 
@@ -321,6 +330,7 @@ impl Metrics {
         if let Some(rss) = process.resident_bytes {
             self.rss.set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
+        self.slot_lag.set(sampled.slot_lag_bytes.unwrap_or(-1));
         if let Some(fds) = process.open_fds {
             self.open_fds.set(as_i64(fds));
         }

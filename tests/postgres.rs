@@ -141,6 +141,8 @@ async fn a_restarted_gateway_delivers_what_was_committed_while_it_was_down_exact
         assert!(tokio::time::Instant::now() < deadline, "the slot lag gauge never got a reading");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let scraped = world.metric_signed("gateway_slot_lag_bytes").await;
+    assert!(scraped >= 0, "/metrics shows the slot's lag (-1 means no reading): {scraped}");
 }
 
 /// Waits until the gateway's slot has confirmed every change committed before this call.

@@ -40,6 +40,8 @@ pub struct Ops {
     /// `ADMIN_TOKEN`: when set, `/admin` exists and needs it.
     pub admin_token: Option<String>,
     pub disconnects: Arc<Disconnects>,
+    /// The PostgreSQL backend's replication-slot lag (None on Supabase).
+    pub slot_lag: Option<Arc<crate::pg::SlotLag>>,
 }
 
 /// One ended session, as the page lists it.

@@ -255,6 +255,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         metrics_token: config.metrics_token.clone(),
         admin_token: config.admin_token.clone(),
         disconnects: disconnects.clone(),
+        slot_lag: slot_lag.clone(),
     });
     let ctx = SessionContext {
         hub: hub.clone(),

@@ -206,14 +206,20 @@ impl World {
         row.get(0)
     }
 
-    /// The value of one series of `/metrics`.
-    pub async fn metric(&self, name: &str) -> u64 {
+    /// The value of one gauge of `/metrics` that may be negative.
+    pub async fn metric_signed(&self, name: &str) -> i64 {
         let text = self.http.get(format!("{}/metrics", self.base())).send().await.expect("metrics");
         let text = text.text().await.expect("metrics text");
         text.lines()
             .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no series {name} in /metrics"))
+    }
+
+    /// The value of one series of `/metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let value = self.metric_signed(name).await;
+        u64::try_from(value).unwrap_or_else(|_| panic!("{name} is negative: {value}"))
     }
 
     /// A REST call with `Authorization: Bearer <token>`; returns (status, JSON body).
