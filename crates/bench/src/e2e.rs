@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use supabase_standin::{Stack, StackOptions};
+use supabase_standin::Stack;
 
-use super::{clients, end_to_end, free_port, load_population, population, raise_nofile, session_tokens, wait_http};
+use super::{clients, end_to_end, free_port, raise_nofile, school_stack, session_tokens, wait_http};
 
 #[derive(clap::Args, Clone)]
 pub struct E2eArgs {
@@ -79,15 +79,7 @@ pub fn spawn_gateway(bin: &Path, stack: &Stack, backend: Backend, port: u16) -> 
 
 pub async fn run(args: E2eArgs) -> i32 {
     raise_nofile();
-    let stack = match Stack::start_with(StackOptions { own_cluster: true, ..Default::default() }).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stand-in stack: {e}");
-            return 2;
-        }
-    };
-    let pop = population(args.classes);
-    load_population(&stack, &pop).await;
+    let Some((stack, pop)) = school_stack(args.classes).await else { return 2 };
     let tokens = session_tokens(&pop, stack.keys());
     let mut results = Vec::new();
     for backend in [Backend::Supabase, Backend::Postgres] {

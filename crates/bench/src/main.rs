@@ -201,6 +201,21 @@ fn proc_cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// A stand-in stack on a cluster of its own, loaded with the school-shaped population of
+/// `classes` classes (None, reported, when the stack cannot start).
+async fn school_stack(classes: usize) -> Option<(Stack, Population)> {
+    let stack = match Stack::start_with(StackOptions { own_cluster: true, ..Default::default() }).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("stand-in stack: {e}");
+            return None;
+        }
+    };
+    let pop = population(classes);
+    load_population(&stack, &pop).await;
+    Some((stack, pop))
+}
+
 /// A four-hour token per session, HS256 and ES256 alternately.
 fn session_tokens(pop: &Population, keys: &supabase_standin::keys::Keys) -> Vec<(usize, String)> {
     pop.sessions
@@ -481,15 +496,7 @@ async fn run(args: RunArgs) -> i32 {
         }
     }
     eprintln!("starting the stand-in stack...");
-    let stack = match Stack::start_with(StackOptions { own_cluster: true, ..Default::default() }).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stand-in stack: {e}");
-            return 2;
-        }
-    };
-    let pop = population(args.classes);
-    load_population(&stack, &pop).await;
+    let Some((stack, pop)) = school_stack(args.classes).await else { return 2 };
     let keys = stack.keys().clone();
     let tokens = session_tokens(&pop, &keys);
     eprintln!("population: {} users, {} threads, {} sessions", pop.users.len(), pop.threads.len(), pop.sessions.len());
@@ -750,15 +757,7 @@ async fn run_storm(args: StormArgs) -> i32 {
         eprintln!("build the gateway first: cargo build --release -p realtime-gateway");
         return 2;
     }
-    let stack = match Stack::start_with(StackOptions { own_cluster: true, ..Default::default() }).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("stand-in stack: {e}");
-            return 2;
-        }
-    };
-    let pop = population(args.classes);
-    load_population(&stack, &pop).await;
+    let Some((stack, pop)) = school_stack(args.classes).await else { return 2 };
     let keys = stack.keys().clone();
     let port = free_port();
     let mut gateway: Child = match e2e::spawn_gateway(&args.gateway_bin, &stack, e2e::Backend::Supabase, port) {
