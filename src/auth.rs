@@ -109,6 +109,8 @@ pub struct VerifierSettings {
     /// Refused tokens per source IP and second (0: unlimited), and the burst.
     pub failures_per_sec: f64,
     pub failure_burst: u32,
+    /// Most source addresses whose refused tokens are counted (`RATE_LIMIT_MAX_KEYS`).
+    pub max_keys: usize,
 }
 
 impl VerifierSettings {
@@ -123,6 +125,7 @@ impl VerifierSettings {
             jwks: Schedule { timeout: c.backend_timeout, refresh_min: c.jwks_refresh_min, max_age: c.jwks_max_age },
             failures_per_sec: c.auth_failures_per_sec,
             failure_burst: c.auth_failure_burst,
+            max_keys: c.rate_limit_max_keys,
         }
     }
 }
@@ -144,8 +147,9 @@ fn family_allows(alg: Algorithm) -> bool {
 
 impl Verifier {
     pub fn new(settings: VerifierSettings, http: reqwest::Client) -> Arc<Verifier> {
-        let failures = (settings.failures_per_sec > 0.0)
-            .then(|| PerIp::new(settings.failures_per_sec, f64::from(settings.failure_burst.max(1)), 100_000));
+        let failures = (settings.failures_per_sec > 0.0).then(|| {
+            PerIp::new(settings.failures_per_sec, f64::from(settings.failure_burst.max(1)), settings.max_keys)
+        });
         Arc::new(Verifier {
             secret: settings.jwt_secret.as_deref().map(|s| DecodingKey::from_secret(s.as_bytes())),
             keys: JwksCache::new(settings.jwks_url, settings.apikey, http, settings.jwks),
@@ -154,6 +158,11 @@ impl Verifier {
             allow_anonymous: settings.allow_anonymous,
             failures,
         })
+    }
+
+    /// Source addresses whose refused tokens are being counted now (for `/metrics`).
+    pub fn failure_keys(&self) -> usize {
+        self.failures.as_ref().map_or(0, PerIp::len)
     }
 
     /// Loads the JWKS once at start-up, within the backend timeout. A project without asymmetric
@@ -316,6 +325,7 @@ mod tests {
             },
             failures_per_sec: 0.0,
             failure_burst: 1,
+            max_keys: 1000,
         }
     }
 

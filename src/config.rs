@@ -17,7 +17,7 @@ pub mod check;
 mod rules;
 
 pub use rules::parse_origins;
-use rules::{drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
+use rules::{at_least, drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
 
 mod backend;
 use backend::{backend, jwks_url, jwt_secret};
@@ -211,12 +211,23 @@ pub struct Args {
     /// dropped, clients are told, and a gap fill brings them back.
     #[arg(long, env = "ROUTER_MAX_WAITING", default_value_t = 100_000)]
     pub router_max_waiting: usize,
+    /// Bytes those messages may hold (content and fields, plus a fixed overhead each); above it
+    /// they are dropped exactly as with ROUTER_MAX_WAITING. At least 1 MiB.
+    #[arg(long, env = "ROUTER_BUFFER_BYTES", default_value_t = 32 << 20)]
+    pub router_buffer_bytes: usize,
     /// How often the database's sync horizon is read for the resume cursor, milliseconds.
     #[arg(long, env = "CURSOR_INTERVAL_MS", default_value_t = 1000)]
     pub cursor_interval_ms: u64,
     /// Recently routed messages kept in memory to serve resumes (`?since=`) without the database.
     #[arg(long, env = "RESUME_BUFFER_MESSAGES", default_value_t = 20_000)]
     pub resume_buffer_messages: usize,
+    /// Bytes the resume ring may hold, counted on the encoded frames plus a fixed overhead per
+    /// message; the oldest are evicted first (resumes from before them go to the database).
+    #[arg(long, env = "RESUME_BUFFER_BYTES", default_value_t = 64 << 20)]
+    pub resume_buffer_bytes: usize,
+    /// Most keys (users, addresses) one rate limiter keeps; idle keys also expire with time.
+    #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000)]
+    pub rate_limit_max_keys: usize,
     /// Print the effective configuration (secrets redacted) and exit: 0 if valid, 2 otherwise.
     #[arg(long)]
     pub check_config: bool,
@@ -262,8 +273,15 @@ pub struct Config {
     pub upstream_backoff_max: Duration,
     pub upstream_channel_capacity: usize,
     pub router_max_waiting: usize,
+    /// Bytes the router's waiting messages may hold.
+    pub router_buffer_bytes: usize,
     pub cursor_interval: Duration,
+    /// Most messages in the resume ring.
     pub resume_buffer: usize,
+    /// Most bytes in the resume ring (encoded frames plus a fixed overhead each).
+    pub resume_buffer_bytes: usize,
+    /// Most keys one rate limiter keeps.
+    pub rate_limit_max_keys: usize,
 }
 
 /// Limits applied before authentication (see [`crate::edge`]).
@@ -358,6 +376,11 @@ impl Config {
         let upstream_backoff_max = p.or(seconds("UPSTREAM_BACKOFF_MAX_SECS", a.upstream_backoff_max_secs), second);
         let upstream_channel_capacity = p.or(positive("UPSTREAM_QUEUE_CAPACITY", a.upstream_queue_capacity), 1);
         let router_max_waiting = p.or(positive("ROUTER_MAX_WAITING", a.router_max_waiting), 1);
+        let router_buffer_bytes = p.or(
+            at_least("ROUTER_BUFFER_BYTES", a.router_buffer_bytes, 1 << 20, "room for many rows of 4,000 characters"),
+            1 << 20,
+        );
+        let rate_limit_max_keys = p.or(positive("RATE_LIMIT_MAX_KEYS", a.rate_limit_max_keys), 1);
         let cursor_interval_ms = p.or(positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize), 1) as u64;
         let shutdown_grace = Duration::from_secs(a.shutdown_grace_secs);
         let drain = p.or(drain(a.drain_secs, shutdown_grace), Duration::ZERO);
@@ -398,8 +421,11 @@ impl Config {
             upstream_backoff_max,
             upstream_channel_capacity,
             router_max_waiting,
+            router_buffer_bytes,
             cursor_interval: Duration::from_millis(cursor_interval_ms),
             resume_buffer: a.resume_buffer_messages,
+            resume_buffer_bytes: a.resume_buffer_bytes,
+            rate_limit_max_keys,
         })
     }
 

@@ -3,8 +3,10 @@
 //! under the same lock, so every message is either in their snapshot or queued to them live,
 //! never both and never neither).
 //!
-//! Owns the bounded ring (oldest evicted first), its low-water mark (a resume from a cursor at or
-//! above it can be served from memory), and the cursor stamped on live frames. Never does I/O.
+//! Owns the bounded ring (oldest evicted first when either its message count or its byte budget,
+//! counted on the encoded frames, would be exceeded), its low-water mark (a resume from a cursor
+//! at or above it can be served from memory; below it the resume goes to the database, so an
+//! eviction never loses anything), and the cursor stamped on live frames. Never does I/O.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,10 +23,34 @@ pub struct Entry {
     pub frame: Outgoing,
 }
 
+/// What one entry costs besides its frame's text: the entry itself, the frame's shared-bytes
+/// header, the `VecDeque` slot and the allocator's rounding (about 110 bytes), rounded up.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+/// The ring's bounds: whichever is hit first evicts the oldest entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Most entries (`RESUME_BUFFER_MESSAGES`).
+    pub messages: usize,
+    /// Most bytes: the frames' text plus [`ENTRY_OVERHEAD`] each (`RESUME_BUFFER_BYTES`).
+    pub bytes: usize,
+}
+
+impl Entry {
+    /// What this entry counts against [`Bounds::bytes`].
+    pub fn cost(&self) -> usize {
+        self.frame.text.len() + ENTRY_OVERHEAD
+    }
+}
+
 /// The state behind the lock.
 pub struct Ring {
     entries: VecDeque<Entry>,
-    capacity: usize,
+    bounds: Bounds,
+    /// Sum of the entries' [`Entry::cost`].
+    bytes: usize,
+    /// Entries evicted so far because of the byte budget (the count bound alone would have kept them).
+    evicted_for_bytes: u64,
     /// Every message with `created_at` below this may be missing from the ring.
     low_water: DateTime<Utc>,
     /// The cursor stamped on live frames: every message with `created_at` below it was fanned out.
@@ -32,18 +58,23 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// Records a routed message, evicting the oldest when full.
+    /// Records a routed message, evicting the oldest while either bound is exceeded (an entry
+    /// larger than the whole byte budget is evicted at once: its resume goes to the database).
     pub fn push(&mut self, entry: Entry) {
-        if self.capacity == 0 {
-            self.low_water = self.low_water.max(entry.created_at + Duration::microseconds(1));
-            return;
-        }
-        if self.entries.len() >= self.capacity {
-            if let Some(old) = self.entries.pop_front() {
-                self.low_water = self.low_water.max(old.created_at + Duration::microseconds(1));
-            }
-        }
+        self.bytes += entry.cost();
         self.entries.push_back(entry);
+        while self.entries.len() > self.bounds.messages || self.bytes > self.bounds.bytes {
+            let over_bytes = self.entries.len() <= self.bounds.messages;
+            let Some(old) = self.entries.pop_front() else { break };
+            self.bytes -= old.cost();
+            self.evicted_for_bytes += u64::from(over_bytes);
+            self.low_water = self.low_water.max(old.created_at + Duration::microseconds(1));
+        }
+    }
+
+    /// Entries held, bytes they count, and evictions forced by the byte budget so far.
+    pub fn usage(&self) -> Usage {
+        Usage { messages: self.entries.len(), bytes: self.bytes, evicted_for_bytes: self.evicted_for_bytes }
     }
 
     /// Whether a resume from `since` can be served from memory.
@@ -61,6 +92,14 @@ impl Ring {
     }
 }
 
+/// What the ring holds, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub messages: usize,
+    pub bytes: usize,
+    pub evicted_for_bytes: u64,
+}
+
 /// The shared ring.
 pub struct History {
     ring: Mutex<Ring>,
@@ -69,10 +108,10 @@ pub struct History {
 impl History {
     /// An empty ring whose low-water mark and first cursor are `start` (messages before it were
     /// never routed by this process).
-    pub fn new(capacity: usize, start: DateTime<Utc>) -> Arc<History> {
-        Arc::new(History {
-            ring: Mutex::new(Ring { entries: VecDeque::new(), capacity, low_water: start, cursor: start }),
-        })
+    pub fn new(bounds: Bounds, start: DateTime<Utc>) -> Arc<History> {
+        let ring =
+            Ring { entries: VecDeque::new(), bounds, bytes: 0, evicted_for_bytes: 0, low_water: start, cursor: start };
+        Arc::new(History { ring: Mutex::new(ring) })
     }
 
     /// Locks the ring. Poisoning cannot leave it inconsistent (every update is one push), so a
@@ -93,7 +132,7 @@ mod tests {
     #[test]
     fn eviction_raises_the_low_water_mark() {
         let start = Utc::now();
-        let history = History::new(2, start);
+        let history = History::new(Bounds { messages: 2, bytes: usize::MAX }, start);
         let user = Uuid::new_v4();
         let mut ring = history.lock();
         assert!(ring.covers(start) && !ring.covers(start - Duration::seconds(1)));
@@ -104,5 +143,44 @@ mod tests {
         assert!(ring.covers(start + Duration::seconds(2)));
         assert_eq!(ring.replay_for(&user, start + Duration::seconds(2)).len(), 2);
         assert_eq!(ring.replay_for(&Uuid::new_v4(), start).len(), 0, "only the user's threads");
+    }
+
+    fn sized(t: DateTime<Utc>, user: Uuid, text_bytes: usize) -> Entry {
+        Entry {
+            created_at: t,
+            participants: Arc::new([user].into_iter().collect()),
+            frame: Outgoing::notice("x".repeat(text_bytes)),
+        }
+    }
+
+    #[test]
+    fn the_byte_budget_evicts_the_oldest_and_raises_the_low_water_mark() {
+        let start = Utc::now();
+        let user = Uuid::new_v4();
+        let cost = 1000 + ENTRY_OVERHEAD;
+        // Room for 1,000 messages by count, for three of these by bytes.
+        let history = History::new(Bounds { messages: 1000, bytes: 3 * cost }, start);
+        let mut ring = history.lock();
+        for i in 1..=5 {
+            ring.push(sized(start + Duration::seconds(i), user, 1000));
+        }
+        assert_eq!(ring.usage(), Usage { messages: 3, bytes: 3 * cost, evicted_for_bytes: 2 });
+        assert!(!ring.covers(start + Duration::seconds(2)), "the second message was evicted: resume from the database");
+        assert!(ring.covers(start + Duration::seconds(3)));
+        assert_eq!(ring.replay_for(&user, start + Duration::seconds(3)).len(), 3);
+
+        // One frame larger than the whole budget empties the ring and is not kept itself.
+        ring.push(sized(start + Duration::seconds(6), user, 4 * cost));
+        assert_eq!(ring.usage().messages, 0);
+        assert_eq!(ring.usage().bytes, 0);
+        assert!(!ring.covers(start + Duration::seconds(6)) && ring.covers(start + Duration::seconds(7)));
+
+        // The count bound still applies when frames are small.
+        let history = History::new(Bounds { messages: 2, bytes: 1 << 30 }, start);
+        let mut ring = history.lock();
+        for i in 1..=4 {
+            ring.push(sized(start + Duration::seconds(i), user, 10));
+        }
+        assert_eq!(ring.usage(), Usage { messages: 2, bytes: 2 * (10 + ENTRY_OVERHEAD), evicted_for_bytes: 0 });
     }
 }

@@ -28,11 +28,13 @@ pub enum RegisterError {
     UserFull,
 }
 
-/// Why `subscribe_thread` was refused.
+/// Why `subscribe_thread` or `unsubscribe_thread` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
     #[error("too many thread subscriptions on this connection (limit {0})")]
     TooMany(usize),
+    #[error("too many unsubscribed threads on this connection (limit {0})")]
+    TooManyMuted(usize),
 }
 
 /// The hub. One per gateway, shared behind an `Arc`.
@@ -119,7 +121,7 @@ impl Hub {
         if !session.add_subscription(thread_id, self.limits.max_thread_subscriptions) {
             return Err(SubscribeError::TooMany(self.limits.max_thread_subscriptions));
         }
-        session.set_muted(thread_id, false);
+        session.unmute(&thread_id);
         let mut list = self.explicit.entry(thread_id).or_default();
         if !list.iter().any(|s| s.id == session.id) {
             list.push(session.clone());
@@ -128,11 +130,16 @@ impl Hub {
     }
 
     /// Drops an explicit subscription and mutes the thread for this session, so that a thread
-    /// the user participates in stops arriving on this connection until subscribed again.
-    pub fn unsubscribe_thread(&self, session: &Arc<SessionHandle>, thread_id: Uuid) {
+    /// the user participates in stops arriving on this connection until subscribed again. The
+    /// caller checked that the user may read the thread (or that the session subscribed to it);
+    /// at most `MAX_THREAD_SUBSCRIPTIONS` threads are muted per session.
+    pub fn unsubscribe_thread(&self, session: &Arc<SessionHandle>, thread_id: Uuid) -> Result<(), SubscribeError> {
+        if !session.mute(thread_id, self.limits.max_thread_subscriptions) {
+            return Err(SubscribeError::TooManyMuted(self.limits.max_thread_subscriptions));
+        }
         session.remove_subscription(&thread_id);
-        session.set_muted(thread_id, true);
         self.remove_explicit(thread_id, session.id);
+        Ok(())
     }
 
     /// A participant left a thread: their explicit subscriptions to it are revoked at once.
@@ -322,7 +329,7 @@ mod tests {
         let mut out = Vec::new();
         hub.recipients(thread, &participants, &mut out);
         assert_eq!(out.len(), 1);
-        hub.unsubscribe_thread(&s, thread);
+        hub.unsubscribe_thread(&s, thread).expect("room to mute");
         hub.recipients(thread, &participants, &mut out);
         assert!(out.is_empty());
         hub.subscribe_thread(&s, thread).expect("ok");
@@ -334,6 +341,21 @@ mod tests {
         hub.participant_left(thread, user);
         hub.recipients(thread, &participants, &mut out);
         assert!(out.is_empty(), "leaving revokes the explicit subscription");
+    }
+
+    #[test]
+    fn muted_threads_are_bounded_per_session() {
+        let hub = hub();
+        let s = hub.register(Uuid::new_v4()).expect("fits");
+        let threads: Vec<Uuid> = (0..9).map(|_| Uuid::new_v4()).collect();
+        for t in &threads[..8] {
+            hub.unsubscribe_thread(&s, *t).expect("within the limit of 8");
+        }
+        assert_eq!(hub.unsubscribe_thread(&s, threads[8]), Err(SubscribeError::TooManyMuted(8)));
+        assert!(!s.is_muted(&threads[8]), "a refused unsubscribe leaves nothing behind");
+        hub.unsubscribe_thread(&s, threads[0]).expect("muting a muted thread again is fine");
+        hub.subscribe_thread(&s, threads[0]).expect("subscribing un-mutes");
+        hub.unsubscribe_thread(&s, threads[8]).expect("room again");
     }
 
     proptest! {
@@ -354,7 +376,7 @@ mod tests {
                 if let Some(s) = sessions.get(s as usize) { let _ = hub.subscribe_thread(s, threads[t as usize]); }
             }
             for (t, s) in mutes {
-                if let Some(s) = sessions.get(s as usize) { hub.unsubscribe_thread(s, threads[t as usize]); }
+                if let Some(s) = sessions.get(s as usize) { let _ = hub.unsubscribe_thread(s, threads[t as usize]); }
             }
             let target = threads[thread as usize];
             let participants: HashSet<Uuid> = membership.iter()

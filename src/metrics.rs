@@ -57,6 +57,16 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimiterLabels {
+    limiter: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -86,6 +96,10 @@ pub struct Sampled {
     pub edge_pending_handshakes: usize,
     /// WAL retained by the PostgreSQL backend's slot, bytes (None: Supabase, or not read yet).
     pub slot_lag_bytes: Option<i64>,
+    /// Users with a REST rate-limit bucket.
+    pub rest_rate_keys: usize,
+    /// Source addresses with a refused-token budget.
+    pub auth_failure_keys: usize,
 }
 
 /// The gateway's metrics. One per gateway, shared behind an `Arc`.
@@ -99,6 +113,14 @@ pub struct Metrics {
     gap_fill_failures: Counter,
     upstream_losses: Counter,
     router_overflows: Counter,
+    router_byte_overflows: Counter,
+    router_waiting: Gauge,
+    router_waiting_bytes: Gauge,
+    resume_buffer: Gauge,
+    resume_buffer_bytes: Gauge,
+    resume_buffer_byte_evictions: Counter,
+    unsubscribe_refused: Family<ReasonLabels, Counter>,
+    limiter_keys: Family<LimiterLabels, Gauge>,
     resumes_from_memory: Counter,
     resumes_from_database: Counter,
     replayed_messages: Counter,
@@ -153,6 +175,42 @@ impl Metrics {
         let upstream_losses = counter(&mut r, "upstream_losses", "Times the upstream subscription was lost");
         let router_overflows =
             counter(&mut r, "router_overflows", "Times the router's waiting buffer was full (a gap fill recovers)");
+        let router_byte_overflows = counter(
+            &mut r,
+            "router_byte_overflows",
+            "Router overflows caused by ROUTER_BUFFER_BYTES (also counted in gateway_router_overflows_total)",
+        );
+        let router_waiting =
+            gauge(&mut r, "router_waiting_messages", "Messages waiting in the router for lookups or a gap fill");
+        let router_waiting_bytes = gauge(
+            &mut r,
+            "router_waiting_bytes",
+            "Bytes held by the messages waiting in the router (bounded by ROUTER_BUFFER_BYTES)",
+        );
+        let resume_buffer =
+            gauge(&mut r, "resume_buffer_messages", "Messages in the resume ring (bounded by RESUME_BUFFER_MESSAGES)");
+        let resume_buffer_bytes = gauge(
+            &mut r,
+            "resume_buffer_bytes",
+            "Encoded frame bytes in the resume ring plus a fixed overhead per entry (bounded by RESUME_BUFFER_BYTES)",
+        );
+        let resume_buffer_byte_evictions = counter(
+            &mut r,
+            "resume_buffer_byte_evictions",
+            "Messages evicted from the resume ring by RESUME_BUFFER_BYTES (resumes before them go to the database)",
+        );
+        let unsubscribe_refused = Family::<ReasonLabels, Counter>::default();
+        r.register(
+            "unsubscribe_refused",
+            "unsubscribe_thread requests refused, by reason (access_denied, too_many, check_failed)",
+            unsubscribe_refused.clone(),
+        );
+        let limiter_keys = Family::<LimiterLabels, Gauge>::default();
+        r.register(
+            "rate_limiter_keys",
+            "Keys held by a rate limiter (rest_user, auth_failure_ip); idle keys expire, at most RATE_LIMIT_MAX_KEYS",
+            limiter_keys.clone(),
+        );
         let resumes_from_memory =
             counter(&mut r, "resumes_from_memory", "WebSocket resumes served from the recent-message ring");
         let resumes_from_database =
@@ -230,6 +288,14 @@ impl Metrics {
             gap_fill_failures,
             upstream_losses,
             router_overflows,
+            router_byte_overflows,
+            router_waiting,
+            router_waiting_bytes,
+            resume_buffer,
+            resume_buffer_bytes,
+            resume_buffer_byte_evictions,
+            unsubscribe_refused,
+            limiter_keys,
             resumes_from_memory,
             resumes_from_database,
             replayed_messages,
@@ -280,8 +346,28 @@ impl Metrics {
     pub fn upstream_lost(&self) {
         self.upstream_losses.inc();
     }
-    pub fn router_overflow(&self) {
+    /// The router's waiting buffer overflowed; `by_bytes`: because of its byte bound.
+    pub fn router_overflow(&self, by_bytes: bool) {
         self.router_overflows.inc();
+        if by_bytes {
+            self.router_byte_overflows.inc();
+        }
+    }
+    /// What waits in the router now.
+    pub fn router_waiting(&self, messages: usize, bytes: usize) {
+        self.router_waiting.set(i64::try_from(messages).unwrap_or(i64::MAX));
+        self.router_waiting_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    /// What the resume ring holds now, and its byte evictions so far.
+    pub fn resume_buffer(&self, usage: crate::history::Usage) {
+        self.resume_buffer.set(i64::try_from(usage.messages).unwrap_or(i64::MAX));
+        self.resume_buffer_bytes.set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+        let counted = self.resume_buffer_byte_evictions.get();
+        self.resume_buffer_byte_evictions.inc_by(usage.evicted_for_bytes.saturating_sub(counted));
+    }
+    /// An `unsubscribe_thread` was refused: `access_denied`, `too_many` or `check_failed`.
+    pub fn unsubscribe_refused(&self, reason: &'static str) {
+        self.unsubscribe_refused.get_or_create(&ReasonLabels { reason }).inc();
     }
     pub fn resumed(&self, from_memory: bool, replayed: u64, took: Duration) {
         (if from_memory { &self.resumes_from_memory } else { &self.resumes_from_database }).inc();
@@ -331,6 +417,10 @@ impl Metrics {
             self.rss.set(i64::try_from(rss).unwrap_or(i64::MAX));
         }
         self.slot_lag.set(sampled.slot_lag_bytes.unwrap_or(-1));
+        self.limiter_keys.get_or_create(&LimiterLabels { limiter: "rest_user" }).set(as_i64(sampled.rest_rate_keys));
+        self.limiter_keys
+            .get_or_create(&LimiterLabels { limiter: "auth_failure_ip" })
+            .set(as_i64(sampled.auth_failure_keys));
         if let Some(fds) = process.open_fds {
             self.open_fds.set(as_i64(fds));
         }
@@ -341,27 +431,7 @@ impl Metrics {
     }
 }
 
-/// The process's own figures, from `/proc/self` (Linux; `None` elsewhere).
-mod process {
-    #[derive(Debug, Default)]
-    pub struct Process {
-        pub resident_bytes: Option<u64>,
-        pub open_fds: Option<usize>,
-    }
-
-    pub fn read() -> Process {
-        let resident_bytes = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| vm_rss(&s));
-        let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count());
-        Process { resident_bytes, open_fds }
-    }
-
-    /// `VmRSS:   1234 kB` → bytes.
-    pub fn vm_rss(status: &str) -> Option<u64> {
-        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
-        let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
-        kib.checked_mul(1024)
-    }
-}
+mod process;
 
 #[cfg(test)]
 mod tests {

@@ -112,6 +112,7 @@ fn verifier(endpoint: &AuthEndpoint, refresh_min: Duration, max_age: Duration) -
         jwks: Schedule { timeout: TIMEOUT, refresh_min, max_age },
         failures_per_sec: 0.0,
         failure_burst: 1,
+        max_keys: 1000,
     };
     Verifier::new(settings, reqwest::Client::new())
 }

@@ -15,6 +15,7 @@ mod guide_client;
 mod instances;
 mod js_client;
 mod keys;
+mod memory;
 mod openapi;
 mod operators;
 mod postgres;

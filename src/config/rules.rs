@@ -76,6 +76,14 @@ pub(super) fn positive(var: &'static str, value: usize) -> Result<usize, ConfigE
     Ok(value)
 }
 
+/// A size that must be at least `min` (`what` says why, for the message).
+pub(super) fn at_least(var: &'static str, value: usize, min: usize, what: &str) -> Result<usize, ConfigError> {
+    if value < min {
+        return Err(invalid(var, format!("must be at least {min} ({what}), got {value}")));
+    }
+    Ok(value)
+}
+
 /// `https://a.example, http://localhost:8081` → serialized origins; each must be scheme://host[:port].
 pub fn parse_origins(value: &str) -> Result<Vec<String>, ConfigError> {
     let mut origins = Vec::new();

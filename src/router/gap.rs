@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::window::row_cost;
 use super::{error_frame, GapState, Router, Waiter};
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
@@ -82,13 +83,17 @@ impl Router {
     /// Over the bound: drop what waits (undelivered, so forgotten by dedup), tell clients, and
     /// let a gap fill from the oldest dropped message bring everything back in order.
     pub(super) fn check_bounds(&mut self) {
-        if self.waiting.len() <= self.config.max_waiting {
+        let over_count = self.waiting.len() > self.config.max_waiting;
+        let over_bytes = self.waiting.bytes() > self.config.max_waiting_bytes;
+        if !over_count && !over_bytes {
             return;
         }
         let oldest = self.waiting.oldest().unwrap_or(self.started);
-        self.hub.metrics.router_overflow();
+        self.hub.metrics.router_overflow(over_bytes && !over_count);
         tracing::error!(
             waiting = self.waiting.len(),
+            waiting_bytes = self.waiting.bytes(),
+            bound = if over_count { "ROUTER_MAX_WAITING" } else { "ROUTER_BUFFER_BYTES" },
             "router waiting buffer full: dropping it and filling the gap from the database"
         );
         for (_, queue) in self.threads.drain() {
@@ -143,16 +148,28 @@ impl Router {
     }
 
     /// Whether the running fill may hand over its next page: the backlog is empty and there is
-    /// room to wait for lookups.
+    /// room to wait for lookups. The backlog is therefore one page at most ([`PAGE`] rows of at
+    /// most 4,000 characters each, the schema's limit).
     pub(super) fn gap_wants_page(&self) -> bool {
         matches!(&self.gap, GapState::Running { backlog, done: None, .. } if backlog.is_empty())
             && self.waiting.len() < self.config.max_waiting
+            && self.waiting.bytes() < self.config.max_waiting_bytes
+    }
+
+    /// Whether a row of `bytes` may wait without hitting either bound.
+    fn room_for(&self, bytes: usize) -> bool {
+        self.waiting.len() < self.config.max_waiting
+            && self.waiting.bytes().saturating_add(bytes) <= self.config.max_waiting_bytes
     }
 
     /// Feeds backlog rows to the router while there is room to wait for their lookups (so a fill
-    /// never overflows the bound by itself), then finishes the fill once it has been read whole.
+    /// never overflows a bound by itself), then finishes the fill once it has been read whole.
     pub(super) fn feed_gap(&mut self) {
-        while self.waiting.len() < self.config.max_waiting {
+        loop {
+            let GapState::Running { backlog, .. } = &self.gap else { return };
+            if !self.room_for(backlog.front().map_or(0, row_cost)) {
+                return;
+            }
             let GapState::Running { backlog, done, .. } = &mut self.gap else { return };
             match backlog.pop_front() {
                 Some(row) => {
@@ -206,15 +223,15 @@ impl Router {
     fn rebuild_waiting(&mut self) {
         self.waiting.clear();
         let queued = self.threads.values().flatten().filter_map(|w| match w {
-            Waiter::Message { row, created_at, .. } => Some((row.id, *created_at)),
+            Waiter::Message { row, created_at, .. } => Some((row.id, *created_at, row_cost(row))),
             Waiter::Membership { .. } => None,
         });
         let held = self.held.iter().filter_map(|e| match e {
-            UpstreamEvent::Message { row, .. } => row.created().map(|t| (row.id, t)),
+            UpstreamEvent::Message { row, .. } => row.created().map(|t| (row.id, t, row_cost(row))),
             _ => None,
         });
-        for (id, created_at) in queued.chain(held).collect::<Vec<_>>() {
-            self.waiting.add(id, created_at);
+        for (id, created_at, bytes) in queued.chain(held).collect::<Vec<_>>() {
+            self.waiting.add(id, created_at, bytes);
         }
     }
 }

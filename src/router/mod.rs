@@ -41,7 +41,7 @@ use crate::upstream::UpstreamEvent;
 use cursor::Cursor;
 use gap::GapPage;
 pub use readiness::Readiness;
-use window::{Seen, Waiting};
+use window::{row_cost, Seen, Waiting};
 
 /// Settings of the router.
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub struct RouterConfig {
     pub catchup_margin: Duration,
     /// Most messages waiting for lookups or for a gap fill to finish.
     pub max_waiting: usize,
+    /// Most bytes those messages may hold (see [`window::row_cost`]); hit, it acts as the count.
+    pub max_waiting_bytes: usize,
     /// How often the sync horizon is read for the live cursor.
     pub cursor_interval: Duration,
 }
@@ -96,7 +98,7 @@ pub struct Router {
     waiting: Waiting,
     held: VecDeque<UpstreamEvent>,
     switches: switches::Switches,
-    /// Times the waiting bound was hit (a gap fill then brings the dropped messages back).
+    /// Times a waiting bound (count or bytes) was hit (a gap fill then brings the dropped messages back).
     overflows: u64,
     seen: Seen,
     gap: GapState,
@@ -203,12 +205,15 @@ impl Router {
             self.cursor.request_if_due();
         }
         self.confirm_checkpoint();
+        self.hub.metrics.router_waiting(self.waiting.len(), self.waiting.bytes());
         let stamped = self.cursor.stamped(self.waiting.oldest());
         let mut ring = self.history.lock();
         if stamped > ring.cursor {
             ring.cursor = stamped;
         }
+        let usage = ring.usage();
         drop(ring);
+        self.hub.metrics.resume_buffer(usage);
         if let Some(point) = self.resume_point {
             // Ids below the next gap fill's window can never come back.
             self.seen.prune_below(point - self.margin() - chrono::Duration::seconds(60));
@@ -286,7 +291,7 @@ impl Router {
     fn hold(&mut self, change: UpstreamEvent) {
         if let UpstreamEvent::Message { row, .. } = &change {
             if let Some(t) = row.created() {
-                self.waiting.add(row.id, t);
+                self.waiting.add(row.id, t, row_cost(row));
             }
         }
         self.held.push_back(change);
@@ -341,13 +346,13 @@ impl Router {
         }
         let thread_id = row.thread_id;
         if let Some(queue) = self.threads.get_mut(&thread_id) {
-            self.waiting.add(row.id, created_at);
+            self.waiting.add(row.id, created_at, row_cost(&row));
             queue.push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
             return;
         }
         if let Some(row) = self.try_deliver(row, created_at, committed) {
-            self.waiting.add(row.id, created_at);
+            self.waiting.add(row.id, created_at, row_cost(&row));
             self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at, committed });
             self.check_bounds();
         }
@@ -378,10 +383,10 @@ impl Router {
         let message = row.into_chat_message(sender);
         let oldest_other = self.waiting_without(id, created_at);
         let cursor = format_time(self.cursor.stamped(oldest_other));
-        let frame = Outgoing {
-            text: ServerMessage::NewMessage { data: &message, cursor: Some(&cursor) }.to_json().into(),
-            message: Some(id),
-        };
+        let mut text = ServerMessage::NewMessage { data: &message, cursor: Some(&cursor) }.to_json();
+        // The ring counts the frame's length against RESUME_BUFFER_BYTES: hold no spare capacity.
+        text.shrink_to_fit();
+        let frame = Outgoing { text: text.into(), message: Some(id) };
         let mut ring = self.history.lock();
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
         ring.push(Entry { created_at, participants: members, frame });
@@ -423,7 +428,7 @@ impl Router {
                 Waiter::Membership { user_id, present } => self.apply_membership(thread_id, user_id, present),
                 Waiter::Message { row, created_at, committed } => {
                     if let Some(row) = self.try_deliver(row, created_at, committed) {
-                        self.waiting.add(row.id, created_at);
+                        self.waiting.add(row.id, created_at, row_cost(&row));
                         if let Some(queue) = self.threads.get_mut(&thread_id) {
                             queue.push_front(Waiter::Message { row, created_at, committed });
                         }

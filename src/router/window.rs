@@ -1,13 +1,16 @@
 //! The router's bookkeeping of message ids: which messages were already fanned out (exact
-//! deduplication over the whole gap-fill window) and the `created_at` of every message still
-//! waiting (so the live cursor never passes a message not yet delivered).
+//! deduplication over the whole gap-fill window) and the `created_at` and size of every message
+//! still waiting (so the live cursor never passes a message not yet delivered, and what waits is
+//! bounded in bytes as well as in count).
 //!
 //! Pure data structures, no I/O.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
+
+use crate::model::MessageRow;
 
 /// Ids of messages seen (delivered or waiting), pruned by `created_at` below the gap-fill window.
 #[derive(Default)]
@@ -53,31 +56,53 @@ impl Seen {
     }
 }
 
-/// `created_at` of every message accepted but not yet fanned out.
+/// What a waiting row counts against the router's byte budget besides its strings: the row and
+/// its sender, the queue slot and the bookkeeping entries (about 200 bytes), rounded up.
+pub const ROW_OVERHEAD: usize = 256;
+
+/// The bytes a waiting message holds: its strings plus [`ROW_OVERHEAD`].
+pub fn row_cost(row: &MessageRow) -> usize {
+    let sender = row.sender.as_ref().map_or(0, |s| s.full_name.len() + s.role.len());
+    row.content.len() + row.message_type.len() + row.created_at.len() + sender + ROW_OVERHEAD
+}
+
+/// `created_at` and size of every message accepted but not yet fanned out.
 #[derive(Default)]
 pub struct Waiting {
-    times: BTreeSet<(DateTime<Utc>, Uuid)>,
+    times: BTreeMap<(DateTime<Utc>, Uuid), usize>,
+    bytes: usize,
 }
 
 impl Waiting {
-    pub fn add(&mut self, id: Uuid, created_at: DateTime<Utc>) {
-        self.times.insert((created_at, id));
+    pub fn add(&mut self, id: Uuid, created_at: DateTime<Utc>, bytes: usize) {
+        if let Some(old) = self.times.insert((created_at, id), bytes) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
     }
 
     pub fn remove(&mut self, id: Uuid, created_at: DateTime<Utc>) {
-        self.times.remove(&(created_at, id));
+        if let Some(bytes) = self.times.remove(&(created_at, id)) {
+            self.bytes -= bytes;
+        }
     }
 
     pub fn oldest(&self) -> Option<DateTime<Utc>> {
-        self.times.first().map(|t| t.0)
+        self.times.first_key_value().map(|(t, _)| t.0)
     }
 
     pub fn len(&self) -> usize {
         self.times.len()
     }
 
+    /// The bytes the waiting messages hold (see [`row_cost`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn clear(&mut self) {
         self.times.clear();
+        self.bytes = 0;
     }
 }
 
@@ -106,10 +131,16 @@ mod tests {
         let t0 = Utc::now();
         let mut w = Waiting::default();
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        w.add(a, t0 + Duration::seconds(5));
-        w.add(b, t0);
+        w.add(a, t0 + Duration::seconds(5), 100);
+        w.add(b, t0, 30);
+        w.add(b, t0, 30);
         assert_eq!(w.oldest(), Some(t0));
+        assert_eq!((w.len(), w.bytes()), (2, 130), "the same message twice counts once");
+        w.remove(b, t0);
         w.remove(b, t0);
         assert_eq!(w.oldest(), Some(t0 + Duration::seconds(5)));
+        assert_eq!(w.bytes(), 100);
+        w.clear();
+        assert_eq!((w.len(), w.bytes()), (0, 0));
     }
 }

@@ -198,7 +198,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let (directory, loaded) =
         Directory::new(store.clone(), config.cache_ttl, config.cache_max_threads, tasks.clone(), stop.clone());
     let margin = chrono::Duration::from_std(config.catchup_margin).unwrap_or_else(|_| chrono::Duration::seconds(60));
-    let history = History::new(config.resume_buffer, started - margin);
+    let bounds = crate::history::Bounds { messages: config.resume_buffer, bytes: config.resume_buffer_bytes };
+    let history = History::new(bounds, started - margin);
     let readiness = Arc::new(Readiness::default());
 
     let listener =
@@ -217,6 +218,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         config: RouterConfig {
             catchup_margin: config.catchup_margin,
             max_waiting: config.router_max_waiting,
+            max_waiting_bytes: config.router_buffer_bytes,
             cursor_interval: config.cursor_interval,
         },
         tasks: tasks.clone(),
@@ -266,7 +268,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         stop: stop.clone(),
         disconnects: disconnects.clone(),
     };
-    let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, 100_000));
+    let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
     let rest = warp::service(api::routes(ApiState {
         hub: hub.clone(),
         store,

@@ -327,10 +327,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(ClientMessage::Ping) => self.send_json(ServerMessage::Pong).await,
             // Rare and large futures are boxed so that an idle session's state stays small.
             Ok(ClientMessage::SubscribeThread { thread_id }) => Box::pin(self.subscribe(thread_id)).await,
-            Ok(ClientMessage::UnsubscribeThread { thread_id }) => {
-                self.ctx.hub.unsubscribe_thread(&self.shared, thread_id);
-                self.send_json(ServerMessage::ThreadUnsubscribed { thread_id }).await
-            }
+            Ok(ClientMessage::UnsubscribeThread { thread_id }) => Box::pin(self.unsubscribe(thread_id)).await,
             Ok(ClientMessage::AccessToken { token }) => Box::pin(self.refresh_token(token, expiry)).await,
         };
         match result {
@@ -355,6 +352,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => {
                 tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
                 self.error(crate::error::access_check_frame(&e)).await
+            }
+        }
+    }
+
+    /// `unsubscribe_thread`: a thread this session subscribed to (or already muted) is dropped at
+    /// once; any other is checked as `subscribe_thread` is (RLS, with the user's token), so no
+    /// state is kept for a thread the user may not read.
+    async fn unsubscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
+        let known = self.shared.is_subscribed(&thread_id) || self.shared.is_muted(&thread_id);
+        if !known {
+            let started = Instant::now();
+            let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+            self.ctx.hub.metrics.rls_checked(started.elapsed());
+            match allowed {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.ctx.hub.metrics.unsubscribe_refused("access_denied");
+                    return self.error(&format!("Access denied to thread {thread_id}")).await;
+                }
+                Err(e) => {
+                    tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
+                    self.ctx.hub.metrics.unsubscribe_refused("check_failed");
+                    return self.error(crate::error::access_check_frame(&e)).await;
+                }
+            }
+        }
+        match self.ctx.hub.unsubscribe_thread(&self.shared, thread_id) {
+            Ok(()) => self.send_json(ServerMessage::ThreadUnsubscribed { thread_id }).await,
+            Err(e) => {
+                self.ctx.hub.metrics.unsubscribe_refused("too_many");
+                self.error(&e.to_string()).await
             }
         }
     }

@@ -1,5 +1,6 @@
 //! One session's outbox and the handle the hub holds: a bounded queue of pre-serialized frames,
-//! the session's thread mutes and explicit subscriptions, and the one-shot close request.
+//! the session's thread mutes and explicit subscriptions (each set bounded by the caller's
+//! limit), and the one-shot close request.
 //!
 //! Filled by the hub with `try_push` (never waiting), drained by the session's own task. A push
 //! into a full queue closes the session as too slow: it never blocks the caller and never grows
@@ -137,16 +138,28 @@ impl SessionHandle {
         self.has_muted.load(Ordering::Relaxed) && self.muted.lock().map(|m| m.contains(thread_id)).unwrap_or(false)
     }
 
-    /// Mutes (`true`) or un-mutes a thread on this connection.
-    pub fn set_muted(&self, thread_id: Uuid, muted: bool) {
+    /// Mutes a thread on this connection; false when `limit` other threads are muted already.
+    pub fn mute(&self, thread_id: Uuid, limit: usize) -> bool {
+        let Ok(mut set) = self.muted.lock() else { return false };
+        if !set.contains(&thread_id) && set.len() >= limit {
+            return false;
+        }
+        set.insert(thread_id);
+        self.has_muted.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Un-mutes a thread on this connection.
+    pub fn unmute(&self, thread_id: &Uuid) {
         if let Ok(mut set) = self.muted.lock() {
-            if muted {
-                set.insert(thread_id);
-            } else {
-                set.remove(&thread_id);
-            }
+            set.remove(thread_id);
             self.has_muted.store(!set.is_empty(), Ordering::Relaxed);
         }
+    }
+
+    /// Whether this session holds an explicit subscription to `thread_id`.
+    pub fn is_subscribed(&self, thread_id: &Uuid) -> bool {
+        self.subscriptions.lock().map(|s| s.contains(thread_id)).unwrap_or(false)
     }
 
     /// Records an explicit subscription; false when the session already holds `limit` others.
