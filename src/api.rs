@@ -414,7 +414,7 @@ fn metrics_reply(state: &ApiState, authorization: Option<&str>) -> warp::reply::
         edge_open_connections: edge.open_connections,
         edge_pending_handshakes: edge.pending_handshakes,
         slot_lag_bytes: state.ops.slot_lag.as_ref().and_then(|lag| lag.bytes()),
-        rest_rate_keys: state.rate.len(),
+        rest_rate_keys: state.rate.keys(),
         auth_failure_keys: state.verifier.failure_keys(),
     };
     warp::reply::with_header(hub.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE).into_response()

@@ -162,7 +162,7 @@ impl Verifier {
 
     /// Source addresses whose refused tokens are being counted now (for `/metrics`).
     pub fn failure_keys(&self) -> usize {
-        self.failures.as_ref().map_or(0, PerIp::len)
+        self.failures.as_ref().map_or(0, PerIp::keys)
     }
 
     /// Loads the JWKS once at start-up, within the backend timeout. A project without asymmetric

@@ -136,12 +136,8 @@ impl PerUser {
     }
 
     /// Users with a bucket now.
-    pub fn len(&self) -> usize {
+    pub fn keys(&self) -> usize {
         self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -173,12 +169,8 @@ impl PerIp {
     }
 
     /// Addresses with a budget now.
-    pub fn len(&self) -> usize {
+    pub fn keys(&self) -> usize {
         self.buckets.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -207,7 +199,7 @@ mod tests {
         for _ in 0..10 {
             limits.allow(Uuid::new_v4());
         }
-        assert!(limits.len() <= 5);
+        assert!(limits.keys() <= 5);
     }
 
     #[test]
@@ -219,15 +211,15 @@ mod tests {
         for _ in 0..20 {
             users.allow_at(busy, start);
         }
-        assert_eq!(users.len(), 2);
+        assert_eq!(users.keys(), 2);
         // Before a sweep is due nothing is forgotten.
         users.allow_at(Uuid::new_v4(), start + Duration::from_secs(1));
-        assert_eq!(users.len(), 3);
+        assert_eq!(users.keys(), 3);
         // After SWEEP_EVERY every refilled bucket is gone; the next use creates a fresh one.
         let later = start + SWEEP_EVERY + Duration::from_secs(1);
         let newcomer = Uuid::new_v4();
         assert!(users.allow_at(newcomer, later));
-        assert_eq!(users.len(), 1, "only the newcomer's bucket is left");
+        assert_eq!(users.keys(), 1, "only the newcomer's bucket is left");
         // A key still spending keeps its bucket (its budget is not handed back early).
         let ips = PerIp::new(0.01, 2.0, 1000);
         let (noisy, quiet): (IpAddr, IpAddr) = ([203, 0, 113, 1].into(), [203, 0, 113, 2].into());
@@ -236,11 +228,11 @@ mod tests {
         ips.spend_at(quiet, start);
         let swept = start + SWEEP_EVERY + Duration::from_secs(1);
         ips.spend_at([203, 0, 113, 3].into(), swept);
-        assert_eq!(ips.len(), 3, "at 0.01/s nothing has refilled in 31 s: the sweep forgets nobody");
+        assert_eq!(ips.keys(), 3, "at 0.01/s nothing has refilled in 31 s: the sweep forgets nobody");
         assert!(ips.exhausted(noisy));
         let much_later = swept + SWEEP_EVERY + Duration::from_secs(1000);
         ips.spend_at([203, 0, 113, 4].into(), much_later);
-        assert_eq!(ips.len(), 1, "refilled buckets expire");
+        assert_eq!(ips.keys(), 1, "refilled buckets expire");
         assert!(!ips.exhausted(noisy));
     }
 
@@ -262,6 +254,6 @@ mod tests {
         for i in 0..10u8 {
             ips.spend([198, 51, 100, i].into());
         }
-        assert!(ips.len() <= 3);
+        assert!(ips.keys() <= 3);
     }
 }

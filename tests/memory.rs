@@ -52,7 +52,7 @@ async fn unsubscribe_thread_is_checked_like_subscribe() {
 /// A gateway process of its own (so that its RSS is its own, not the test binary's with the
 /// stand-ins and other tests), on the world's stand-in stack, with `env` on top.
 struct GatewayProcess {
-    child: tokio::process::Child,
+    _child: tokio::process::Child,
     base: String,
 }
 
@@ -93,7 +93,7 @@ impl GatewayProcess {
                 eprintln!("gateway: {line}");
             }
         });
-        GatewayProcess { child, base: format!("http://{addr}") }
+        GatewayProcess { _child: child, base: format!("http://{addr}") }
     }
 
     async fn metric(&self, http: &reqwest::Client, name: &str) -> Option<u64> {
@@ -133,8 +133,8 @@ async fn large_messages_stay_within_the_memory_budgets() {
     )
     .await;
     gateway.wait_ready(&http).await;
-    let rss = |g: &GatewayProcess| g.metric(&http, "gateway_process_resident_memory_bytes");
-    let baseline = rss(&gateway).await.expect("the RSS gauge (Linux)");
+    const RSS: &str = "gateway_process_resident_memory_bytes";
+    let baseline = gateway.metric(&http, RSS).await.expect("the RSS gauge (Linux)");
 
     let db = world.stack.sql().await;
     for _ in 0..4 {
@@ -150,14 +150,14 @@ async fn large_messages_stay_within_the_memory_budgets() {
     let mut peak = baseline;
     loop {
         let routed = gateway.metric(&http, "gateway_messages_routed_total").await.unwrap_or(0);
-        peak = peak.max(rss(&gateway).await.unwrap_or(0));
+        peak = peak.max(gateway.metric(&http, RSS).await.unwrap_or(0));
         if routed >= MESSAGES as u64 {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "only {routed} of {MESSAGES} messages were routed");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    peak = peak.max(rss(&gateway).await.unwrap_or(0));
+    peak = peak.max(gateway.metric(&http, RSS).await.unwrap_or(0));
     let budget = baseline + RESUME_BYTES + ROUTER_BYTES + TRANSIENT;
     eprintln!("RSS baseline {} MiB, peak {} MiB, budget {} MiB", baseline / MIB, peak / MIB, budget / MIB);
     assert!(peak < budget, "RSS peaked at {} MiB, above {} MiB", peak / MIB, budget / MIB);
