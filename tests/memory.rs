@@ -7,11 +7,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
+use supabase_standin::rest::faults::Fault;
 use supabase_standin::seed::{ALICE, ALICE_CARLA, BRUNO_FARID, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
-use crate::common::{World, ARRIVES};
+use crate::common::{message_id, World, ARRIVES};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_realtime-gateway");
 const MIB: u64 = 1 << 20;
@@ -47,6 +48,29 @@ async fn unsubscribe_thread_is_checked_like_subscribe() {
     phone.send_json(json!({"type": "unsubscribe_thread", "thread_id": ALICE_CARLA})).await;
     assert_eq!(phone.expect_any().await, json!({"type": "thread_unsubscribed", "thread_id": ALICE_CARLA}));
     assert_eq!(world.metric("gateway_unsubscribe_refused_total{reason=\"access_denied\"}").await, 3);
+}
+
+/// The router's byte bound acts as its count bound: with room for about five messages of 4,000
+/// characters while a membership lookup stalls (and no count bound in reach), twelve of them
+/// overflow it; Carla is told, and the gap fill brings every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_byte_bound_is_reported_and_filled_from_the_database() {
+    let world = World::start_with(|c| c.router_buffer_bytes = 24 * 1024).await;
+    let mut carla = world.phone(&CARLA).await;
+    world.stack.rest_faults().add("thread_participants", Fault::Stall(Duration::from_secs(2)), Some(1));
+    let mut posted = Vec::new();
+    for i in 0..12 {
+        posted.push(world.post(&ALICE, ALICE_CARLA, &format!("{i:02}{}", "x".repeat(3998))).await);
+    }
+    let error = carla.expect("error").await;
+    assert_eq!(error["message"], "Real-time connection error", "the bound is reported, not silent");
+    let mut got = Vec::new();
+    while got.len() < posted.len() {
+        got.push(message_id(&carla.expect("new_message").await));
+    }
+    assert_eq!(got, posted, "every message once, in order, after the gap fill");
+    assert!(world.metric("gateway_router_byte_overflows_total").await >= 1);
+    assert_eq!(world.metric("gateway_router_waiting_bytes").await, 0, "nothing waits once delivered");
 }
 
 /// A gateway process of its own (so that its RSS is its own, not the test binary's with the
