@@ -88,7 +88,7 @@ fn with_caller(state: ApiState) -> impl Filter<Extract = (Caller,), Error = Reje
                     )))
                 })?
                 .to_string();
-            let peer = peer.map(|p| p.0.ip());
+            let peer = peer.map(|p| p.0);
             let identity = verifier.verify_from(peer, &token).await.map_err(|e| {
                 metrics.auth_failed("rest", e.label());
                 warp::reject::custom(Rejected(ApiError::from(e)))

@@ -4,8 +4,9 @@
 //! project's JWKS, see [`jwks`], by `kid` and pinned to its algorithm; never `none`), `exp` and
 //! `nbf` with the configured leeway, an `iat` in the future refused, `aud = authenticated`, `iss`
 //! when `JWT_ISSUER` is set, `sub` a uuid, anonymous users only with `ALLOW_ANONYMOUS`. Also owns
-//! the per-source-IP budget of refused tokens: an address that keeps presenting bad tokens is
-//! answered 429 without a signature check. This module must never log a token or a secret, and
+//! the per-source-IP budget of refused tokens: every token is verified first and a valid one is
+//! always accepted; an address that keeps presenting bad tokens has its refusals answered 429 and
+//! may no longer trigger JWKS re-fetches for unknown `kid`s. This module must never log a token or a secret, and
 //! never decide thread access (RLS does, through [`crate::store`]).
 
 pub mod jwks;
@@ -171,26 +172,34 @@ impl Verifier {
         self.keys.refresh_now().await
     }
 
-    /// Verifies a token presented from `peer`: refused with [`AuthError::TooManyFailures`],
-    /// without a signature check, while that address is over its budget of refused tokens.
+    /// Verifies a token presented from `peer`. A valid token is always accepted: the address's
+    /// budget of refused tokens is spent by refusals only, and once it is spent the address's bad
+    /// tokens are answered [`AuthError::TooManyFailures`] and may no longer make the gateway
+    /// re-fetch the JWKS for an unknown `kid`.
     pub async fn verify_from(&self, peer: Option<IpAddr>, token: &str) -> Result<Identity, AuthError> {
         let limited = self.failures.as_ref().zip(peer);
-        if let Some((failures, ip)) = limited {
-            if failures.exhausted(ip) {
-                return Err(AuthError::TooManyFailures);
-            }
-        }
-        let result = self.verify(token).await;
-        if let (Some((failures, ip)), Err(e)) = (limited, &result) {
-            if *e != AuthError::KeysUnavailable {
+        let over_budget = limited.is_some_and(|(failures, ip)| failures.exhausted(ip));
+        let error = match self.verify_checked(token, !over_budget).await {
+            Ok(identity) => return Ok(identity),
+            Err(e) => e,
+        };
+        match limited {
+            Some(_) if over_budget => Err(AuthError::TooManyFailures),
+            Some((failures, ip)) if error != AuthError::KeysUnavailable => {
                 failures.spend(ip);
+                Err(error)
             }
+            _ => Err(error),
         }
-        result
     }
 
     /// Verifies a token and returns who it belongs to.
     pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_checked(token, true).await
+    }
+
+    /// [`Verifier::verify`]; `may_fetch`: whether an unknown `kid` may cause a JWKS re-fetch.
+    async fn verify_checked(&self, token: &str, may_fetch: bool) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);
@@ -207,7 +216,7 @@ impl Verifier {
             },
             alg if family_allows(alg) => {
                 let kid = header.kid.ok_or(AuthError::UnknownKey)?;
-                self.jwks_key(&kid, alg).await?
+                self.jwks_key(&kid, alg, may_fetch).await?
             }
             other => return Err(AuthError::AlgorithmNotAllowed(format!("{other:?}"))),
         };
@@ -270,7 +279,12 @@ impl Verifier {
 
     /// The key for `kid`: from the cache without waiting, or, for an unknown `kid` (keys may have
     /// rotated), after the one shared re-fetch, bounded by the backend timeout and rate-limited.
-    async fn jwks_key(&self, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), AuthError> {
+    async fn jwks_key(
+        &self,
+        kid: &str,
+        alg: Algorithm,
+        may_fetch: bool,
+    ) -> Result<(DecodingKey, Algorithm), AuthError> {
         let other_alg = |key_alg| AuthError::AlgorithmNotAllowed(format!("{alg:?} with a {key_alg:?} key"));
         match self.keys.lookup(kid, alg) {
             Lookup::Found(key) => return Ok(key),
@@ -278,6 +292,9 @@ impl Verifier {
             Lookup::Missing => {}
         }
         let unknown = || if self.keys.loaded() { AuthError::UnknownKey } else { AuthError::KeysUnavailable };
+        if !may_fetch {
+            return Err(unknown());
+        }
         match self.keys.refresh_for_unknown().await {
             None => Err(unknown()),
             // A project without signing keys (legacy secret only) answers 404: the kid is unknown.
@@ -446,7 +463,7 @@ mod tests {
     }
 
     #[test]
-    fn an_address_over_its_failure_budget_is_refused_without_a_check() {
+    fn an_address_over_its_failure_budget_gets_429_for_bad_tokens_but_a_valid_token_passes() {
         let limited = Verifier::new(
             VerifierSettings { failures_per_sec: 0.001, failure_burst: 2, ..settings(Some(SECRET)) },
             reqwest::Client::new(),
@@ -459,8 +476,10 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(rt.block_on(limited.verify_from(Some(nat), &forged)), Err(AuthError::BadSignature));
         }
-        assert_eq!(rt.block_on(limited.verify_from(Some(nat), &forged)), Err(AuthError::TooManyFailures));
-        assert_eq!(rt.block_on(limited.verify_from(Some(nat), &good)), Err(AuthError::TooManyFailures));
-        assert!(rt.block_on(limited.verify_from(Some(other), &good)).is_ok(), "other addresses unaffected");
+        for _ in 0..150 {
+            assert_eq!(rt.block_on(limited.verify_from(Some(nat), &forged)), Err(AuthError::TooManyFailures));
+        }
+        assert!(rt.block_on(limited.verify_from(Some(nat), &good)).is_ok(), "a valid token is never locked out");
+        assert_eq!(rt.block_on(limited.verify_from(Some(other), &forged)), Err(AuthError::BadSignature));
     }
 }

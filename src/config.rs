@@ -14,7 +14,10 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 pub mod check;
+mod fair;
 mod rules;
+
+pub use fair::Fairness;
 
 pub use rules::parse_origins;
 use rules::{at_least, drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
@@ -228,6 +231,8 @@ pub struct Args {
     /// Most keys (users, addresses) one rate limiter keeps; idle keys also expire with time.
     #[arg(long, env = "RATE_LIMIT_MAX_KEYS", default_value_t = 100_000)]
     pub rate_limit_max_keys: usize,
+    #[command(flatten)]
+    pub fair: fair::FairArgs,
     /// Print the effective configuration (secrets redacted) and exit: 0 if valid, 2 otherwise.
     #[arg(long)]
     pub check_config: bool,
@@ -282,6 +287,8 @@ pub struct Config {
     pub resume_buffer_bytes: usize,
     /// Most keys one rate limiter keeps.
     pub rate_limit_max_keys: usize,
+    /// Per-user budgets on the database work clients cause.
+    pub fairness: Fairness,
 }
 
 /// Limits applied before authentication (see [`crate::edge`]).
@@ -293,6 +300,8 @@ pub struct EdgeSettings {
     pub max_header_bytes: usize,
     /// Serialized origins (`https://host[:port]`) allowed for browsers; empty: none.
     pub cors_allowed_origins: Vec<String>,
+    /// `TRUSTED_PROXIES` and the header they write the client address into.
+    pub trusted_proxies: crate::edge::forwarded::TrustedProxies,
 }
 
 /// Limits applied to clients.
@@ -362,7 +371,9 @@ impl Config {
             max_thread_subscriptions: p.or(positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions), 1),
             ping_interval: p.or(seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs), second),
         };
-        let edge = edge_settings(&a, limits.max_connections, &mut p);
+        let mut edge = edge_settings(&a, limits.max_connections, &mut p);
+        edge.trusted_proxies = fair::trusted_proxies(&a.fair, &mut p);
+        let fairness = fair::fairness(&a.fair, &mut p);
         let upstream_heartbeat = p.or(seconds("UPSTREAM_HEARTBEAT_SECS", a.upstream_heartbeat_secs), second);
         let backend_timeout_ms = p.or(positive("BACKEND_TIMEOUT_MS", a.backend_timeout_ms as usize), 1) as u64;
         let rest_rate_per_sec = p.or(positive("REST_RATE_LIMIT_PER_SEC", a.rest_rate_limit_per_sec as usize), 1);
@@ -426,6 +437,7 @@ impl Config {
             resume_buffer: a.resume_buffer_messages,
             resume_buffer_bytes: a.resume_buffer_bytes,
             rate_limit_max_keys,
+            fairness,
         })
     }
 

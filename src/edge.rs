@@ -8,12 +8,15 @@
 //! the REST API (`CORS_ALLOWED_ORIGINS`: preflights answered here, `Access-Control-Allow-Origin`
 //! echoed only for allowed origins) and the same list checked against `Origin` on WebSocket
 //! upgrades (403 otherwise; clients that send no `Origin`, the phones, are not concerned). It also
-//! tags each request with its [`Peer`] address for the per-IP budget of refused tokens in
-//! [`crate::auth`]. It must never look at tokens or hold a lock across an await.
+//! tags each request with its client address, [`Peer`], for the per-IP budget of refused tokens
+//! in [`crate::auth`]: the TCP peer, or behind `TRUSTED_PROXIES` the address they forwarded (see
+//! [`forwarded`]). It must never look at tokens or hold a lock across an await.
+
+pub mod forwarded;
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,9 +39,10 @@ type Response = warp::reply::Response;
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
 const ALLOW_HEADERS: &str = "authorization, content-type, apikey, x-client-info";
 
-/// The source address of a request, in its extensions for the handlers.
+/// The client address of a request (see [`forwarded::TrustedProxies::client`]), in its
+/// extensions for the handlers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer(pub SocketAddr);
+pub struct Peer(pub IpAddr);
 
 /// Connection admission and pre-authentication rules, shared by the accept loop.
 pub struct Edge {
@@ -46,6 +50,7 @@ pub struct Edge {
     open: Arc<Semaphore>,
     pending: Arc<Semaphore>,
     cors: Arc<Cors>,
+    proxies: Arc<forwarded::TrustedProxies>,
     refused: AtomicU64,
 }
 
@@ -63,6 +68,7 @@ impl Edge {
             open: Arc::new(Semaphore::new(settings.max_tcp_connections)),
             pending: Arc::new(Semaphore::new(settings.max_pending_handshakes)),
             cors: Arc::new(Cors { origins: settings.cors_allowed_origins.clone() }),
+            proxies: Arc::new(settings.trusted_proxies.clone()),
             settings: settings.clone(),
             refused: AtomicU64::new(0),
         })
@@ -81,7 +87,7 @@ impl Edge {
             }
             return None;
         };
-        let handshake = Handshake { pending, peer, cors: self.cors.clone() };
+        let handshake = Handshake { pending, peer, cors: self.cors.clone(), proxies: self.proxies.clone() };
         Some((Guarded { inner: stream, _open: open }, handshake))
     }
 
@@ -149,13 +155,20 @@ pub struct Handshake {
     pending: OwnedSemaphorePermit,
     peer: SocketAddr,
     cors: Arc<Cors>,
+    proxies: Arc<forwarded::TrustedProxies>,
 }
 
 impl Handshake {
     /// Wraps the connection's service: ends the handshake on the first request, tags requests
     /// with [`Peer`], answers CORS preflights and refuses WebSocket upgrades from other origins.
     pub fn service<S>(self, inner: S) -> EdgeService<S> {
-        EdgeService { inner, pending: Mutex::new(Some(self.pending)), peer: self.peer, cors: self.cors }
+        EdgeService {
+            inner,
+            pending: Mutex::new(Some(self.pending)),
+            peer: self.peer,
+            cors: self.cors,
+            proxies: self.proxies,
+        }
     }
 }
 
@@ -164,6 +177,7 @@ pub struct EdgeService<S> {
     pending: Mutex<Option<OwnedSemaphorePermit>>,
     peer: SocketAddr,
     cors: Arc<Cors>,
+    proxies: Arc<forwarded::TrustedProxies>,
 }
 
 impl<S, B> hyper::service::Service<Request<B>> for EdgeService<S>
@@ -177,7 +191,8 @@ where
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         drop(self.pending.lock().unwrap_or_else(PoisonError::into_inner).take());
-        req.extensions_mut().insert(Peer(self.peer));
+        let client = self.proxies.client(self.peer.ip(), req.headers());
+        req.extensions_mut().insert(Peer(client));
         let origin = req.headers().get(header::ORIGIN).cloned();
         if let Some(origin) = &origin {
             if let Some(answer) = self.cors.preflight(&req, origin) {

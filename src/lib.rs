@@ -7,7 +7,7 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `admin` (the operator page), `limit`, [`edge`] (bounds on connections before
+//! `metrics`, `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on connections before
 //! authentication), and [`server`] (listener, upgrade, shutdown). [`pg`] is the second backend:
 //! the same change feed and store on plain PostgreSQL.
 
@@ -19,6 +19,7 @@ pub mod config;
 mod directory;
 pub mod edge;
 mod error;
+mod fair;
 mod history;
 mod hub;
 mod limit;

@@ -118,12 +118,20 @@ impl<K: Eq + Hash + Clone> Keyed<K> {
 /// One bucket per user, bounded: idle buckets expire (see the module documentation).
 pub struct PerUser {
     buckets: Keyed<Uuid>,
-    per_sec: u32,
+    per_sec: f64,
+    burst: f64,
 }
 
 impl PerUser {
+    /// `per_sec` sustained, bursts of twice that.
     pub fn new(per_sec: u32, max_users: usize) -> PerUser {
-        PerUser { buckets: Keyed::new(max_users), per_sec }
+        let per_sec = f64::from(per_sec.max(1));
+        PerUser::with_rate(per_sec, per_sec * 2.0, max_users)
+    }
+
+    /// `per_sec` sustained (may be fractional), bursts of `burst`.
+    pub fn with_rate(per_sec: f64, burst: f64, max_users: usize) -> PerUser {
+        PerUser { buckets: Keyed::new(max_users), per_sec, burst }
     }
 
     pub fn allow(&self, user: Uuid) -> bool {
@@ -131,8 +139,8 @@ impl PerUser {
     }
 
     pub fn allow_at(&self, user: Uuid, now: Instant) -> bool {
-        let per_sec = self.per_sec;
-        self.buckets.allow(user, now, || TokenBucket::new(per_sec))
+        let (per_sec, burst) = (self.per_sec, self.burst);
+        self.buckets.allow(user, now, || TokenBucket::with_rate(per_sec, burst))
     }
 
     /// Users with a bucket now.

@@ -11,7 +11,11 @@
 //! strings or integers only: this module must never hold identities, tokens, or message content,
 //! and never take a label value from a client.
 
+mod fairness;
+
 use std::time::Duration;
+
+pub use fairness::{Budget, FairnessMetrics};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -143,6 +147,8 @@ pub struct Metrics {
     rss: Gauge,
     open_fds: Gauge,
     slot_lag: Gauge,
+    /// The per-user budgets' series.
+    pub fairness: FairnessMetrics,
 }
 
 impl Default for Metrics {
@@ -275,6 +281,7 @@ impl Metrics {
             "slot_lag_bytes",
             "PostgreSQL backend: WAL kept for the replication slot (current WAL position minus confirmed); -1 on Supabase",
         );
+        let fairness = FairnessMetrics::register(&mut r);
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         r.register("build_info", "Always 1; the version of the running gateway in its label", build);
@@ -300,6 +307,7 @@ impl Metrics {
             resumes_from_database,
             replayed_messages,
             read_state_pushes,
+            fairness,
             disconnects,
             auth_failures,
             delivery_latency,

@@ -1,7 +1,9 @@
 //! The operator page (`/admin`): off without `ADMIN_TOKEN`; in headless Chromium (Debian's
 //! `/usr/bin/chromium`, driven by `clients/js/e2e/admin.mjs` through playwright-core), a wrong
 //! token is refused, the right one shows a connected phone's user, and "Disconnect" closes the
-//! phone's socket with 1008 "disconnected by an operator". Fails (never skips) when Node, the npm
+//! phone's socket with 1008 "disconnected by an operator", with no Content-Security-Policy
+//! violation. Every `/admin` answer carries a CSP without inline code, `X-Frame-Options: DENY` and
+//! `Referrer-Policy: no-referrer`. Fails (never skips) when Node, the npm
 //! packages or Chromium are missing: run `scripts/setup` first.
 
 use std::path::PathBuf;
@@ -29,6 +31,40 @@ async fn without_an_admin_token_there_is_no_admin_page() {
     ] {
         let (status, body) = world.rest(method, path, Some(ADMIN_TOKEN)).await;
         assert_eq!(status, 404, "{path}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_page_forbids_framing_referrers_and_any_inline_or_foreign_code() {
+    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    for path in ["/admin", "/admin/page.js", "/admin/page.css", "/admin/api/overview"] {
+        let response =
+            world.http.get(format!("{}{path}", world.base())).bearer_auth(ADMIN_TOKEN).send().await.expect("answer");
+        assert_eq!(response.status(), 200, "{path}");
+        let header =
+            |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let csp = header("content-security-policy");
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {directive} missing from {csp:?}");
+        }
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{path}: {csp}");
+        assert_eq!(header("x-frame-options"), "DENY", "{path}");
+        assert_eq!(header("referrer-policy"), "no-referrer", "{path}");
+        if path == "/admin" {
+            let html = response.text().await.expect("page");
+            assert!(!html.contains("<style"), "no inline styles: the CSP would block them");
+            assert!(
+                html.match_indices("<script").all(|(i, _)| html[i..].starts_with("<script src=")),
+                "no inline scripts: the CSP would block them"
+            );
+            assert!(!html.contains(" style=") && !html.contains(" onclick="), "no inline attributes");
+        }
     }
 }
 
@@ -80,6 +116,8 @@ async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
     assert_eq!(result["storedInSession"], true, "{result}");
     assert!(result["rate"].as_str().and_then(|r| r.parse::<f64>().ok()).is_some(), "{result}");
     assert_eq!(result["listedDisconnect"], "operator", "{result}");
+    assert_eq!(result["styled"], true, "{result}");
+    assert_eq!(result["cspViolations"], serde_json::json!([]), "{result}");
     for url in result["urls"].as_array().into_iter().flatten() {
         assert!(!url.as_str().unwrap_or_default().contains(ADMIN_TOKEN), "the token went into a URL: {url}");
     }

@@ -1,6 +1,7 @@
 //! Tokens: good ones in, every kind of bad one out, on the WebSocket and on REST, for the legacy
 //! HS256 secret and for ES256 signing keys published as a JWKS; the optional issuer check,
-//! anonymous users, and the per-address budget of refused tokens.
+//! anonymous users, and the per-address budget of refused tokens (a valid token always passes;
+//! behind `TRUSTED_PROXIES` the forwarded client address is the one that counts).
 
 use crate::common::{Phone, World};
 use base64::Engine as _;
@@ -158,31 +159,82 @@ async fn jwt_issuer_is_checked_when_set_and_allow_anonymous_admits_anonymous_use
     assert_eq!(status, 200, "ALLOW_ANONYMOUS=true: {body}");
 }
 
+/// What the WebSocket upgrade answers: 101, or the HTTP status of the refusal.
+async fn upgrade_status(world: &World, token: &str, forwarded_for: Option<&str>) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("{}?token={}", world.ws_base(), token).into_client_request().expect("request");
+    if let Some(address) = forwarded_for {
+        request.headers_mut().insert("x-forwarded-for", address.parse().expect("header value"));
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("no HTTP answer: {e}"),
+    }
+}
+
+fn forged_token(world: &World) -> String {
+    let keys = world.stack.keys();
+    Keys::generate("a-completely-different-secret-of-enough-length", &keys.issuer).user_token(
+        CARLA.id,
+        CARLA.email,
+        Alg::Hs256,
+        3600,
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_address_presenting_bad_tokens_gets_429_without_a_signature_check() {
+async fn after_150_refused_tokens_a_valid_token_from_the_same_address_is_served_on_rest_and_websocket() {
     let world = World::start_with(|c| {
         c.auth_failures_per_sec = 0.01;
         c.auth_failure_burst = 3;
     })
     .await;
-    let keys = world.stack.keys();
-    let forged = Keys::generate("a-completely-different-secret-of-enough-length", &keys.issuer).user_token(
-        CARLA.id,
-        CARLA.email,
-        Alg::Hs256,
-        3600,
-    );
-    for _ in 0..3 {
-        let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await;
-        assert_eq!(status, 401);
+    let forged = forged_token(&world);
+    let mut statuses = Vec::new();
+    for i in 0..150 {
+        if i % 2 == 0 {
+            statuses.push(world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await.0);
+        } else {
+            statuses.push(upgrade_status(&world, &forged, None).await);
+        }
     }
-    let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await;
-    assert_eq!(status, 429, "{body}");
-    assert_eq!(body["status"], "error");
-    // From this address, even a good token is turned away until the budget refills.
+    assert_eq!(&statuses[..3], &[401, 401, 401], "the budget of three refusals");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "then 429: {statuses:?}");
+    // A valid token from the same address is always served.
     let good = world.token(&CARLA);
-    let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&good)).await;
-    assert_eq!(status, 429);
-    let ws = Phone::connect(&format!("{}?token={}", world.ws_base(), good)).await;
-    assert!(matches!(ws, Err(tokio_tungstenite::tungstenite::Error::Http(ref r)) if r.status() == 429));
+    let (status, body) = world.rest(Method::GET, "/api/chat/unread-count", Some(&good)).await;
+    assert_eq!(status, 200, "{body}");
+    let mut phone = Phone::connect(&format!("{}?token={}", world.ws_base(), good)).await.expect("upgraded");
+    assert_eq!(phone.expect_any().await["type"], "connection_established");
+    // And the address's bad tokens still get 429.
+    assert_eq!(world.rest(Method::GET, "/api/chat/unread-count", Some(&forged)).await.0, 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_trusted_proxies_each_forwarded_client_has_its_own_budget() {
+    use realtime_gateway::edge::forwarded::{parse_cidrs, ForwardedHeader, TrustedProxies};
+    let world = World::start_with(|c| {
+        c.auth_failures_per_sec = 0.01;
+        c.auth_failure_burst = 3;
+        c.edge.trusted_proxies =
+            TrustedProxies { nets: parse_cidrs("127.0.0.0/8").expect("cidr"), header: ForwardedHeader::XForwardedFor };
+    })
+    .await;
+    let forged = forged_token(&world);
+    let through_proxy = |address: &'static str| {
+        let request = world.http.get(format!("{}/api/chat/unread-count", world.base())).bearer_auth(&forged);
+        async move { request.header("x-forwarded-for", address).send().await.expect("answer").status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(through_proxy("203.0.113.5").await, 401);
+    }
+    assert_eq!(through_proxy("203.0.113.5").await, 429, "that phone's budget is spent");
+    // A client that prepends a made-up hop is still known by the hop the proxy appended.
+    assert_eq!(through_proxy("198.51.100.77, 203.0.113.5").await, 429);
+    assert_eq!(upgrade_status(&world, &forged, Some("203.0.113.5")).await, 429);
+    // Another phone behind the same proxy (or NAT) is not concerned.
+    assert_eq!(through_proxy("203.0.113.6").await, 401, "another client has its own budget");
+    assert_eq!(upgrade_status(&world, &forged, Some("203.0.113.7")).await, 401);
+    assert_eq!(upgrade_status(&world, &world.token(&CARLA), Some("203.0.113.5")).await, 101);
 }

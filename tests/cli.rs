@@ -1,5 +1,6 @@
-//! The `realtime-gateway` binary itself: `--check-config`, and text logs without colour codes
-//! when stderr is not a terminal (a file, a pipe, the journal).
+//! The `realtime-gateway` binary itself: `--check-config`, text logs without colour codes when
+//! stderr is not a terminal (a file, a pipe, the journal), and the start-up warning about an open
+//! `/metrics` on a non-loopback address.
 
 use std::process::{Command, Stdio};
 
@@ -94,4 +95,50 @@ async fn text_logs_to_a_pipe_carry_no_colour_codes() {
     assert!(read.is_ok(), "the gateway never logged that it listens:\n{seen}");
     assert!(seen.contains("INFO"), "{seen}");
     assert!(!seen.contains('\u{1b}'), "ANSI escape codes in a non-terminal log:\n{seen:?}");
+}
+
+/// The gateway's log lines up to "gateway listening".
+async fn startup_log(command: Command) -> String {
+    let mut child = tokio::process::Command::from(command)
+        .env("LOG_FORMAT", "text")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let read = tokio::time::timeout(crate::common::ARRIVES, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("gateway listening") {
+                return;
+            }
+        }
+    })
+    .await;
+    let _ = child.kill().await;
+    assert!(read.is_ok(), "the gateway never logged that it listens:\n{seen}");
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_metrics_endpoint_on_a_public_address_is_warned_about_at_start_up() {
+    let dir = empty_dir("metrics-warning");
+    let mut public = gateway(&dir);
+    public.env("BIND_ADDRESS", "0.0.0.0");
+    let seen = startup_log(public).await;
+    let warning =
+        seen.lines().find(|l| l.contains("/metrics is open")).unwrap_or_else(|| panic!("no warning:\n{seen}"));
+    assert!(warning.contains("WARN") && warning.contains("METRICS_TOKEN"), "{warning}");
+
+    let mut protected = gateway(&dir);
+    protected.env("BIND_ADDRESS", "0.0.0.0").env("METRICS_TOKEN", "metrics-token-0123456789abcdef");
+    let seen = startup_log(protected).await;
+    assert!(!seen.contains("/metrics is open"), "METRICS_TOKEN set:\n{seen}");
+    let seen = startup_log(gateway(&dir)).await;
+    assert!(!seen.contains("/metrics is open"), "bound to 127.0.0.1:\n{seen}");
 }

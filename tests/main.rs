@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod delivery;
 mod edge;
+mod fairness;
 mod gaps;
 mod guide_client;
 mod instances;

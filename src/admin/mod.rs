@@ -1,5 +1,7 @@
-//! The operator page: `/admin` (one static HTML file) and its JSON endpoints under
-//! `/admin/api/...`, plus the bounded record of recent disconnects it shows.
+//! The operator page: `/admin` (static HTML with its script and styles as files, so that its
+//! Content-Security-Policy allows no inline code) and its JSON endpoints under `/admin/api/...`,
+//! plus the bounded record of recent disconnects it shows. Every answer carries the CSP,
+//! `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`.
 //!
 //! Off unless `ADMIN_TOKEN` is set: every `/admin` path then answers 404 as if it did not exist.
 //! The page itself is public static HTML (a login form); it keeps the token in `sessionStorage`
@@ -23,8 +25,43 @@ use crate::edge::Edge;
 use crate::error::PeerError;
 use crate::model::format_time;
 
-/// The page, embedded in the binary.
+/// The page, its script and its styles, embedded in the binary.
 pub const PAGE: &str = include_str!("page.html");
+const SCRIPT: &str = include_str!("page.js");
+const STYLES: &str = include_str!("page.css");
+
+/// The page's Content-Security-Policy: its own script, styles and API only; no inline code, no
+/// framing, no form posts, no other origin.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+    img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The headers every `/admin` answer carries.
+fn secured(mut response: warp::reply::Response) -> warp::reply::Response {
+    use warp::http::header::{
+        HeaderValue, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS, X_FRAME_OPTIONS,
+    };
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    headers.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+/// A static file of the page under `/admin/<name>`.
+fn asset(
+    state: ApiState,
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path("admin")
+        .and(warp::path(name))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(enabled(state))
+        .map(move |_| warp::reply::with_header(body, warp::http::header::CONTENT_TYPE, content_type).into_response())
+}
 
 /// How many disconnects the page can show.
 pub const RECENT: usize = 100;
@@ -153,7 +190,8 @@ fn overview(state: &ApiState) -> serde_json::Value {
     })
 }
 
-/// `/admin`, `/admin/api/overview`, `/admin/api/users/:user_id/disconnect`.
+/// `/admin` (and its `page.js`, `page.css`), `/admin/api/overview`,
+/// `/admin/api/users/:user_id/disconnect`; every answer with [`CSP`] and no framing or referrer.
 pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let admin = warp::path("admin");
     let page = admin
@@ -161,6 +199,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,)
         .and(warp::get())
         .and(enabled(state.clone()))
         .map(|_| warp::reply::html(PAGE).into_response());
+    let script = asset(state.clone(), "page.js", "text/javascript; charset=utf-8", SCRIPT);
+    let styles = asset(state.clone(), "page.css", "text/css; charset=utf-8", STYLES);
     let api = admin.and(warp::path("api"));
     let overview = api
         .and(warp::path("overview"))
@@ -184,7 +224,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,)
             tracing::info!(user = %user_id, sessions = closed, "disconnected by an operator");
             warp::reply::json(&json!({"status": "success", "user_id": user_id, "closed": closed})).into_response()
         });
-    page.or(overview).unify().or(disconnect).unify()
+    page.or(script).unify().or(styles).unify().or(overview).unify().or(disconnect).unify().map(secured)
 }
 
 #[cfg(test)]

@@ -120,5 +120,6 @@ pub(super) fn edge_settings(a: &Args, max_connections: usize, p: &mut Problems) 
         handshake_timeout: p.or(seconds("HANDSHAKE_TIMEOUT_SECS", a.handshake_timeout_secs), Duration::from_secs(1)),
         max_header_bytes: a.max_header_bytes.max(MIN_HEADER_BYTES),
         cors_allowed_origins: p.or(parse_origins(&a.cors_allowed_origins), Vec::new()),
+        trusted_proxies: Default::default(),
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod cursor;
 pub mod gap;
+mod read_state;
 mod readiness;
 mod switches;
 pub mod window;
@@ -54,6 +55,8 @@ pub struct RouterConfig {
     pub max_waiting_bytes: usize,
     /// How often the sync horizon is read for the live cursor.
     pub cursor_interval: Duration,
+    /// Read-state pushes of one user are coalesced over this window.
+    pub read_state_window: Duration,
 }
 
 /// Something waiting in a thread's queue.
@@ -111,6 +114,7 @@ pub struct Router {
     /// The newest feed checkpoint not yet confirmed through `watermark`.
     checkpoint: Option<u64>,
     watermark: Arc<Watermark>,
+    read_states: read_state::ReadStates,
 }
 
 /// Everything the router is built from.
@@ -136,7 +140,15 @@ impl Router {
             chrono::Duration::from_std(parts.config.catchup_margin).unwrap_or_else(|_| chrono::Duration::seconds(60));
         let cursor =
             Cursor::new(parts.store.clone(), parts.tasks.clone(), parts.config.cursor_interval, parts.started - margin);
+        let read_states = read_state::ReadStates::new(
+            parts.hub.clone(),
+            parts.store.clone(),
+            parts.tasks.clone(),
+            parts.stop.clone(),
+            parts.config.read_state_window,
+        );
         Router {
+            read_states,
             hub: parts.hub,
             directory: parts.directory,
             loaded: parts.loaded,
@@ -310,7 +322,7 @@ impl Router {
                 None => self.apply_membership(thread_id, user_id, present),
             },
             UpstreamEvent::ReadState { thread_id, user_id, last_read_at, .. } => {
-                self.push_read_state(thread_id, user_id, last_read_at)
+                self.read_states.push(thread_id, user_id, last_read_at)
             }
             UpstreamEvent::RealtimeSwitch { user_id, enabled, .. } => self.on_switch(user_id, enabled),
             UpstreamEvent::Unreadable { table, reason, committed } => {
@@ -438,27 +450,6 @@ impl Router {
             }
         }
         self.threads.remove(&thread_id);
-    }
-
-    /// `thread_read` to every session of the user, with their unread count after the change.
-    fn push_read_state(&self, thread_id: Uuid, user_id: Uuid, last_read_at: String) {
-        if !self.hub.is_online(&user_id) {
-            return;
-        }
-        let (hub, store) = (self.hub.clone(), self.store.clone());
-        self.tasks.spawn(async move {
-            let unread_count = match store.unread_count_of(user_id).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(user = %user_id, error = %e, "unread count for thread_read failed");
-                    return;
-                }
-            };
-            let last_read_at = crate::model::normalize_time(&last_read_at).unwrap_or(last_read_at);
-            let frame = ServerMessage::ThreadRead { thread_id, last_read_at: &last_read_at, unread_count };
-            hub.send_to_user(&user_id, &Outgoing::notice(frame.to_json()));
-            hub.metrics.read_state_pushed();
-        });
     }
 }
 

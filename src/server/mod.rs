@@ -220,6 +220,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             max_waiting: config.router_max_waiting,
             max_waiting_bytes: config.router_buffer_bytes,
             cursor_interval: config.cursor_interval,
+            read_state_window: config.fairness.read_state_window,
         },
         tasks: tasks.clone(),
         stop: stop.clone(),
@@ -267,6 +268,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         readiness: readiness.clone(),
         stop: stop.clone(),
         disconnects: disconnects.clone(),
+        budgets: crate::fair::UserBudgets::new(&config.fairness, config.rate_limit_max_keys),
     };
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
     let rest = warp::service(api::routes(ApiState {
@@ -288,6 +290,12 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .max_frame_size(Some(config.limits.max_message_bytes));
     let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };
     tasks.spawn(listener_ctx.accept_loop(listener));
+    if config.metrics_token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "/metrics is open to anyone who can reach this address: set METRICS_TOKEN, or bind to 127.0.0.1 behind a proxy"
+        );
+    }
     tracing::info!(%addr, backend = %backend_name, "gateway listening");
     Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace, drain: config.drain, slot_lag })
 }

@@ -87,11 +87,13 @@ pub(super) async fn upgrade(
         Ok(since) => since,
         Err(e) => return e.response(),
     };
-    let identity = match ctx.verifier.verify_from(Some(peer.ip()), &token).await {
+    // The client address the edge resolved (behind TRUSTED_PROXIES, the forwarded one).
+    let client = req.extensions().get::<crate::edge::Peer>().map_or(peer.ip(), |p| p.0);
+    let identity = match ctx.verifier.verify_from(Some(client), &token).await {
         Ok(identity) => identity,
         Err(e) => {
             ctx.hub.metrics.auth_failed("websocket", e.label());
-            tracing::info!(%peer, reason = %e, "WebSocket refused: bad token");
+            tracing::info!(%peer, %client, reason = %e, "WebSocket refused: bad token");
             return PeerError::from(e).response();
         }
     };

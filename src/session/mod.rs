@@ -32,6 +32,7 @@ use crate::close::{self, Close};
 use crate::history::History;
 use crate::hub::Hub;
 use crate::limit::TokenBucket;
+use crate::metrics::Budget;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::router::Readiness;
 use crate::store::{Store, StoreError};
@@ -55,6 +56,8 @@ pub struct SessionContext {
     pub stop: CancellationToken,
     /// The recent disconnects the admin page shows.
     pub disconnects: Arc<crate::admin::Disconnects>,
+    /// Per-user budgets on `subscribe_thread` checks and database replays.
+    pub budgets: Arc<crate::fair::UserBudgets>,
 }
 
 struct Session<S> {
@@ -264,7 +267,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Pages the user's messages from `since` (as the user: RLS decides); None when the
-    /// database could not be read (the client is told and falls back to offline sync).
+    /// database could not be read, or the user's replay budget ran out after a page (the client
+    /// is told and falls back to offline sync).
     async fn replay_from_database(
         &mut self,
         since: chrono::DateTime<chrono::Utc>,
@@ -275,8 +279,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(point) => point.horizon,
             Err(e) => return self.replay_failed(e).await,
         };
-        let (mut from, mut count) = (since, 0usize);
+        let (mut from, mut count, mut pages) = (since, 0usize, 0usize);
         loop {
+            // Past the user's budget, one page per connection, then offline sync.
+            if !self.ctx.budgets.resume_page(self.shared.user_id) && pages > 0 {
+                return self.replay_limited(count).await;
+            }
+            pages += 1;
             let rows =
                 match self.ctx.store.offline_messages(&self.token, &protocol::format_time(from), resume::PAGE).await {
                     Ok(rows) => rows,
@@ -303,6 +312,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         Ok(Some((count, resume::completed_cursor(since, horizon))))
+    }
+
+    async fn replay_limited(&mut self, count: usize) -> Result<Option<(usize, String)>, Flow> {
+        self.ctx.hub.metrics.fairness.budget_hit(Budget::ResumeReplay);
+        tracing::info!(session = self.shared.id, user = %self.shared.user_id, count, "resume replay over the user's budget");
+        self.error(crate::fair::REPLAY_LIMITED).await.map_err(|_| Flow::Gone)?;
+        Ok(None)
     }
 
     async fn replay_failed(&mut self, e: StoreError) -> Result<Option<(usize, String)>, Flow> {
@@ -337,6 +353,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn subscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
+        if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
+            self.ctx.hub.metrics.fairness.budget_hit(Budget::SubscribeCheck);
+            tracing::info!(session = self.shared.id, user = %self.shared.user_id, "subscribe_thread over the user's budget");
+            return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
+        }
         let started = Instant::now();
         let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
         self.ctx.hub.metrics.rls_checked(started.elapsed());

@@ -14,14 +14,19 @@ const browser = await chromium.launch({
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const result = { event: "result", urls: [] };
+const result = { event: "result", urls: [], cspViolations: [] };
 try {
   const page = await browser.newPage();
-  page.on("console", (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
+  page.on("console", (m) => {
+    process.stderr.write(`[page ${m.type()}] ${m.text()}\n`);
+    if (/Content Security Policy/i.test(m.text())) result.cspViolations.push(m.text());
+  });
   page.on("pageerror", (e) => process.stderr.write(`[page error] ${e.message}\n`));
   page.on("request", (r) => result.urls.push(r.url()));
   page.on("dialog", (d) => d.accept());
   await page.goto(`${gateway}/admin`);
+  // The stylesheet is a file the Content-Security-Policy allows: the page is styled.
+  result.styled = await page.evaluate(() => getComputedStyle(document.body).margin === "0px");
 
   // A wrong token is refused by the API and the login form comes back with a message.
   await page.fill("#token", "not-the-admin-token");
