@@ -55,6 +55,8 @@ pub struct ApiState {
     pub verifier: Arc<Verifier>,
     /// REST calls per user and second (bursts of twice that).
     pub rate: Arc<PerUser>,
+    /// Per-user budgets of the WebSocket sessions (their sizes go to /metrics).
+    pub budgets: Arc<crate::fair::UserBudgets>,
     /// Operator settings: metrics token, admin page, edge counters, recent disconnects.
     pub ops: Arc<crate::admin::Ops>,
 }
@@ -416,6 +418,8 @@ fn metrics_reply(state: &ApiState, authorization: Option<&str>) -> warp::reply::
         slot_lag_bytes: state.ops.slot_lag.as_ref().and_then(|lag| lag.bytes()),
         rest_rate_keys: state.rate.keys(),
         auth_failure_keys: state.verifier.failure_keys(),
+        subscribe_check_keys: state.budgets.subscribe_keys(),
+        resume_replay_keys: state.budgets.resume_keys(),
     };
     warp::reply::with_header(hub.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE).into_response()
 }

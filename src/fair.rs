@@ -43,6 +43,16 @@ impl UserBudgets {
         self.subscribe.allow(user)
     }
 
+    /// Users with a `subscribe_thread` bucket now.
+    pub fn subscribe_keys(&self) -> usize {
+        self.subscribe.keys()
+    }
+
+    /// Users with a replay bucket now.
+    pub fn resume_keys(&self) -> usize {
+        self.resume_pages.keys()
+    }
+
     /// Spends one database page of a resume replay of `user`; false when over the budget.
     pub fn resume_page(&self, user: Uuid) -> bool {
         self.resume_pages.allow(user)

@@ -104,6 +104,9 @@ pub struct Sampled {
     pub rest_rate_keys: usize,
     /// Source addresses with a refused-token budget.
     pub auth_failure_keys: usize,
+    /// Users in the per-user budgets of `subscribe_thread` checks and of database replays.
+    pub subscribe_check_keys: usize,
+    pub resume_replay_keys: usize,
 }
 
 /// The gateway's metrics. One per gateway, shared behind an `Arc`.
@@ -214,7 +217,7 @@ impl Metrics {
         let limiter_keys = Family::<LimiterLabels, Gauge>::default();
         r.register(
             "rate_limiter_keys",
-            "Keys held by a rate limiter (rest_user, auth_failure_ip); idle keys expire, at most RATE_LIMIT_MAX_KEYS",
+            "Keys held by a rate limiter (rest_user, auth_failure_ip, subscribe_check_user, resume_replay_user); idle keys expire, at most RATE_LIMIT_MAX_KEYS",
             limiter_keys.clone(),
         );
         let resumes_from_memory =
@@ -429,6 +432,11 @@ impl Metrics {
         self.limiter_keys
             .get_or_create(&LimiterLabels { limiter: "auth_failure_ip" })
             .set(as_i64(sampled.auth_failure_keys));
+        for (limiter, keys) in
+            [("subscribe_check_user", sampled.subscribe_check_keys), ("resume_replay_user", sampled.resume_replay_keys)]
+        {
+            self.limiter_keys.get_or_create(&LimiterLabels { limiter }).set(as_i64(keys));
+        }
         if let Some(fds) = process.open_fds {
             self.open_fds.set(as_i64(fds));
         }

@@ -39,6 +39,7 @@ async fn subscribe_thread_checks_have_a_budget_per_user_across_sockets() {
     david.send_json(subscribe).await;
     assert_eq!(david.expect_any().await["type"], "thread_subscribed");
     assert_eq!(world.metric("gateway_user_budget_hits_total{budget=\"subscribe_check\"}").await, 1);
+    assert_eq!(world.metric("gateway_rate_limiter_keys{limiter=\"subscribe_check_user\"}").await, 2, "Carla and David");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -260,6 +260,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         disconnects: disconnects.clone(),
         slot_lag: slot_lag.clone(),
     });
+    let budgets = crate::fair::UserBudgets::new(&config.fairness, config.rate_limit_max_keys);
     let ctx = SessionContext {
         hub: hub.clone(),
         verifier: verifier.clone(),
@@ -268,7 +269,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         readiness: readiness.clone(),
         stop: stop.clone(),
         disconnects: disconnects.clone(),
-        budgets: crate::fair::UserBudgets::new(&config.fairness, config.rate_limit_max_keys),
+        budgets: budgets.clone(),
     };
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
     let rest = warp::service(api::routes(ApiState {
@@ -277,6 +278,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         readiness: readiness.clone(),
         verifier,
         rate: rest_rate,
+        budgets,
         ops,
     }));
     // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
