@@ -177,3 +177,47 @@ test("select messages with an embedded sender, under RLS", async () => {
   const threads = await farid.from("threads").select("id, title");
   assert.ok(!threads.data.some((t) => t.id === CLASS_3B));
 });
+
+test("realtime: a signed-in user subscribed to every published table learns nothing of another user's removal", async () => {
+  const published = (
+    await db.query(
+      "select tablename::text as t from pg_publication_tables where pubname = 'supabase_realtime' and schemaname = 'public' order by 1",
+    )
+  ).rows.map((r) => r.t);
+  assert.ok(published.includes("messages"), `published: ${published}`);
+  const farid = client({ token: FARID.token });
+  const received = [];
+  let wake;
+  const keep = (p) => {
+    received.push(p);
+    wake?.();
+  };
+  let channel = farid.channel("conformance-no-leak");
+  for (const table of published) {
+    channel = channel.on("postgres_changes", { event: "*", schema: "public", table }, keep);
+  }
+  channel = channel.on("postgres_changes", { event: "*", schema: "public" }, keep);
+  await within(15000, subscribed(channel), "SUBSCRIBED");
+  await new Promise((r) => setTimeout(r, 300));
+
+  // Carla (a 3B parent) switches realtime off, her switch row is deleted, she is removed from
+  // 3B and added back: Farid (a 4A parent) must learn none of it.
+  await db.query(
+    "insert into public.chat_realtime_settings (user_id, realtime_enabled) values ($1, false) " +
+      "on conflict (user_id) do update set realtime_enabled = false",
+    [CARLA.id],
+  );
+  await db.query("delete from public.chat_realtime_settings where user_id = $1", [CARLA.id]);
+  await db.query("delete from public.thread_participants where thread_id = $1 and user_id = $2", [CLASS_3B, CARLA.id]);
+  await db.query("insert into public.thread_participants (thread_id, user_id) values ($1, $2)", [CLASS_3B, CARLA.id]);
+  // A message Farid may read, committed last: once it is here, everything before it was sent.
+  const marker = await insertMessage(CLASS_4A, "after someone else's removal");
+  await within(15000, new Promise((resolve) => {
+    wake = () => received.some((p) => p.new?.id === marker) && resolve();
+    wake();
+  }), "the marker message");
+  const seen = JSON.stringify(received);
+  assert.ok(!seen.includes(CARLA.id), `a payload names Carla: ${seen}`);
+  assert.ok(!seen.includes(CLASS_3B), `a payload names class 3B: ${seen}`);
+  await farid.removeChannel(channel);
+});

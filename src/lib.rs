@@ -7,9 +7,11 @@
 //! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
 //! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
 //! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on connections before
-//! authentication), and [`server`] (listener, upgrade, shutdown). [`pg`] is the second backend:
-//! the same change feed and store on plain PostgreSQL.
+//! `metrics`, `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds
+//! on connections before authentication), [`publication`] (the start-up check of the sync horizon
+//! and the pruning of the membership events the upstream reads), and [`server`] (listener,
+//! upgrade, shutdown). [`pg`] is the second backend: the same change feed and store on plain
+//! PostgreSQL.
 
 mod admin;
 mod api;
@@ -27,6 +29,7 @@ mod metrics;
 mod model;
 pub mod pg;
 pub mod protocol;
+pub mod publication;
 mod router;
 pub mod server;
 mod session;

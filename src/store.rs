@@ -92,6 +92,14 @@ pub struct SyncPoint {
     pub db_now: DateTime<Utc>,
 }
 
+/// `chat_sync_horizon_check()`: whether `chat_sync_horizon()` sees every session's transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HorizonCheck {
+    /// The horizon function's owner, quoted as an identifier.
+    pub owner: String,
+    pub sees_all_sessions: bool,
+}
+
 /// One answer of `chat_offline_messages`, decoded row by row so that one odd row cannot fail the
 /// page.
 #[derive(Debug, Default)]
@@ -222,6 +230,14 @@ impl Store {
     /// `chat_sync_point()` (service rights).
     pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
         dispatch!(self.sync_point())
+    }
+    /// `chat_sync_horizon_check()` (service rights).
+    pub async fn sync_horizon_check(&self) -> Result<HorizonCheck, StoreError> {
+        dispatch!(self.sync_horizon_check())
+    }
+    /// `chat_prune_membership_events(p_keep_seconds)` (service rights): how many rows went.
+    pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
+        dispatch!(self.prune_membership_events(keep_secs))
     }
 }
 
@@ -417,11 +433,21 @@ impl Postgrest {
     pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
         self.rpc(As::Service, "chat_sync_point", json!({})).await
     }
+
+    pub async fn sync_horizon_check(&self) -> Result<HorizonCheck, StoreError> {
+        self.rpc(As::Service, "chat_sync_horizon_check", json!({})).await
+    }
+
+    pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_prune_membership_events", json!({"p_keep_seconds": keep_secs})).await
+    }
 }
 
 /// Every PostgREST path the store calls, as the static label of its latency series.
-const CALLS: [&str; 12] = [
+const CALLS: [&str; 14] = [
     "rpc/chat_offline_messages",
+    "rpc/chat_sync_horizon_check",
+    "rpc/chat_prune_membership_events",
     "rpc/chat_sync_horizon",
     "rpc/chat_sync_point",
     "rpc/chat_unread_count",

@@ -13,6 +13,7 @@ mod edge;
 mod fairness;
 mod gaps;
 mod guide_client;
+mod horizon;
 mod instances;
 mod js_client;
 mod keys;

@@ -16,7 +16,7 @@ fn config(stack: &Stack, vsn: Vsn) -> UpstreamConfig {
         access_token: stack.keys().service_key.clone(),
         vsn,
         topic: "realtime:upstream-test".into(),
-        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("*", "thread_participants")],
+        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("INSERT", "chat_membership_events")],
         heartbeat_interval: Duration::from_millis(200),
         join_timeout: Duration::from_secs(5),
         backoff_min: Duration::from_millis(50),

@@ -91,15 +91,40 @@ mod tests {
     }
 
     #[test]
-    fn a_participant_removal_names_its_key() {
+    fn membership_events_become_the_same_events_as_from_realtime() {
         let rel = relation(
-            "thread_participants",
-            &[(true, "thread_id", "uuid"), (true, "user_id", "uuid"), (false, "x", "text")],
+            "chat_membership_events",
+            &[
+                (true, "id", "int8"),
+                (false, "kind", "text"),
+                (false, "thread_id", "uuid"),
+                (false, "user_id", "uuid"),
+                (false, "last_read_at", "timestamptz"),
+                (false, "realtime_enabled", "bool"),
+                (false, "created_at", "timestamptz"),
+            ],
         );
-        let key = row(&rel, &[Some(T), Some(U)]);
+        let at = Some("2026-01-01 12:00:00+00");
+        let rows = [
+            row(&rel, &[Some("1"), Some("leave"), Some(T), Some(U), None, None, at]),
+            row(&rel, &[Some("2"), Some("read"), Some(T), Some(U), at, None, at]),
+            row(&rel, &[Some("3"), Some("switch"), None, Some(U), None, Some("f"), at]),
+        ];
+        let inserts = rows
+            .into_iter()
+            .map(|r| RowChange { relation: rel.clone(), kind: ChangeKind::Insert, record: Some(r), old_record: None })
+            .collect();
+        let events: Vec<UpstreamEvent> = payloads(&transaction(inserts)).iter().flat_map(decode_change).collect();
+        match &events[..] {
+            [UpstreamEvent::Membership { present: false, .. }, UpstreamEvent::ReadState { last_read_at, .. }, UpstreamEvent::RealtimeSwitch { enabled: false, .. }] =>
+            {
+                assert_eq!(last_read_at, "2026-01-01T12:00:00+00:00");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Pruning deletes old events: nothing for the router.
+        let key = row(&rel, &[Some("1")]);
         let delete = RowChange { relation: rel, kind: ChangeKind::Delete, record: None, old_record: Some(key) };
-        let payloads = payloads(&transaction(vec![delete]));
-        assert_eq!(payloads[0]["data"]["record"], Value::Null);
-        assert!(matches!(&decode_change(&payloads[0])[..], [UpstreamEvent::Membership { present: false, .. }]));
+        assert!(decode_change(&payloads(&transaction(vec![delete]))[0]).is_empty());
     }
 }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::auth::{AuthError, Verifier};
 use crate::model::MessageRow;
-use crate::store::{OfflineRows, Profile, StoreError, SyncPoint};
+use crate::store::{HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
 
 /// Whose rights a call runs with.
 #[derive(Clone, Copy)]
@@ -211,6 +211,14 @@ impl PgStore {
             &[&thread_id],
         )
         .await
+    }
+
+    pub async fn sync_horizon_check(&self) -> Result<HorizonCheck, StoreError> {
+        self.json(Who::Service, "select public.chat_sync_horizon_check()::text", &[]).await
+    }
+
+    pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
+        self.json(Who::Service, "select to_json(public.chat_prune_membership_events($1))::text", &[&keep_secs]).await
     }
 
     pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {

@@ -47,7 +47,7 @@ use crate::metrics::Metrics;
 use crate::router::{Readiness, Router, RouterConfig, RouterParts};
 use crate::session::SessionContext;
 use crate::store::Store;
-use crate::upstream::event::{Watermark, SWITCH_TABLE};
+use crate::upstream::event::{Watermark, MEMBERSHIP_EVENTS_TABLE};
 use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
 
 type Response = warp::reply::Response;
@@ -60,6 +60,8 @@ pub enum StartError {
     Http(String),
     #[error("PostgreSQL backend: {0}")]
     Postgres(#[from] crate::pg::PgSetupError),
+    #[error("{0}")]
+    SyncHorizon(#[from] crate::publication::HorizonProblem),
 }
 
 /// A running gateway.
@@ -139,8 +141,9 @@ pub fn close_schedule(n: usize, window: Duration) -> impl Iterator<Item = Durati
     (0..n).map(move |i| step.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)))
 }
 
-/// The upstream subscription the gateway needs: new messages, membership and read state, and
-/// the per-user realtime switch.
+/// The upstream subscription the gateway needs: new messages, and membership, read-state and
+/// realtime-switch changes through `chat_membership_events` (INSERTs only: its DELETEs are the
+/// pruning of old events).
 pub fn upstream_config(config: &Config, project: &SupabaseProject) -> UpstreamConfig {
     UpstreamConfig {
         websocket_url: project.realtime_websocket_url(),
@@ -151,11 +154,7 @@ pub fn upstream_config(config: &Config, project: &SupabaseProject) -> UpstreamCo
             RealtimeVsn::V2 => Vsn::V2,
         },
         topic: config.upstream_topic.clone(),
-        bindings: vec![
-            Binding::table("INSERT", "messages"),
-            Binding::table("*", "thread_participants"),
-            Binding::table("*", SWITCH_TABLE),
-        ],
+        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("INSERT", MEMBERSHIP_EVENTS_TABLE)],
         heartbeat_interval: config.upstream_heartbeat,
         join_timeout: config.upstream_join_timeout,
         backoff_min: config.upstream_backoff_min,
@@ -194,6 +193,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         .with_metrics(metrics.clone()),
         Backend::Postgres(settings) => Store::Pg(crate::pg::store(settings, verifier.clone(), config.backend_timeout)?),
     };
+    crate::publication::check_sync_horizon(&store, &tasks, &stop).await?;
+    crate::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let (directory, loaded) =
         Directory::new(store.clone(), config.cache_ttl, config.cache_max_threads, tasks.clone(), stop.clone());

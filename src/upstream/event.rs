@@ -66,15 +66,14 @@ impl UpstreamEvent {
     }
 }
 
-/// The table of the per-user realtime switch.
-pub const SWITCH_TABLE: &str = "chat_realtime_settings";
+/// The table membership, read-state and switch changes arrive through (see the migration
+/// `20261203001000_membership_events.sql`): trigger-fed from `thread_participants` and
+/// `chat_realtime_settings`, keyed by a number, readable by the service role only. The two source
+/// tables are not published: their DELETE events would tell every subscriber who left which thread.
+pub const MEMBERSHIP_EVENTS_TABLE: &str = "chat_membership_events";
 
 fn uuid_at(v: &Value, key: &str) -> Option<Uuid> {
     v.get(key)?.as_str().and_then(|s| Uuid::parse_str(s).ok())
-}
-
-fn pair(v: &Value) -> Option<(Uuid, Uuid)> {
-    Some((uuid_at(v, "thread_id")?, uuid_at(v, "user_id")?))
 }
 
 /// Decodes the payload of a `postgres_changes` push into zero or more events.
@@ -88,7 +87,6 @@ pub fn decode_change(payload: &Value) -> Vec<UpstreamEvent> {
     }
     let null = Value::Null;
     let record = data.get("record").unwrap_or(&null);
-    let old = data.get("old_record").unwrap_or(&null);
     let unreadable = |reason: String| UpstreamEvent::Unreadable { table: table.to_string(), reason, committed };
     if let Some(errors) = data.get("errors").filter(|e| !e.is_null()) {
         return vec![unreadable(format!("Realtime could not send the row: {errors}"))];
@@ -98,51 +96,31 @@ pub fn decode_change(payload: &Value) -> Vec<UpstreamEvent> {
             Ok(row) => vec![UpstreamEvent::Message { row, committed }],
             Err(e) => vec![unreadable(format!("malformed message record: {e}"))],
         },
-        ("thread_participants", "INSERT") => match pair(record) {
-            Some((thread_id, user_id)) => {
-                vec![UpstreamEvent::Membership { thread_id, user_id, present: true, committed }]
-            }
-            None => vec![unreadable("participant record without thread_id/user_id".into())],
-        },
-        ("thread_participants", "UPDATE") => {
-            let Some((thread_id, user_id)) = pair(record) else {
-                return vec![unreadable("participant record without thread_id/user_id".into())];
-            };
-            let mut events = Vec::new();
-            if let Some((old_thread, old_user)) = pair(old).filter(|p| *p != (thread_id, user_id)) {
-                events.push(UpstreamEvent::Membership {
-                    thread_id: old_thread,
-                    user_id: old_user,
-                    present: false,
-                    committed,
-                });
-                events.push(UpstreamEvent::Membership { thread_id, user_id, present: true, committed });
-            }
-            if let Some(last_read_at) = record.get("last_read_at").and_then(Value::as_str) {
-                let last_read_at = last_read_at.to_string();
-                events.push(UpstreamEvent::ReadState { thread_id, user_id, last_read_at, committed });
-            }
-            events
-        }
-        ("thread_participants", "DELETE") => match pair(old) {
-            Some((thread_id, user_id)) => {
-                vec![UpstreamEvent::Membership { thread_id, user_id, present: false, committed }]
-            }
-            None => vec![unreadable("participant removal without its key".into())],
-        },
-        (SWITCH_TABLE, "INSERT" | "UPDATE") => {
-            let user = uuid_at(record, "user_id");
-            let enabled = record.get("realtime_enabled").and_then(Value::as_bool);
-            match (user, enabled) {
-                (Some(user_id), Some(enabled)) => vec![UpstreamEvent::RealtimeSwitch { user_id, enabled, committed }],
-                _ => vec![unreadable("realtime switch record without user_id/realtime_enabled".into())],
-            }
-        }
-        (SWITCH_TABLE, "DELETE") => match uuid_at(old, "user_id") {
-            Some(user_id) => vec![UpstreamEvent::RealtimeSwitch { user_id, enabled: true, committed }],
-            None => Vec::new(),
+        // Pruning deletes old events: nothing to tell the router.
+        (MEMBERSHIP_EVENTS_TABLE, "INSERT") => match membership_event(record, committed) {
+            Some(event) => vec![event],
+            None => vec![unreadable(format!("unreadable membership event: {record}"))],
         },
         _ => Vec::new(),
+    }
+}
+
+/// One `chat_membership_events` row as the event the router handles.
+fn membership_event(record: &Value, committed: Option<DateTime<Utc>>) -> Option<UpstreamEvent> {
+    let user_id = uuid_at(record, "user_id")?;
+    let thread = || uuid_at(record, "thread_id");
+    match record.get("kind")?.as_str()? {
+        "join" => Some(UpstreamEvent::Membership { thread_id: thread()?, user_id, present: true, committed }),
+        "leave" => Some(UpstreamEvent::Membership { thread_id: thread()?, user_id, present: false, committed }),
+        "read" => {
+            let last_read_at = record.get("last_read_at")?.as_str()?.to_string();
+            Some(UpstreamEvent::ReadState { thread_id: thread()?, user_id, last_read_at, committed })
+        }
+        "switch" => {
+            let enabled = record.get("realtime_enabled")?.as_bool()?;
+            Some(UpstreamEvent::RealtimeSwitch { user_id, enabled, committed })
+        }
+        _ => None,
     }
 }
 
@@ -159,26 +137,49 @@ mod tests {
             "commit_timestamp": "2026-01-01T00:00:00Z", "record": record, "old_record": old, "errors": null}})
     }
 
+    fn event(record: Value) -> Vec<UpstreamEvent> {
+        decode_change(&payload(MEMBERSHIP_EVENTS_TABLE, "INSERT", record, Value::Null))
+    }
+
     #[test]
-    fn decodes_messages_and_membership() {
+    fn decodes_messages_and_membership_events() {
         let row = json!({"id": T, "thread_id": T, "sender_id": U, "content": "hi", "message_type": "text",
                          "created_at": "2026-01-01T00:00:00.000001+00:00"});
         let events = decode_change(&payload("messages", "INSERT", row, Value::Null));
         assert!(matches!(&events[..], [UpstreamEvent::Message { row, committed: Some(_) }] if row.content == "hi"));
-        let events = decode_change(&payload(
+        let e = event(json!({"id": 1, "kind": "join", "thread_id": T, "user_id": U}));
+        assert!(matches!(&e[..], [UpstreamEvent::Membership { present: true, committed: Some(_), .. }]), "{e:?}");
+        let e = event(json!({"id": 2, "kind": "leave", "thread_id": T, "user_id": U}));
+        assert!(matches!(&e[..], [UpstreamEvent::Membership { present: false, .. }]), "{e:?}");
+        let e = event(json!({"id": 3, "kind": "read", "thread_id": T, "user_id": U,
+                             "last_read_at": "2026-01-01T00:00:00+00:00"}));
+        assert!(matches!(&e[..], [UpstreamEvent::ReadState { last_read_at, .. }] if last_read_at.starts_with("2026")));
+        let e = event(json!({"id": 4, "kind": "switch", "thread_id": null, "user_id": U, "realtime_enabled": false}));
+        assert!(matches!(&e[..], [UpstreamEvent::RealtimeSwitch { enabled: false, .. }]), "{e:?}");
+        // Pruning: old events deleted (an empty old_record, as Realtime sends it) mean nothing.
+        let pruned = decode_change(&payload(MEMBERSHIP_EVENTS_TABLE, "DELETE", Value::Null, json!({"id": 1})));
+        assert!(pruned.is_empty());
+    }
+
+    #[test]
+    fn an_incomplete_membership_event_is_a_gap_not_a_guess() {
+        for bad in [
+            json!({"id": 1, "kind": "join", "user_id": U}),
+            json!({"id": 1, "kind": "read", "thread_id": T, "user_id": U}),
+            json!({"id": 1, "kind": "switch", "user_id": U}),
+            json!({"id": 1, "kind": "promote", "thread_id": T, "user_id": U}),
+            json!({"id": 1, "kind": "leave", "thread_id": T, "user_id": "nope"}),
+        ] {
+            assert!(matches!(&event(bad.clone())[..], [UpstreamEvent::Unreadable { .. }]), "{bad}");
+        }
+        // The tables themselves are not published any more: their changes decode to nothing.
+        let old = decode_change(&payload(
             "thread_participants",
             "DELETE",
             Value::Null,
             json!({"thread_id": T, "user_id": U}),
         ));
-        assert!(matches!(&events[..], [UpstreamEvent::Membership { present: false, .. }]));
-        let events = decode_change(&payload(
-            "thread_participants",
-            "UPDATE",
-            json!({"thread_id": T, "user_id": U, "last_read_at": "2026-01-01T00:00:00Z"}),
-            json!({"thread_id": T, "user_id": U}),
-        ));
-        assert!(matches!(&events[..], [UpstreamEvent::ReadState { .. }]), "{events:?}");
+        assert!(old.is_empty());
     }
 
     #[test]

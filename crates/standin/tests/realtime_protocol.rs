@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::time::Instant;
 use supabase_standin::keys::Alg;
 use supabase_standin::realtime::InjectSpec;
-use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
+use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, FARID};
 use supabase_standin::Stack;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -173,7 +173,7 @@ async fn updates_deletes_and_filters() {
         .join(
             "realtime:f",
             json!([{"event": "INSERT", "schema": "public", "table": "messages", "filter": filter},
-                   {"event": "*", "schema": "public", "table": "thread_participants"}]),
+                   {"event": "*", "schema": "public", "table": "chat_membership_events"}]),
             &stack.keys().service_key,
         )
         .await;
@@ -184,6 +184,7 @@ async fn updates_deletes_and_filters() {
     let change = c.expect_event("postgres_changes").await;
     assert_eq!(change["data"]["record"]["id"], mine.to_string(), "the 4A row did not pass the filter");
 
+    // A participant's read state goes through the trigger-fed events table (an INSERT there).
     let db = stack.sql().await;
     db.execute(
         "update public.thread_participants set last_read_at = now() where thread_id = $1 and user_id = $2",
@@ -191,19 +192,76 @@ async fn updates_deletes_and_filters() {
     )
     .await
     .expect("update");
+    let read = c.expect_event("postgres_changes").await;
+    assert_eq!(
+        (read["data"]["type"].clone(), read["data"]["record"]["kind"].clone()),
+        (json!("INSERT"), json!("read"))
+    );
+    assert_eq!(read["data"]["record"]["user_id"], json!(CARLA.id));
+    let id = read["data"]["record"]["id"].as_i64().expect("a bigint key, as a JSON number");
+    db.execute(
+        "update public.chat_membership_events set created_at = created_at - interval '1 hour' where id = $1",
+        &[&id],
+    )
+    .await
+    .expect("update");
     let update = c.expect_event("postgres_changes").await;
     assert_eq!(update["data"]["type"], "UPDATE");
-    assert_eq!(update["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
+    assert_eq!(update["data"]["old_record"], json!({"id": id}), "only the key");
+    db.execute("select public.chat_prune_membership_events(600)", &[]).await.expect("prune");
+    let delete = c.expect_event("postgres_changes").await;
+    assert_eq!(delete["data"]["type"], "DELETE");
+    assert_eq!(delete["data"]["old_record"], json!({"id": id}));
+    assert!(delete["data"].get("record").is_none());
+}
+
+/// What a user's token gets of a table its role may not SELECT (the membership events): every
+/// INSERT as `Error 401: Unauthorized` without the row, every DELETE with an empty `old_record`,
+/// as Realtime sends them; never a user or a thread id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_gets_no_row_of_a_table_it_may_not_read() {
+    let stack = Stack::start().await.expect("stack");
+    let mut c = Client::connect(&stack, true).await;
+    let token = stack.token(&FARID, Alg::Hs256);
+    c.join("realtime:u", json!([{"event": "*", "schema": "public", "table": "chat_membership_events"}]), &token).await;
+    c.expect_event("system").await;
+    let db = stack.sql().await;
     db.execute(
         "delete from public.thread_participants where thread_id = $1 and user_id = $2",
         &[&CLASS_3B_PARENTS, &CARLA.id],
     )
     .await
-    .expect("delete");
-    let delete = c.expect_event("postgres_changes").await;
-    assert_eq!(delete["data"]["type"], "DELETE");
-    assert_eq!(delete["data"]["old_record"], json!({"thread_id": CLASS_3B_PARENTS, "user_id": CARLA.id}));
-    assert!(delete["data"].get("record").is_none());
+    .expect("removal");
+    let insert = c.expect_event("postgres_changes").await;
+    assert_eq!(insert["data"]["type"], "INSERT");
+    assert_eq!(insert["data"]["errors"], json!(["Error 401: Unauthorized"]));
+    assert_eq!(insert["data"]["record"], json!({}));
+    db.execute("update public.chat_membership_events set created_at = created_at - interval '1 hour'", &[])
+        .await
+        .expect("age");
+    // The UPDATEs of the aging come first, each refused the same way.
+    let mut seen = vec![insert];
+    loop {
+        let event = c.expect_event("postgres_changes").await;
+        let done = event["data"]["type"] == "UPDATE";
+        seen.push(event);
+        if done {
+            break;
+        }
+    }
+    db.execute("select public.chat_prune_membership_events(600)", &[]).await.expect("prune");
+    loop {
+        let event = c.expect_event("postgres_changes").await;
+        let delete = event["data"]["type"] == "DELETE";
+        seen.push(event);
+        if delete {
+            break;
+        }
+    }
+    let delete = seen.last().cloned().unwrap_or_default();
+    assert_eq!(delete["data"]["old_record"], Value::Null, "{delete}");
+    let text = serde_json::to_string(&seen).unwrap_or_default();
+    assert!(!text.contains(&CARLA.id.to_string()) && !text.contains(&CLASS_3B_PARENTS.to_string()), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

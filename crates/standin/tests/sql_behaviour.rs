@@ -10,6 +10,7 @@ use supabase_standin::Stack;
 use uuid::Uuid;
 
 mod delivery;
+mod publication;
 
 struct Api<'a> {
     stack: &'a Stack,

@@ -35,7 +35,33 @@ pub struct Change {
 impl Change {
     /// The `data` object of a `postgres_changes` push, serialized once for every recipient.
     pub fn data_json(&self) -> String {
-        let columns: Vec<Value> = self.columns.iter().map(|(n, t)| serde_json::json!({"name": n, "type": t})).collect();
+        self.data(&|_| true, false)
+    }
+
+    /// The `data` object as Realtime shapes it for a role that may SELECT only the columns
+    /// `selectable` accepts: other columns are left out of `columns`, `record` and `old_record`,
+    /// and an `old_record` with no column left is null (a DELETE on a table the role may not
+    /// read names nothing).
+    pub fn data_json_for(&self, selectable: &dyn Fn(&str) -> bool) -> String {
+        self.data(selectable, true)
+    }
+
+    fn data(&self, keep: &dyn Fn(&str) -> bool, null_if_empty: bool) -> String {
+        let columns: Vec<Value> = self
+            .columns
+            .iter()
+            .filter(|(n, _)| keep(n))
+            .map(|(n, t)| serde_json::json!({"name": n, "type": t}))
+            .collect();
+        let only = |row: &Map<String, Value>| {
+            let kept: Map<String, Value> =
+                row.iter().filter(|(k, _)| keep(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+            if kept.is_empty() && null_if_empty {
+                Value::Null
+            } else {
+                Value::Object(kept)
+            }
+        };
         let mut data = Map::new();
         data.insert("schema".into(), Value::from(self.schema.as_str()));
         data.insert("table".into(), Value::from(self.table.as_str()));
@@ -43,12 +69,30 @@ impl Change {
         data.insert("type".into(), Value::from(self.kind));
         data.insert("columns".into(), Value::Array(columns));
         if let Some(record) = &self.record {
-            data.insert("record".into(), Value::Object(record.clone()));
+            data.insert("record".into(), only(record));
         }
         if let Some(old) = &self.old_record {
-            data.insert("old_record".into(), Value::Object(old.clone()));
+            data.insert("old_record".into(), only(old));
         }
         data.insert("errors".into(), Value::Null);
+        Value::Object(data).to_string()
+    }
+
+    /// What Realtime sends instead of an INSERT or UPDATE the subscriber's role may not read
+    /// (`Error 401: Unauthorized`: no SELECT on the primary key) or cannot check (`Error 400`:
+    /// no primary key): the table and the change type, no row.
+    pub fn refused_json(&self, error: &str) -> String {
+        let mut data = Map::new();
+        data.insert("schema".into(), Value::from(self.schema.as_str()));
+        data.insert("table".into(), Value::from(self.table.as_str()));
+        data.insert("commit_timestamp".into(), Value::Null);
+        data.insert("type".into(), Value::from(self.kind));
+        data.insert("columns".into(), Value::Array(Vec::new()));
+        data.insert("record".into(), Value::Object(Map::new()));
+        if self.kind == "UPDATE" {
+            data.insert("old_record".into(), Value::Object(Map::new()));
+        }
+        data.insert("errors".into(), Value::Array(vec![Value::from(error)]));
         Value::Object(data).to_string()
     }
 
@@ -111,5 +155,20 @@ mod tests {
         assert_eq!(data["columns"][2], serde_json::json!({"name": "at", "type": "timestamptz"}));
         assert_eq!(data["errors"], Value::Null);
         assert!(data.get("old_record").is_none(), "INSERT has no old_record");
+    }
+
+    #[test]
+    fn a_role_sees_only_the_columns_it_may_select() {
+        let tx = transaction(ChangeKind::Delete, Value::Null);
+        let mut change: Change = Change::committed(&tx).next().expect("a change");
+        change.old_record = serde_json::json!({"id": "a"}).as_object().cloned();
+        let hidden: Value = serde_json::from_str(&change.data_json_for(&|_| false)).expect("json");
+        assert_eq!(hidden["old_record"], Value::Null);
+        assert_eq!(hidden["columns"], serde_json::json!([]));
+        let seen: Value = serde_json::from_str(&change.data_json_for(&|c| c == "id")).expect("json");
+        assert_eq!(seen["old_record"], serde_json::json!({"id": "a"}));
+        let refused: Value = serde_json::from_str(&change.refused_json("Error 401: Unauthorized")).expect("json");
+        assert_eq!(refused["errors"], serde_json::json!(["Error 401: Unauthorized"]));
+        assert_eq!(refused["record"], serde_json::json!({}));
     }
 }

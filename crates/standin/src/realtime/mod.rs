@@ -27,16 +27,19 @@
 //! Not covered (documented limits): Broadcast and Presence (a presence track is acknowledged and
 //! goes nowhere; `presence_state` is always empty), binary frames, private channels and their
 //! `realtime.messages` policies, `log_level`, per-tenant quotas and rate limits, the legacy topic
-//! form `realtime:schema:table:filter`, several filters per binding, and the `errors` field
-//! (always null: no record is too large here). RLS for user tokens is checked when the change is
-//! written to the socket (by primary key, as the subscriber), not at commit time as Realtime
-//! does; DELETEs are sent unchecked and unfiltered, as Realtime sends them.
+//! form `realtime:schema:table:filter`, several filters per binding, and `Error 413` (no record
+//! is too large here). For user tokens, column privileges and RLS are applied when the change is
+//! written to the socket ([`view`]: by primary key, as the subscriber), not at commit time as
+//! Realtime does: a row the role may not SELECT becomes `Error 401: Unauthorized` without the
+//! row, and DELETEs are sent unchecked and unfiltered, with only the key columns the role may
+//! read, as Realtime sends them.
 
 pub mod control;
 pub mod feed;
 pub mod frame;
 pub mod rls;
 pub mod socket;
+pub mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -158,7 +161,7 @@ impl Shared {
                     json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name});
                 let text =
                     frame::encode_push_raw(c.join_ref.as_deref(), &c.topic, "system", &payload.to_string(), socket.vsn);
-                let _ = socket.changes.try_send(socket::Outgoing { due: None, text, check: None });
+                let _ = socket.changes.try_send(socket::Outgoing { due: None, text, view: None });
             }
         }
     }

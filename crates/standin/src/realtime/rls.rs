@@ -1,11 +1,17 @@
-//! Row-level security per subscriber, as Realtime applies it to `postgres_changes`.
+//! Row-level security and column privileges per subscriber, as Realtime applies them to
+//! `postgres_changes`.
 //!
-//! Owns one database connection used only to ask "may this subscriber see this row?": in a
+//! Owns one database connection used only to ask "which columns may this role SELECT?" (cached
+//! for a second per role and table) and "may this subscriber see this row?": the latter in a
 //! transaction that is always rolled back, it takes the subscriber's role and JWT claims (the
 //! way Realtime and PostgREST do: `set_config('role', ..)`, `set_config('request.jwt.claims', ..)`)
 //! and looks the changed row up by its primary key. Checks are serialized on that one connection,
 //! which mirrors why Realtime's per-subscriber authorization does not scale. It must never
 //! commit anything and never run a check for the service role (BYPASSRLS).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::types::ToSql;
 
@@ -59,15 +65,66 @@ pub fn visibility_sql(check: &RowCheck) -> Result<String, RlsError> {
     ))
 }
 
+/// Columns a role may SELECT, by (role, schema, table), with when they were read.
+type Privileges = HashMap<(String, String, String), (Instant, Arc<HashSet<String>>)>;
+
+/// How long a role's column privileges are trusted before they are read again.
+const PRIVILEGES_TTL: Duration = Duration::from_secs(1);
+
 /// The connection the checks run on, opened on first use and reopened after a failure.
 pub struct Rls {
     db_url: String,
     client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    privileges: std::sync::Mutex<Privileges>,
 }
 
 impl Rls {
     pub fn new(db_url: &str) -> Rls {
-        Rls { db_url: db_url.to_string(), client: tokio::sync::Mutex::new(None) }
+        Rls {
+            db_url: db_url.to_string(),
+            client: tokio::sync::Mutex::new(None),
+            privileges: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The columns of `schema.table` that `role` may SELECT (`has_column_privilege`, as
+    /// Realtime asks it); none when they cannot be read (and that is logged).
+    pub async fn selectable(&self, role: &str, schema: &str, table: &str) -> Arc<HashSet<String>> {
+        let key = (role.to_string(), schema.to_string(), table.to_string());
+        if let Ok(cache) = self.privileges.lock() {
+            if let Some((_, columns)) = cache.get(&key).filter(|(at, _)| at.elapsed() < PRIVILEGES_TTL) {
+                return columns.clone();
+            }
+        }
+        let columns = match self.read_privileges(role, schema, table).await {
+            Ok(columns) => Arc::new(columns),
+            Err(e) => {
+                tracing::debug!(error = %e, table, "column privileges unreadable; the role sees no column");
+                return Arc::new(HashSet::new());
+            }
+        };
+        if let Ok(mut cache) = self.privileges.lock() {
+            cache.insert(key, (Instant::now(), columns.clone()));
+        }
+        columns
+    }
+
+    async fn read_privileges(&self, role: &str, schema: &str, table: &str) -> Result<HashSet<String>, RlsError> {
+        let mut guard = self.client.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(crate::pg::connect(&self.db_url).await?);
+        }
+        let Some(client) = guard.as_ref() else { return Ok(HashSet::new()) };
+        let rows = client
+            .query(
+                "select a.attname::text from pg_attribute a \
+                  where a.attrelid = (quote_ident($2) || '.' || quote_ident($3))::regclass \
+                    and a.attnum > 0 and not a.attisdropped \
+                    and has_column_privilege($1, a.attrelid, a.attnum, 'SELECT')",
+                &[&role, &schema, &table],
+            )
+            .await?;
+        Ok(rows.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect())
     }
 
     /// Whether the subscriber may see the row; any failure counts as "no" (and is logged).

@@ -22,6 +22,7 @@ use warp::ws::{Message, WebSocket};
 use super::feed::Change;
 use super::frame::{decode, encode, encode_push_raw, Frame, Vsn};
 use super::rls::{RowCheck, Subscriber};
+use super::view::UserView;
 use super::Shared;
 use crate::keys::{now_secs, Claims, KeyError};
 
@@ -68,8 +69,9 @@ pub struct Outgoing {
     /// Not to be written before this instant (the latency fault control).
     pub due: Option<Instant>,
     pub text: String,
-    /// Written only if the subscriber may see the row (RLS per subscriber).
-    pub check: Option<RowCheck>,
+    /// For a user-token channel: the change, shaped for the subscriber's role (column
+    /// privileges, RLS) when written; `text` is unused then.
+    pub view: Option<Box<UserView>>,
 }
 
 /// What the feed needs to route to a socket.
@@ -168,13 +170,8 @@ impl Binding {
     }
 }
 
-/// The row check a user-token channel needs before a change may be sent to it.
-fn row_check(channel: &Channel, change: &Change) -> Option<RowCheck> {
-    let who = channel.subscriber.as_ref()?;
-    // Synthetic rows do not exist; DELETEs cannot be checked (Realtime sends them unchecked).
-    if change.synthetic || change.kind == "DELETE" {
-        return None;
-    }
+/// The RLS check of an INSERT or UPDATE for a user-token subscriber: the row by primary key.
+pub fn row_check(who: &Arc<Subscriber>, change: &Change) -> RowCheck {
     let record = change.record.as_ref();
     let keys = change
         .keys
@@ -185,11 +182,13 @@ fn row_check(channel: &Channel, change: &Change) -> Option<RowCheck> {
             (k.clone(), ty.to_string(), value)
         })
         .collect();
-    Some(RowCheck { schema: change.schema.clone(), table: change.table.clone(), keys, who: who.clone() })
+    RowCheck { schema: change.schema.clone(), table: change.table.clone(), keys, who: who.clone() }
 }
 
 /// Routes one change to this socket: one `postgres_changes` push per joined channel with a
-/// matching binding. `data_json` is the change's `data` object, serialized once for everyone.
+/// matching binding. `data_json` is the change's `data` object, serialized once for everyone
+/// with the service role; a user-token channel gets the change shaped for its role when it is
+/// written ([`UserView`]). Synthetic rows do not exist: they go to everyone as they are.
 pub fn route(handle: &SocketHandle, change: &Change, data_json: &str, due: Option<Instant>) -> Vec<Outgoing> {
     let Ok(channels) = handle.channels.lock() else { return Vec::new() };
     let mut out = Vec::new();
@@ -199,10 +198,23 @@ pub fn route(handle: &SocketHandle, change: &Change, data_json: &str, due: Optio
         if ids.is_empty() {
             continue;
         }
-        let payload = format!("{{\"ids\":[{}],\"data\":{data_json}}}", ids.join(","));
+        let ids = ids.join(",");
+        if let Some(who) = channel.subscriber.as_ref().filter(|_| !change.synthetic) {
+            let view = UserView {
+                change: change.clone(),
+                ids,
+                join_ref: channel.join_ref.clone(),
+                topic: channel.topic.clone(),
+                vsn: handle.vsn,
+                who: who.clone(),
+            };
+            out.push(Outgoing { due, text: String::new(), view: Some(Box::new(view)) });
+            continue;
+        }
+        let payload = format!("{{\"ids\":[{ids}],\"data\":{data_json}}}");
         let text =
             encode_push_raw(channel.join_ref.as_deref(), &channel.topic, "postgres_changes", &payload, handle.vsn);
-        out.push(Outgoing { due, text, check: row_check(channel, change) });
+        out.push(Outgoing { due, text, view: None });
     }
     out
 }
@@ -365,12 +377,14 @@ async fn write_loop(
 }
 
 async fn write_change(shared: &Shared, sink: &mut SplitSink<WebSocket, Message>, item: Outgoing) -> Result<(), ()> {
-    if let Some(check) = &item.check {
-        if !shared.rls.visible(check).await {
-            return Ok(());
-        }
-    }
-    sink.feed(Message::text(item.text)).await.map_err(|_| ())?;
+    let text = match &item.view {
+        None => item.text,
+        Some(view) => match view.render(&shared.rls).await {
+            Some(text) => text,
+            None => return Ok(()),
+        },
+    };
+    sink.feed(Message::text(text)).await.map_err(|_| ())?;
     shared.events_sent.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -739,7 +753,7 @@ mod tests {
         let c = change("INSERT", "a");
         let out = route(&handle, &c, &c.data_json(), None);
         assert_eq!(out.len(), 1);
-        assert!(out[0].check.is_none(), "service role: no RLS check");
+        assert!(out[0].view.is_none(), "service role: no RLS check");
         let v: Value = serde_json::from_str(&out[0].text).expect("json");
         assert_eq!(v[0], "1");
         assert_eq!(v[1], Value::Null);
@@ -751,8 +765,11 @@ mod tests {
     }
 
     #[test]
-    fn user_channels_check_inserts_and_updates_by_primary_key() {
+    fn user_channels_shape_changes_for_their_role_and_check_by_primary_key() {
         let who = Arc::new(Subscriber { role: "authenticated".into(), claims: "{}".into() });
+        let check = row_check(&who, &change("UPDATE", "a"));
+        assert_eq!(check.keys, vec![("id".to_string(), "uuid".to_string(), Some("r1".to_string()))]);
+        let (tx, _rx) = mpsc::channel(4);
         let channel = Channel {
             topic: "realtime:x".into(),
             join_ref: None,
@@ -761,12 +778,17 @@ mod tests {
             token_exp: i64::MAX,
             subscriber: Some(who),
         };
-        let check = row_check(&channel, &change("UPDATE", "a")).expect("checked");
-        assert_eq!(check.keys, vec![("id".to_string(), "uuid".to_string(), Some("r1".to_string()))]);
-        assert!(row_check(&channel, &change("DELETE", "a")).is_none());
+        let handle =
+            SocketHandle { vsn: Vsn::V2, channels: Mutex::new(vec![channel]), changes: tx, kill: Notify::new() };
+        for kind in ["INSERT", "DELETE"] {
+            let c = change(kind, "a");
+            let out = route(&handle, &c, &c.data_json(), None);
+            assert!(out.len() == 1 && out[0].view.is_some() && out[0].text.is_empty(), "{kind}: shaped when written");
+        }
         let mut synthetic = change("INSERT", "a");
         synthetic.synthetic = true;
-        assert!(row_check(&channel, &synthetic).is_none());
+        let out = route(&handle, &synthetic, &synthetic.data_json(), None);
+        assert!(out[0].view.is_none(), "a synthetic row has nothing to check");
     }
 
     #[test]
