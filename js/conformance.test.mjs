@@ -186,6 +186,8 @@ test("realtime: a signed-in user subscribed to every published table learns noth
   ).rows.map((r) => r.t);
   assert.ok(published.includes("messages"), `published: ${published}`);
   const farid = client({ token: FARID.token });
+  // The channel must join as Farid (not with the anon key before the token callback resolved).
+  await farid.realtime.setAuth(FARID.token);
   const received = [];
   let wake;
   const keep = (p) => {
@@ -212,10 +214,14 @@ test("realtime: a signed-in user subscribed to every published table learns noth
   await db.query("insert into public.thread_participants (thread_id, user_id) values ($1, $2)", [CLASS_3B, CARLA.id]);
   // A message Farid may read, committed last: once it is here, everything before it was sent.
   const marker = await insertMessage(CLASS_4A, "after someone else's removal");
-  await within(15000, new Promise((resolve) => {
-    wake = () => received.some((p) => p.new?.id === marker) && resolve();
-    wake();
-  }), "the marker message");
+  try {
+    await within(15000, new Promise((resolve) => {
+      wake = () => received.some((p) => p.new?.id === marker) && resolve();
+      wake();
+    }), "the marker message");
+  } catch (e) {
+    throw new Error(`${e.message}; received: ${JSON.stringify(received)}`);
+  }
   const seen = JSON.stringify(received);
   assert.ok(!seen.includes(CARLA.id), `a payload names Carla: ${seen}`);
   assert.ok(!seen.includes(CLASS_3B), `a payload names class 3B: ${seen}`);

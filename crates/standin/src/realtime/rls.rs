@@ -99,7 +99,7 @@ impl Rls {
         let columns = match self.read_privileges(role, schema, table).await {
             Ok(columns) => Arc::new(columns),
             Err(e) => {
-                tracing::debug!(error = %e, table, "column privileges unreadable; the role sees no column");
+                tracing::warn!(error = %e, table, "column privileges unreadable; the role sees no column");
                 return Arc::new(HashSet::new());
             }
         };
@@ -118,9 +118,9 @@ impl Rls {
         let rows = client
             .query(
                 "select a.attname::text from pg_attribute a \
-                  where a.attrelid = (quote_ident($2) || '.' || quote_ident($3))::regclass \
+                  where a.attrelid = (quote_ident($2::text) || '.' || quote_ident($3::text))::regclass \
                     and a.attnum > 0 and not a.attisdropped \
-                    and has_column_privilege($1, a.attrelid, a.attnum, 'SELECT')",
+                    and has_column_privilege($1::text, a.attrelid, a.attnum, 'SELECT')",
                 &[&role, &schema, &table],
             )
             .await?;
