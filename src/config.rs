@@ -20,7 +20,7 @@ mod rules;
 pub use fair::Fairness;
 
 pub use rules::parse_origins;
-use rules::{at_least, drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
+use rules::{at_least, close_rate, drain, edge_settings, invalid, positive, rate, seconds, secret_token, Problems};
 
 mod backend;
 use backend::{backend, jwks_url, jwt_secret};
@@ -151,9 +151,14 @@ pub struct Args {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
     /// On SIGTERM, seconds of answering /readyz 503 with every session still open, before the
-    /// sessions are closed spread over the rest of SHUTDOWN_GRACE_SECS; less than it.
+    /// sessions are closed (DRAIN_CLOSE_RATE per second) within the rest of SHUTDOWN_GRACE_SECS;
+    /// less than it.
     #[arg(long, env = "DRAIN_SECS", default_value_t = 5.0)]
     pub drain_secs: f64,
+    /// After the drain, sessions closed per second (a few close at once; many are spread out,
+    /// faster only when the rate would run past SHUTDOWN_GRACE_SECS).
+    #[arg(long, env = "DRAIN_CLOSE_RATE", default_value_t = 500.0)]
+    pub drain_close_rate: f64,
     /// Bearer token /metrics requires (at least 16 characters); empty: /metrics is open.
     #[arg(long, env = "METRICS_TOKEN", default_value = "", hide_env_values = true, hide_default_value = true)]
     pub metrics_token: String,
@@ -233,6 +238,11 @@ pub struct Args {
     pub rate_limit_max_keys: usize,
     #[command(flatten)]
     pub fair: fair::FairArgs,
+    /// Longest a resume served from memory holds `sync_complete` back, milliseconds, waiting for
+    /// proof that every message committed before the phone connected was sent (then it is sent
+    /// anyway, with a cursor that is still safe, and counted).
+    #[arg(long, env = "RESUME_CATCHUP_TIMEOUT_MS", default_value_t = 5000)]
+    pub resume_catchup_timeout_ms: u64,
     /// Print the effective configuration (secrets redacted) and exit: 0 if valid, 2 otherwise.
     #[arg(long)]
     pub check_config: bool,
@@ -261,6 +271,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Part of the shutdown grace with /readyz at 503 before sessions are closed.
     pub drain: Duration,
+    /// Sessions closed per second after the drain.
+    pub drain_close_rate: f64,
     pub metrics_token: Option<String>,
     pub admin_token: Option<String>,
     /// Longest time a fetched JWKS is trusted (a shorter `Cache-Control: max-age` wins).
@@ -289,6 +301,8 @@ pub struct Config {
     pub rate_limit_max_keys: usize,
     /// Per-user budgets on the database work clients cause.
     pub fairness: Fairness,
+    /// Longest a memory resume holds `sync_complete` back for its catch-up proof.
+    pub resume_catchup_timeout: Duration,
 }
 
 /// Limits applied before authentication (see [`crate::edge`]).
@@ -393,8 +407,11 @@ impl Config {
         );
         let rate_limit_max_keys = p.or(positive("RATE_LIMIT_MAX_KEYS", a.rate_limit_max_keys), 1);
         let cursor_interval_ms = p.or(positive("CURSOR_INTERVAL_MS", a.cursor_interval_ms as usize), 1) as u64;
+        let catchup_timeout_ms =
+            p.or(positive("RESUME_CATCHUP_TIMEOUT_MS", a.resume_catchup_timeout_ms as usize), 1) as u64;
         let shutdown_grace = Duration::from_secs(a.shutdown_grace_secs);
         let drain = p.or(drain(a.drain_secs, shutdown_grace), Duration::ZERO);
+        let drain_close_rate = p.or(close_rate(a.drain_close_rate), 500.0);
         let metrics_token = p.or(secret_token("METRICS_TOKEN", &a.metrics_token), None);
         let admin_token = p.or(secret_token("ADMIN_TOKEN", &a.admin_token), None);
         p.finish()?;
@@ -418,6 +435,7 @@ impl Config {
             cache_max_threads,
             shutdown_grace,
             drain,
+            drain_close_rate,
             metrics_token,
             admin_token,
             jwks_max_age: Duration::from_secs(jwks_max_age_secs),
@@ -438,6 +456,7 @@ impl Config {
             resume_buffer_bytes: a.resume_buffer_bytes,
             rate_limit_max_keys,
             fairness,
+            resume_catchup_timeout: Duration::from_millis(catchup_timeout_ms),
         })
     }
 

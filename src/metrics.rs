@@ -152,6 +152,8 @@ pub struct Metrics {
     slot_lag: Gauge,
     /// The per-user budgets' series.
     pub fairness: FairnessMetrics,
+    shutdown_closes: Counter,
+    resume_catchup_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -285,6 +287,16 @@ impl Metrics {
             "PostgreSQL backend: WAL kept for the replication slot (current WAL position minus confirmed); -1 on Supabase",
         );
         let fairness = FairnessMetrics::register(&mut r);
+        let shutdown_closes = counter(
+            &mut r,
+            "shutdown_closes",
+            "Sessions closed by a shutdown after the drain, paced by DRAIN_CLOSE_RATE",
+        );
+        let resume_catchup_timeouts = counter(
+            &mut r,
+            "resume_catchup_timeouts",
+            "Memory resumes whose sync_complete went out after RESUME_CATCHUP_TIMEOUT_MS without proof of being caught up",
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
         r.register("build_info", "Always 1; the version of the running gateway in its label", build);
@@ -329,6 +341,8 @@ impl Metrics {
             rss,
             open_fds,
             slot_lag,
+            shutdown_closes,
+            resume_catchup_timeouts,
         }
     }
 
@@ -385,6 +399,14 @@ impl Metrics {
         self.replayed_messages.inc_by(replayed);
         let source = if from_memory { "memory" } else { "database" };
         self.resume.get_or_create(&SourceLabels { source }).observe(took.as_secs_f64());
+    }
+    /// A shutdown closed one more session (paced by `DRAIN_CLOSE_RATE`).
+    pub fn shutdown_closed(&self) {
+        self.shutdown_closes.inc();
+    }
+    /// A memory resume's `sync_complete` went out without its catch-up proof (timed out).
+    pub fn resume_catchup_timed_out(&self) {
+        self.resume_catchup_timeouts.inc();
     }
     pub fn read_state_pushed(&self) {
         self.read_state_pushes.inc();

@@ -24,4 +24,6 @@ mod postgres;
 mod resilience;
 mod rest;
 mod resume;
+mod resume_catchup;
+mod shutdown;
 mod upstream;

@@ -139,12 +139,14 @@ async fn closed(mut phone: Phone) -> (Instant, u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_then_closes_sessions_spread_over_the_window() {
-    // Drain 1.5 s; grace 6 s: sessions are closed over 3.6 s (4.5 s less a 0.9 s tail).
+    // Drain 1.5 s; grace 6 s: sessions are closed within 3.6 s (4.5 s less a 0.9 s tail).
     let (drain, grace) = (Duration::from_millis(1500), Duration::from_secs(6));
     let window = realtime_gateway::server::close_window(grace, drain);
     let mut world = World::start_with(|c| {
         c.drain = drain;
         c.shutdown_grace = grace;
+        // 10 per second: 20 sessions take 1.9 s (the default 500/s would close them in 40 ms).
+        c.drain_close_rate = 10.0;
         c.backend_timeout = Duration::from_secs(20);
     })
     .await;

@@ -203,7 +203,9 @@ pub fn describe(c: &Config) -> String {
         ("RESUME_BUFFER_MESSAGES", c.resume_buffer.to_string()),
         ("RESUME_BUFFER_BYTES", c.resume_buffer_bytes.to_string()),
         ("RATE_LIMIT_MAX_KEYS", c.rate_limit_max_keys.to_string()),
+        ("RESUME_CATCHUP_TIMEOUT_MS", c.resume_catchup_timeout.as_millis().to_string()),
         ("DRAIN_SECS", secs(c.drain)),
+        ("DRAIN_CLOSE_RATE", c.drain_close_rate.to_string()),
         ("METRICS_TOKEN", c.metrics_token.as_deref().map(secret).unwrap_or_else(|| "(empty: /metrics open)".into())),
         ("ADMIN_TOKEN", c.admin_token.as_deref().map(secret).unwrap_or_else(|| "(empty: no /admin)".into())),
     ]);
@@ -253,6 +255,12 @@ mod tests {
     fn the_drain_must_end_before_the_grace_period_and_tokens_must_be_long() {
         let config = load_from(argv(&[])).expect("valid");
         assert_eq!((config.drain.as_secs(), config.shutdown_grace.as_secs()), (5, 30));
+        assert_eq!(config.drain_close_rate, 500.0);
+        assert!(describe(&config).contains("DRAIN_CLOSE_RATE=500\n"));
+        for bad in ["--drain-close-rate=0", "--drain-close-rate=-3", "--drain-close-rate=NaN"] {
+            let problems = load_from(argv(&[bad])).expect_err(bad);
+            assert!(problems.iter().any(|p| p.starts_with("DRAIN_CLOSE_RATE:")), "{bad}: {problems:?}");
+        }
         assert_eq!((config.metrics_token.as_deref(), config.admin_token.as_deref()), (None, None));
         let problems = load_from(argv(&["--drain-secs=10", "--shutdown-grace-secs=10", "--admin-token=short"]))
             .expect_err("invalid");

@@ -40,6 +40,17 @@ pub(super) fn seconds(var: &'static str, value: f64) -> Result<Duration, ConfigE
     Ok(Duration::from_secs_f64(value))
 }
 
+/// `DRAIN_CLOSE_RATE`: sessions closed per second at shutdown, at least 1 (0 would never close).
+pub(super) fn close_rate(value: f64) -> Result<f64, ConfigError> {
+    if !(value.is_finite() && (1.0..=1_000_000.0).contains(&value)) {
+        return Err(invalid(
+            "DRAIN_CLOSE_RATE",
+            format!("must be a number of sessions per second from 1 to 1000000, got {value}"),
+        ));
+    }
+    Ok(value)
+}
+
 /// `DRAIN_SECS`: zero or more seconds, and less than the shutdown grace it is part of.
 pub(super) fn drain(value: f64, grace: Duration) -> Result<Duration, ConfigError> {
     if !(value.is_finite() && value >= 0.0) {

@@ -11,8 +11,10 @@
 //! drop. The router never awaits PostgREST: every database call runs in a tracked task. A feed
 //! with durable positions (the PostgreSQL slot) sends checkpoints; the router raises the shared
 //! [`Watermark`] to one only when everything before it was fanned out, and the feed confirms
-//! that position to the database.
+//! that position to the database. Resuming sessions hold `sync_complete` back until a probe
+//! ([`catchup`]) proves that everything committed before they registered was fanned out.
 
+pub mod catchup;
 pub mod cursor;
 pub mod gap;
 mod read_state;
@@ -39,6 +41,7 @@ use crate::session::outbox::{Outgoing, SessionHandle};
 use crate::store::Store;
 use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;
+use catchup::{CatchUp, Prober};
 use cursor::Cursor;
 use gap::GapPage;
 pub use readiness::Readiness;
@@ -115,6 +118,8 @@ pub struct Router {
     checkpoint: Option<u64>,
     watermark: Arc<Watermark>,
     read_states: read_state::ReadStates,
+    catchup: Arc<CatchUp>,
+    prober: Prober,
 }
 
 /// Everything the router is built from.
@@ -132,6 +137,8 @@ pub struct RouterParts {
     pub started: DateTime<Utc>,
     /// Where the router reports how far it has fanned out the feed's checkpoints.
     pub watermark: Arc<Watermark>,
+    /// The tickets of resuming sessions waiting to be told they caught up.
+    pub catchup: Arc<CatchUp>,
 }
 
 impl Router {
@@ -147,6 +154,7 @@ impl Router {
             parts.stop.clone(),
             parts.config.read_state_window,
         );
+        let prober = Prober::new(parts.catchup.clone(), parts.store.clone(), parts.tasks.clone(), parts.stop.clone());
         Router {
             read_states,
             hub: parts.hub,
@@ -173,6 +181,8 @@ impl Router {
             scratch: Vec::new(),
             checkpoint: None,
             watermark: parts.watermark,
+            catchup: parts.catchup,
+            prober,
         }
     }
 
@@ -182,8 +192,10 @@ impl Router {
 
     /// Consumes upstream events until the upstream closes or the gateway stops.
     pub async fn run(mut self, mut events: mpsc::Receiver<UpstreamEvent>) {
+        let catchup = self.catchup.clone();
         loop {
             let wants_page = self.gap_wants_page();
+            let retry = self.prober.deadline();
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     self.confirm_on_stop(&mut events);
@@ -197,6 +209,13 @@ impl Router {
                 page = gap::next_page(&mut self.gap), if wants_page => self.on_gap_page(page),
                 Some(off) = self.switches.rx.recv() => self.on_switches_read(off),
                 Some(point) = self.cursor.next_point() => self.cursor.offer(point, self.live && matches!(self.gap, GapState::Idle)),
+                // A session asked to be told it caught up, or a probe is due again: see after_step.
+                _ = catchup.asked() => {}
+                _ = tokio::time::sleep_until(retry.map_or_else(tokio::time::Instant::now, Into::into)), if retry.is_some() => {}
+                Some(read) = self.prober.next_read() => {
+                    let (seen, waiting) = (&self.seen, &self.waiting);
+                    self.prober.on_read(read, |id, t| seen.contains(id) && !waiting.contains(*id, t));
+                }
             }
             self.after_step();
         }
@@ -219,6 +238,7 @@ impl Router {
         self.confirm_checkpoint();
         self.hub.metrics.router_waiting(self.waiting.len(), self.waiting.bytes());
         let stamped = self.cursor.stamped(self.waiting.oldest());
+        self.prober.step(self.live, stamped);
         let mut ring = self.history.lock();
         if stamped > ring.cursor {
             ring.cursor = stamped;
@@ -403,6 +423,7 @@ impl Router {
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
         ring.push(Entry { created_at, participants: members, frame });
         drop(ring);
+        self.prober.on_delivered(&id);
         if let Some(committed) = committed {
             // Clocks of the database and this host may disagree: a negative latency counts as 0.
             self.hub.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());

@@ -29,7 +29,6 @@ impl Seen {
         true
     }
 
-    #[cfg(test)]
     pub fn contains(&self, id: &Uuid) -> bool {
         self.ids.contains(id)
     }
@@ -85,6 +84,10 @@ impl Waiting {
         if let Some(bytes) = self.times.remove(&(created_at, id)) {
             self.bytes -= bytes;
         }
+    }
+
+    pub fn contains(&self, id: Uuid, created_at: DateTime<Utc>) -> bool {
+        self.times.contains(&(created_at, id))
     }
 
     pub fn oldest(&self) -> Option<DateTime<Utc>> {

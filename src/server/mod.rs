@@ -11,7 +11,7 @@
 //! is tracked by one [`TaskTracker`], selects on the token, and is awaited up to the grace period,
 //! so in-flight REST calls get their answers. Before that, a drain (see [`Gateway::shutdown`]):
 //! `/readyz` answers 503 and new upgrades are refused while sessions stay open, then sessions are
-//! closed one by one, spread over the rest of the grace period.
+//! closed one by one, paced by `DRAIN_CLOSE_RATE` within the rest of the grace period.
 
 mod upgrade;
 
@@ -44,6 +44,7 @@ use crate::history::History;
 use crate::hub::Hub;
 use crate::limit::PerUser;
 use crate::metrics::Metrics;
+use crate::router::catchup::CatchUp;
 use crate::router::{Readiness, Router, RouterConfig, RouterParts};
 use crate::session::SessionContext;
 use crate::store::Store;
@@ -74,6 +75,8 @@ pub struct Gateway {
     grace: Duration,
     slot_lag: Option<Arc<crate::pg::SlotLag>>,
     drain: Duration,
+    /// Sessions closed per second after the drain (`DRAIN_CLOSE_RATE`).
+    close_rate: f64,
 }
 
 impl Gateway {
@@ -96,9 +99,10 @@ impl Gateway {
 
     /// Graceful shutdown within `SHUTDOWN_GRACE_SECS`: at once `/readyz` answers 503 and new
     /// WebSocket upgrades get 503 (REST keeps being served); after `DRAIN_SECS`, every session is
-    /// closed with 1001 "server shutting down", one at a time, evenly spread over most of the
-    /// rest of the grace period (so that reconnects do not all land on the other instances in
-    /// the same instant); then the listener stops, in-flight REST calls finish, the upstream
+    /// closed with 1001 "server shutting down", one at a time, `DRAIN_CLOSE_RATE` per second (a
+    /// few sessions close right away; many are spread out so that their reconnects do not all land
+    /// on the other instances in the same instant, faster than the rate only if the rate would run
+    /// past the grace period); then the listener stops, in-flight REST calls finish, the upstream
     /// channel is left, and this returns (at the latest when the grace period is over).
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.grace;
@@ -109,13 +113,18 @@ impl Gateway {
         tokio::time::sleep(drain).await;
         let window = close_window(self.grace, drain);
         let sessions = self.hub.sessions();
-        tracing::info!(sessions = sessions.len(), window_secs = window.as_secs_f64(), "closing sessions");
+        let schedule = close_schedule(sessions.len(), self.close_rate, window);
+        tracing::info!(
+            sessions = sessions.len(),
+            rate_per_sec = self.close_rate,
+            over_secs = schedule.clone().last().unwrap_or_default().as_secs_f64(),
+            "closing sessions"
+        );
         let start = tokio::time::Instant::now();
-        for (i, at) in close_schedule(sessions.len(), window).enumerate() {
+        for (session, at) in sessions.iter().zip(schedule) {
             tokio::time::sleep_until(start + at).await;
-            if let Some(session) = sessions.get(i) {
-                session.close(close::SHUTDOWN);
-            }
+            session.close(close::SHUTDOWN);
+            self.hub.metrics.shutdown_closed();
         }
         self.hub.close_all(close::SHUTDOWN);
         self.stop.cancel();
@@ -127,17 +136,20 @@ impl Gateway {
     }
 }
 
-/// The part of the grace period after the drain over which sessions are closed: all of it but a
+/// The part of the grace period after the drain within which sessions are closed: all of it but a
 /// tail (a fifth, at most 2 s) left for the last closes and in-flight calls to finish.
 pub fn close_window(grace: Duration, drain: Duration) -> Duration {
     let rest = grace.saturating_sub(drain);
     rest.saturating_sub((rest / 5).min(Duration::from_secs(2)))
 }
 
-/// When each of `n` sessions is closed, from the start of the window: evenly spaced, the first
-/// at once, the last one interval before the window's end.
-pub fn close_schedule(n: usize, window: Duration) -> impl Iterator<Item = Duration> {
-    let step = if n == 0 { Duration::ZERO } else { window / u32::try_from(n).unwrap_or(u32::MAX) };
+/// When each of `n` sessions is closed, from the end of the drain: one every `1 / rate` seconds,
+/// the first at once; if that would run past `window`, evenly spread over it instead (faster than
+/// the rate, never past the grace period). A rate that is not a positive number closes at once.
+pub fn close_schedule(n: usize, rate: f64, window: Duration) -> impl Iterator<Item = Duration> + Clone {
+    let paced = if rate.is_finite() && rate > 0.0 { Duration::from_secs_f64(1.0 / rate) } else { Duration::ZERO };
+    let fits = if n == 0 { Duration::ZERO } else { window / u32::try_from(n).unwrap_or(u32::MAX) };
+    let step = paced.min(fits);
     (0..n).map(move |i| step.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)))
 }
 
@@ -209,6 +221,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let (events_tx, events_rx) = mpsc::channel(config.upstream_channel_capacity);
     let watermark = Arc::new(Watermark::default());
+    let catchup = CatchUp::new(config.resume_catchup_timeout);
     let router = Router::new(RouterParts {
         hub: hub.clone(),
         directory,
@@ -227,6 +240,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         stop: stop.clone(),
         started,
         watermark: watermark.clone(),
+        catchup: catchup.clone(),
     });
     tasks.spawn(router.run(events_rx));
     let (backend_name, slot_lag) = match &config.backend {
@@ -271,6 +285,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         stop: stop.clone(),
         disconnects: disconnects.clone(),
         budgets: budgets.clone(),
+        catchup,
     };
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
     let rest = warp::service(api::routes(ApiState {
@@ -300,7 +315,17 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         );
     }
     tracing::info!(%addr, backend = %backend_name, "gateway listening");
-    Ok(Gateway { addr, hub, readiness, stop, tasks, grace: config.shutdown_grace, drain: config.drain, slot_lag })
+    Ok(Gateway {
+        addr,
+        hub,
+        readiness,
+        stop,
+        tasks,
+        grace: config.shutdown_grace,
+        drain: config.drain,
+        close_rate: config.drain_close_rate,
+        slot_lag,
+    })
 }
 
 /// The accept loop and what every connection needs.
@@ -379,16 +404,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sessions_are_closed_evenly_over_the_window_not_at_once() {
+    fn a_few_sessions_close_at_once_and_many_are_paced_within_the_window() {
         let window = close_window(Duration::from_secs(30), Duration::from_secs(5));
         assert_eq!(window, Duration::from_secs(23), "25 s after the drain, less a 2 s tail");
         assert_eq!(close_window(Duration::from_secs(4), Duration::from_secs(1)), Duration::from_millis(2400));
-        let at: Vec<Duration> = close_schedule(20, Duration::from_secs(2)).collect();
-        assert_eq!(at.len(), 20);
-        assert_eq!(at[0], Duration::ZERO);
-        assert_eq!(at[1], Duration::from_millis(100));
-        assert_eq!(at[19], Duration::from_millis(1900));
-        assert!(at.windows(2).all(|w| w[1] > w[0]));
-        assert_eq!(close_schedule(0, Duration::from_secs(2)).count(), 0);
+        // Two sessions at the default rate: both within a few milliseconds of the drain's end.
+        let two: Vec<Duration> = close_schedule(2, 500.0, window).collect();
+        assert_eq!(two, [Duration::ZERO, Duration::from_millis(2)]);
+        // 10,000 at 500/s: paced over 20 s, inside the 23 s window.
+        let many: Vec<Duration> = close_schedule(10_000, 500.0, window).collect();
+        assert_eq!(many.len(), 10_000);
+        assert_eq!(many[1], Duration::from_millis(2));
+        assert_eq!(many[9_999], Duration::from_millis(19_998));
+        assert!(many.windows(2).all(|w| w[1] > w[0]), "one at a time, in order");
+        // 10,000 at 100/s would take 100 s: evenly spread over the window instead, never past it.
+        let squeezed: Vec<Duration> = close_schedule(10_000, 100.0, window).collect();
+        assert_eq!(squeezed[1], Duration::from_micros(2_300));
+        assert!(*squeezed.last().expect("10,000") < window);
+        assert_eq!(close_schedule(0, 500.0, window).count(), 0);
+        assert!(close_schedule(3, 0.0, window).all(|at| at == Duration::ZERO), "no rate: all at once");
     }
 }

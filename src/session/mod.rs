@@ -37,7 +37,10 @@ use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::router::Readiness;
 use crate::store::{Store, StoreError};
 use outbox::{Outgoing, SessionHandle};
-use resume::Replay;
+use resume::{PendingSync, Release, Replay};
+
+/// A held-back `sync_complete`'s wait for the router's proof.
+type CatchUpWait = std::pin::Pin<Box<dyn std::future::Future<Output = Release> + Send>>;
 
 /// A write that makes no progress for this long drops the client.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +61,8 @@ pub struct SessionContext {
     pub disconnects: Arc<crate::admin::Disconnects>,
     /// Per-user budgets on `subscribe_thread` checks and database replays.
     pub budgets: Arc<crate::fair::UserBudgets>,
+    /// Catch-up tickets: a memory resume's `sync_complete` waits for the router's proof.
+    pub catchup: Arc<crate::router::catchup::CatchUp>,
 }
 
 struct Session<S> {
@@ -139,14 +144,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.send_json(hello).await.is_err() {
             return None;
         }
-        if let Some(replay) = replay {
-            if let Err(flow) = Box::pin(self.replay(replay)).await {
-                return self.finish(flow).await;
+        let mut pending = match replay {
+            Some(replay) => match Box::pin(self.replay(replay)).await {
+                Ok(pending) => pending,
+                Err(flow) => return self.finish(flow).await,
+            },
+            None => None,
+        };
+        if !self.ctx.readiness.upstream_live() {
+            if let Some(held) = pending.take() {
+                // Nothing can be proven: behind what is queued, sync_complete with the safe
+                // cursor, then the upstream-error frame.
+                let error = Outgoing::notice(ServerMessage::Error { message: protocol::UPSTREAM_ERROR }.to_json());
+                let flow = self.release_sync(held, Release::UpstreamDown);
+                self.shared.push(&error, &self.ctx.hub.metrics);
+                if let Flow::Close(reason) = flow {
+                    return self.finish(Flow::Close(reason)).await;
+                }
+            } else if self.error(protocol::UPSTREAM_ERROR).await.is_err() {
+                return None;
             }
         }
-        if !self.ctx.readiness.upstream_live() && self.error(protocol::UPSTREAM_ERROR).await.is_err() {
-            return None;
-        }
+        let mut catch_up: Option<CatchUpWait> =
+            pending.as_ref().map(|held| Box::pin(resume::caught_up(self.ctx.catchup.clone(), held.ticket)) as _);
         let ping_every = self.ctx.hub.limits().ping_interval;
         let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
@@ -177,6 +197,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 _ = &mut expiry => Flow::Close(close::EXPIRED),
+                release = wait_caught_up(&mut catch_up) => {
+                    catch_up = None;
+                    match pending.take() {
+                        Some(held) => self.release_sync(held, release),
+                        None => Flow::Continue,
+                    }
+                }
             };
             if !matches!(flow, Flow::Continue) {
                 return self.finish(flow).await;
@@ -238,13 +265,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Replays what the client missed (see [`resume`]); Err when the socket must end.
-    async fn replay(&mut self, replay: Replay) -> Result<(), Flow> {
+    /// Replays what the client missed (see [`resume`]); Err when the socket must end. A memory
+    /// replay's `sync_complete` is returned, held back until the session is caught up.
+    async fn replay(&mut self, replay: Replay) -> Result<Option<PendingSync>, Flow> {
         let gone = |_| Flow::Gone;
         let started = Instant::now();
-        let (count, cursor, from_memory) = match replay {
+        let (count, cursor) = match replay {
             Replay::Memory { frames, cursor } => {
-                let count = frames.len();
                 for chunk in frames.chunks(BATCH) {
                     for frame in chunk {
                         self.ws.feed(Message::Text(frame.text.clone())).await.map_err(gone)?;
@@ -254,16 +281,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         .map_err(|_| Flow::Close(close::STALLED))?
                         .map_err(gone)?;
                 }
-                (count, protocol::format_time(cursor), true)
+                let ticket = self.ctx.catchup.ask();
+                return Ok(Some(PendingSync { ticket, cursor, count: frames.len(), started }));
             }
             Replay::Database { since } => match self.replay_from_database(since).await? {
-                Some((count, cursor)) => (count, cursor, false),
-                None => return Ok(()),
+                Some((count, cursor)) => (count, cursor),
+                None => return Ok(None),
             },
         };
-        self.ctx.hub.metrics.resumed(from_memory, count as u64, started.elapsed());
-        tracing::info!(session = self.shared.id, count, from_memory, "resume replayed");
-        self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count }).await.map_err(gone)
+        self.ctx.hub.metrics.resumed(false, count as u64, started.elapsed());
+        tracing::info!(session = self.shared.id, count, from_memory = false, "resume replayed");
+        self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count }).await.map_err(gone)?;
+        Ok(None)
+    }
+
+    /// Queues a memory replay's `sync_complete` behind the live frames already queued.
+    fn release_sync(&mut self, held: PendingSync, release: Release) -> Flow {
+        resume::record_release(&self.ctx.hub.metrics, self.shared.id, &held, release);
+        self.shared.push(&resume::sync_complete(&self.ctx.history, &held), &self.ctx.hub.metrics);
+        match self.shared.close_reason() {
+            Some(reason) => Flow::Close(reason),
+            None => Flow::Continue,
+        }
     }
 
     /// Pages the user's messages from `since` (as the user: RLS decides); None when the
@@ -427,5 +466,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.error(&format!("Invalid access token: {e}")).await
             }
         }
+    }
+}
+
+/// The held-back `sync_complete`'s wait (pending forever when there is none).
+async fn wait_caught_up(wait: &mut Option<CatchUpWait>) -> Release {
+    match wait {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
     }
 }

@@ -119,7 +119,6 @@ impl SessionHandle {
     }
 
     /// Why the session was asked to close, if it was.
-    #[cfg(test)]
     pub fn close_reason(&self) -> Option<Close> {
         self.close_reason.get().copied()
     }

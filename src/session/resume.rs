@@ -7,8 +7,17 @@
 //! so RLS decides; what also arrives live is skipped by id). Replays are written straight to the
 //! socket page by page, so any length fits without touching the session's bounded queue. Never
 //! replays a message of a thread the user is not in.
+//!
+//! `sync_complete` means caught up: everything committed before the session registered was sent
+//! before it, or is not the user's. A database replay reads after the registration, so it has
+//! seen all of it. A memory replay holds `sync_complete` back ([`PendingSync`]) until the router
+//! proves that whatever it had not routed yet when the ring was read has been fanned out
+//! (`router::catchup`); meanwhile live frames flow, and `sync_complete` is queued behind them. If
+//! that proof does not come within `RESUME_CATCHUP_TIMEOUT_MS` (or the upstream is down), it is
+//! sent anyway with a cursor that is still safe, counted and logged.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -17,16 +26,79 @@ use crate::history::History;
 use crate::hub::{Hub, RegisterError};
 use crate::model::{format_time, parse_time, Sender};
 use crate::protocol::ServerMessage;
+use crate::router::catchup::CatchUp;
 
 /// Messages per database page.
 pub const PAGE: u32 = 500;
 
 /// How a session catches up before going live.
 pub enum Replay {
-    /// From the ring: these frames, in routing order, then `sync_complete` with `cursor`.
+    /// From the ring: these frames, in routing order, then `sync_complete` once caught up (with
+    /// a cursor at or above `cursor`).
     Memory { frames: Vec<Outgoing>, cursor: DateTime<Utc> },
     /// From the database, starting at `since`.
     Database { since: DateTime<Utc> },
+}
+
+/// A memory replay's `sync_complete`, held back until the session is proven caught up.
+pub struct PendingSync {
+    /// The session's catch-up ticket, taken once it was registered and its replay written.
+    pub ticket: u64,
+    /// The cursor when the ring was read (at or above the resume's `since`).
+    pub cursor: DateTime<Utc>,
+    /// Messages replayed.
+    pub count: usize,
+    pub started: Instant,
+}
+
+/// How a held-back `sync_complete` was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Everything committed before the session registered was queued before it.
+    CaughtUp,
+    /// No proof within the timeout.
+    TimedOut,
+    /// The upstream is down: nothing can be proven; the upstream-error frame follows.
+    UpstreamDown,
+}
+
+/// Waits for the router's proof of `ticket`, at most the configured timeout.
+pub async fn caught_up(catchup: Arc<CatchUp>, ticket: u64) -> Release {
+    match tokio::time::timeout(catchup.timeout(), catchup.proven(ticket)).await {
+        Ok(()) => Release::CaughtUp,
+        Err(_) => Release::TimedOut,
+    }
+}
+
+/// Counts and logs how a memory replay's `sync_complete` was released.
+pub fn record_release(metrics: &crate::metrics::Metrics, session: u64, held: &PendingSync, release: Release) {
+    metrics.resumed(true, held.count as u64, held.started.elapsed());
+    let (count, waited_ms) = (held.count, held.started.elapsed().as_millis() as u64);
+    match release {
+        Release::CaughtUp => tracing::info!(session, count, waited_ms, from_memory = true, "resume replayed"),
+        Release::TimedOut => {
+            metrics.resume_catchup_timed_out();
+            tracing::warn!(
+                session,
+                count,
+                waited_ms,
+                "resume: no proof of being caught up within RESUME_CATCHUP_TIMEOUT_MS; sync_complete sent with the safe cursor"
+            );
+        }
+        Release::UpstreamDown => tracing::warn!(
+            session,
+            count,
+            "resume: upstream down; sync_complete sent with the safe cursor, then the upstream error"
+        ),
+    }
+}
+
+/// The `sync_complete` of a memory replay, to queue behind the live frames already queued. Its
+/// cursor is the live cursor now: every message below it was fanned out, so it is in the replay or
+/// queued to this session before this frame. Never before the resume's `since`.
+pub fn sync_complete(history: &History, pending: &PendingSync) -> Outgoing {
+    let cursor = format_time(history.lock().cursor.max(pending.cursor));
+    Outgoing::notice(ServerMessage::SyncComplete { last_check_time: &cursor, count: pending.count }.to_json())
 }
 
 /// Parses the `since` of a WebSocket URL (an RFC 3339 time, as any cursor the gateway hands out).
