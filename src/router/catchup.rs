@@ -37,8 +37,11 @@ const PAGE: u32 = 1000;
 /// Most pages one probe reads; more means the cursor is far behind (a long-open transaction, a
 /// gap fill), and sessions fall back to their timeout instead of the router reading without end.
 const MAX_PAGES: usize = 20;
-/// Before a failed or stale probe is tried again.
+/// Before a failed probe is tried again.
 const RETRY: Duration = Duration::from_millis(500);
+/// Before a probe that found too many messages is tried again: reading again at once would find
+/// as many until the live cursor moves.
+const RETRY_TOO_MANY: Duration = Duration::from_secs(5);
 /// A probe whose ids have not all been fanned out after this long is read again (an id that will
 /// never come, such as a message deleted before a gap fill read it, cannot hold sessions back).
 const STALE: Duration = Duration::from_secs(2);
@@ -186,8 +189,9 @@ impl Prober {
                 self.settle();
             }
             Err(e) => {
-                tracing::warn!(error = %e, "catch-up probe failed; retrying");
-                self.state = State::Idle { retry_at: Some(Instant::now() + RETRY) };
+                let delay = if matches!(e, ProbeError::TooMany(_)) { RETRY_TOO_MANY } else { RETRY };
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "catch-up probe failed; resuming sessions wait for it or their timeout");
+                self.state = State::Idle { retry_at: Some(Instant::now() + delay) };
             }
         }
     }
@@ -268,7 +272,7 @@ mod tests {
         p.state = State::Reading;
         p.on_read(Read { covers: ticket, result: Err(ProbeError::TooMany(1)) }, |_, _| true);
         assert_eq!(p.shared.proven_now(), 0);
-        assert!(p.deadline().is_some(), "a retry is scheduled");
+        assert!(p.deadline().is_some_and(|at| at > Instant::now() + RETRY), "a later retry is scheduled");
         // Not live: nothing starts.
         p.state = State::Idle { retry_at: None };
         p.step(false, Utc::now());
