@@ -87,7 +87,7 @@ impl Waiting {
     }
 
     pub fn contains(&self, id: Uuid, created_at: DateTime<Utc>) -> bool {
-        self.times.contains(&(created_at, id))
+        self.times.contains_key(&(created_at, id))
     }
 
     pub fn oldest(&self) -> Option<DateTime<Utc>> {
