@@ -1,6 +1,6 @@
 //! Fault controls of the PostgREST stand-in, for tests: requests whose path contains a given text
-//! fail with a status (as PostgREST does when its pool or the database is down) or stall before
-//! being served, a given number of times or until cleared. None of this exists in PostgREST; with
+//! fail with a status (as PostgREST does when its pool or the database is down), stall before
+//! being served, or are served and answered late, a given number of times or until cleared. None of this exists in PostgREST; with
 //! no rule set, requests are served untouched.
 
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,9 @@ pub enum Fault {
     Fail(u16),
     /// Held this long, then served normally.
     Stall(Duration),
+    /// Served at once (the database is read now), its answer held this long before it is sent:
+    /// a slow network on the way back, so the answer is older than what committed meanwhile.
+    Delay(Duration),
 }
 
 #[derive(Debug, Clone)]

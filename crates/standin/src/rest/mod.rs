@@ -250,6 +250,7 @@ impl Rest {
                         return RestError::new(StatusCode::PAYLOAD_TOO_LARGE, "PGRST413", "Request body too large")
                             .reply();
                     }
+                    let mut late = None;
                     match rest.faults.take(tail.as_str()) {
                         Some(faults::Fault::Fail(code)) => {
                             return RestError::new(
@@ -260,14 +261,19 @@ impl Rest {
                             .reply();
                         }
                         Some(faults::Fault::Stall(duration)) => tokio::time::sleep(duration).await,
+                        Some(faults::Fault::Delay(duration)) => late = Some(duration),
                         None => {}
                     }
                     let params = url_params(&raw_query);
                     let request = Request { method, path: tail.as_str().to_string(), params, headers, body };
-                    match rest.handle(request).await {
+                    let response = match rest.handle(request).await {
                         Ok(response) => response,
                         Err(e) => e.reply(),
+                    };
+                    if let Some(duration) = late {
+                        tokio::time::sleep(duration).await;
                     }
+                    response
                 }
             })
             .boxed()
