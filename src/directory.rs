@@ -1,25 +1,35 @@
-//! Directory: who participates in which thread, and who senders are, for the routing path.
+//! Directory: who participates in which thread, and who senders are, for the routing path and
+//! for replays from memory.
 //!
-//! Owns the thread-membership cache (thread → participant user ids, kept fresh by the upstream's
-//! `thread_participants` events, bounded, trusted for `CACHE_TTL_SECS` after a load) and the
-//! sender-profile cache, and all of the routing path's PostgREST I/O: loads are single-flight per
-//! key, run in their own tracked tasks, and are retried with backoff until they succeed (or the
-//! gateway stops), so a slow or failing lookup holds up only the messages that need it. When a
-//! load completes, the router is told through a channel. Lookups never await; the router never
-//! waits here. This module never decides who receives a message (the hub does) and never uses a
-//! user's token.
+//! Owns the thread-membership cache (thread → participant user ids, kept current by the
+//! upstream's membership events, bounded, trusted for `CACHE_TTL_SECS` after a load) and the
+//! sender-profile cache, and all of their PostgREST I/O: loads are single-flight per key, run in
+//! their own tracked tasks, and are retried with backoff until they succeed (or the gateway
+//! stops), so a slow or failing lookup holds up only the messages that need it. When a load
+//! completes, the router is told through a channel and replays waiting for it are woken.
+//!
+//! Ordering: a member list read from the database may predate membership changes that reached
+//! the gateway while the read was under way. Every change applied while a load of its thread is
+//! in flight is logged with that load and applied again on top of the snapshot when it lands, so
+//! an older snapshot never undoes a newer change. When changes may have been missed altogether
+//! (the upstream reconnected, a bound dropped events: [`Directory::forget_members`]), every load
+//! in flight reads again instead of storing what it read before.
+//!
+//! Lookups from the router never await; the router never waits here. This module never decides
+//! who receives a message (the hub does) and never uses a user's token.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
 use dashmap::DashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
 use crate::model::Sender;
 use crate::store::{Profile, Store};
 
@@ -30,9 +40,13 @@ pub enum Key {
     Profile(Uuid),
 }
 
-enum Loaded {
-    Members(Vec<Uuid>),
-    Profiles(Vec<Profile>),
+/// The current membership of some threads could not be established in time.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("membership of {waiting} thread(s) (first {thread}) not read within {}ms", .within.as_millis())]
+pub struct Unchecked {
+    pub thread: Uuid,
+    pub waiting: usize,
+    pub within: Duration,
 }
 
 struct Members {
@@ -40,44 +54,147 @@ struct Members {
     loaded_at: Instant,
 }
 
+/// A membership load under way.
+#[derive(Default)]
+struct MemberLoad {
+    /// The last change per user applied since the load started (re-applied on its snapshot).
+    changes: HashMap<Uuid, bool>,
+    /// Changes may have been missed since the load started: its snapshot must be read again.
+    read_again: bool,
+}
+
+/// What landing a member-list snapshot did.
+#[derive(Debug, PartialEq, Eq)]
+enum Landed {
+    /// Stored, with this many newer changes applied on top of it.
+    Stored { reapplied: usize },
+    /// Not stored: the snapshot may predate changes that were missed; read it again.
+    ReadAgain,
+}
+
 /// The caches, shared with the load tasks.
 struct Caches {
     members: DashMap<Uuid, Members>,
+    /// Membership loads under way, by thread. Whoever changes `members` holds this lock first,
+    /// so a snapshot landing and a change being applied never interleave.
+    member_loads: Mutex<HashMap<Uuid, MemberLoad>>,
+    /// Wakes replays waiting for member lists.
+    members_landed: Notify,
     profiles: DashMap<Uuid, (Sender, Instant)>,
-    in_flight: DashMap<Key, ()>,
+    profiles_in_flight: DashMap<Uuid, ()>,
     max_threads: usize,
 }
 
 impl Caches {
-    fn store(&self, key: Key, value: Loaded) {
-        let now = Instant::now();
-        match (key, value) {
-            (Key::Members(thread), Loaded::Members(users)) => {
-                self.evict_if_full();
-                self.members.insert(thread, Members { users: Arc::new(users.into_iter().collect()), loaded_at: now });
-            }
-            (Key::Profile(user), Loaded::Profiles(list)) => {
-                if self.profiles.len() > self.max_threads.saturating_mul(4) {
-                    self.profiles.clear();
-                }
-                // A sender without a profile (deleted account) still gets a name: never wait forever.
-                let sender = list
-                    .into_iter()
-                    .find(|p| p.id == user)
-                    .map(|p| Sender { full_name: p.full_name, role: p.role })
-                    .unwrap_or_else(Sender::unknown);
-                self.profiles.insert(user, (sender, now));
-            }
-            _ => {}
+    fn new(max_threads: usize) -> Caches {
+        Caches {
+            members: DashMap::new(),
+            member_loads: Mutex::new(HashMap::new()),
+            members_landed: Notify::new(),
+            profiles: DashMap::new(),
+            profiles_in_flight: DashMap::new(),
+            max_threads,
         }
-        self.in_flight.remove(&key);
+    }
+
+    /// The loads lock. Every update under it is complete before it is released, so a poisoned
+    /// lock is taken over.
+    fn loads(&self) -> MutexGuard<'_, HashMap<Uuid, MemberLoad>> {
+        self.member_loads.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a load of `thread`; false when one is already under way.
+    fn begin_member_load(&self, thread: Uuid) -> bool {
+        let mut loads = self.loads();
+        if loads.contains_key(&thread) {
+            return false;
+        }
+        loads.insert(thread, MemberLoad::default());
+        true
+    }
+
+    /// A snapshot of `thread`'s participants, read after its load began.
+    fn land_members(&self, thread: Uuid, users: Vec<Uuid>) -> Landed {
+        let mut loads = self.loads();
+        let load = loads.remove(&thread).unwrap_or_default();
+        if load.read_again {
+            loads.insert(thread, MemberLoad::default());
+            return Landed::ReadAgain;
+        }
+        let mut users: HashSet<Uuid> = users.into_iter().collect();
+        for (user, present) in &load.changes {
+            if *present {
+                users.insert(*user);
+            } else {
+                users.remove(user);
+            }
+        }
+        self.evict_if_full();
+        self.members.insert(thread, Members { users: Arc::new(users), loaded_at: Instant::now() });
+        drop(loads);
+        self.members_landed.notify_waiters();
+        Landed::Stored { reapplied: load.changes.len() }
+    }
+
+    /// A load that ended without a snapshot (the gateway stops).
+    fn abandon_member_load(&self, thread: Uuid) {
+        self.loads().remove(&thread);
+    }
+
+    fn apply_membership(&self, thread: Uuid, user: Uuid, present: bool) {
+        let mut loads = self.loads();
+        if let Some(load) = loads.get_mut(&thread) {
+            load.changes.insert(user, present);
+        }
+        if let Some(mut m) = self.members.get_mut(&thread) {
+            if m.users.contains(&user) != present {
+                let mut users = (*m.users).clone();
+                if present {
+                    users.insert(user);
+                } else {
+                    users.remove(&user);
+                }
+                m.users = Arc::new(users);
+            }
+        }
+        drop(loads);
+    }
+
+    fn forget_members(&self) {
+        let mut loads = self.loads();
+        for load in loads.values_mut() {
+            load.changes.clear();
+            load.read_again = true;
+        }
+        self.members.clear();
+        drop(loads);
+    }
+
+    /// A member list loaded less than `ttl` ago (and kept current by the change feed since).
+    fn fresh_members(&self, thread: &Uuid, ttl: Duration) -> Option<Arc<HashSet<Uuid>>> {
+        let entry = self.members.get(thread)?;
+        (entry.loaded_at.elapsed() < ttl).then(|| entry.users.clone())
+    }
+
+    fn store_profile(&self, user: Uuid, list: Vec<Profile>) {
+        if self.profiles.len() > self.max_threads.saturating_mul(4) {
+            self.profiles.clear();
+        }
+        // A sender without a profile (deleted account) still gets a name: never wait forever.
+        let sender = list
+            .into_iter()
+            .find(|p| p.id == user)
+            .map(|p| Sender { full_name: p.full_name, role: p.role })
+            .unwrap_or_else(Sender::unknown);
+        self.profiles.insert(user, (sender, Instant::now()));
+        self.profiles_in_flight.remove(&user);
     }
 
     fn evict_if_full(&self) {
         if self.members.len() < self.max_threads {
             return;
         }
-        // Drop an arbitrary tenth; they reload on demand.
+        // Drop an arbitrary tenth; they reload on demand (a reload reads the current list).
         let victims: Vec<Uuid> = self.members.iter().take(self.max_threads / 10 + 1).map(|e| *e.key()).collect();
         for id in victims {
             self.members.remove(&id);
@@ -91,27 +208,28 @@ pub struct Directory {
     ttl: Duration,
     caches: Arc<Caches>,
     loaded: mpsc::UnboundedSender<Key>,
+    metrics: Arc<Metrics>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
+/// What [`Directory::new`] is built from.
+pub struct DirectoryParts {
+    pub store: Store,
+    pub ttl: Duration,
+    pub max_threads: usize,
+    pub metrics: Arc<Metrics>,
+    pub tasks: TaskTracker,
+    pub stop: CancellationToken,
+}
+
 impl Directory {
     /// A directory and the receiver of "key loaded" notices (for the router).
-    pub fn new(
-        store: Store,
-        ttl: Duration,
-        max_threads: usize,
-        tasks: TaskTracker,
-        stop: CancellationToken,
-    ) -> (Arc<Directory>, mpsc::UnboundedReceiver<Key>) {
+    pub fn new(parts: DirectoryParts) -> (Arc<Directory>, mpsc::UnboundedReceiver<Key>) {
         let (loaded, rx) = mpsc::unbounded_channel();
-        let caches = Arc::new(Caches {
-            members: DashMap::new(),
-            profiles: DashMap::new(),
-            in_flight: DashMap::new(),
-            max_threads,
-        });
-        (Arc::new(Directory { store, ttl, caches, loaded, tasks, stop }), rx)
+        let DirectoryParts { store, ttl, max_threads, metrics, tasks, stop } = parts;
+        let caches = Arc::new(Caches::new(max_threads));
+        (Arc::new(Directory { store, ttl, caches, loaded, metrics, tasks, stop }), rx)
     }
 
     /// Participants of a thread if cached. A stale entry is still answered (the change feed keeps
@@ -127,6 +245,39 @@ impl Directory {
         Some(users)
     }
 
+    /// The current participants of each of `threads`, for a replay from memory: an entry loaded
+    /// within `CACHE_TTL_SECS` and kept current by the change feed since; anything else is loaded
+    /// (single flight, shared with the router) and waited for, up to `within` in all.
+    pub async fn current_members(
+        &self,
+        threads: &[Uuid],
+        within: Duration,
+    ) -> Result<HashMap<Uuid, Arc<HashSet<Uuid>>>, Unchecked> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut found = HashMap::with_capacity(threads.len());
+        let mut missing: Vec<Uuid> = threads.to_vec();
+        loop {
+            // Armed before looking, so a load landing in between still wakes this wait.
+            let landed = self.caches.members_landed.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            missing.retain(|thread| match self.caches.fresh_members(thread, self.ttl) {
+                Some(users) => {
+                    found.insert(*thread, users);
+                    false
+                }
+                None => true,
+            });
+            let Some(first) = missing.first().copied() else { return Ok(found) };
+            for thread in &missing {
+                self.request(Key::Members(*thread));
+            }
+            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+                return Err(Unchecked { thread: first, waiting: missing.len(), within });
+            }
+        }
+    }
+
     /// A sender's name and role if cached.
     pub fn profile(&self, user_id: &Uuid) -> Option<Sender> {
         let entry = self.caches.profiles.get(user_id)?;
@@ -139,34 +290,30 @@ impl Directory {
         Some(sender)
     }
 
-    /// Applies a membership change from the upstream to a cached thread.
+    /// Applies a membership change from the upstream: to the cached thread, and to any load of it
+    /// under way (see the module's ordering note).
     pub fn apply_membership(&self, thread_id: Uuid, user_id: Uuid, present: bool) {
-        if let Some(mut m) = self.caches.members.get_mut(&thread_id) {
-            if m.users.contains(&user_id) != present {
-                let mut users = (*m.users).clone();
-                if present {
-                    users.insert(user_id);
-                } else {
-                    users.remove(&user_id);
-                }
-                m.users = Arc::new(users);
-            }
-        }
+        self.caches.apply_membership(thread_id, user_id, present);
     }
 
-    /// Forgets every cached membership (membership events may have been missed).
+    /// Forgets every cached membership (membership events may have been missed); loads under way
+    /// read again.
     pub fn forget_members(&self) {
-        self.caches.members.clear();
+        self.caches.forget_members();
     }
 
     /// Starts loading `key` unless a load is already running (single flight). The load retries
     /// with backoff until it succeeds; the router hears of it through the "loaded" channel.
     pub fn request(&self, key: Key) {
-        if self.caches.in_flight.insert(key, ()).is_some() {
+        let new = match key {
+            Key::Members(thread) => self.caches.begin_member_load(thread),
+            Key::Profile(user) => self.caches.profiles_in_flight.insert(user, ()).is_none(),
+        };
+        if !new {
             return;
         }
-        let (store, stop, loaded, caches) =
-            (self.store.clone(), self.stop.clone(), self.loaded.clone(), self.caches.clone());
+        let (store, stop, loaded, caches, metrics) =
+            (self.store.clone(), self.stop.clone(), self.loaded.clone(), self.caches.clone(), self.metrics.clone());
         self.tasks.spawn(async move {
             let mut delays = backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
@@ -176,25 +323,49 @@ impl Directory {
                 .build();
             loop {
                 let outcome = match key {
-                    Key::Members(thread) => store.thread_participants(thread).await.map(Loaded::Members),
-                    Key::Profile(user) => store.profiles(&[user]).await.map(Loaded::Profiles),
+                    Key::Members(thread) => store.thread_participants(thread).await.map(|users| {
+                        match caches.land_members(thread, users) {
+                            Landed::Stored { reapplied } => {
+                                if reapplied > 0 {
+                                    metrics.membership_reapplied(reapplied as u64);
+                                    tracing::info!(thread = %thread, reapplied, "member list read before newer membership changes: changes applied on top");
+                                }
+                                true
+                            }
+                            Landed::ReadAgain => false,
+                        }
+                    }),
+                    Key::Profile(user) => store.profiles(&[user]).await.map(|list| {
+                        caches.store_profile(user, list);
+                        true
+                    }),
                 };
-                match outcome {
-                    Ok(value) => {
-                        caches.store(key, value);
+                let delay = match outcome {
+                    Ok(true) => {
                         let _ = loaded.send(key);
                         return;
                     }
+                    // Membership events were missed while it was read: read it again at once.
+                    Ok(false) => Duration::ZERO,
                     Err(e) => {
                         let delay = delays.next().unwrap_or(Duration::from_secs(5));
                         tracing::warn!(?key, error = %e, retry_in_ms = delay.as_millis() as u64, "routing lookup failed; retrying");
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = stop.cancelled() => return,
+                        delay
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.cancelled() => {
+                        if let Key::Members(thread) = key {
+                            caches.abandon_member_load(thread);
                         }
+                        return;
                     }
                 }
             }
         });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,9 @@
 //! counted on the encoded frames, would be exceeded), its low-water mark (a resume from a cursor
 //! at or above it can be served from memory; below it the resume goes to the database, so an
 //! eviction never loses anything), and the cursor stamped on live frames. Never does I/O.
+//! A replay snapshot carries each frame's thread: the resuming session checks the user's current
+//! membership of it before sending anything (the recipients recorded here are those of routing
+//! time, and a participant may have been removed since).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,13 +22,15 @@ use crate::session::outbox::Outgoing;
 /// One routed message, as it went out.
 pub struct Entry {
     pub created_at: DateTime<Utc>,
+    pub thread_id: Uuid,
     pub participants: Arc<HashSet<Uuid>>,
     pub frame: Outgoing,
 }
 
 /// What one entry costs besides its frame's text: the entry itself, the frame's shared-bytes
-/// header, the `VecDeque` slot and the allocator's rounding (about 110 bytes), rounded up.
-pub const ENTRY_OVERHEAD: usize = 128;
+/// header, the `VecDeque` slot and the allocator's rounding (about 130 bytes with the entry's
+/// thread id), rounded up.
+pub const ENTRY_OVERHEAD: usize = 144;
 
 /// The ring's bounds: whichever is hit first evicts the oldest entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +87,13 @@ impl Ring {
         since >= self.low_water
     }
 
-    /// The frames a user resuming from `since` must get, in routing order.
-    pub fn replay_for(&self, user_id: &Uuid, since: DateTime<Utc>) -> Vec<Outgoing> {
+    /// The frames a user resuming from `since` was routed, in routing order, each with its
+    /// thread: to be checked against the user's current membership before they are sent.
+    pub fn replay_for(&self, user_id: &Uuid, since: DateTime<Utc>) -> Vec<(Uuid, Outgoing)> {
         self.entries
             .iter()
             .filter(|e| e.created_at >= since && e.participants.contains(user_id))
-            .map(|e| e.frame.clone())
+            .map(|e| (e.thread_id, e.frame.clone()))
             .collect()
     }
 }
@@ -126,7 +132,18 @@ mod tests {
     use super::*;
 
     fn entry(t: DateTime<Utc>, users: &[Uuid]) -> Entry {
-        Entry { created_at: t, participants: Arc::new(users.iter().copied().collect()), frame: Outgoing::notice("m") }
+        Entry {
+            created_at: t,
+            thread_id: Uuid::nil(),
+            participants: Arc::new(users.iter().copied().collect()),
+            frame: Outgoing::notice("m"),
+        }
+    }
+
+    #[test]
+    fn the_overhead_covers_an_entry() {
+        // The entry's own slot plus a shared-bytes header (32) and an allocator header (16).
+        assert!(std::mem::size_of::<Entry>() + 48 <= ENTRY_OVERHEAD, "{}", std::mem::size_of::<Entry>());
     }
 
     #[test]
@@ -148,6 +165,7 @@ mod tests {
     fn sized(t: DateTime<Utc>, user: Uuid, text_bytes: usize) -> Entry {
         Entry {
             created_at: t,
+            thread_id: Uuid::nil(),
             participants: Arc::new([user].into_iter().collect()),
             frame: Outgoing::notice("x".repeat(text_bytes)),
         }

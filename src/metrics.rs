@@ -132,6 +132,9 @@ pub struct Metrics {
     resumes_from_database: Counter,
     replayed_messages: Counter,
     read_state_pushes: Counter,
+    replay_withheld: Counter,
+    resume_membership_unchecked: Counter,
+    membership_reapplied: Counter,
     disconnects: Family<DisconnectLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     delivery_latency: Histogram,
@@ -228,6 +231,21 @@ impl Metrics {
             counter(&mut r, "resumes_from_database", "WebSocket resumes served from the database");
         let replayed_messages = counter(&mut r, "replayed_messages", "Messages replayed to resuming sessions");
         let read_state_pushes = counter(&mut r, "read_state_pushes", "thread_read frames pushed");
+        let replay_withheld = counter(
+            &mut r,
+            "replay_withheld_messages",
+            "Messages left out of resume replays from memory: the user is no longer a participant of their thread",
+        );
+        let resume_membership_unchecked = counter(
+            &mut r,
+            "resume_membership_unchecked",
+            "Resumes the ring covered but the database replayed: membership could not be checked (upstream down, member list not read within BACKEND_TIMEOUT_MS)",
+        );
+        let membership_reapplied = counter(
+            &mut r,
+            "membership_changes_reapplied",
+            "Membership changes that arrived while a member list was being read, applied again on top of it",
+        );
         let disconnects = Family::<DisconnectLabels, Counter>::default();
         r.register(
             "disconnects",
@@ -323,6 +341,9 @@ impl Metrics {
             replayed_messages,
             read_state_pushes,
             fairness,
+            replay_withheld,
+            resume_membership_unchecked,
+            membership_reapplied,
             disconnects,
             auth_failures,
             delivery_latency,
@@ -407,6 +428,15 @@ impl Metrics {
     /// A memory resume's `sync_complete` went out without its catch-up proof (timed out).
     pub fn resume_catchup_timed_out(&self) {
         self.resume_catchup_timeouts.inc();
+    }
+    pub fn replay_withheld(&self, n: u64) {
+        self.replay_withheld.inc_by(n);
+    }
+    pub fn resume_membership_unchecked(&self) {
+        self.resume_membership_unchecked.inc();
+    }
+    pub fn membership_reapplied(&self, n: u64) {
+        self.membership_reapplied.inc_by(n);
     }
     pub fn read_state_pushed(&self) {
         self.read_state_pushes.inc();

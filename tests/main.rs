@@ -17,6 +17,7 @@ mod horizon;
 mod instances;
 mod js_client;
 mod keys;
+mod membership;
 mod memory;
 mod openapi;
 mod operators;

@@ -98,9 +98,8 @@ impl Router {
         );
         for (_, queue) in self.threads.drain() {
             for waiter in queue {
-                if let Waiter::Message { row, created_at, .. } = waiter {
-                    self.seen.forget(row.id, created_at);
-                }
+                let Waiter::Message { row, created_at, .. } = waiter;
+                self.seen.forget(row.id, created_at);
             }
         }
         self.held.clear();
@@ -222,10 +221,11 @@ impl Router {
     /// also took out the copy still queued behind a lookup: rebuilt, the cursor cannot pass it.
     fn rebuild_waiting(&mut self) {
         self.waiting.clear();
-        let queued = self.threads.values().flatten().filter_map(|w| match w {
-            Waiter::Message { row, created_at, .. } => Some((row.id, *created_at, row_cost(row))),
-            Waiter::Membership { .. } => None,
-        });
+        let queued = self
+            .threads
+            .values()
+            .flatten()
+            .map(|Waiter::Message { row, created_at, .. }| (row.id, *created_at, row_cost(row)));
         let held = self.held.iter().filter_map(|e| match e {
             UpstreamEvent::Message { row, .. } => row.created().map(|t| (row.id, t, row_cost(row))),
             _ => None,

@@ -1,7 +1,9 @@
 //! Router: the one task that consumes the upstream's events in order and turns them into
 //! deliveries, exactly once.
 //!
-//! Owns ordering (per thread, a message waits behind the thread's earlier messages), the lookups
+//! Owns ordering (per thread, a message waits behind the thread's earlier messages; membership
+//! changes never wait: they apply at once, so a message goes to the participants of the moment it
+//! is delivered, as RLS would show it), the lookups
 //! a message waits for (membership and sender, loaded by the [`Directory`] without ever blocking
 //! this loop), deduplication by id over the whole gap-fill window ([`window::Seen`]), gap fill
 //! after any loss ([`gap`]: upstream down, an unreadable change, a bound hit), readiness, the live
@@ -62,18 +64,11 @@ pub struct RouterConfig {
     pub read_state_window: Duration,
 }
 
-/// Something waiting in a thread's queue.
+/// A message waiting in its thread's queue. `committed`: the upstream's commit time (live
+/// messages only), for the delivery latency. Membership changes never wait here: they apply at
+/// once (see [`Router::on_event`]).
 enum Waiter {
-    /// `committed`: the upstream's commit time (live messages only), for the delivery latency.
-    Message {
-        row: MessageRow,
-        created_at: DateTime<Utc>,
-        committed: Option<DateTime<Utc>>,
-    },
-    Membership {
-        user_id: Uuid,
-        present: bool,
-    },
+    Message { row: MessageRow, created_at: DateTime<Utc>, committed: Option<DateTime<Utc>> },
 }
 
 enum GapState {
@@ -280,6 +275,11 @@ impl Router {
             UpstreamEvent::Checkpoint { position } => {
                 self.checkpoint = Some(self.checkpoint.map_or(position, |c| c.max(position)));
             }
+            UpstreamEvent::Membership { thread_id, user_id, present, .. } if !matches!(self.gap, GapState::Idle) => {
+                // Membership is decided at delivery time: a change applies at once, ahead of the
+                // held messages (a removed user gets none of them; RLS would show them none).
+                self.apply_membership(thread_id, user_id, present);
+            }
             change => {
                 if !matches!(self.gap, GapState::Idle) {
                     // Older messages are still being read from the database: keep thread order.
@@ -337,10 +337,11 @@ impl Router {
         }
         match change {
             UpstreamEvent::Message { row, committed } => self.accept(row, committed),
-            UpstreamEvent::Membership { thread_id, user_id, present, .. } => match self.threads.get_mut(&thread_id) {
-                Some(queue) => queue.push_back(Waiter::Membership { user_id, present }),
-                None => self.apply_membership(thread_id, user_id, present),
-            },
+            // At once, even when messages of the thread wait for lookups: they go to whoever is a
+            // participant when they are delivered.
+            UpstreamEvent::Membership { thread_id, user_id, present, .. } => {
+                self.apply_membership(thread_id, user_id, present)
+            }
             UpstreamEvent::ReadState { thread_id, user_id, last_read_at, .. } => {
                 self.read_states.push(thread_id, user_id, last_read_at)
             }
@@ -421,7 +422,7 @@ impl Router {
         let frame = Outgoing { text: text.into(), message: Some(id) };
         let mut ring = self.history.lock();
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
-        ring.push(Entry { created_at, participants: members, frame });
+        ring.push(Entry { created_at, thread_id, participants: members, frame });
         drop(ring);
         self.prober.on_delivered(&id);
         if let Some(committed) = committed {
@@ -457,17 +458,13 @@ impl Router {
 
     fn drain(&mut self, thread_id: Uuid) {
         while let Some(front) = self.threads.get_mut(&thread_id).and_then(VecDeque::pop_front) {
-            match front {
-                Waiter::Membership { user_id, present } => self.apply_membership(thread_id, user_id, present),
-                Waiter::Message { row, created_at, committed } => {
-                    if let Some(row) = self.try_deliver(row, created_at, committed) {
-                        self.waiting.add(row.id, created_at, row_cost(&row));
-                        if let Some(queue) = self.threads.get_mut(&thread_id) {
-                            queue.push_front(Waiter::Message { row, created_at, committed });
-                        }
-                        return;
-                    }
+            let Waiter::Message { row, created_at, committed } = front;
+            if let Some(row) = self.try_deliver(row, created_at, committed) {
+                self.waiting.add(row.id, created_at, row_cost(&row));
+                if let Some(queue) = self.threads.get_mut(&thread_id) {
+                    queue.push_front(Waiter::Message { row, created_at, committed });
                 }
+                return;
             }
         }
         self.threads.remove(&thread_id);

@@ -38,7 +38,7 @@ use crate::api::{self, ApiState};
 use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
 use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
-use crate::directory::Directory;
+use crate::directory::{Directory, DirectoryParts};
 use crate::edge::Edge;
 use crate::history::History;
 use crate::hub::Hub;
@@ -208,8 +208,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     crate::publication::check_sync_horizon(&store, &tasks, &stop).await?;
     crate::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
-    let (directory, loaded) =
-        Directory::new(store.clone(), config.cache_ttl, config.cache_max_threads, tasks.clone(), stop.clone());
+    let (directory, loaded) = Directory::new(DirectoryParts {
+        store: store.clone(),
+        ttl: config.cache_ttl,
+        max_threads: config.cache_max_threads,
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+        stop: stop.clone(),
+    });
     let margin = chrono::Duration::from_std(config.catchup_margin).unwrap_or_else(|_| chrono::Duration::seconds(60));
     let bounds = crate::history::Bounds { messages: config.resume_buffer, bytes: config.resume_buffer_bytes };
     let history = History::new(bounds, started - margin);
@@ -224,7 +230,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let catchup = CatchUp::new(config.resume_catchup_timeout);
     let router = Router::new(RouterParts {
         hub: hub.clone(),
-        directory,
+        directory: directory.clone(),
         loaded,
         store: store.clone(),
         history: history.clone(),
@@ -281,6 +287,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         verifier: verifier.clone(),
         store: store.clone(),
         history,
+        directory,
+        membership_wait: config.backend_timeout,
         readiness: readiness.clone(),
         stop: stop.clone(),
         disconnects: disconnects.clone(),

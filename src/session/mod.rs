@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use crate::auth::{Identity, Verifier};
 use crate::close::{self, Close};
+use crate::directory::Directory;
 use crate::history::History;
 use crate::hub::Hub;
 use crate::limit::TokenBucket;
@@ -54,6 +55,10 @@ pub struct SessionContext {
     pub verifier: Arc<Verifier>,
     pub store: Store,
     pub history: Arc<History>,
+    /// Thread memberships, as the live path reads them: memory replays are checked against it.
+    pub directory: Arc<Directory>,
+    /// How long a memory replay waits for member lists it must load (`BACKEND_TIMEOUT_MS`).
+    pub membership_wait: Duration,
     pub readiness: Arc<Readiness>,
     /// Cancelled when the gateway shuts down.
     pub stop: CancellationToken,
@@ -271,7 +276,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let gone = |_| Flow::Gone;
         let started = Instant::now();
         let (count, cursor) = match replay {
-            Replay::Memory { frames, cursor } => {
+            Replay::Memory { frames, cursor, since } => {
+                let Some(frames) = self.current_members_only(frames).await else {
+                    let Some((count, cursor)) = self.replay_from_database(since).await? else { return Ok(None) };
+                    return self.replayed_from_database(count, cursor, started).await;
+                };
                 for chunk in frames.chunks(BATCH) {
                     for frame in chunk {
                         self.ws.feed(Message::Text(frame.text.clone())).await.map_err(gone)?;
@@ -289,9 +298,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 None => return Ok(None),
             },
         };
+        self.replayed_from_database(count, cursor, started).await
+    }
+
+    /// Counts a completed database replay and sends its `sync_complete`.
+    async fn replayed_from_database(
+        &mut self,
+        count: usize,
+        cursor: String,
+        started: Instant,
+    ) -> Result<Option<PendingSync>, Flow> {
         self.ctx.hub.metrics.resumed(false, count as u64, started.elapsed());
         tracing::info!(session = self.shared.id, count, from_memory = false, "resume replayed");
-        self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count }).await.map_err(gone)?;
+        self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count })
+            .await
+            .map_err(|_| Flow::Gone)?;
         Ok(None)
     }
 
@@ -302,6 +323,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match self.shared.close_reason() {
             Some(reason) => Flow::Close(reason),
             None => Flow::Continue,
+        }
+    }
+
+    /// The frames of a memory replay of threads the user is in now, by the directory the live
+    /// path uses; None when that cannot be known (change feed not live, member lists not read in
+    /// time): the resume then goes to the database, where RLS decides. Never unchecked.
+    async fn current_members_only(&mut self, frames: Vec<(Uuid, Outgoing)>) -> Option<Vec<Outgoing>> {
+        let metrics = &self.ctx.hub.metrics;
+        if !self.ctx.readiness.upstream_live() {
+            // Membership changes made meanwhile have not reached the directory.
+            metrics.resume_membership_unchecked();
+            tracing::info!(
+                session = self.shared.id,
+                "resume from memory while the upstream is down: replaying from the database"
+            );
+            return None;
+        }
+        let threads = resume::threads_of(&frames);
+        match self.ctx.directory.current_members(&threads, self.ctx.membership_wait).await {
+            Ok(members) => {
+                let (frames, withheld) = resume::members_only(frames, &self.shared.user_id, &members);
+                if withheld > 0 {
+                    metrics.replay_withheld(withheld as u64);
+                    tracing::info!(session = self.shared.id, user = %self.shared.user_id, withheld, "resume: messages of threads the user has left withheld");
+                }
+                Some(frames)
+            }
+            Err(e) => {
+                metrics.resume_membership_unchecked();
+                tracing::warn!(session = self.shared.id, error = %e, "resume: membership not checked in time; replaying from the database");
+                None
+            }
         }
     }
 

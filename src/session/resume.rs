@@ -6,7 +6,10 @@
 //! and the database (the session registers first, then pages `chat_offline_messages` as the user,
 //! so RLS decides; what also arrives live is skipped by id). Replays are written straight to the
 //! socket page by page, so any length fits without touching the session's bounded queue. Never
-//! replays a message of a thread the user is not in.
+//! replays a message of a thread the user is not in: a memory replay is filtered by the user's
+//! current membership of each thread, read from the directory the live path uses (a change feed
+//! that is not live, or a member list that cannot be read in time, sends the resume to the
+//! database instead, where RLS decides).
 //!
 //! `sync_complete` means caught up: everything committed before the session registered was sent
 //! before it, or is not the user's. A database replay reads after the registration, so it has
@@ -16,10 +19,12 @@
 //! that proof does not come within `RESUME_CATCHUP_TIMEOUT_MS` (or the upstream is down), it is
 //! sent anyway with a cursor that is still safe, counted and logged.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
+use uuid::Uuid;
 
 use super::outbox::{Outgoing, SessionHandle};
 use crate::history::History;
@@ -33,9 +38,11 @@ pub const PAGE: u32 = 500;
 
 /// How a session catches up before going live.
 pub enum Replay {
-    /// From the ring: these frames, in routing order, then `sync_complete` once caught up (with
-    /// a cursor at or above `cursor`).
-    Memory { frames: Vec<Outgoing>, cursor: DateTime<Utc> },
+    /// From the ring: these frames (each with its thread), in routing order, once checked
+    /// against the user's current membership, then `sync_complete` once caught up (with a cursor
+    /// at or above `cursor`). `since` is the client's, for a database replay when the membership
+    /// cannot be checked.
+    Memory { frames: Vec<(Uuid, Outgoing)>, cursor: DateTime<Utc>, since: DateTime<Utc> },
     /// From the database, starting at `since`.
     Database { since: DateTime<Utc> },
 }
@@ -114,7 +121,7 @@ pub fn parse_since(raw: &str) -> Option<DateTime<Utc>> {
 pub fn register(
     hub: &Hub,
     history: &History,
-    user_id: uuid::Uuid,
+    user_id: Uuid,
     since: Option<DateTime<Utc>>,
 ) -> Result<(Arc<SessionHandle>, Option<Replay>), RegisterError> {
     let Some(since) = since else { return Ok((hub.register(user_id)?, None)) };
@@ -123,10 +130,34 @@ pub fn register(
         let handle = hub.register(user_id)?;
         let frames = ring.replay_for(&user_id, since);
         let cursor = ring.cursor.max(since);
-        return Ok((handle, Some(Replay::Memory { frames, cursor })));
+        return Ok((handle, Some(Replay::Memory { frames, cursor, since })));
     }
     drop(ring);
     Ok((hub.register(user_id)?, Some(Replay::Database { since })))
+}
+
+/// The threads of a memory replay, each once.
+pub fn threads_of(frames: &[(Uuid, Outgoing)]) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    frames.iter().map(|(thread, _)| *thread).filter(|thread| seen.insert(*thread)).collect()
+}
+
+/// The frames of a memory replay whose thread `user_id` currently participates in (`members`:
+/// the current participants by thread; a thread missing from it counts as not the user's), in
+/// order; and how many were withheld.
+pub fn members_only(
+    frames: Vec<(Uuid, Outgoing)>,
+    user_id: &Uuid,
+    members: &HashMap<Uuid, Arc<HashSet<Uuid>>>,
+) -> (Vec<Outgoing>, usize) {
+    let total = frames.len();
+    let kept: Vec<Outgoing> = frames
+        .into_iter()
+        .filter(|(thread, _)| members.get(thread).is_some_and(|users| users.contains(user_id)))
+        .map(|(_, frame)| frame)
+        .collect();
+    let withheld = total - kept.len();
+    (kept, withheld)
 }
 
 /// The frame of a replayed database row, stamped with the resume's own `since` (safe: nothing
@@ -162,5 +193,24 @@ mod tests {
         assert!(parse_since("2026-01-01").is_none());
         assert!(parse_since("yesterday").is_none());
         assert!(parse_since("").is_none());
+    }
+
+    #[test]
+    fn a_memory_replay_keeps_only_the_threads_the_user_is_in_now() {
+        let (user, kept, left, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let frames: Vec<(Uuid, Outgoing)> = [kept, left, kept, unknown, left]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (*t, Outgoing::notice(i.to_string())))
+            .collect();
+        assert_eq!(threads_of(&frames), vec![kept, left, unknown]);
+        let members: HashMap<Uuid, Arc<HashSet<Uuid>>> =
+            [(kept, Arc::new([user].into_iter().collect())), (left, Arc::new([Uuid::new_v4()].into_iter().collect()))]
+                .into_iter()
+                .collect();
+        let (out, withheld) = members_only(frames, &user, &members);
+        let texts: Vec<&str> = out.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(texts, ["0", "2"], "in order, only the thread the user is still in");
+        assert_eq!(withheld, 3, "a thread missing from the check counts as not the user's");
     }
 }

@@ -7,8 +7,8 @@ use super::*;
 pub(super) struct Connection {
     pub(super) opened: Option<DateTime<Utc>>,
     pub(super) since: Option<DateTime<Utc>>,
-    /// (message id, live = after sync_complete)
-    pub(super) frames: Vec<(Uuid, bool)>,
+    /// (message id, live = after sync_complete, received at)
+    pub(super) frames: Vec<(Uuid, bool, DateTime<Utc>)>,
     pub(super) synced: Option<DateTime<Utc>>,
     pub(super) replay_failed: bool,
     pub(super) abrupt: bool,
@@ -148,7 +148,7 @@ impl Device {
             match v["type"].as_str() {
                 Some("new_message") => {
                     let Some(id) = v["data"]["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) else { continue };
-                    conn.frames.push((id, conn.synced.is_some()));
+                    conn.frames.push((id, conn.synced.is_some(), Utc::now()));
                     self.received.insert(id);
                     let conn_index = self.log.connections.len();
                     self.log.timeline.push(Seen::Message { id, conn: conn_index, live: conn.synced.is_some() });

@@ -24,6 +24,12 @@ pub(super) struct Report {
     pub(super) frames: usize,
     pub(super) replayed_frames: usize,
     pub(super) duplicates_across_connections: usize,
+    /// Connections of a user opened after their removal from a thread (and no re-add since):
+    /// each a resume that must not carry that thread.
+    pub(super) resumes_after_removal: usize,
+    /// Messages of a thread that reached a user on a connection opened after their removal from
+    /// it (live or replayed, not re-added by then). Must be 0.
+    pub(super) delivered_after_removal: usize,
     pub(super) violations: Vec<String>,
 }
 
@@ -31,7 +37,7 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} (message, device) pairs expected, {} delivered ({} before the cursor that covered them), {} left out near membership changes, {} not delivered because the user was removed before the gateway routed them; {} connections ({} completed resumes, {} replays failed and retried, {} abrupt drops); {} frames ({} replayed); {} duplicates across connections (allowed, deduplicated by id); {} live frames of messages committed before the user joined; {} violations",
+            "{} (message, device) pairs expected, {} delivered ({} before the cursor that covered them), {} left out near membership changes, {} not delivered because the user was removed before the gateway routed them; {} connections ({} completed resumes, {} replays failed and retried, {} abrupt drops); {} frames ({} replayed); {} duplicates across connections (allowed, deduplicated by id); {} live frames of messages committed before the user joined; {} resumes after a removal, {} messages delivered to a removed user after the removal; {} violations",
             self.expected,
             self.delivered,
             self.delivered_in_time,
@@ -45,6 +51,8 @@ impl std::fmt::Display for Report {
             self.replayed_frames,
             self.duplicates_across_connections,
             self.live_before_join,
+            self.resumes_after_removal,
+            self.delivered_after_removal,
             self.violations.len()
         )
     }
@@ -71,9 +79,14 @@ pub(super) fn ledger(p: &Params, written: &[Written], membership: &Membership, l
             r.resumes += usize::from(conn.synced.is_some());
             r.replay_failures += usize::from(conn.replay_failed);
             r.abrupt_drops += usize::from(conn.abrupt);
+            let opened = conn.opened.unwrap_or_default();
+            r.resumes_after_removal += usize::from(
+                conn.synced.is_some()
+                    && (0..p.threads).any(|t| membership.removed_between(t, user, opened, opened, p.window).is_some()),
+            );
             let mut once: HashSet<Uuid> = HashSet::new();
             let mut last_rank: HashMap<usize, u64> = HashMap::new();
-            for (id, live) in &conn.frames {
+            for (id, live, at) in &conn.frames {
                 r.frames += 1;
                 r.replayed_frames += usize::from(!live);
                 let Some(m) = by_id.get(id) else {
@@ -99,6 +112,13 @@ pub(super) fn ledger(p: &Params, written: &[Written], membership: &Membership, l
                     );
                 }
                 *last = (*last).max(m.rank);
+                if let Some(removed) = membership.removed_between(m.thread, user, opened, *at, p.window) {
+                    r.delivered_after_removal += 1;
+                    violation(&mut r, format!(
+                        "device {d} (user {user}) connection {c}: {} message {id} of thread {} #{} on a connection opened {} after the user's removal ({})",
+                        if *live { "live" } else { "replayed" }, m.thread, m.rank, format_cursor(opened), format_cursor(removed)
+                    ));
+                }
                 if membership.at_commit(m.thread, user, m.start, m.committed) != Some(false) {
                     continue;
                 }

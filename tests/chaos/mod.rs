@@ -19,6 +19,10 @@
 //!   contract allows it: counted and reported, deduplicated by id as a client does);
 //! - **in order**: on each socket, the messages of a thread came in commit order (replayed and
 //!   live frames alike; rows of one transaction share a rank);
+//! - **nothing after a removal** (strict): no connection opened `WINDOW` after its user was
+//!   removed from a thread (and not added back by then) received a message of that thread, live
+//!   or replayed. Besides the churn, a few parents are removed while every device is away, and
+//!   their devices then resume with cursors from before the removal;
 //! - **never to outsiders** (strict, no window): no socket received live a message of a thread
 //!   whose participants, at the message's commit, definitely did not include its user (the
 //!   membership change committed before the message's transaction started, or started after the
@@ -157,7 +161,7 @@ pub async fn run(p: Params) {
         tokio::time::sleep(Duration::from_secs(p.secs)).await;
         let _ = stop_chaos.send(true);
     });
-    let changes = churn_task.await.expect("churn task");
+    let mut changes = churn_task.await.expect("churn task");
     world.stack.rest_faults().clear();
 
     // Quiet: devices leave, writers write their last transaction, the gateway settles.
@@ -171,6 +175,15 @@ pub async fn run(p: Params) {
         transactions += txs;
     }
     world.wait_ready(true).await;
+    // Members removed while every device is away; below, their devices resume with cursors from
+    // before the removal (from the ring or the database): none of that thread may reach them.
+    let deadline = tokio::time::Instant::now() + crate::common::ARRIVES;
+    while world.metric("gateway_sessions").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "devices left");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let removed_away = remove_while_away(world.stack.sql().await, &ids, &mut changes, &mut rng, 3).await;
+    tokio::time::sleep((p.window + chrono::Duration::milliseconds(200)).to_std().unwrap_or_default()).await;
     let membership = Membership { initial: school.initial.clone(), changes };
     let mut last_of_thread: HashMap<usize, Uuid> = HashMap::new();
     for w in &written {
@@ -220,6 +233,12 @@ pub async fn run(p: Params) {
     eprintln!("chaos: gateway {gauges:?}");
     assert!(fault_log.upstream_drops > 0 && faults_hit > 0, "the run must have had faults to mean anything");
     assert!(report.expected > 0 && report.resumes > 0, "the run must have exercised delivery and resume");
+    assert!(
+        removed_away > 0 && report.resumes_after_removal >= removed_away,
+        "members removed while away ({removed_away}) must have resumed ({} resumes after a removal)",
+        report.resumes_after_removal
+    );
+    assert_eq!(report.delivered_after_removal, 0, "nothing reaches a removed member after the removal");
     if !report.violations.is_empty() {
         let mut keys: Vec<_> = membership.changes.keys().copied().collect();
         keys.sort();

@@ -211,6 +211,45 @@ pub(super) async fn churn(
     }
 }
 
+/// Removes up to `n` parents from threads they are in while every device is away (the caller
+/// made sure of it), logging each change; returns how many were removed.
+pub(super) async fn remove_while_away(
+    db: tokio_postgres::Client,
+    school: &SchoolIds,
+    log: &mut HashMap<(usize, usize), Vec<Change>>,
+    rng: &mut Rng,
+    n: usize,
+) -> usize {
+    let mut members: Vec<(usize, usize)> = school
+        .initial
+        .iter()
+        .chain(log.keys())
+        .copied()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter(|&(t, u)| {
+            u >= school.threads.len()
+                && log.get(&(t, u)).and_then(|cs| cs.last()).map_or(school.initial.contains(&(t, u)), |c| c.present)
+        })
+        .collect();
+    members.sort_unstable();
+    let mut removed = 0;
+    while removed < n && !members.is_empty() {
+        let (t, u) = members.swap_remove(rng.below(members.len() as u64) as usize);
+        let row = db
+            .query_one(
+                "delete from public.thread_participants where thread_id = $1 and user_id = $2 returning now()",
+                &[&school.threads[t], &school.users[u]],
+            )
+            .await
+            .expect("membership removal");
+        let start: DateTime<Utc> = row.get(0);
+        log.entry((t, u)).or_default().push(Change { present: false, start, committed: Utc::now() });
+        removed += 1;
+    }
+    removed
+}
+
 pub(super) struct SchoolIds {
     pub(super) users: Vec<Uuid>,
     pub(super) threads: Vec<Uuid>,
@@ -257,6 +296,23 @@ impl Membership {
             }
         }
         Some(state)
+    }
+
+    /// The commit of a removal of the user from the thread before `before` (with `window` to
+    /// reach the gateway) that no re-add started after, up to `until`: from then on, nothing of
+    /// that thread may reach the user.
+    pub(super) fn removed_between(
+        &self,
+        thread: usize,
+        user: usize,
+        before: DateTime<Utc>,
+        until: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> Option<DateTime<Utc>> {
+        let changes = self.changes.get(&(thread, user)).map(Vec::as_slice).unwrap_or_default();
+        let removal = changes.iter().rev().find(|c| !c.present && c.committed + window < before)?;
+        let readded = changes.iter().any(|c| c.present && c.start >= removal.committed && c.start <= until);
+        (!readded).then_some(removal.committed)
     }
 
     /// Whether the user was (possibly) added to the thread after `after`.
