@@ -324,10 +324,10 @@ async fn no_cursor_passes_a_message_held_during_a_gap_fill_and_still_waiting() {
         carla.receive_until(warm).await;
     }
     let (realtime, rest) = (world.stack.realtime(), world.stack.rest_faults());
-    // No routing lookup succeeds (the upstream's return forgets memberships); the gap fill's
-    // first page stalls long enough for a message to arrive from the upstream meanwhile.
+    // No profile lookup succeeds (David's is not cached yet); the gap fill's first page stalls
+    // long enough for a message to arrive from the upstream meanwhile. Member lists still load:
+    // a resume from memory checks the user's current membership through them.
     rest.add("profiles", Fault::Fail(503), None);
-    rest.add("thread_participants", Fault::Fail(503), None);
     rest.add("rpc/chat_messages_page", Fault::Stall(Duration::from_secs(2)), Some(1));
     realtime.drop_all_sockets();
     carla.expect("error").await;
