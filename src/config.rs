@@ -135,6 +135,10 @@ pub struct Args {
     /// when drained, so idle sessions do not pay for it.
     #[arg(long, env = "SESSION_QUEUE_CAPACITY", default_value_t = 4096)]
     pub session_queue_capacity: usize,
+    /// Bytes of frames queued for one session before it is dropped as too slow (close 4008), at
+    /// least 1 MiB: large messages fill a session's queue long before its frame count.
+    #[arg(long, env = "SESSION_QUEUE_BYTES", default_value_t = 16 << 20)]
+    pub session_queue_bytes: usize,
     /// Threads one session may subscribe to with `subscribe_thread`.
     #[arg(long, env = "MAX_THREAD_SUBSCRIPTIONS", default_value_t = 200)]
     pub max_thread_subscriptions: usize,
@@ -327,6 +331,8 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     pub rate_per_sec: u32,
     pub queue_capacity: usize,
+    /// Bytes of frames one session's queue may hold.
+    pub queue_bytes: usize,
     pub max_thread_subscriptions: usize,
     pub ping_interval: Duration,
 }
@@ -382,6 +388,8 @@ impl Config {
             read_buffer_bytes: a.ws_read_buffer_bytes,
             rate_per_sec: a.ws_rate_limit_per_sec,
             queue_capacity: p.or(positive("SESSION_QUEUE_CAPACITY", a.session_queue_capacity), 1),
+            queue_bytes: p
+                .or(at_least("SESSION_QUEUE_BYTES", a.session_queue_bytes, 1 << 20, "room for a burst"), 1 << 20),
             max_thread_subscriptions: p.or(positive("MAX_THREAD_SUBSCRIPTIONS", a.max_thread_subscriptions), 1),
             ping_interval: p.or(seconds("WS_PING_INTERVAL_SECS", a.ws_ping_interval_secs), second),
         };

@@ -86,7 +86,7 @@ impl Hub {
             return Err(RegisterError::ServerFull);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(SessionHandle::new(id, user_id, self.limits.queue_capacity));
+        let handle = Arc::new(SessionHandle::new(id, user_id, self.limits.queue_capacity, self.limits.queue_bytes));
         let mut entry = self.sessions_by_user.entry(user_id).or_default();
         if entry.len() >= self.limits.max_connections_per_user {
             drop(entry);
@@ -282,6 +282,7 @@ mod tests {
             read_buffer_bytes: 512,
             rate_per_sec: 10,
             queue_capacity: 4,
+            queue_bytes: 1 << 20,
             max_thread_subscriptions: 8,
             ping_interval: Duration::from_secs(30),
         };

@@ -116,6 +116,7 @@ pub struct Metrics {
     messages_routed: Counter,
     duplicates_skipped: Counter,
     slow_drops: Counter,
+    slow_byte_drops: Counter,
     gap_fill_messages: Counter,
     gap_fill_failures: Counter,
     upstream_losses: Counter,
@@ -183,6 +184,11 @@ impl Metrics {
         let duplicates_skipped =
             counter(&mut r, "duplicates_skipped", "Messages seen twice (live and gap fill) and sent once");
         let slow_drops = counter(&mut r, "slow_client_drops", "Sessions closed because their queue overflowed");
+        let slow_byte_drops = counter(
+            &mut r,
+            "slow_client_byte_drops",
+            "Of those, sessions whose queue hit SESSION_QUEUE_BYTES (also in gateway_slow_client_drops_total)",
+        );
         let gap_fill_messages =
             counter(&mut r, "gap_fill_messages", "Messages delivered by gap fill after an upstream loss");
         let gap_fill_failures = counter(&mut r, "gap_fill_failures", "Gap-fill reads that failed and were retried");
@@ -324,6 +330,7 @@ impl Metrics {
             messages_routed,
             duplicates_skipped,
             slow_drops,
+            slow_byte_drops,
             gap_fill_messages,
             gap_fill_failures,
             upstream_losses,
@@ -380,8 +387,12 @@ impl Metrics {
     pub fn duplicate(&self) {
         self.duplicates_skipped.inc();
     }
-    pub fn slow_drop(&self) {
+    /// A session was closed as too slow; `by_bytes`: its queue's byte bound was hit.
+    pub fn slow_drop(&self, by_bytes: bool) {
         self.slow_drops.inc();
+        if by_bytes {
+            self.slow_byte_drops.inc();
+        }
     }
     pub fn gap_filled(&self, n: u64) {
         self.gap_fill_messages.inc_by(n);

@@ -187,6 +187,7 @@ pub fn describe(c: &Config) -> String {
         ("WS_RATE_LIMIT_PER_SEC", c.limits.rate_per_sec.to_string()),
         ("REST_RATE_LIMIT_PER_SEC", c.rest_rate_per_sec.to_string()),
         ("SESSION_QUEUE_CAPACITY", c.limits.queue_capacity.to_string()),
+        ("SESSION_QUEUE_BYTES", c.limits.queue_bytes.to_string()),
         ("MAX_THREAD_SUBSCRIPTIONS", c.limits.max_thread_subscriptions.to_string()),
         ("WS_PING_INTERVAL_SECS", secs(c.limits.ping_interval)),
         ("CACHE_TTL_SECS", secs(c.cache_ttl)),

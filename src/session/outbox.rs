@@ -31,33 +31,47 @@ impl Outgoing {
     }
 }
 
-/// A session's bounded outgoing queue.
+/// A session's bounded outgoing queue: at most `capacity` frames and `max_bytes` of their text
+/// (a frame always fits an empty queue, so no single frame can make a session undeliverable).
 ///
 /// A `VecDeque` behind a mutex plus a `Notify`, rather than a channel, so that an idle session
 /// owns no pre-allocated slots: the buffer grows with a burst and is released when drained.
 pub struct Queue {
-    frames: Mutex<VecDeque<Outgoing>>,
+    frames: Mutex<Frames>,
     ready: Notify,
     capacity: usize,
+    max_bytes: usize,
 }
 
-/// The queue is full: the session is too far behind.
+#[derive(Default)]
+struct Frames {
+    list: VecDeque<Outgoing>,
+    bytes: usize,
+}
+
+/// The queue is full (`bytes`: its byte bound was hit): the session is too far behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Full;
+pub struct Full {
+    pub bytes: bool,
+}
 
 impl Queue {
-    pub fn new(capacity: usize) -> Queue {
-        Queue { frames: Mutex::new(VecDeque::new()), ready: Notify::new(), capacity }
+    pub fn new(capacity: usize, max_bytes: usize) -> Queue {
+        Queue { frames: Mutex::new(Frames::default()), ready: Notify::new(), capacity, max_bytes }
     }
 
     /// Queues a frame without waiting.
     pub fn try_push(&self, frame: &Outgoing) -> Result<(), Full> {
         {
-            let mut frames = self.frames.lock().map_err(|_| Full)?;
-            if frames.len() >= self.capacity {
-                return Err(Full);
+            let mut frames = self.frames.lock().map_err(|_| Full { bytes: false })?;
+            if frames.list.len() >= self.capacity {
+                return Err(Full { bytes: false });
             }
-            frames.push_back(frame.clone());
+            if !frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes {
+                return Err(Full { bytes: true });
+            }
+            frames.bytes += frame.text.len();
+            frames.list.push_back(frame.clone());
         }
         self.ready.notify_one();
         Ok(())
@@ -66,10 +80,13 @@ impl Queue {
     /// Takes the next frame if one is queued.
     pub fn try_pop(&self) -> Option<Outgoing> {
         let mut frames = self.frames.lock().ok()?;
-        let frame = frames.pop_front();
-        if frames.is_empty() && frames.capacity() > 16 {
+        let frame = frames.list.pop_front();
+        if let Some(frame) = &frame {
+            frames.bytes -= frame.text.len();
+        }
+        if frames.list.is_empty() && frames.list.capacity() > 16 {
             // Give a burst's buffer back: idle sessions should cost (almost) nothing.
-            frames.shrink_to(0);
+            frames.list.shrink_to(0);
         }
         frame
     }
@@ -98,11 +115,12 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
-    pub fn new(id: u64, user_id: Uuid, capacity: usize) -> SessionHandle {
+    /// A handle whose queue holds at most `capacity` frames and `max_bytes` of their text.
+    pub fn new(id: u64, user_id: Uuid, capacity: usize, max_bytes: usize) -> SessionHandle {
         SessionHandle {
             id,
             user_id,
-            queue: Queue::new(capacity),
+            queue: Queue::new(capacity, max_bytes),
             muted: Mutex::new(HashSet::new()),
             has_muted: AtomicBool::new(false),
             subscriptions: Mutex::new(HashSet::new()),
@@ -187,9 +205,9 @@ impl SessionHandle {
         }
         match self.queue.try_push(frame) {
             Ok(()) => metrics.delivered(),
-            Err(Full) => {
-                metrics.slow_drop();
-                tracing::warn!(session = self.id, user = %self.user_id, "dropping slow client: send queue full");
+            Err(Full { bytes }) => {
+                metrics.slow_drop(bytes);
+                tracing::warn!(session = self.id, user = %self.user_id, by_bytes = bytes, "dropping slow client: send queue full");
                 self.close(close::SLOW);
             }
         }
@@ -203,7 +221,7 @@ mod tests {
     #[test]
     fn a_full_queue_closes_the_session_instead_of_growing() {
         let metrics = Metrics::default();
-        let handle = SessionHandle::new(1, Uuid::new_v4(), 2);
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 2, 1 << 20);
         let frame = Outgoing::notice("x");
         for _ in 0..3 {
             handle.push(&frame, &metrics);
@@ -211,5 +229,23 @@ mod tests {
         assert_eq!(handle.close_reason(), Some(close::SLOW));
         assert!(handle.queue.try_pop().is_some() && handle.queue.try_pop().is_some());
         assert!(handle.queue.try_pop().is_none(), "the third frame was refused, not queued");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let metrics = Metrics::default();
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 100, 2500);
+        let big = Outgoing::notice("x".repeat(1000));
+        handle.push(&big, &metrics);
+        handle.push(&big, &metrics);
+        assert_eq!(handle.close_reason(), None, "2,000 bytes fit");
+        assert!(handle.queue.try_pop().is_some(), "popping gives the bytes back");
+        handle.push(&big, &metrics);
+        assert_eq!(handle.close_reason(), None, "2,000 bytes again");
+        handle.push(&big, &metrics);
+        assert_eq!(handle.close_reason(), Some(close::SLOW), "3,000 bytes would not");
+        let alone = SessionHandle::new(2, Uuid::new_v4(), 100, 10);
+        alone.push(&big, &metrics);
+        assert_eq!(alone.close_reason(), None, "one frame always fits an empty queue");
     }
 }
