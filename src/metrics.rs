@@ -222,7 +222,7 @@ impl Metrics {
         let unsubscribe_refused = Family::<ReasonLabels, Counter>::default();
         r.register(
             "unsubscribe_refused",
-            "unsubscribe_thread requests refused, by reason (access_denied, too_many, check_failed)",
+            "unsubscribe_thread requests refused, by reason (access_denied, too_many, check_failed, over_budget)",
             unsubscribe_refused.clone(),
         );
         let limiter_keys = Family::<LimiterLabels, Gauge>::default();
@@ -422,7 +422,7 @@ impl Metrics {
         let counted = self.resume_buffer_byte_evictions.get();
         self.resume_buffer_byte_evictions.inc_by(usage.evicted_for_bytes.saturating_sub(counted));
     }
-    /// An `unsubscribe_thread` was refused: `access_denied`, `too_many` or `check_failed`.
+    /// An `unsubscribe_thread` was refused: `access_denied`, `too_many`, `check_failed`, `over_budget`.
     pub fn unsubscribe_refused(&self, reason: &'static str) {
         self.unsubscribe_refused.get_or_create(&ReasonLabels { reason }).inc();
     }

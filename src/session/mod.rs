@@ -470,11 +470,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// `unsubscribe_thread`: a thread this session subscribed to (or already muted) is dropped at
-    /// once; any other is checked as `subscribe_thread` is (RLS, with the user's token), so no
-    /// state is kept for a thread the user may not read.
+    /// once; any other is checked as `subscribe_thread` is (RLS, with the user's token, within
+    /// the same per-user budget), so no state is kept for a thread the user may not read.
     async fn unsubscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
         let known = self.shared.is_subscribed(&thread_id) || self.shared.is_muted(&thread_id);
         if !known {
+            // The same per-user budget as subscribe_thread's checks: one RLS query each.
+            if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
+                self.ctx.hub.metrics.fairness.budget_hit(Budget::SubscribeCheck);
+                self.ctx.hub.metrics.unsubscribe_refused("over_budget");
+                return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
+            }
             let started = Instant::now();
             let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
             self.ctx.hub.metrics.rls_checked(started.elapsed());
