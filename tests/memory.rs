@@ -10,6 +10,7 @@ use serde_json::json;
 use supabase_standin::realtime::InjectSpec;
 use supabase_standin::rest::faults::Fault;
 use supabase_standin::seed::{ALICE, ALICE_CARLA, BRUNO_FARID, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID};
+use supabase_standin::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
@@ -104,20 +105,20 @@ async fn a_phone_that_never_reads_is_dropped_by_bytes() {
 }
 
 /// A gateway process of its own (so that its RSS is its own, not the test binary's with the
-/// stand-ins and other tests), on the world's stand-in stack, with `env` on top.
+/// stand-ins and other tests), on a stand-in stack, with `env` on top.
 struct GatewayProcess {
     _child: tokio::process::Child,
     base: String,
 }
 
 impl GatewayProcess {
-    async fn start(world: &World, env: &[(&str, &str)]) -> GatewayProcess {
-        let keys = world.stack.keys();
+    async fn start(stack: &Stack, env: &[(&str, &str)]) -> GatewayProcess {
+        let keys = stack.keys();
         let mut command = tokio::process::Command::new(BINARY);
         command
             .env_clear()
             .current_dir(std::env::temp_dir())
-            .env("SUPABASE_URL", world.stack.url())
+            .env("SUPABASE_URL", stack.url())
             .env("SUPABASE_ANON_KEY", &keys.anon_key)
             .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
             .env("SUPABASE_JWT_SECRET", &keys.jwt_secret)
@@ -178,11 +179,12 @@ async fn large_messages_stay_within_the_memory_budgets() {
     const ROUTER_BYTES: u64 = 4 * MIB;
     const TRANSIENT: u64 = 48 * MIB;
     const MESSAGES: i64 = 20_000;
-    // The world's own gateway (in this process) keeps no ring: only the measured one holds any.
-    let world = World::start_with(|c| c.resume_buffer = 0).await;
+    // The stand-ins alone in this process: the only gateway is the measured one.
+    crate::common::init_logs();
+    let stack = Stack::start().await.expect("the stand-in stack starts");
     let http = reqwest::Client::new();
     let gateway = GatewayProcess::start(
-        &world,
+        &stack,
         &[("RESUME_BUFFER_BYTES", &RESUME_BYTES.to_string()), ("ROUTER_BUFFER_BYTES", &ROUTER_BYTES.to_string())],
     )
     .await;
@@ -190,7 +192,7 @@ async fn large_messages_stay_within_the_memory_budgets() {
     const RSS: &str = "gateway_process_resident_memory_bytes";
     let baseline = gateway.metric(&http, RSS).await.expect("the RSS gauge (Linux)");
 
-    let db = world.stack.sql().await;
+    let db = stack.sql().await;
     for _ in 0..4 {
         db.execute(
             "insert into public.messages (thread_id, sender_id, content) \
