@@ -172,7 +172,8 @@ impl GatewayProcess {
 /// 20,000 messages of 4,000 control characters (each escapes to about 24 KB of JSON, 480 MB in
 /// all; the count bound alone would keep every one in the resume ring) leave the gateway's RSS
 /// below its baseline plus the configured budgets: the resume ring's and the router's bytes, and
-/// an allowance for the process's transient buffers (upstream frames, allocator slack).
+/// an allowance for the process's transient buffers (the upstream queue, set to 256 events, upstream
+/// frames, allocator slack).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_messages_stay_within_the_memory_budgets() {
     const RESUME_BYTES: u64 = 8 * MIB;
@@ -185,7 +186,12 @@ async fn large_messages_stay_within_the_memory_budgets() {
     let http = reqwest::Client::new();
     let gateway = GatewayProcess::start(
         &stack,
-        &[("RESUME_BUFFER_BYTES", &RESUME_BYTES.to_string()), ("ROUTER_BUFFER_BYTES", &ROUTER_BYTES.to_string())],
+        &[
+            ("RESUME_BUFFER_BYTES", &RESUME_BYTES.to_string()),
+            ("ROUTER_BUFFER_BYTES", &ROUTER_BYTES.to_string()),
+            // The upstream queue is bounded by count only: 256 decoded rows of 4 KB at most.
+            ("UPSTREAM_QUEUE_CAPACITY", "256"),
+        ],
     )
     .await;
     gateway.wait_ready(&http).await;

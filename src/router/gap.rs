@@ -26,17 +26,29 @@ pub enum GapPage {
     Done { scanned: u64 },
 }
 
-/// Rows per page.
+/// Rows per page, at most.
 pub const PAGE: u32 = 1000;
+/// Rows per page, at least (when rows are large).
+const MIN_PAGE: u32 = 20;
 
-/// Reads every message with `created_at >= from`, oldest first, into `pages`.
+/// The next page's row count: as many rows as fit `page_bytes` at the last page's average size.
+fn next_limit(rows: &[MessageRow], page_bytes: usize) -> u32 {
+    let bytes: usize = rows.iter().map(row_cost).sum();
+    let average = (bytes / rows.len().max(1)).max(1);
+    u32::try_from(page_bytes / average).unwrap_or(PAGE).clamp(MIN_PAGE, PAGE)
+}
+
+/// Reads every message with `created_at >= from`, oldest first, into `pages`; a page holds
+/// about `page_bytes` (fewer rows when rows are large).
 pub async fn fill(
     store: Store,
     from: DateTime<Utc>,
     pages: mpsc::Sender<GapPage>,
     metrics: std::sync::Arc<Metrics>,
     stop: CancellationToken,
+    page_bytes: usize,
 ) {
+    let mut limit = PAGE;
     let since = format_time(from);
     let mut after: Option<(String, Uuid)> = None;
     let mut scanned = 0u64;
@@ -48,7 +60,7 @@ pub async fn fill(
         .build();
     loop {
         let page = tokio::select! {
-            page = store.messages_page(&since, after.as_ref().map(|(t, id)| (t.as_str(), *id)), PAGE) => page,
+            page = store.messages_page(&since, after.as_ref().map(|(t, id)| (t.as_str(), *id)), limit) => page,
             _ = stop.cancelled() => return,
         };
         match page {
@@ -56,10 +68,14 @@ pub async fn fill(
                 let n = rows.len();
                 scanned += n as u64;
                 after = rows.last().map(|r| (r.created_at.clone(), r.id)).or(after);
+                let asked = limit;
+                if n > 0 {
+                    limit = next_limit(&rows, page_bytes);
+                }
                 if n > 0 && pages.send(GapPage::Rows(rows)).await.is_err() {
                     return;
                 }
-                if n < PAGE as usize {
+                if n < asked as usize {
                     let _ = pages.send(GapPage::Done { scanned }).await;
                     return;
                 }
@@ -129,8 +145,11 @@ impl Router {
 
     pub(super) fn start_gap(&mut self, from: DateTime<Utc>) {
         tracing::info!(from = %format_time(from), "filling the gap from the database");
-        let (tx, rx) = mpsc::channel(2);
-        self.tasks.spawn(fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone()));
+        let (tx, rx) = mpsc::channel(1);
+        // A page, the one queued and the backlog: together a fraction of the router's byte bound.
+        let page_bytes = self.config.max_waiting_bytes / 8;
+        let fill = fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone(), page_bytes);
+        self.tasks.spawn(fill);
         self.gap = GapState::Running { pages: rx, again: None, backlog: VecDeque::new(), done: None };
     }
 
