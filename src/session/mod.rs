@@ -79,6 +79,9 @@ struct Session<S> {
     rate: TokenBucket,
     /// Messages a database replay sent: skipped if they also arrive live.
     replayed: HashSet<Uuid>,
+    /// While a memory replay's `sync_complete` is held back: the live chat messages written
+    /// meanwhile (they are part of the catch-up, and `sync_complete` counts them).
+    held_live: Option<usize>,
 }
 
 enum Flow {
@@ -101,7 +104,7 @@ pub async fn run<S>(
     let started = Instant::now();
     let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
     let replayed = HashSet::new();
-    let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed };
+    let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed, held_live: None };
     tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
@@ -156,6 +159,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             },
             None => None,
         };
+        if pending.is_some() {
+            self.held_live = Some(0);
+        }
         if !self.ctx.readiness.upstream_live() {
             if let Some(held) = pending.take() {
                 // Nothing can be proven: behind what is queued, sync_complete with the safe
@@ -250,6 +256,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let write = async {
             for frame in batch {
+                if let (Some(n), Some(_)) = (self.held_live.as_mut(), frame.message) {
+                    *n += 1;
+                }
                 self.ws.feed(Message::Text(frame.text)).await?;
             }
             self.ws.flush().await
@@ -319,7 +328,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Queues a memory replay's `sync_complete` behind the live frames already queued.
     fn release_sync(&mut self, held: PendingSync, release: Release) -> Flow {
         resume::record_release(&self.ctx.hub.metrics, self.shared.id, &held, release);
-        self.shared.push(&resume::sync_complete(&self.ctx.history, &held), &self.ctx.hub.metrics);
+        let written = self.held_live.take().unwrap_or(0);
+        let history = &self.ctx.history;
+        self.shared
+            .push_counted(|queued| resume::sync_complete(history, &held, written + queued), &self.ctx.hub.metrics);
         match self.shared.close_reason() {
             Some(reason) => Flow::Close(reason),
             None => Flow::Continue,

@@ -77,6 +77,25 @@ impl Queue {
         Ok(())
     }
 
+    /// Queues the frame `build` makes from the number of chat-message frames queued ahead of it,
+    /// counted and pushed under one lock, so nothing slips in between.
+    pub fn try_push_counted(&self, build: impl FnOnce(usize) -> Outgoing) -> Result<(), Full> {
+        {
+            let mut frames = self.frames.lock().map_err(|_| Full { bytes: false })?;
+            if frames.list.len() >= self.capacity {
+                return Err(Full { bytes: false });
+            }
+            let frame = build(frames.list.iter().filter(|f| f.message.is_some()).count());
+            if !frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes {
+                return Err(Full { bytes: true });
+            }
+            frames.bytes += frame.text.len();
+            frames.list.push_back(frame);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
     /// Takes the next frame if one is queued.
     pub fn try_pop(&self) -> Option<Outgoing> {
         let mut frames = self.frames.lock().ok()?;
@@ -200,10 +219,20 @@ impl SessionHandle {
 
     /// Queues a frame, or closes the session as too slow when its queue is full.
     pub fn push(&self, frame: &Outgoing, metrics: &Metrics) {
+        self.push_with(|| self.queue.try_push(frame), metrics);
+    }
+
+    /// Queues the frame `build` makes from the number of chat messages queued ahead of it (a held
+    /// `sync_complete` counts the live messages that go out before it).
+    pub fn push_counted(&self, build: impl FnOnce(usize) -> Outgoing, metrics: &Metrics) {
+        self.push_with(|| self.queue.try_push_counted(build), metrics);
+    }
+
+    fn push_with(&self, push: impl FnOnce() -> Result<(), Full>, metrics: &Metrics) {
         if self.close_reason.get().is_some() {
             return;
         }
-        match self.queue.try_push(frame) {
+        match push() {
             Ok(()) => metrics.delivered(),
             Err(Full { bytes }) => {
                 metrics.slow_drop(bytes);
@@ -247,5 +276,18 @@ mod tests {
         let alone = SessionHandle::new(2, Uuid::new_v4(), 100, 10);
         alone.push(&big, &metrics);
         assert_eq!(alone.close_reason(), None, "one frame always fits an empty queue");
+    }
+
+    #[test]
+    fn a_counted_push_counts_the_chat_messages_queued_ahead_of_it() {
+        let metrics = Metrics::default();
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 10, 1 << 20);
+        let message = Outgoing { text: "m".into(), message: Some(Uuid::new_v4()) };
+        handle.push(&message, &metrics);
+        handle.push(&Outgoing::notice("n"), &metrics);
+        handle.push(&message, &metrics);
+        handle.push_counted(|ahead| Outgoing::notice(format!("sync {ahead}")), &metrics);
+        let texts: Vec<String> = std::iter::from_fn(|| handle.queue.try_pop()).map(|f| f.text.to_string()).collect();
+        assert_eq!(texts, ["m", "n", "m", "sync 2"], "notices are not counted; the frame goes last");
     }
 }

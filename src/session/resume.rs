@@ -102,10 +102,11 @@ pub fn record_release(metrics: &crate::metrics::Metrics, session: u64, held: &Pe
 
 /// The `sync_complete` of a memory replay, to queue behind the live frames already queued. Its
 /// cursor is the live cursor now: every message below it was fanned out, so it is in the replay or
-/// queued to this session before this frame. Never before the resume's `since`.
-pub fn sync_complete(history: &History, pending: &PendingSync) -> Outgoing {
+/// queued to this session before this frame. Never before the resume's `since`. Its count is every
+/// `new_message` of the catch-up: the replay's and the `live` ones sent or queued before it.
+pub fn sync_complete(history: &History, pending: &PendingSync, live: usize) -> Outgoing {
     let cursor = format_time(history.lock().cursor.max(pending.cursor));
-    Outgoing::notice(ServerMessage::SyncComplete { last_check_time: &cursor, count: pending.count }.to_json())
+    Outgoing::notice(ServerMessage::SyncComplete { last_check_time: &cursor, count: pending.count + live }.to_json())
 }
 
 /// Parses the `since` of a WebSocket URL (an RFC 3339 time, as any cursor the gateway hands out).
