@@ -12,10 +12,12 @@
 //! and never take a label value from a client.
 
 mod fairness;
+mod resume;
 
 use std::time::Duration;
 
 pub use fairness::{Budget, FairnessMetrics};
+use resume::ResumeMetrics;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -124,17 +126,9 @@ pub struct Metrics {
     router_byte_overflows: Counter,
     router_waiting: Gauge,
     router_waiting_bytes: Gauge,
-    resume_buffer: Gauge,
-    resume_buffer_bytes: Gauge,
-    resume_buffer_byte_evictions: Counter,
     unsubscribe_refused: Family<ReasonLabels, Counter>,
     limiter_keys: Family<LimiterLabels, Gauge>,
-    resumes_from_memory: Counter,
-    resumes_from_database: Counter,
-    replayed_messages: Counter,
     read_state_pushes: Counter,
-    replay_withheld: Counter,
-    resume_membership_unchecked: Counter,
     membership_reapplied: Counter,
     disconnects: Family<DisconnectLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
@@ -142,7 +136,8 @@ pub struct Metrics {
     rls_check: Histogram,
     rest: Histograms<RestLabels>,
     postgrest: Histograms<CallLabels>,
-    resume: Histograms<SourceLabels>,
+    /// The resumes' series.
+    resumes: ResumeMetrics,
     sessions: Gauge,
     users: Gauge,
     upstream_live: Gauge,
@@ -157,7 +152,6 @@ pub struct Metrics {
     /// The per-user budgets' series.
     pub fairness: FairnessMetrics,
     shutdown_closes: Counter,
-    resume_catchup_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -207,18 +201,6 @@ impl Metrics {
             "router_waiting_bytes",
             "Bytes held by the messages waiting in the router (bounded by ROUTER_BUFFER_BYTES)",
         );
-        let resume_buffer =
-            gauge(&mut r, "resume_buffer_messages", "Messages in the resume ring (bounded by RESUME_BUFFER_MESSAGES)");
-        let resume_buffer_bytes = gauge(
-            &mut r,
-            "resume_buffer_bytes",
-            "Encoded frame bytes in the resume ring plus a fixed overhead per entry (bounded by RESUME_BUFFER_BYTES)",
-        );
-        let resume_buffer_byte_evictions = counter(
-            &mut r,
-            "resume_buffer_byte_evictions",
-            "Messages evicted from the resume ring by RESUME_BUFFER_BYTES (resumes before them go to the database)",
-        );
         let unsubscribe_refused = Family::<ReasonLabels, Counter>::default();
         r.register(
             "unsubscribe_refused",
@@ -231,22 +213,7 @@ impl Metrics {
             "Keys held by a rate limiter (rest_user, auth_failure_ip, subscribe_check_user, resume_replay_user); idle keys expire, at most RATE_LIMIT_MAX_KEYS",
             limiter_keys.clone(),
         );
-        let resumes_from_memory =
-            counter(&mut r, "resumes_from_memory", "WebSocket resumes served from the recent-message ring");
-        let resumes_from_database =
-            counter(&mut r, "resumes_from_database", "WebSocket resumes served from the database");
-        let replayed_messages = counter(&mut r, "replayed_messages", "Messages replayed to resuming sessions");
         let read_state_pushes = counter(&mut r, "read_state_pushes", "thread_read frames pushed");
-        let replay_withheld = counter(
-            &mut r,
-            "replay_withheld_messages",
-            "Messages left out of resume replays from memory: the user is no longer a participant of their thread",
-        );
-        let resume_membership_unchecked = counter(
-            &mut r,
-            "resume_membership_unchecked",
-            "Resumes the ring covered but the database replayed: membership could not be checked (upstream down, member list not read within BACKEND_TIMEOUT_MS)",
-        );
         let membership_reapplied = counter(
             &mut r,
             "membership_changes_reapplied",
@@ -288,12 +255,6 @@ impl Metrics {
             "Calls to PostgREST, by call and outcome (ok, rejected, timeout, unavailable, decode)",
             postgrest.clone(),
         );
-        let resume = histograms();
-        r.register(
-            "resume_duration_seconds",
-            "Resume replays (?since=), from the first replayed frame to sync_complete, by source (memory, database)",
-            resume.clone(),
-        );
         let sessions = gauge(&mut r, "sessions", "Open WebSocket sessions");
         let users = gauge(&mut r, "users", "Users with at least one session");
         let upstream_live = gauge(&mut r, "upstream_live", "1 when the upstream subscription is live");
@@ -311,15 +272,11 @@ impl Metrics {
             "PostgreSQL backend: WAL kept for the replication slot (current WAL position minus confirmed); -1 on Supabase",
         );
         let fairness = FairnessMetrics::register(&mut r);
+        let resumes = ResumeMetrics::register(&mut r);
         let shutdown_closes = counter(
             &mut r,
             "shutdown_closes",
             "Sessions closed by a shutdown after the drain, paced by DRAIN_CLOSE_RATE",
-        );
-        let resume_catchup_timeouts = counter(
-            &mut r,
-            "resume_catchup_timeouts",
-            "Memory resumes whose sync_complete went out after RESUME_CATCHUP_TIMEOUT_MS without proof of being caught up",
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
@@ -338,18 +295,10 @@ impl Metrics {
             router_byte_overflows,
             router_waiting,
             router_waiting_bytes,
-            resume_buffer,
-            resume_buffer_bytes,
-            resume_buffer_byte_evictions,
             unsubscribe_refused,
             limiter_keys,
-            resumes_from_memory,
-            resumes_from_database,
-            replayed_messages,
             read_state_pushes,
             fairness,
-            replay_withheld,
-            resume_membership_unchecked,
             membership_reapplied,
             disconnects,
             auth_failures,
@@ -357,7 +306,7 @@ impl Metrics {
             rls_check,
             rest,
             postgrest,
-            resume,
+            resumes,
             sessions,
             users,
             upstream_live,
@@ -370,7 +319,6 @@ impl Metrics {
             open_fds,
             slot_lag,
             shutdown_closes,
-            resume_catchup_timeouts,
         }
     }
 
@@ -415,36 +363,13 @@ impl Metrics {
         self.router_waiting.set(i64::try_from(messages).unwrap_or(i64::MAX));
         self.router_waiting_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
-    /// What the resume ring holds now, and its byte evictions so far.
-    pub fn resume_buffer(&self, usage: crate::history::Usage) {
-        self.resume_buffer.set(i64::try_from(usage.messages).unwrap_or(i64::MAX));
-        self.resume_buffer_bytes.set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
-        let counted = self.resume_buffer_byte_evictions.get();
-        self.resume_buffer_byte_evictions.inc_by(usage.evicted_for_bytes.saturating_sub(counted));
-    }
     /// An `unsubscribe_thread` was refused: `access_denied`, `too_many`, `check_failed`, `over_budget`.
     pub fn unsubscribe_refused(&self, reason: &'static str) {
         self.unsubscribe_refused.get_or_create(&ReasonLabels { reason }).inc();
     }
-    pub fn resumed(&self, from_memory: bool, replayed: u64, took: Duration) {
-        (if from_memory { &self.resumes_from_memory } else { &self.resumes_from_database }).inc();
-        self.replayed_messages.inc_by(replayed);
-        let source = if from_memory { "memory" } else { "database" };
-        self.resume.get_or_create(&SourceLabels { source }).observe(took.as_secs_f64());
-    }
     /// A shutdown closed one more session (paced by `DRAIN_CLOSE_RATE`).
     pub fn shutdown_closed(&self) {
         self.shutdown_closes.inc();
-    }
-    /// A memory resume's `sync_complete` went out without its catch-up proof (timed out).
-    pub fn resume_catchup_timed_out(&self) {
-        self.resume_catchup_timeouts.inc();
-    }
-    pub fn replay_withheld(&self, n: u64) {
-        self.replay_withheld.inc_by(n);
-    }
-    pub fn resume_membership_unchecked(&self) {
-        self.resume_membership_unchecked.inc();
     }
     pub fn membership_reapplied(&self, n: u64) {
         self.membership_reapplied.inc_by(n);
