@@ -78,7 +78,8 @@ impl Queue {
     }
 
     /// Queues the frame `build` makes from the number of chat-message frames queued ahead of it,
-    /// counted and pushed under one lock, so nothing slips in between.
+    /// counted and pushed under one lock, so nothing slips in between. `build` runs under the
+    /// queue's lock: it must take no other lock (the router holds the ring's lock while it pushes).
     pub fn try_push_counted(&self, build: impl FnOnce(usize) -> Outgoing) -> Result<(), Full> {
         {
             let mut frames = self.frames.lock().map_err(|_| Full { bytes: false })?;

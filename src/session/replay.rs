@@ -71,9 +71,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn release_sync(&mut self, held: PendingSync, release: Release) -> Flow {
         resume::record_release(&self.ctx.hub.metrics, self.shared.id, &held, release);
         let written = self.held_live.take().unwrap_or(0);
-        let history = &self.ctx.history;
+        // The ring's lock is taken before, never under, the queue's lock (the router takes them
+        // in that order while it fans out).
+        let cursor = resume::sync_cursor(&self.ctx.history, &held);
         self.shared
-            .push_counted(|queued| resume::sync_complete(history, &held, written + queued), &self.ctx.hub.metrics);
+            .push_counted(|queued| resume::sync_complete(&cursor, &held, written + queued), &self.ctx.hub.metrics);
         match self.shared.close_reason() {
             Some(reason) => Flow::Close(reason),
             None => Flow::Continue,

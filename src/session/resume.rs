@@ -104,9 +104,18 @@ pub fn record_release(metrics: &crate::metrics::Metrics, session: u64, held: &Pe
 /// cursor is the live cursor now: every message below it was fanned out, so it is in the replay or
 /// queued to this session before this frame. Never before the resume's `since`. Its count is every
 /// `new_message` of the catch-up: the replay's and the `live` ones sent or queued before it.
-pub fn sync_complete(history: &History, pending: &PendingSync, live: usize) -> Outgoing {
-    let cursor = format_time(history.lock().cursor.max(pending.cursor));
-    Outgoing::notice(ServerMessage::SyncComplete { last_check_time: &cursor, count: pending.count + live }.to_json())
+///
+/// The cursor is read here, before the frame is built under the session queue's lock (see
+/// [`sync_complete`]): the router holds the ring's lock while it pushes into queues, so taking the
+/// ring's lock under a queue's lock would invert that order and deadlock. A cursor read earlier
+/// is still safe: what was fanned out by then is queued ahead of this frame.
+pub fn sync_cursor(history: &History, pending: &PendingSync) -> String {
+    format_time(history.lock().cursor.max(pending.cursor))
+}
+
+/// The `sync_complete` frame itself, with the cursor of [`sync_cursor`]. Takes no lock.
+pub fn sync_complete(cursor: &str, pending: &PendingSync, live: usize) -> Outgoing {
+    Outgoing::notice(ServerMessage::SyncComplete { last_check_time: cursor, count: pending.count + live }.to_json())
 }
 
 /// Parses the `since` of a WebSocket URL (an RFC 3339 time, as any cursor the gateway hands out).
