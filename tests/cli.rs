@@ -70,29 +70,7 @@ fn check_config_reports_every_bad_variable_and_exits_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let dir = empty_dir("logs");
-    let mut child = tokio::process::Command::from(gateway(&dir))
-        .env("LOG_FORMAT", "text")
-        .env("LOG_LEVEL", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    let read = tokio::time::timeout(crate::common::ARRIVES, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push_str(&line);
-            seen.push('\n');
-            if line.contains("gateway listening") {
-                return;
-            }
-        }
-    })
-    .await;
-    let _ = child.kill().await;
-    assert!(read.is_ok(), "the gateway never logged that it listens:\n{seen}");
+    let seen = startup_log(gateway(&dir)).await;
     assert!(seen.contains("INFO"), "{seen}");
     assert!(!seen.contains('\u{1b}'), "ANSI escape codes in a non-terminal log:\n{seen:?}");
 }
