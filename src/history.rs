@@ -28,9 +28,9 @@ pub struct Entry {
 }
 
 /// What one entry costs besides its frame's text: the entry itself, the frame's shared-bytes
-/// header, the `VecDeque` slot and the allocator's rounding (about 130 bytes with the entry's
-/// thread id), rounded up.
-pub const ENTRY_OVERHEAD: usize = 144;
+/// header, the `VecDeque` slot and the allocator's rounding (about 150 bytes with the entry's
+/// thread id and the frame's `created_at`), rounded up.
+pub const ENTRY_OVERHEAD: usize = 160;
 
 /// The ring's bounds: whichever is hit first evicts the oldest entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

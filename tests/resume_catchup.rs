@@ -160,3 +160,44 @@ async fn without_proof_in_time_sync_complete_goes_out_with_a_safe_cursor_and_is_
     }
     assert!(imported.iter().all(|id| got.contains(id)));
 }
+
+/// A database replay reads the database, which runs ahead of the router while Realtime is away.
+/// Carla's phone gets messages posted during an outage from the database; her next resume
+/// starts past them; when the router at last routes them (the gap fill after Realtime is back),
+/// none comes again on the new socket: her cursor says she has them, and a thread's messages
+/// never go back in time on one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_database_replay_sent_ahead_of_the_router_does_not_come_back_live_after_the_next_resume() {
+    let world = World::start().await;
+    let base = world.ws_base();
+    let realtime = world.stack.realtime();
+    realtime.set_refuse_joins(true);
+    realtime.drop_all_sockets();
+    world.wait_ready(false).await;
+    let mut during = Vec::new();
+    for i in 0..5 {
+        during.push(world.post(&ALICE, CLASS_3B_PARENTS, &format!("during the outage {i}")).await);
+    }
+
+    // Before the ring: the first resume reads the database, and gets them.
+    let mut first = phone_since(&world, &base, "2000-01-01T00:00:00Z").await;
+    let (replayed, done) = until_sync_complete(&mut first).await;
+    assert!(during.iter().all(|id| replayed.contains(id)), "the outage's messages come from the database");
+    let cursor = done["last_check_time"].as_str().expect("a cursor").to_string();
+    drop(first);
+
+    // The next resume starts past them (from the database too: Realtime is still away).
+    let mut second = phone_since(&world, &base, &cursor).await;
+    let (again, _) = until_sync_complete(&mut second).await;
+    assert!(again.iter().all(|id| !during.contains(id)), "the cursor covers them: not replayed again");
+
+    // Realtime is back: the gap fill routes the outage's messages; a marker follows them.
+    realtime.set_refuse_joins(false);
+    world.wait_ready(true).await;
+    let marker = world.post(&ALICE, CLASS_3B_PARENTS, "after the outage").await;
+    let (_, before) = second.receive_until(marker).await;
+    let during: HashSet<String> = during.iter().map(Uuid::to_string).collect();
+    let back: Vec<&String> = before.iter().filter(|id| during.contains(*id)).collect();
+    assert!(back.is_empty(), "messages the phone already had came back live after newer ones: {back:?}");
+    assert!(world.metric("gateway_gap_fill_messages_total").await >= 5, "the router did route them late");
+}

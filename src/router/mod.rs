@@ -419,7 +419,7 @@ impl Router {
         let mut text = ServerMessage::NewMessage { data: &message, cursor: Some(&cursor) }.to_json();
         // The ring counts the frame's length against RESUME_BUFFER_BYTES: hold no spare capacity.
         text.shrink_to_fit();
-        let frame = Outgoing { text: text.into(), message: Some(id) };
+        let frame = Outgoing::message(text, id, created_at);
         let mut ring = self.history.lock();
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
         ring.push(Entry { created_at, thread_id, participants: members, frame });

@@ -81,6 +81,12 @@ struct Session<S> {
     rate: TokenBucket,
     /// Messages a database replay sent: skipped if they also arrive live.
     replayed: HashSet<Uuid>,
+    /// After a database replay: the resume's `since`, clamped to the sync horizon the replay read.
+    /// The client holds every message created up to it (that is what its cursor says), so a live
+    /// frame of one of them is a duplicate: the router, still behind the database (filling a
+    /// gap), routes it only now. Skipped, so that a thread's messages never go back in time on
+    /// one socket.
+    covered: Option<chrono::DateTime<chrono::Utc>>,
     /// While a memory replay's `sync_complete` is held back: the live chat messages written
     /// meanwhile (they are part of the catch-up, and `sync_complete` counts them).
     held_live: Option<usize>,
@@ -106,7 +112,8 @@ pub async fn run<S>(
     let started = Instant::now();
     let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
     let replayed = HashSet::new();
-    let mut session = Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed, held_live: None };
+    let mut session =
+        Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed, covered: None, held_live: None };
     tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
@@ -236,7 +243,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Whether a queued frame must go out (not already sent by a database replay).
     fn wanted(&self, frame: &Outgoing) -> bool {
-        self.replayed.is_empty() || frame.message.is_none_or(|id| !self.replayed.contains(&id))
+        let Some(id) = frame.message else { return true };
+        if self.replayed.contains(&id) {
+            return false;
+        }
+        let covered = matches!((self.covered, frame.created_at), (Some(c), Some(t)) if t <= c);
+        if covered {
+            self.ctx.hub.metrics.duplicate();
+        }
+        !covered
     }
 
     /// Feeds the frame and everything else already queued (up to a batch), then flushes once.

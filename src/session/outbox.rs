@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use uuid::Uuid;
@@ -18,16 +19,23 @@ use crate::close::{self, Close};
 use crate::metrics::Metrics;
 
 /// A pre-serialized text frame, shared by every recipient (reference-counted bytes), with the id
-/// of the chat message it carries, if any (used to skip what a resume replay already sent).
+/// and `created_at` of the chat message it carries, if any (used to skip what a resume replay
+/// already sent, or what the client's resume cursor already covers).
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub text: Utf8Bytes,
     pub message: Option<Uuid>,
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl Outgoing {
     pub fn notice(text: impl Into<Utf8Bytes>) -> Outgoing {
-        Outgoing { text: text.into(), message: None }
+        Outgoing { text: text.into(), message: None, created_at: None }
+    }
+
+    /// The frame of chat message `id`, created at `created_at`.
+    pub fn message(text: impl Into<Utf8Bytes>, id: Uuid, created_at: DateTime<Utc>) -> Outgoing {
+        Outgoing { text: text.into(), message: Some(id), created_at: Some(created_at) }
     }
 }
 
@@ -283,7 +291,7 @@ mod tests {
     fn a_counted_push_counts_the_chat_messages_queued_ahead_of_it() {
         let metrics = Metrics::default();
         let handle = SessionHandle::new(1, Uuid::new_v4(), 10, 1 << 20);
-        let message = Outgoing { text: "m".into(), message: Some(Uuid::new_v4()) };
+        let message = Outgoing::message("m", Uuid::new_v4(), Utc::now());
         handle.push(&message, &metrics);
         handle.push(&Outgoing::notice("n"), &metrics);
         handle.push(&message, &metrics);

@@ -127,6 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(point) => point.horizon,
             Err(e) => return self.replay_failed(e).await,
         };
+        self.covered = Some(since.min(horizon));
         let (mut from, mut count, mut pages) = (since, 0usize, 0usize);
         loop {
             // Past the user's budget, one page per connection, then offline sync.

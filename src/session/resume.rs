@@ -173,11 +173,12 @@ pub fn members_only(
 /// The frame of a replayed database row, stamped with the resume's own `since` (safe: nothing
 /// before it is claimed).
 pub fn replay_frame(row: crate::model::MessageRow, sender: Sender, since: &str) -> Outgoing {
-    let id = row.id;
+    let (id, created_at) = (row.id, row.created());
     let message = row.into_chat_message(sender);
     Outgoing {
         text: ServerMessage::NewMessage { data: &message, cursor: Some(since) }.to_json().into(),
         message: Some(id),
+        created_at,
     }
 }
 
