@@ -87,8 +87,8 @@ async function signIn(token) {
   $("app").hidden = false;
   $("signout").hidden = false;
   client = new ChatClient({
-    url: config.gateway, // the WebSocket goes straight to the gateway
-    restUrl: location.origin, // REST through the same-origin proxy (the gateway sends no CORS headers)
+    url: config.gateway, // the WebSocket goes straight to the gateway (this origin in its CORS_ALLOWED_ORIGINS)
+    restUrl: location.origin, // REST through the same-origin proxy (no CORS needed)
     token,
     // A real app asks supabase-js here; the example can only ask the user for a new token.
     getToken: () => sessionStorage.getItem("chat-token") ?? token,

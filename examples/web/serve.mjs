@@ -1,6 +1,7 @@
 // A tiny static server for the example web app: serves this directory, the built client library
 // (clients/js/dist) under /lib/, /config.json, and proxies /api/ to the gateway and /rest/v1/ to
-// Supabase (same origin for the browser: neither sends CORS headers). No dependencies.
+// Supabase (same origin for the browser, so REST needs no CORS). The WebSocket goes straight to the
+// gateway, which must list this page's origin in CORS_ALLOWED_ORIGINS. No dependencies.
 // Usage: node examples/web/serve.mjs --gateway http://127.0.0.1:3000 --supabase http://127.0.0.1:54321 \
 //          --anon-key <key> [--port 8080]
 import http from "node:http";

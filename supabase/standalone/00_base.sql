@@ -25,7 +25,7 @@
 -- restoring so the dump's grants find them, then again after; the dump's own `auth` functions
 -- are replaced by identical ones). The server needs `wal_level = logical` (restart after
 -- `alter system set wal_level = logical`), and should cap what a stopped gateway's slot may keep
--- with `max_slot_wal_keep_size` (see the README, "Without Supabase").
+-- with `max_slot_wal_keep_size` (see docs/postgres.md).
 
 do $$
 begin
