@@ -1,22 +1,19 @@
 //! The operator page (`/admin`): off without `ADMIN_TOKEN`; in headless Chromium (Debian's
-//! `/usr/bin/chromium`, driven by `clients/js/e2e/admin.mjs` through playwright-core), a wrong
+//! `/usr/bin/chromium`, driven by `tests/node/admin.mjs` through playwright-core), a wrong
 //! token is refused, the right one shows a connected phone's user, and "Disconnect" closes the
 //! phone's socket with 1008 "disconnected by an operator", with no Content-Security-Policy
 //! violation. Every `/admin` answer carries a CSP without inline code, `X-Frame-Options: DENY` and
 //! `Referrer-Policy: no-referrer`. Fails (never skips) when Node, the npm
 //! packages or Chromium are missing: run `scripts/setup` first.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
-use serde_json::Value;
 use supabase_standin::seed::CARLA;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::node::{self, Script};
 use crate::common::{World, ARRIVES};
 
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -70,10 +67,7 @@ async fn the_admin_page_forbids_framing_referrers_and_any_inline_or_foreign_code
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js");
-    assert!(dir.join("node_modules/playwright-core").exists(), "playwright-core missing: run scripts/setup");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(std::path::Path::new(&chromium).exists(), "{chromium} missing: run scripts/setup");
+    node::require_chromium();
     let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
     let mut phone = world.phone(&CARLA).await;
     let close = tokio::spawn(async move {
@@ -88,24 +82,10 @@ async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
         }
     });
 
-    let mut child = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .arg("e2e/admin.mjs")
-        .arg(world.base())
-        .arg(ADMIN_TOKEN)
-        .arg(CARLA.id.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(ARRIVES * 3, lines.next_line())
-        .await
-        .expect("the browser driver answers in time")
-        .expect("read")
-        .expect("the browser driver ended early");
-    let result: Value = serde_json::from_str(&line).expect("json");
+    let mut script = Script::spawn(
+        node::command(&node::tests_dir()).arg("admin.mjs").arg(world.base()).arg(ADMIN_TOKEN).arg(CARLA.id.to_string()),
+    );
+    let result = script.next_json(ARRIVES * 3, "the browser driver answers in time").await;
     assert!(result["error"].is_null(), "in the browser: {result}");
     assert_eq!(result["wrongTokenError"], "The token was refused.", "{result}");
     assert_eq!(result["dashboardHiddenAfterWrongToken"], true, "{result}");
@@ -123,6 +103,7 @@ async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
     }
     let closed = tokio::time::timeout(ARRIVES, close).await.expect("closed in time").expect("reader");
     assert_eq!(closed, Some((1008, "disconnected by an operator".to_string())));
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("exits").expect("status");
+    let status =
+        tokio::time::timeout(Duration::from_secs(30), script.child.wait()).await.expect("exits").expect("status");
     assert!(status.success());
 }

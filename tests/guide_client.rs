@@ -3,67 +3,47 @@
 //! unread count, displays the missed messages and stores a cursor the next start accepts. Fails
 //! (never skips) when Node or the npm packages are missing: run `scripts/setup` first.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
+use crate::common::node::{self, Script};
 use crate::common::{World, ARRIVES};
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS};
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn js_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("js")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_chat_client_receives_a_new_message() {
-    let js = js_dir();
-    assert!(js.join("node_modules/ws").exists(), "npm packages missing in {}: run scripts/setup", js.display());
+    let js = node::tests_dir();
+    node::require(&js, &["node_modules/ws"]);
     let world = World::start().await;
-    let mut child = tokio::process::Command::new("node")
-        .arg(js.join("guide-client.mjs"))
-        .arg(world.base())
-        .arg(world.token(&CARLA))
-        .arg(CLASS_3B_PARENTS.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = tokio::time::timeout(ARRIVES, lines.next_line())
-        .await
-        .expect("client ready in time")
-        .expect("read")
-        .expect("a line");
-    let ready: serde_json::Value = serde_json::from_str(&ready).expect("json");
+    let mut script = Script::spawn(
+        node::command(&js)
+            .arg("guide-client.mjs")
+            .arg(world.base())
+            .arg(world.token(&CARLA))
+            .arg(CLASS_3B_PARENTS.to_string()),
+    );
+    let ready = script.next_json(ARRIVES, "client ready in time").await;
     assert_eq!(ready["event"], "ready", "{ready}");
 
     let id = world.post(&ALICE, CLASS_3B_PARENTS, "Hello from the guide test").await;
-    let line = tokio::time::timeout(ARRIVES, lines.next_line())
-        .await
-        .expect("message in time")
-        .expect("read")
-        .expect("a line");
-    let got: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let got = script.next_json(ARRIVES, "message in time").await;
     assert_eq!(got["event"], "message", "{got}");
     assert_eq!(got["data"]["id"], id.to_string());
     assert_eq!(got["data"]["content"], "Hello from the guide test");
     assert_eq!(got["data"]["sender"]["full_name"], "Alice Martin");
     assert_eq!(got["data"]["sender"]["role"], "teacher");
-    let status = tokio::time::timeout(ARRIVES, child.wait()).await.expect("exits").expect("status");
+    let status = tokio::time::timeout(ARRIVES, script.child.wait()).await.expect("exits").expect("status");
     assert!(status.success());
 }
 
-/// One run of the guide's `initializeChat` (js/guide-initialize-chat.js, the guide's code block
+/// One run of the guide's `initializeChat` (tests/node/guide-initialize-chat.js, the guide's code block
 /// unchanged) under Node as `token`, with `lastMessageCheck` stored from an earlier run, if any.
 async fn initialize_chat(world: &World, token: &str, stored: Option<&str>) -> serde_json::Value {
-    let js = js_dir();
-    let mut command = tokio::process::Command::new("node");
-    command.arg(js.join("guide-offline-sync.mjs")).arg(world.base()).arg(token);
+    let mut command = node::command(&node::tests_dir());
+    command.arg("guide-offline-sync.mjs").arg(world.base()).arg(token);
     if let Some(stored) = stored {
         command.arg(stored);
     }
-    let run = command.stderr(Stdio::inherit()).kill_on_drop(true).output();
+    let run = command.stderr(Stdio::inherit()).output();
     let output = tokio::time::timeout(ARRIVES, run).await.expect("initializeChat ends in time").expect("node runs");
     assert!(output.status.success(), "the guide's initializeChat threw: {}", String::from_utf8_lossy(&output.stdout));
     serde_json::from_slice(&output.stdout).expect("one JSON line")
@@ -78,7 +58,7 @@ fn ids(displayed: &serde_json::Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_initialize_chat_shows_the_badge_and_the_missed_messages() {
-    assert!(js_dir().join("node_modules/ws").exists(), "npm packages missing: run scripts/setup");
+    node::require(&node::tests_dir(), &["node_modules/ws"]);
     let world = World::start().await;
     let token = world.token(&CARLA);
     let db = world.stack.sql().await;

@@ -18,10 +18,11 @@ use serde_json::{json, Value};
 use supabase_standin::keys::Alg;
 use supabase_standin::seed::{Person, ALICE, ALICE_CARLA, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
 use supabase_standin::Stack;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::common::node::{self, Script};
 use crate::common::World;
 
 /// The gateway implements resume (`?since=`, `cursor`, `sync_complete`): every catch-up must be a
@@ -33,27 +34,17 @@ const RESUME_IN_GATEWAY: bool = true;
 /// Bound for each phase of the scenario (never an assertion about speed).
 const PHASE: Duration = Duration::from_secs(40);
 
-fn client_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("clients/js")
-}
-
 fn assert_built() -> PathBuf {
-    let dir = client_dir();
-    for needed in ["node_modules/ws", "node_modules/typescript", "dist/index.js"] {
-        assert!(dir.join(needed).exists(), "{} missing in {}: run scripts/setup", needed, dir.display());
-    }
+    let dir = node::library_dir();
+    node::require(&dir, &["node_modules/ws", "node_modules/typescript", "dist/index.js"]);
     dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_librarys_unit_tests_pass_under_node() {
     let dir = assert_built();
-    let output = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .args(["--test", "test/unit.test.mjs"])
-        .output()
-        .await
-        .expect("node must be installed");
+    let output =
+        node::command(&dir).args(["--test", "test/unit.test.mjs"]).output().await.expect("node must be installed");
     assert!(
         output.status.success(),
         "node --test failed:\n{}\n{}",
@@ -161,18 +152,14 @@ async fn the_client_library_loses_nothing_through_expiry_upstream_loss_pause_soc
     let mut world = World::start_with(|c| c.jwt_leeway = Duration::ZERO).await;
     let first_token = world.stack.keys().user_token(CARLA.id, CARLA.email, Alg::Hs256, 12);
 
-    let mut child = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .arg("e2e/ledger.mjs")
-        .arg(world.base())
-        .arg(&first_token)
-        .arg(CLASS_3B_PARENTS.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed");
+    let Script { mut child, mut lines } = Script::spawn(
+        node::command(&dir)
+            .arg("e2e/ledger.mjs")
+            .arg(world.base())
+            .arg(&first_token)
+            .arg(CLASS_3B_PARENTS.to_string())
+            .stdin(Stdio::piped()),
+    );
 
     // Commands to the driver's stdin.
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Value>();
@@ -196,7 +183,6 @@ async fn the_client_library_loses_nothing_through_expiry_upstream_loss_pause_soc
     {
         let policy = policy.clone();
         let cmd_tx = cmd_tx.clone();
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 let event: Value = serde_json::from_str(&line).unwrap_or_else(|_| json!({"event":"junk","line":line}));
@@ -347,73 +333,4 @@ async fn the_client_library_loses_nothing_through_expiry_upstream_loss_pause_soc
     if RESUME_IN_GATEWAY {
         assert_eq!(by_rest, 0, "every catch-up should be a resume replay once the gateway has it: {syncs:?}");
     }
-}
-
-/// The example web app (`examples/web`, served with the built library by `examples/web/serve.mjs`)
-/// in headless Chromium: signed in as Carla with thread 3B open, a message inserted with SQL in 3B
-/// appears on the page; one in her 1:1 thread raises the unread badge by one, and opening that
-/// thread brings it down to the server's count.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_web_app_shows_a_live_message_and_the_unread_badge_in_chromium() {
-    let dir = assert_built();
-    assert!(dir.join("node_modules/playwright-core").exists(), "playwright-core missing: run scripts/setup");
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(std::path::Path::new(&chromium).exists(), "{chromium} missing: run scripts/setup");
-    // The page is served from its own origin; the gateway admits exactly that browser origin.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-    let origin = format!("http://127.0.0.1:{port}");
-    let world = World::start_with(|c| c.edge.cors_allowed_origins = vec![origin.clone()]).await;
-    let nonce = Uuid::new_v4().simple().to_string();
-    let text_a = format!("Parents' evening moved to Thursday {}", &nonce[..8]);
-    let text_b = format!("Can we talk about the trip? {}", &nonce[..8]);
-    let mut child = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .arg("e2e/browser.mjs")
-        .arg(world.base())
-        .arg(world.stack.url())
-        .arg(&world.stack.keys().anon_key)
-        .arg(world.token(&CARLA))
-        .arg(CLASS_3B_PARENTS.to_string())
-        .arg(ALICE_CARLA.to_string())
-        .arg(&text_a)
-        .arg(&text_b)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = next_line(&mut lines).await;
-    assert_eq!(ready["event"], "ready", "{ready}");
-    let badge = ready["badge"].as_i64().expect("a badge number");
-
-    world.post(&ALICE, CLASS_3B_PARENTS, &text_a).await;
-    world.post(&ALICE, ALICE_CARLA, &text_b).await;
-    let result = next_line(&mut lines).await;
-    assert_eq!(result["event"], "result", "{result}");
-    assert!(result["error"].is_null(), "in the browser: {result}");
-    assert_eq!(result["sawA"], true, "{result}");
-    assert_eq!(result["senderA"], "Alice Martin", "{result}");
-    assert_eq!(result["badgeAfter"], badge + 1, "{result}");
-    assert_eq!(result["threadBUnread"], "1", "{result}");
-    assert_eq!(result["sawB"], true, "{result}");
-    let (_, unread) = world.rest(reqwest::Method::GET, "/api/chat/unread-count", Some(&world.token(&CARLA))).await;
-    assert_eq!(
-        result["badgeAfterReading"], unread["data"]["unread_count"],
-        "the badge shows the server's count: {result}"
-    );
-    assert!(result["badgeAfterReading"].as_i64() <= Some(badge), "{result}");
-    assert_eq!(result["status"], "live", "{result}");
-    let status = tokio::time::timeout(PHASE, child.wait()).await.expect("exits").expect("status");
-    assert!(status.success());
-}
-
-async fn next_line(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Value {
-    let line = tokio::time::timeout(PHASE, lines.next_line())
-        .await
-        .expect("the browser driver answers in time")
-        .expect("read")
-        .expect("the browser driver ended early");
-    serde_json::from_str::<Value>(&line).expect("json")
 }

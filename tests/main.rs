@@ -27,4 +27,6 @@ mod rest;
 mod resume;
 mod resume_catchup;
 mod shutdown;
+mod supabase_js;
 mod upstream;
+mod web_example;

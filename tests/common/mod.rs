@@ -9,6 +9,8 @@
 //! scenario can be run on either; `tests/postgres.rs` runs the main ones on PostgreSQL always.
 #![allow(dead_code)]
 
+pub mod node;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,28 +1,25 @@
-//! Supabase's official JavaScript client against the stand-ins: runs js/conformance.test.mjs
-//! under Node's test runner. Fails (never skips) when Node or the npm packages are missing: run
-//! `scripts/setup` first.
-
-use std::path::PathBuf;
+//! Supabase's official JavaScript client against the stand-ins (no gateway): runs
+//! `tests/node/conformance.test.mjs` under Node's test runner, so that what the other tests learn
+//! from the stand-ins holds for Supabase's own client too. Fails (never skips) when Node or the npm
+//! packages are missing: run `scripts/setup` first.
 
 use supabase_standin::keys::Alg;
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, FARID};
 use supabase_standin::Stack;
 
+use crate::common::node;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supabase_js_conforms() {
-    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../js");
-    assert!(
-        js.join("node_modules/@supabase/supabase-js").exists() && js.join("node_modules/pg").exists(),
-        "npm packages missing in {}: run scripts/setup",
-        js.display()
-    );
+    let js = node::tests_dir();
+    node::require(&js, &["node_modules/@supabase/supabase-js", "node_modules/pg"]);
     let stack = Stack::start().await.expect("stand-in stack starts");
     let keys = stack.keys();
-    let output = tokio::process::Command::new("node")
+    let output = node::command(&js)
         .arg("--test")
         .arg("--test-reporter=spec")
         .arg("--test-force-exit")
-        .arg(js.join("conformance.test.mjs"))
+        .arg("conformance.test.mjs")
         .env("SUPABASE_URL", stack.url())
         .env("SUPABASE_ANON_KEY", &keys.anon_key)
         .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
@@ -35,7 +32,6 @@ async fn supabase_js_conforms() {
         .env("FARID_TOKEN", stack.token(&FARID, Alg::Hs256))
         .env("CLASS_3B_PARENTS", CLASS_3B_PARENTS.to_string())
         .env("CLASS_4A_PARENTS", CLASS_4A_PARENTS.to_string())
-        .kill_on_drop(true)
         .output()
         .await
         .expect("node must be installed");

@@ -1,6 +1,6 @@
 // Conformance of the local Supabase stand-ins with Supabase's own JavaScript client.
 //
-// Run by crates/standin/tests/supabase_js.rs, which starts the stand-in stack and passes its
+// Run by tests/supabase_js.rs, which starts the stand-in stack and passes its
 // coordinates in the environment. Uses @supabase/supabase-js exactly as an app would (Node 20
 // needs the `ws` package as the realtime transport) and `pg` for "a row inserted with SQL".
 import { test, after } from "node:test";

@@ -1,7 +1,7 @@
 // Browser driver of the gateway's operator page (/admin): opens it in headless Chromium through
 // playwright-core, tries a wrong token, logs in with the right one, finds a connected user and
 // clicks "Disconnect". Driven by tests/admin.rs. Usage:
-//   node e2e/admin.mjs <gateway url> <admin token> <user id>
+//   node tests/node/admin.mjs <gateway url> <admin token> <user id>
 // Prints one {"event":"result",...} line and exits.
 import { chromium } from "playwright-core";
 

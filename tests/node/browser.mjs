@@ -1,11 +1,11 @@
 // Browser test driver: serves examples/web (with the built library), opens it in headless Chromium
 // through playwright-core, signs in with a token, and reports what the page shows. Driven by
 // tests/js_client.rs. Usage:
-//   node e2e/browser.mjs <gateway url> <supabase url> <anon key> <token> <thread A> <thread B> <text A> <text B>
+//   node tests/node/browser.mjs <gateway url> <supabase url> <anon key> <token> <thread A> <thread B> <text A> <text B>
 // Prints {"event":"ready","badge":N} once the page is live with thread A open; the Rust side then
 // inserts <text A> in thread A and <text B> in thread B; prints {"event":"result",...} and exits.
 import { chromium } from "playwright-core";
-import { serve } from "../../../examples/web/serve.mjs";
+import { serve } from "../../examples/web/serve.mjs";
 
 const [gateway, supabase, anonKey, token, threadA, threadB, textA, textB, port] = process.argv.slice(2);
 const out = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
