@@ -9,6 +9,7 @@
 //! may no longer trigger JWKS re-fetches for unknown `kid`s. This module must never log a token or a secret, and
 //! never decide thread access (RLS does, through [`crate::store`]).
 
+mod bearer;
 pub mod jwks;
 
 use std::net::IpAddr;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::limit::PerIp;
+pub use bearer::{bearer, bearer_matches};
 use jwks::{FetchError, JwksCache, Lookup, Schedule};
 
 /// Why a token was refused. The text is safe to show to the client (it never echoes the token).

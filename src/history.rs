@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use crate::session::outbox::Outgoing;
+use crate::hub::Outgoing;
 
 /// One routed message, as it went out.
 pub struct Entry {

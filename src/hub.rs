@@ -6,6 +6,13 @@
 //! bounded queue. Everything here is synchronous: no I/O, no JSON, no awaits; a slow client is
 //! closed by its own queue, never waited for. The hub must never deliver a message to a session
 //! whose user is not a participant of the thread, and never hold a map guard across an await.
+//!
+//! Submodules: [`outbox`] (a session's bounded queue and the handle the hub holds: what the
+//! router and the hub push into and the session drains) and [`disconnects`] (the recent
+//! disconnects the admin page shows).
+
+mod disconnects;
+mod outbox;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,7 +24,8 @@ use uuid::Uuid;
 use crate::close::Close;
 use crate::config::Limits;
 use crate::metrics::Metrics;
-use crate::session::outbox::{Outgoing, SessionHandle};
+pub use disconnects::Disconnects;
+pub use outbox::{Outgoing, SessionHandle};
 
 /// Why a session could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +53,8 @@ pub struct Hub {
     realtime_off: DashMap<Uuid, ()>,
     session_count: AtomicUsize,
     next_id: AtomicU64,
-    pub metrics: Arc<Metrics>,
+    /// For the pushes: frames delivered, slow sessions closed.
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {

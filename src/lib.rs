@@ -30,10 +30,11 @@ mod model;
 pub mod pg;
 pub mod protocol;
 pub mod publication;
+mod readiness;
 mod router;
 pub mod server;
 mod session;
 mod store;
 pub mod upstream;
 
-pub use api::bearer;
+pub use auth::bearer;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use crate::model::{format_time, normalize_time, parse_time, ChatMessage, Sender};
+use crate::model::ChatMessage;
 
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +127,7 @@ pub const UPSTREAM_ERROR: &str = "Real-time connection error";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Sender;
     use serde_json::json;
 
     const T: &str = "b0000000-0000-4000-8000-000000000001";

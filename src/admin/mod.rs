@@ -1,29 +1,30 @@
 //! The operator page: `/admin` (static HTML with its script and styles as files, so that its
-//! Content-Security-Policy allows no inline code) and its JSON endpoints under `/admin/api/...`,
-//! plus the bounded record of recent disconnects it shows. Every answer carries the CSP,
-//! `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`.
+//! Content-Security-Policy allows no inline code) and its JSON endpoints under `/admin/api/...`.
+//! Every answer carries the CSP, `X-Frame-Options: DENY` and `Referrer-Policy: no-referrer`.
 //!
 //! Off unless `ADMIN_TOKEN` is set: every `/admin` path then answers 404 as if it did not exist.
 //! The page itself is public static HTML (a login form); it keeps the token in `sessionStorage`
 //! and sends it as `Authorization: Bearer` to the JSON endpoints, which compare it in constant
 //! time. Owns: the overview (sessions, users online, deliveries counter, upstream state,
-//! readiness, recent disconnects) and disconnecting one user's sessions (close 1008 "disconnected
-//! by an operator"). Must never accept the token in a URL, log it, or show message content.
+//! readiness, the recent disconnects the sessions record in the hub's [`Disconnects`]) and
+//! disconnecting one user's sessions (close 1008 "disconnected by an operator"). Reads only its
+//! own [`AdminState`]: the REST API mounts these routes, and nothing here knows the API. Must
+//! never accept the token in a URL, log it, or show message content.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::api::ApiState;
+use crate::auth::bearer_matches;
 use crate::close;
-use crate::edge::Edge;
 use crate::error::PeerError;
+use crate::hub::{Disconnects, Hub};
+use crate::metrics::Metrics;
 use crate::model::format_time;
+use crate::readiness::Readiness;
 
 /// The page, its script and its styles, embedded in the binary.
 pub const PAGE: &str = include_str!("page.html");
@@ -50,7 +51,7 @@ fn secured(mut response: warp::reply::Response) -> warp::reply::Response {
 
 /// A static file of the page under `/admin/<name>`.
 fn asset(
-    state: ApiState,
+    state: State,
     name: &'static str,
     content_type: &'static str,
     body: &'static str,
@@ -63,64 +64,22 @@ fn asset(
         .map(move |_| warp::reply::with_header(body, warp::http::header::CONTENT_TYPE, content_type).into_response())
 }
 
-/// How many disconnects the page can show.
-pub const RECENT: usize = 100;
-
 /// Most online users listed in one overview.
 const ONLINE_LISTED: usize = 500;
 
-/// Operator settings and state the REST layer needs besides the chat API's.
-pub struct Ops {
-    pub edge: Arc<Edge>,
-    /// `METRICS_TOKEN`: when set, `/metrics` needs it as a bearer token.
-    pub metrics_token: Option<String>,
-    /// `ADMIN_TOKEN`: when set, `/admin` exists and needs it.
-    pub admin_token: Option<String>,
+/// What the operator page reads and acts on.
+pub struct AdminState {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
+    /// The recent disconnects, as the sessions recorded them.
     pub disconnects: Arc<Disconnects>,
-    /// The PostgreSQL backend's replication-slot lag (None on Supabase).
-    pub slot_lag: Option<Arc<crate::pg::SlotLag>>,
+    /// `ADMIN_TOKEN`: when set, `/admin` exists and needs it.
+    pub token: Option<String>,
 }
 
-/// One ended session, as the page lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disconnect {
-    pub at: DateTime<Utc>,
-    pub user_id: Uuid,
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-/// The last [`RECENT`] disconnects, newest last.
-#[derive(Default)]
-pub struct Disconnects {
-    ring: Mutex<VecDeque<Disconnect>>,
-}
-
-impl Disconnects {
-    pub fn record(&self, user_id: Uuid, code: u16, reason: &'static str) {
-        let mut ring = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
-        if ring.len() >= RECENT {
-            ring.pop_front();
-        }
-        ring.push_back(Disconnect { at: Utc::now(), user_id, code, reason });
-    }
-
-    /// Newest first.
-    pub fn recent(&self) -> Vec<Disconnect> {
-        self.ring.lock().unwrap_or_else(PoisonError::into_inner).iter().rev().cloned().collect()
-    }
-}
-
-/// Whether `header` is `Bearer <expected>`, compared without an early exit.
-pub fn bearer_matches(header: Option<&str>, expected: &str) -> bool {
-    let Some(given) = crate::api::bearer(header) else { return false };
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in a.iter().enumerate() {
-        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
-    }
-    diff == 0 && !b.is_empty()
-}
+/// The state every filter of the page shares.
+type State = Arc<AdminState>;
 
 #[derive(Debug)]
 struct Refused(PeerError);
@@ -133,11 +92,11 @@ pub fn refusal(rejection: &Rejection) -> Option<PeerError> {
 }
 
 /// Passes when the admin page is enabled (else 404), with the configured token.
-fn enabled(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+fn enabled(state: State) -> impl Filter<Extract = (State,), Error = Rejection> + Clone {
     warp::any().and_then(move || {
         let state = state.clone();
         async move {
-            if state.ops.admin_token.is_some() {
+            if state.token.is_some() {
                 Ok(state)
             } else {
                 Err(warp::reject::not_found())
@@ -147,10 +106,10 @@ fn enabled(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Reject
 }
 
 /// Passes with a correct admin bearer token, else answers 401.
-fn operator(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Rejection> + Clone {
+fn operator(state: State) -> impl Filter<Extract = (State,), Error = Rejection> + Clone {
     enabled(state).and(warp::header::optional::<String>("authorization")).and_then(
-        |state: ApiState, header: Option<String>| async move {
-            let expected = state.ops.admin_token.as_deref().unwrap_or_default();
+        |state: State, header: Option<String>| async move {
+            let expected = state.token.as_deref().unwrap_or_default();
             if bearer_matches(header.as_deref(), expected) {
                 Ok(state)
             } else {
@@ -163,7 +122,7 @@ fn operator(state: ApiState) -> impl Filter<Extract = (ApiState,), Error = Rejec
     )
 }
 
-fn overview(state: &ApiState) -> serde_json::Value {
+fn overview(state: &AdminState) -> serde_json::Value {
     let hub = &state.hub;
     let online: Vec<_> = hub
         .online_users(ONLINE_LISTED)
@@ -171,7 +130,6 @@ fn overview(state: &ApiState) -> serde_json::Value {
         .map(|(user_id, sessions)| json!({"user_id": user_id, "sessions": sessions}))
         .collect();
     let recent: Vec<_> = state
-        .ops
         .disconnects
         .recent()
         .into_iter()
@@ -181,7 +139,7 @@ fn overview(state: &ApiState) -> serde_json::Value {
         "status": "success",
         "sessions": hub.session_count(),
         "users": hub.user_count(),
-        "deliveries_total": hub.metrics.deliveries(),
+        "deliveries_total": state.metrics.deliveries(),
         "upstream": if state.readiness.upstream_live() { "live" } else { "down" },
         "ready": state.readiness.is_ready(),
         "draining": state.readiness.is_draining(),
@@ -192,7 +150,7 @@ fn overview(state: &ApiState) -> serde_json::Value {
 
 /// `/admin` (and its `page.js`, `page.css`), `/admin/api/overview`,
 /// `/admin/api/users/:user_id/disconnect`; every answer with [`CSP`] and no framing or referrer.
-pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+pub fn routes(state: State) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let admin = warp::path("admin");
     let page = admin
         .and(warp::path::end())
@@ -207,7 +165,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,)
         .and(warp::path::end())
         .and(warp::get())
         .and(operator(state.clone()))
-        .map(|s: ApiState| warp::reply::json(&overview(&s)).into_response());
+        .map(|s: State| warp::reply::json(&overview(&s)).into_response());
     let disconnect = api
         .and(warp::path("users"))
         .and(warp::path::param::<String>())
@@ -215,7 +173,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,)
         .and(warp::path::end())
         .and(warp::post())
         .and(operator(state))
-        .map(|user: String, s: ApiState| {
+        .map(|user: String, s: State| {
             let Ok(user_id) = Uuid::parse_str(&user) else {
                 let e = PeerError::bad_request("Invalid user_id: must be a UUID");
                 return warp::reply::with_status(warp::reply::json(&e.body()), e.status).into_response();
@@ -225,33 +183,4 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,)
             warp::reply::json(&json!({"status": "success", "user_id": user_id, "closed": closed})).into_response()
         });
     page.or(script).unify().or(styles).unify().or(overview).unify().or(disconnect).unify().map(secured)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_token_must_match_exactly() {
-        assert!(bearer_matches(Some("Bearer s3cret-token"), "s3cret-token"));
-        assert!(bearer_matches(Some("bearer s3cret-token"), "s3cret-token"));
-        assert!(!bearer_matches(Some("Bearer s3cret-toke"), "s3cret-token"));
-        assert!(!bearer_matches(Some("Bearer s3cret-token2"), "s3cret-token"));
-        assert!(!bearer_matches(Some("s3cret-token"), "s3cret-token"));
-        assert!(!bearer_matches(None, "s3cret-token"));
-        assert!(!bearer_matches(Some("Bearer x"), ""));
-    }
-
-    #[test]
-    fn the_ring_keeps_the_last_hundred_newest_first() {
-        let ring = Disconnects::default();
-        let users: Vec<Uuid> = (0..150).map(|_| Uuid::new_v4()).collect();
-        for user in &users {
-            ring.record(*user, 1001, "shutdown");
-        }
-        let recent = ring.recent();
-        assert_eq!(recent.len(), RECENT);
-        assert_eq!(recent[0].user_id, users[149]);
-        assert_eq!(recent[RECENT - 1].user_id, users[50]);
-    }
 }

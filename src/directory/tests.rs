@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::history::{Entry, History};
-use crate::session::outbox::Outgoing;
+use crate::hub::Outgoing;
 use crate::session::resume;
 use proptest::prelude::*;
 

@@ -84,11 +84,11 @@ impl ResumeMetrics {
 
 impl Metrics {
     /// What the resume ring holds now, and its byte evictions so far.
-    pub fn resume_buffer(&self, usage: crate::history::Usage) {
-        self.resumes.ring_messages.set(i64::try_from(usage.messages).unwrap_or(i64::MAX));
-        self.resumes.ring_bytes.set(i64::try_from(usage.bytes).unwrap_or(i64::MAX));
+    pub fn resume_buffer(&self, messages: usize, bytes: usize, evicted_for_bytes: u64) {
+        self.resumes.ring_messages.set(i64::try_from(messages).unwrap_or(i64::MAX));
+        self.resumes.ring_bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
         let counted = self.resumes.ring_byte_evictions.get();
-        self.resumes.ring_byte_evictions.inc_by(usage.evicted_for_bytes.saturating_sub(counted));
+        self.resumes.ring_byte_evictions.inc_by(evicted_for_bytes.saturating_sub(counted));
     }
     pub fn resumed(&self, from_memory: bool, replayed: u64, took: Duration) {
         (if from_memory { &self.resumes.from_memory } else { &self.resumes.from_database }).inc();

@@ -105,7 +105,7 @@ impl Router {
             return;
         }
         let oldest = self.waiting.oldest().unwrap_or(self.started);
-        self.hub.metrics.router_overflow(over_bytes && !over_count);
+        self.metrics.router_overflow(over_bytes && !over_count);
         tracing::error!(
             waiting = self.waiting.len(),
             waiting_bytes = self.waiting.bytes(),
@@ -148,7 +148,7 @@ impl Router {
         let (tx, rx) = mpsc::channel(1);
         // A page, the one queued and the backlog: together a fraction of the router's byte bound.
         let page_bytes = self.config.max_waiting_bytes / 8;
-        let fill = fill(self.store.clone(), from, tx, self.hub.metrics.clone(), self.stop.clone(), page_bytes);
+        let fill = fill(self.store.clone(), from, tx, self.metrics.clone(), self.stop.clone(), page_bytes);
         self.tasks.spawn(fill);
         self.gap = GapState::Running { pages: rx, again: None, backlog: VecDeque::new(), done: None };
     }
@@ -193,7 +193,7 @@ impl Router {
                 Some(row) => {
                     let before = self.seen.len();
                     self.accept(row, None);
-                    self.hub.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
+                    self.metrics.gap_filled(self.seen.len().saturating_sub(before) as u64);
                 }
                 None => {
                     if let Some(scanned) = *done {

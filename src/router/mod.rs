@@ -20,7 +20,6 @@ pub mod catchup;
 pub mod cursor;
 pub mod gap;
 mod read_state;
-mod readiness;
 mod switches;
 pub mod window;
 
@@ -36,17 +35,17 @@ use uuid::Uuid;
 
 use crate::directory::{Directory, Key};
 use crate::history::{Entry, History};
-use crate::hub::Hub;
 use crate::model::{format_time, MessageRow};
 use crate::protocol::{ServerMessage, UPSTREAM_ERROR};
-use crate::session::outbox::{Outgoing, SessionHandle};
+use crate::readiness::Readiness;
+use crate::hub::{Hub, Outgoing, SessionHandle};
+use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;
 use catchup::{CatchUp, Prober};
 use cursor::Cursor;
 use gap::GapPage;
-pub use readiness::Readiness;
 use window::{row_cost, Seen, Waiting};
 
 /// Settings of the router.
@@ -87,6 +86,7 @@ enum GapState {
 /// The router and everything it owns.
 pub struct Router {
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     directory: Arc<Directory>,
     loaded: mpsc::UnboundedReceiver<Key>,
     store: Store,
@@ -120,6 +120,8 @@ pub struct Router {
 /// Everything the router is built from.
 pub struct RouterParts {
     pub hub: Arc<Hub>,
+    /// The router's series: routed, duplicates, waiting, latency, gap fills, read-state pushes.
+    pub metrics: Arc<Metrics>,
     pub directory: Arc<Directory>,
     pub loaded: mpsc::UnboundedReceiver<Key>,
     pub store: Store,
@@ -144,6 +146,7 @@ impl Router {
             Cursor::new(parts.store.clone(), parts.tasks.clone(), parts.config.cursor_interval, parts.started - margin);
         let read_states = read_state::ReadStates::new(
             parts.hub.clone(),
+            parts.metrics.clone(),
             parts.store.clone(),
             parts.tasks.clone(),
             parts.stop.clone(),
@@ -153,6 +156,7 @@ impl Router {
         Router {
             read_states,
             hub: parts.hub,
+            metrics: parts.metrics,
             directory: parts.directory,
             loaded: parts.loaded,
             store: parts.store,
@@ -231,7 +235,7 @@ impl Router {
             self.cursor.request_if_due();
         }
         self.confirm_checkpoint();
-        self.hub.metrics.router_waiting(self.waiting.len(), self.waiting.bytes());
+        self.metrics.router_waiting(self.waiting.len(), self.waiting.bytes());
         let stamped = self.cursor.stamped(self.waiting.oldest());
         self.prober.step(self.live, stamped);
         let mut ring = self.history.lock();
@@ -240,7 +244,7 @@ impl Router {
         }
         let usage = ring.usage();
         drop(ring);
-        self.hub.metrics.resume_buffer(usage);
+        self.metrics.resume_buffer(usage.messages, usage.bytes, usage.evicted_for_bytes);
         if let Some(point) = self.resume_point {
             // Ids below the next gap fill's window can never come back.
             self.seen.prune_below(point - self.margin() - chrono::Duration::seconds(60));
@@ -315,7 +319,7 @@ impl Router {
         }
         self.live = false;
         self.cursor.invalidate();
-        self.hub.metrics.upstream_lost();
+        self.metrics.upstream_lost();
         tracing::warn!(%reason, "upstream lost; clients notified");
         self.hub.broadcast(&error_frame());
     }
@@ -374,7 +378,7 @@ impl Router {
             return;
         };
         if !self.seen.insert(row.id, created_at) {
-            self.hub.metrics.duplicate();
+            self.metrics.duplicate();
             return;
         }
         let thread_id = row.thread_id;
@@ -427,9 +431,9 @@ impl Router {
         self.prober.on_delivered(&id);
         if let Some(committed) = committed {
             // Clocks of the database and this host may disagree: a negative latency counts as 0.
-            self.hub.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());
+            self.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());
         }
-        self.hub.metrics.routed();
+        self.metrics.routed();
         tracing::debug!(message = %id, thread = %thread_id, recipients = n, "delivered");
         None
     }

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::hub::Hub;
+use crate::hub::{Hub, Outgoing};
+use crate::metrics::Metrics;
 use crate::protocol::ServerMessage;
-use crate::session::outbox::Outgoing;
 use crate::store::Store;
 
 /// Per user with a worker running: thread → newest `last_read_at` not yet pushed.
@@ -26,6 +26,7 @@ type Batches = HashMap<Uuid, HashMap<Uuid, String>>;
 
 pub struct ReadStates {
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     store: Store,
     tasks: TaskTracker,
     stop: CancellationToken,
@@ -34,8 +35,15 @@ pub struct ReadStates {
 }
 
 impl ReadStates {
-    pub fn new(hub: Arc<Hub>, store: Store, tasks: TaskTracker, stop: CancellationToken, window: Duration) -> Self {
-        ReadStates { hub, store, tasks, stop, window, batches: Arc::default() }
+    pub fn new(
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        store: Store,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+        window: Duration,
+    ) -> Self {
+        ReadStates { hub, metrics, store, tasks, stop, window, batches: Arc::default() }
     }
 
     /// `thread_read` to every session of the user, with their unread count after the change.
@@ -47,13 +55,14 @@ impl ReadStates {
             let mut batches = self.batches.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(batch) = batches.get_mut(&user_id) {
                 batch.insert(thread_id, last_read_at);
-                self.hub.metrics.fairness.read_state_coalesced();
+                self.metrics.fairness.read_state_coalesced();
                 return;
             }
             batches.insert(user_id, HashMap::from([(thread_id, last_read_at)]));
         }
         let worker = Worker {
             hub: self.hub.clone(),
+            metrics: self.metrics.clone(),
             store: self.store.clone(),
             batches: self.batches.clone(),
             user_id,
@@ -72,6 +81,7 @@ impl ReadStates {
 /// Reads and pushes one user's batches until none is left.
 struct Worker {
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     store: Store,
     batches: Arc<Mutex<Batches>>,
     user_id: Uuid,
@@ -100,7 +110,7 @@ impl Worker {
     }
 
     async fn push(&self, batch: HashMap<Uuid, String>) {
-        self.hub.metrics.fairness.read_state_read();
+        self.metrics.fairness.read_state_read();
         let unread_count = match self.store.unread_count_of(self.user_id).await {
             Ok(n) => n,
             Err(e) => {
@@ -112,7 +122,7 @@ impl Worker {
             let last_read_at = crate::model::normalize_time(&last_read_at).unwrap_or(last_read_at);
             let frame = ServerMessage::ThreadRead { thread_id, last_read_at: &last_read_at, unread_count };
             self.hub.send_to_user(&self.user_id, &Outgoing::notice(frame.to_json()));
-            self.hub.metrics.read_state_pushed();
+            self.metrics.read_state_pushed();
         }
     }
 }

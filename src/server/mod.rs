@@ -33,19 +33,20 @@ use tower_service::Service;
 pub use upgrade::request_token;
 use upgrade::{is_websocket_upgrade, upgrade};
 
-use crate::admin::{Disconnects, Ops};
-use crate::api::{self, ApiState};
+use crate::admin::AdminState;
+use crate::api::{self, ApiState, Ops};
 use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
 use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
 use crate::directory::{Directory, DirectoryParts};
 use crate::edge::Edge;
 use crate::history::History;
-use crate::hub::Hub;
+use crate::hub::{Disconnects, Hub};
 use crate::limit::PerUser;
 use crate::metrics::Metrics;
 use crate::router::catchup::CatchUp;
-use crate::router::{Readiness, Router, RouterConfig, RouterParts};
+use crate::readiness::Readiness;
+use crate::router::{Router, RouterConfig, RouterParts};
 use crate::session::SessionContext;
 use crate::store::Store;
 use crate::upstream::event::{Watermark, MEMBERSHIP_EVENTS_TABLE};
@@ -69,6 +70,7 @@ pub enum StartError {
 pub struct Gateway {
     addr: SocketAddr,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     stop: CancellationToken,
     tasks: TaskTracker,
@@ -124,7 +126,7 @@ impl Gateway {
         for (session, at) in sessions.iter().zip(schedule) {
             tokio::time::sleep_until(start + at).await;
             session.close(close::SHUTDOWN);
-            self.hub.metrics.shutdown_closed();
+            self.metrics.shutdown_closed();
         }
         self.hub.close_all(close::SHUTDOWN);
         self.stop.cancel();
@@ -230,6 +232,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let catchup = CatchUp::new(config.resume_catchup_timeout);
     let router = Router::new(RouterParts {
         hub: hub.clone(),
+        metrics: metrics.clone(),
         directory: directory.clone(),
         loaded,
         store: store.clone(),
@@ -274,16 +277,18 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let disconnects = Arc::new(Disconnects::default());
     let edge = Edge::new(&config.edge);
-    let ops = Arc::new(Ops {
-        edge: edge.clone(),
-        metrics_token: config.metrics_token.clone(),
-        admin_token: config.admin_token.clone(),
+    let ops = Arc::new(Ops { edge: edge.clone(), metrics_token: config.metrics_token.clone(), slot_lag: slot_lag.clone() });
+    let admin = Arc::new(AdminState {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
         disconnects: disconnects.clone(),
-        slot_lag: slot_lag.clone(),
+        token: config.admin_token.clone(),
     });
     let budgets = crate::fair::UserBudgets::new(&config.fairness, config.rate_limit_max_keys);
     let ctx = SessionContext {
         hub: hub.clone(),
+        metrics: metrics.clone(),
         verifier: verifier.clone(),
         store: store.clone(),
         history,
@@ -298,12 +303,14 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
     let rest = warp::service(api::routes(ApiState {
         hub: hub.clone(),
+        metrics: metrics.clone(),
         store,
         readiness: readiness.clone(),
         verifier,
         rate: rest_rate,
         budgets,
         ops,
+        admin,
     }));
     // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
     // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows
@@ -326,6 +333,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     Ok(Gateway {
         addr,
         hub,
+        metrics,
         readiness,
         stop,
         tasks,

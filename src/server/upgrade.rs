@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 use warp::Reply;
 
 use super::Response;
-use crate::api;
 use crate::error::PeerError;
 use crate::session::{self, resume, SessionContext};
 
@@ -43,7 +42,7 @@ pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String>
         }
     }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    api::bearer(auth).map(str::to_string)
+    crate::auth::bearer(auth).map(str::to_string)
 }
 
 /// The `since` of a WebSocket URL: None when absent, Err when malformed.
@@ -75,7 +74,7 @@ pub(super) async fn upgrade(
         return PeerError::new(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down").response();
     }
     let Some(token) = request_token(req.uri().query(), req.headers()) else {
-        ctx.hub.metrics.auth_failed("websocket", crate::auth::AuthError::Missing.label());
+        ctx.metrics.auth_failed("websocket", crate::auth::AuthError::Missing.label());
         tracing::info!(%peer, "WebSocket refused: no token");
         return PeerError::new(
             StatusCode::UNAUTHORIZED,
@@ -92,7 +91,7 @@ pub(super) async fn upgrade(
     let identity = match ctx.verifier.verify_from(Some(client), &token).await {
         Ok(identity) => identity,
         Err(e) => {
-            ctx.hub.metrics.auth_failed("websocket", e.label());
+            ctx.metrics.auth_failed("websocket", e.label());
             tracing::info!(%peer, %client, reason = %e, "WebSocket refused: bad token");
             return PeerError::from(e).response();
         }

@@ -12,7 +12,6 @@
 //! It must never send a client data of a thread the user may not read (the hub routes; access
 //! checks for `subscribe_thread` go to RLS through the store with the user's own token).
 
-pub mod outbox;
 mod replay;
 pub mod resume;
 
@@ -33,13 +32,13 @@ use crate::auth::{Identity, Verifier};
 use crate::close::{self, Close};
 use crate::directory::Directory;
 use crate::history::History;
-use crate::hub::Hub;
+use crate::hub::{Disconnects, Hub, Outgoing, SessionHandle};
 use crate::limit::TokenBucket;
-use crate::metrics::Budget;
+use crate::metrics::{Budget, Metrics};
+use crate::model::format_time;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
-use crate::router::Readiness;
+use crate::readiness::Readiness;
 use crate::store::Store;
-use outbox::{Outgoing, SessionHandle};
 use resume::{Release, Replay};
 
 /// A held-back `sync_complete`'s wait for the router's proof.
@@ -54,6 +53,8 @@ const BATCH: usize = 64;
 #[derive(Clone)]
 pub struct SessionContext {
     pub hub: Arc<Hub>,
+    /// The session series: disconnects, access checks, budgets, resumes, pushes.
+    pub metrics: Arc<Metrics>,
     pub verifier: Arc<Verifier>,
     pub store: Store,
     pub history: Arc<History>,
@@ -65,7 +66,7 @@ pub struct SessionContext {
     /// Cancelled when the gateway shuts down.
     pub stop: CancellationToken,
     /// The recent disconnects the admin page shows.
-    pub disconnects: Arc<crate::admin::Disconnects>,
+    pub disconnects: Arc<Disconnects>,
     /// Per-user budgets on `subscribe_thread` checks and database replays.
     pub budgets: Arc<crate::fair::UserBudgets>,
     /// Catch-up tickets: a memory resume's `sync_complete` waits for the router's proof.
@@ -118,7 +119,7 @@ pub async fn run<S>(
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
     let (code, label) = reason.map_or((0, "client_gone"), |r| (r.code, r.label));
-    session.ctx.hub.metrics.disconnected(code, label);
+    session.ctx.metrics.disconnected(code, label);
     session.ctx.disconnects.record(shared.user_id, code, label);
     let secs = started.elapsed().as_secs();
     match &reason {
@@ -156,7 +157,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     async fn serve(&mut self, replay: Option<Replay>) -> Option<Close> {
         let hello = ServerMessage::ConnectionEstablished {
             user_id: self.shared.user_id,
-            timestamp: protocol::format_time(chrono::Utc::now()),
+            timestamp: format_time(chrono::Utc::now()),
         };
         if self.send_json(hello).await.is_err() {
             return None;
@@ -177,7 +178,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 // cursor, then the upstream-error frame.
                 let error = Outgoing::notice(ServerMessage::Error { message: protocol::UPSTREAM_ERROR }.to_json());
                 let flow = self.release_sync(held, Release::UpstreamDown);
-                self.shared.push(&error, &self.ctx.hub.metrics);
+                self.shared.push(&error, &self.ctx.metrics);
                 if let Flow::Close(reason) = flow {
                     return self.finish(Flow::Close(reason)).await;
                 }
@@ -323,13 +324,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn subscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
         if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
-            self.ctx.hub.metrics.fairness.budget_hit(Budget::SubscribeCheck);
+            self.ctx.metrics.fairness.budget_hit(Budget::SubscribeCheck);
             tracing::info!(session = self.shared.id, user = %self.shared.user_id, "subscribe_thread over the user's budget");
             return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
         }
         let started = Instant::now();
         let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
-        self.ctx.hub.metrics.rls_checked(started.elapsed());
+        self.ctx.metrics.rls_checked(started.elapsed());
         match allowed {
             Ok(true) => match self.ctx.hub.subscribe_thread(&self.shared, thread_id) {
                 Ok(()) => {
@@ -354,22 +355,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !known {
             // The same per-user budget as subscribe_thread's checks: one RLS query each.
             if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
-                self.ctx.hub.metrics.fairness.budget_hit(Budget::SubscribeCheck);
-                self.ctx.hub.metrics.unsubscribe_refused("over_budget");
+                self.ctx.metrics.fairness.budget_hit(Budget::SubscribeCheck);
+                self.ctx.metrics.unsubscribe_refused("over_budget");
                 return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
             }
             let started = Instant::now();
             let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
-            self.ctx.hub.metrics.rls_checked(started.elapsed());
+            self.ctx.metrics.rls_checked(started.elapsed());
             match allowed {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.ctx.hub.metrics.unsubscribe_refused("access_denied");
+                    self.ctx.metrics.unsubscribe_refused("access_denied");
                     return self.error(&format!("Access denied to thread {thread_id}")).await;
                 }
                 Err(e) => {
                     tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
-                    self.ctx.hub.metrics.unsubscribe_refused("check_failed");
+                    self.ctx.metrics.unsubscribe_refused("check_failed");
                     return self.error(crate::error::access_check_frame(&e)).await;
                 }
             }
@@ -377,7 +378,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         match self.ctx.hub.unsubscribe_thread(&self.shared, thread_id) {
             Ok(()) => self.send_json(ServerMessage::ThreadUnsubscribed { thread_id }).await,
             Err(e) => {
-                self.ctx.hub.metrics.unsubscribe_refused("too_many");
+                self.ctx.metrics.unsubscribe_refused("too_many");
                 self.error(&e.to_string()).await
             }
         }
@@ -398,7 +399,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Ok(_) => self.error("Access token belongs to another user").await,
             Err(e) => {
-                self.ctx.hub.metrics.auth_failed("token_refresh", e.label());
+                self.ctx.metrics.auth_failed("token_refresh", e.label());
                 self.error(&format!("Invalid access token: {e}")).await
             }
         }

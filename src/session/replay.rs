@@ -12,12 +12,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::outbox::Outgoing;
 use super::resume::{self, PendingSync, Release, Replay};
 use super::{Flow, Session, BATCH, WRITE_TIMEOUT};
 use crate::close;
+use crate::hub::Outgoing;
 use crate::metrics::Budget;
-use crate::protocol::{self, ServerMessage};
+use crate::model::format_time;
+use crate::protocol::ServerMessage;
 use crate::store::StoreError;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -59,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         cursor: String,
         started: Instant,
     ) -> Result<Option<PendingSync>, Flow> {
-        self.ctx.hub.metrics.resumed(false, count as u64, started.elapsed());
+        self.ctx.metrics.resumed(false, count as u64, started.elapsed());
         tracing::info!(session = self.shared.id, count, from_memory = false, "resume replayed");
         self.send_json(ServerMessage::SyncComplete { last_check_time: &cursor, count })
             .await
@@ -69,13 +70,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Queues a memory replay's `sync_complete` behind the live frames already queued.
     pub(super) fn release_sync(&mut self, held: PendingSync, release: Release) -> Flow {
-        resume::record_release(&self.ctx.hub.metrics, self.shared.id, &held, release);
+        resume::record_release(&self.ctx.metrics, self.shared.id, &held, release);
         let written = self.held_live.take().unwrap_or(0);
         // The ring's lock is taken before, never under, the queue's lock (the router takes them
         // in that order while it fans out).
         let cursor = resume::sync_cursor(&self.ctx.history, &held);
         self.shared
-            .push_counted(|queued| resume::sync_complete(&cursor, &held, written + queued), &self.ctx.hub.metrics);
+            .push_counted(|queued| resume::sync_complete(&cursor, &held, written + queued), &self.ctx.metrics);
         match self.shared.close_reason() {
             Some(reason) => Flow::Close(reason),
             None => Flow::Continue,
@@ -86,7 +87,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// path uses; None when that cannot be known (change feed not live, member lists not read in
     /// time): the resume then goes to the database, where RLS decides. Never unchecked.
     async fn current_members_only(&mut self, frames: Vec<(Uuid, Outgoing)>) -> Option<Vec<Outgoing>> {
-        let metrics = &self.ctx.hub.metrics;
+        let metrics = &self.ctx.metrics;
         if !self.ctx.readiness.upstream_live() {
             // Membership changes made meanwhile have not reached the directory.
             metrics.resume_membership_unchecked();
@@ -122,7 +123,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<(usize, String)>, Flow> {
         let gone = |_| Flow::Gone;
-        let stamp = protocol::format_time(since);
+        let stamp = format_time(since);
         let horizon = match self.ctx.store.sync_point().await {
             Ok(point) => point.horizon,
             Err(e) => return self.replay_failed(e).await,
@@ -136,7 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             pages += 1;
             let rows =
-                match self.ctx.store.offline_messages(&self.token, &protocol::format_time(from), resume::PAGE).await {
+                match self.ctx.store.offline_messages(&self.token, &format_time(from), resume::PAGE).await {
                     Ok(rows) => rows,
                     Err(e) => return self.replay_failed(e).await,
                 };
@@ -164,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn replay_limited(&mut self, count: usize) -> Result<Option<(usize, String)>, Flow> {
-        self.ctx.hub.metrics.fairness.budget_hit(Budget::ResumeReplay);
+        self.ctx.metrics.fairness.budget_hit(Budget::ResumeReplay);
         tracing::info!(session = self.shared.id, user = %self.shared.user_id, count, "resume replay over the user's budget");
         self.error(crate::fair::REPLAY_LIMITED).await.map_err(|_| Flow::Gone)?;
         Ok(None)

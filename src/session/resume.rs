@@ -26,9 +26,8 @@ use std::time::Instant;
 use chrono::{DateTime, Duration, Utc};
 use uuid::Uuid;
 
-use super::outbox::{Outgoing, SessionHandle};
 use crate::history::History;
-use crate::hub::{Hub, RegisterError};
+use crate::hub::{Hub, Outgoing, RegisterError, SessionHandle};
 use crate::model::{format_time, parse_time, Sender};
 use crate::protocol::ServerMessage;
 use crate::router::catchup::CatchUp;

@@ -1,7 +1,8 @@
 //! Readiness as `/readyz` reports it: upstream live, no gap left to fill, and not draining.
 //!
 //! Owns three flags: the router sets the first two after every step; the server sets `draining`
-//! once, when shutdown begins, and it is never cleared. Lock-free; never blocks.
+//! once, when shutdown begins, and it is never cleared. Read by the REST API (`/readyz`, `/metrics`),
+//! the admin page, the WebSocket upgrade and the sessions. Lock-free; never blocks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -31,8 +32,8 @@ impl Readiness {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
-    /// The router's view after a step.
-    pub(super) fn set(&self, ready: bool, upstream_live: bool) {
+    /// The router's view after a step (only the router calls this).
+    pub fn set(&self, ready: bool, upstream_live: bool) {
         self.ready.store(ready, Ordering::Release);
         self.upstream_live.store(upstream_live, Ordering::Release);
     }
