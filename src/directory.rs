@@ -6,7 +6,8 @@
 //! sender-profile cache, and all of their PostgREST I/O: loads are single-flight per key, run in
 //! their own tracked tasks, and are retried with backoff until they succeed (or the gateway
 //! stops), so a slow or failing lookup holds up only the messages that need it. When a load
-//! completes, the router is told through a channel and replays waiting for it are woken.
+//! completes, the router is told through a channel and replays waiting for it are woken. Also
+//! the filter a replay from memory goes through ([`members_only`]): only threads the user is in now.
 //!
 //! Ordering: a member list read from the database may predate membership changes that reached
 //! the gateway while the read was under way. Every change applied while a load of its thread is
@@ -365,6 +366,30 @@ impl Directory {
             }
         });
     }
+}
+
+/// The threads of a replay from memory (frames with their thread), each once, in order.
+pub fn threads_of<T>(frames: &[(Uuid, T)]) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    frames.iter().map(|(thread, _)| *thread).filter(|thread| seen.insert(*thread)).collect()
+}
+
+/// The frames of a replay from memory whose thread `user_id` currently participates in (`members`:
+/// the current participants by thread; a thread missing from it counts as not the user's), in
+/// order; and how many were withheld.
+pub fn members_only<T>(
+    frames: Vec<(Uuid, T)>,
+    user_id: &Uuid,
+    members: &HashMap<Uuid, Arc<HashSet<Uuid>>>,
+) -> (Vec<T>, usize) {
+    let total = frames.len();
+    let kept: Vec<T> = frames
+        .into_iter()
+        .filter(|(thread, _)| members.get(thread).is_some_and(|users| users.contains(user_id)))
+        .map(|(_, frame)| frame)
+        .collect();
+    let withheld = total - kept.len();
+    (kept, withheld)
 }
 
 #[cfg(test)]

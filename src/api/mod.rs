@@ -186,7 +186,6 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallib
     Ok(error_reply(&e).into_response())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,9 +53,7 @@ pub(super) fn ready(state: ApiState) -> impl Filter<Extract = (WithStatus<Json>,
 }
 
 /// `/metrics`.
-pub(super) fn metrics(
-    state: ApiState,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+pub(super) fn metrics(state: ApiState) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path("metrics")
         .and(warp::path::end())
         .and(read_only())
@@ -92,6 +90,6 @@ fn metrics_reply(state: &ApiState, authorization: Option<&str>) -> warp::reply::
         subscribe_check_keys: state.budgets.subscribe_keys(),
         resume_replay_keys: state.budgets.resume_keys(),
     };
-    warp::reply::with_header(state.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE).into_response()
+    warp::reply::with_header(state.metrics.render(&sampled), "content-type", crate::metrics::CONTENT_TYPE)
+        .into_response()
 }
-

@@ -4,7 +4,6 @@
 use super::*;
 use crate::history::{Entry, History};
 use crate::hub::Outgoing;
-use crate::session::resume;
 use proptest::prelude::*;
 
 const TTL: Duration = Duration::from_secs(600);
@@ -178,18 +177,48 @@ proptest! {
             while caches.land_members(threads[thread], read()) == Landed::ReadAgain {}
         }
         check(&caches, &truth, true)?;
-        // Resumes from the start of the ring, filtered as a session does (a thread not cached is
-        // loaded: the database's list).
-        let members: HashMap<Uuid, Arc<HashSet<Uuid>>> = (0..3)
-            .map(|t| (threads[t], caches.fresh_members(&threads[t], TTL).unwrap_or_else(|| Arc::new(truth[t].clone()))))
-            .collect();
-        for user in &users {
-            let frames = history.lock().replay_for(user, chrono::Utc::now() - chrono::Duration::seconds(1));
-            let (kept, _) = resume::members_only(frames, user, &members);
-            for frame in kept {
-                let t: usize = frame.text.as_str().parse().expect("thread index");
-                prop_assert!(truth[t].contains(user), "a replay carried thread {}'s message to a non-participant", t);
-            }
+        replays_reach_participants_only(&caches, &history, &threads, &users, &truth)?;
+    }
+}
+
+/// Resumes from the start of the ring, filtered as a session does (a thread not cached is
+/// loaded: the database's list): every frame kept is of a thread its user is in (`truth`).
+fn replays_reach_participants_only(
+    caches: &Caches,
+    history: &History,
+    threads: &[Uuid],
+    users: &[Uuid],
+    truth: &[HashSet<Uuid>],
+) -> Result<(), TestCaseError> {
+    let members: HashMap<Uuid, Arc<HashSet<Uuid>>> = (0..threads.len())
+        .map(|t| (threads[t], caches.fresh_members(&threads[t], TTL).unwrap_or_else(|| Arc::new(truth[t].clone()))))
+        .collect();
+    for user in users {
+        let frames = history.lock().replay_for(user, chrono::Utc::now() - chrono::Duration::seconds(1));
+        let (kept, _) = members_only(frames, user, &members);
+        for frame in kept {
+            let t: usize = frame.text.as_str().parse().expect("thread index");
+            prop_assert!(truth[t].contains(user), "a replay carried thread {}'s message to a non-participant", t);
         }
     }
+    Ok(())
+}
+
+#[test]
+fn a_memory_replay_keeps_only_the_threads_the_user_is_in_now() {
+    let (user, kept, left, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let frames: Vec<(Uuid, Outgoing)> = [kept, left, kept, unknown, left]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (*t, Outgoing::notice(i.to_string())))
+        .collect();
+    assert_eq!(threads_of(&frames), vec![kept, left, unknown]);
+    let members: HashMap<Uuid, Arc<HashSet<Uuid>>> =
+        [(kept, Arc::new([user].into_iter().collect())), (left, Arc::new([Uuid::new_v4()].into_iter().collect()))]
+            .into_iter()
+            .collect();
+    let (out, withheld) = members_only(frames, &user, &members);
+    let texts: Vec<&str> = out.iter().map(|f| f.text.as_str()).collect();
+    assert_eq!(texts, ["0", "2"], "in order, only the thread the user is still in");
+    assert_eq!(withheld, 3, "a thread missing from the check counts as not the user's");
 }

@@ -35,11 +35,11 @@ use uuid::Uuid;
 
 use crate::directory::{Directory, Key};
 use crate::history::{Entry, History};
+use crate::hub::{Hub, Outgoing, SessionHandle};
+use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
 use crate::protocol::{ServerMessage, UPSTREAM_ERROR};
 use crate::readiness::Readiness;
-use crate::hub::{Hub, Outgoing, SessionHandle};
-use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::upstream::event::Watermark;
 use crate::upstream::UpstreamEvent;

@@ -44,8 +44,8 @@ use crate::history::History;
 use crate::hub::{Disconnects, Hub};
 use crate::limit::PerUser;
 use crate::metrics::Metrics;
-use crate::router::catchup::CatchUp;
 use crate::readiness::Readiness;
+use crate::router::catchup::CatchUp;
 use crate::router::{Router, RouterConfig, RouterParts};
 use crate::session::SessionContext;
 use crate::store::Store;
@@ -277,7 +277,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
 
     let disconnects = Arc::new(Disconnects::default());
     let edge = Edge::new(&config.edge);
-    let ops = Arc::new(Ops { edge: edge.clone(), metrics_token: config.metrics_token.clone(), slot_lag: slot_lag.clone() });
+    let ops =
+        Arc::new(Ops { edge: edge.clone(), metrics_token: config.metrics_token.clone(), slot_lag: slot_lag.clone() });
     let admin = Arc::new(AdminState {
         hub: hub.clone(),
         metrics: metrics.clone(),

@@ -1,12 +1,13 @@
 //! Session: one client WebSocket, from `connection_established` to close.
 //!
-//! Submodules: [`outbox`] (the bounded queue and the handle the hub holds), [`resume`] (what a
-//! reconnecting client missed: the choice of source and the frames), `replay` (writing that
-//! replay to the socket, and the held-back `sync_complete`).
+//! Submodules: [`socket`] (the client's WebSocket: batching, write timeouts, the fast path, the
+//! keep-alive and close frames), [`resume`] (what a reconnecting client missed: the choice of
+//! source and the frames), `replay` (writing that replay to the socket, and the held-back
+//! `sync_complete`).
 //!
 //! Owns one connection's protocol state: its verified identity and token expiry, the client
-//! frames it accepts (size and rate limited), server pings and dead-socket detection, and writing
-//! the frames the hub queued for it (batched: everything queued is fed, then flushed once). Every
+//! frames it accepts (size and rate limited), when the connection counts as dead, and which of
+//! the frames the hub queued for it go out (the outbox is the hub's [`SessionHandle`]). Every
 //! close carries a code and a human reason. A session never blocks the hub: the hub only ever
 //! `try_send`s into its bounded queue, and a session that falls behind is closed by the hub.
 //! It must never send a client data of a thread the user may not read (the hub routes; access
@@ -14,16 +15,14 @@
 
 mod replay;
 pub mod resume;
+mod socket;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -39,15 +38,11 @@ use crate::model::format_time;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::readiness::Readiness;
 use crate::store::Store;
-use resume::{Release, Replay};
+use resume::{PendingSync, Release, Replay};
+use socket::{ClientSocket, Heartbeat, Inbound, WriteError, BATCH};
 
 /// A held-back `sync_complete`'s wait for the router's proof.
 type CatchUpWait = std::pin::Pin<Box<dyn std::future::Future<Output = Release> + Send>>;
-
-/// A write that makes no progress for this long drops the client.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames fed to the socket before one flush.
-const BATCH: usize = 64;
 
 /// Everything a session needs from the gateway.
 #[derive(Clone)]
@@ -74,7 +69,7 @@ pub struct SessionContext {
 }
 
 struct Session<S> {
-    ws: WebSocketStream<S>,
+    socket: ClientSocket<S>,
     ctx: SessionContext,
     shared: Arc<SessionHandle>,
     identity: Identity,
@@ -99,6 +94,16 @@ enum Flow {
     Gone,
 }
 
+impl From<WriteError> for Flow {
+    fn from(e: WriteError) -> Flow {
+        match e {
+            WriteError::Gone => Flow::Gone,
+            WriteError::Stalled => Flow::Close(close::STALLED),
+            WriteError::Interrupted(reason) => Flow::Close(reason),
+        }
+    }
+}
+
 /// Serves one upgraded WebSocket until it closes. The token was verified before the upgrade.
 pub async fn run<S>(
     ws: WebSocketStream<S>,
@@ -113,8 +118,18 @@ pub async fn run<S>(
     let started = Instant::now();
     let rate = TokenBucket::new(ctx.hub.limits().rate_per_sec);
     let replayed = HashSet::new();
-    let mut session =
-        Session { ws, ctx, shared: shared.clone(), identity, token, rate, replayed, covered: None, held_live: None };
+    let socket = ClientSocket::new(ws);
+    let mut session = Session {
+        socket,
+        ctx,
+        shared: shared.clone(),
+        identity,
+        token,
+        rate,
+        replayed,
+        covered: None,
+        held_live: None,
+    };
     tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
@@ -131,42 +146,42 @@ pub async fn run<S>(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn send_text(&mut self, text: impl Into<tokio_tungstenite::tungstenite::Utf8Bytes>) -> Result<(), WsError> {
-        tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Text(text.into())))
-            .await
-            .unwrap_or(Err(WsError::ConnectionClosed))
-    }
-
     async fn send_json(&mut self, message: ServerMessage<'_>) -> Result<(), WsError> {
-        self.send_text(message.to_json()).await
+        self.socket.send(message.to_json()).await
     }
 
     async fn error(&mut self, message: &str) -> Result<(), WsError> {
         self.send_json(ServerMessage::Error { message }).await
     }
 
+    /// The reason's error frame, if it has one, then its close frame.
     async fn close(&mut self, reason: &Close) {
         if let Some(text) = reason.error_frame {
             let _ = self.error(text).await;
         }
-        let frame = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+        self.socket.close(reason).await;
     }
 
-    /// The session loop; returns the close reason (None: the client went away).
+    /// The session: opened, then live until it ends; returns the close reason (None: the client
+    /// went away).
     async fn serve(&mut self, replay: Option<Replay>) -> Option<Close> {
+        let flow = match self.open(replay).await {
+            Ok(pending) => self.live(pending).await,
+            Err(flow) => flow,
+        };
+        self.finish(flow).await
+    }
+
+    /// `connection_established`, the replay of a resume, and the upstream-error frame while the
+    /// upstream is down; returns a memory replay's `sync_complete`, held back until caught up.
+    async fn open(&mut self, replay: Option<Replay>) -> Result<Option<PendingSync>, Flow> {
         let hello = ServerMessage::ConnectionEstablished {
             user_id: self.shared.user_id,
             timestamp: format_time(chrono::Utc::now()),
         };
-        if self.send_json(hello).await.is_err() {
-            return None;
-        }
+        self.send_json(hello).await.map_err(|_| Flow::Gone)?;
         let mut pending = match replay {
-            Some(replay) => match Box::pin(self.replay(replay)).await {
-                Ok(pending) => pending,
-                Err(flow) => return self.finish(flow).await,
-            },
+            Some(replay) => Box::pin(self.replay(replay)).await?,
             None => None,
         };
         if pending.is_some() {
@@ -180,17 +195,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let flow = self.release_sync(held, Release::UpstreamDown);
                 self.shared.push(&error, &self.ctx.metrics);
                 if let Flow::Close(reason) = flow {
-                    return self.finish(Flow::Close(reason)).await;
+                    return Err(Flow::Close(reason));
                 }
-            } else if self.error(protocol::UPSTREAM_ERROR).await.is_err() {
-                return None;
+            } else {
+                self.error(protocol::UPSTREAM_ERROR).await.map_err(|_| Flow::Gone)?;
             }
         }
+        Ok(pending)
+    }
+
+    /// Live until the session ends: queued frames out, client frames in, the keep-alive, the
+    /// token's expiry, and the held-back `sync_complete` once the router proves the catch-up.
+    async fn live(&mut self, mut pending: Option<PendingSync>) -> Flow {
         let mut catch_up: Option<CatchUpWait> =
             pending.as_ref().map(|held| Box::pin(resume::caught_up(self.ctx.catchup.clone(), held.ticket)) as _);
-        let ping_every = self.ctx.hub.limits().ping_interval;
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-        let mut last_heard = Instant::now();
+        let mut heartbeat = Heartbeat::new(self.ctx.hub.limits().ping_interval);
         let mut expiry = Box::pin(tokio::time::sleep(self.ctx.verifier.remaining(&self.identity)));
         let stop = self.ctx.stop.clone();
         let shared = self.shared.clone();
@@ -199,22 +218,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 reason = shared.closed() => Flow::Close(reason),
                 _ = stop.cancelled() => Flow::Close(close::SHUTDOWN),
                 frame = shared.queue.pop() => self.write_batch(frame).await,
-                incoming = self.ws.next() => {
-                    last_heard = Instant::now();
-                    match incoming {
-                        Some(Ok(message)) => self.on_message(message, &mut expiry).await,
-                        Some(Err(WsError::Capacity(_))) => Flow::Close(close::TOO_BIG),
-                        Some(Err(_)) | None => Flow::Gone,
-                    }
+                incoming = self.socket.recv() => {
+                    heartbeat.heard();
+                    self.on_inbound(incoming, &mut expiry).await
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() > ping_every * 2 {
+                _ = heartbeat.due() => {
+                    if heartbeat.silent() {
                         Flow::Close(close::DEAD)
                     } else {
-                        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(Message::Ping(Default::default()))).await {
-                            Ok(Ok(())) => Flow::Continue,
-                            _ => Flow::Gone,
-                        }
+                        self.socket.ping().await.map_or_else(Flow::from, |()| Flow::Continue)
                     }
                 }
                 _ = &mut expiry => Flow::Close(close::EXPIRED),
@@ -227,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             if !matches!(flow, Flow::Continue) {
-                return self.finish(flow).await;
+                return flow;
             }
         }
     }
@@ -250,12 +262,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let covered = matches!((self.covered, frame.created_at), (Some(c), Some(t)) if t <= c);
         if covered {
-            self.ctx.hub.metrics.duplicate();
+            self.ctx.metrics.duplicate();
         }
         !covered
     }
 
-    /// Feeds the frame and everything else already queued (up to a batch), then flushes once.
+    /// Writes the frame and everything else already queued (up to a batch) in one flush.
     async fn write_batch(&mut self, first: Outgoing) -> Flow {
         let shared = self.shared.clone();
         let mut batch = Vec::with_capacity(4);
@@ -272,38 +284,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if batch.is_empty() {
             return Flow::Continue;
         }
-        let write = async {
-            for frame in batch {
-                if let (Some(n), Some(_)) = (self.held_live.as_mut(), frame.message) {
-                    *n += 1;
-                }
-                self.ws.feed(Message::Text(frame.text)).await?;
-            }
-            self.ws.flush().await
-        };
-        tokio::pin!(write);
-        // Fast path: the socket takes the batch at once (the common case); no timer is armed.
-        if let std::task::Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
-            return if result.is_ok() { Flow::Continue } else { Flow::Gone };
+        if let Some(n) = self.held_live.as_mut() {
+            // Live chat messages written while sync_complete is held back: it counts them.
+            *n += batch.iter().filter(|frame| frame.message.is_some()).count();
         }
-        // The client is not reading fast enough: bound the wait, and give way to a close.
-        tokio::select! {
-            result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
-                Ok(Ok(())) => Flow::Continue,
-                Ok(Err(_)) => Flow::Gone,
-                Err(_) => Flow::Close(close::STALLED),
-            },
-            reason = shared.closed() => Flow::Close(reason),
+        match self.socket.write_batch(batch, shared.closed()).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::from(e),
         }
     }
 
-    async fn on_message(&mut self, message: Message, expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>) -> Flow {
-        let text = match message {
-            Message::Text(text) => text,
-            Message::Binary(_) => return Flow::Close(close::BINARY),
-            Message::Close(_) => return Flow::Gone,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Flow::Continue,
-        };
+    async fn on_inbound(&mut self, incoming: Inbound, expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>) -> Flow {
+        match incoming {
+            Inbound::Text(text) => self.on_text(text, expiry).await,
+            Inbound::Binary => Flow::Close(close::BINARY),
+            Inbound::Control => Flow::Continue,
+            Inbound::TooBig => Flow::Close(close::TOO_BIG),
+            Inbound::Gone => Flow::Gone,
+        }
+    }
+
+    async fn on_text(&mut self, text: Utf8Bytes, expiry: &mut std::pin::Pin<Box<tokio::time::Sleep>>) -> Flow {
         if !self.rate.allow() {
             tracing::warn!(session = self.shared.id, user = %self.shared.user_id, "client exceeded the message rate limit");
             return Flow::Close(close::RATE);

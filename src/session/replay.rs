@@ -6,15 +6,12 @@
 
 use std::time::Instant;
 
-use futures_util::SinkExt;
-
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::resume::{self, PendingSync, Release, Replay};
-use super::{Flow, Session, BATCH, WRITE_TIMEOUT};
-use crate::close;
+use super::socket::BATCH;
+use super::{Flow, Session};
 use crate::hub::Outgoing;
 use crate::metrics::Budget;
 use crate::model::format_time;
@@ -35,12 +32,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 };
                 for chunk in frames.chunks(BATCH) {
                     for frame in chunk {
-                        self.ws.feed(Message::Text(frame.text.clone())).await.map_err(gone)?;
+                        self.socket.feed(frame.text.clone()).await.map_err(gone)?;
                     }
-                    tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush())
-                        .await
-                        .map_err(|_| Flow::Close(close::STALLED))?
-                        .map_err(gone)?;
+                    self.socket.flush().await?;
                 }
                 let ticket = self.ctx.catchup.ask();
                 return Ok(Some(PendingSync { ticket, cursor, count: frames.len(), started }));
@@ -75,8 +69,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // The ring's lock is taken before, never under, the queue's lock (the router takes them
         // in that order while it fans out).
         let cursor = resume::sync_cursor(&self.ctx.history, &held);
-        self.shared
-            .push_counted(|queued| resume::sync_complete(&cursor, &held, written + queued), &self.ctx.metrics);
+        self.shared.push_counted(|queued| resume::sync_complete(&cursor, &held, written + queued), &self.ctx.metrics);
         match self.shared.close_reason() {
             Some(reason) => Flow::Close(reason),
             None => Flow::Continue,
@@ -97,10 +90,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             return None;
         }
-        let threads = resume::threads_of(&frames);
+        let threads = crate::directory::threads_of(&frames);
         match self.ctx.directory.current_members(&threads, self.ctx.membership_wait).await {
             Ok(members) => {
-                let (frames, withheld) = resume::members_only(frames, &self.shared.user_id, &members);
+                let (frames, withheld) = crate::directory::members_only(frames, &self.shared.user_id, &members);
                 if withheld > 0 {
                     metrics.replay_withheld(withheld as u64);
                     tracing::info!(session = self.shared.id, user = %self.shared.user_id, withheld, "resume: messages of threads the user has left withheld");
@@ -136,11 +129,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.replay_limited(count).await;
             }
             pages += 1;
-            let rows =
-                match self.ctx.store.offline_messages(&self.token, &format_time(from), resume::PAGE).await {
-                    Ok(rows) => rows,
-                    Err(e) => return self.replay_failed(e).await,
-                };
+            let rows = match self.ctx.store.offline_messages(&self.token, &format_time(from), resume::PAGE).await {
+                Ok(rows) => rows,
+                Err(e) => return self.replay_failed(e).await,
+            };
             let full = rows.returned >= resume::PAGE as usize;
             let last = rows.last_created_at;
             for row in rows.messages {
@@ -149,13 +141,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 let sender = row.sender.clone().unwrap_or_else(crate::model::Sender::unknown);
                 let frame = resume::replay_frame(row, sender, &stamp);
-                self.ws.feed(Message::Text(frame.text)).await.map_err(gone)?;
+                self.socket.feed(frame.text).await.map_err(gone)?;
                 count += 1;
             }
-            tokio::time::timeout(WRITE_TIMEOUT, self.ws.flush())
-                .await
-                .map_err(|_| Flow::Close(close::STALLED))?
-                .map_err(gone)?;
+            self.socket.flush().await?;
             match last.map(resume::after) {
                 Some(next) if full && next > from => from = next,
                 _ => break,

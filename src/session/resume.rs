@@ -19,7 +19,6 @@
 //! that proof does not come within `RESUME_CATCHUP_TIMEOUT_MS` (or the upstream is down), it is
 //! sent anyway with a cursor that is still safe, counted and logged.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -145,30 +144,6 @@ pub fn register(
     Ok((hub.register(user_id)?, Some(Replay::Database { since })))
 }
 
-/// The threads of a memory replay, each once.
-pub fn threads_of(frames: &[(Uuid, Outgoing)]) -> Vec<Uuid> {
-    let mut seen = HashSet::new();
-    frames.iter().map(|(thread, _)| *thread).filter(|thread| seen.insert(*thread)).collect()
-}
-
-/// The frames of a memory replay whose thread `user_id` currently participates in (`members`:
-/// the current participants by thread; a thread missing from it counts as not the user's), in
-/// order; and how many were withheld.
-pub fn members_only(
-    frames: Vec<(Uuid, Outgoing)>,
-    user_id: &Uuid,
-    members: &HashMap<Uuid, Arc<HashSet<Uuid>>>,
-) -> (Vec<Outgoing>, usize) {
-    let total = frames.len();
-    let kept: Vec<Outgoing> = frames
-        .into_iter()
-        .filter(|(thread, _)| members.get(thread).is_some_and(|users| users.contains(user_id)))
-        .map(|(_, frame)| frame)
-        .collect();
-    let withheld = total - kept.len();
-    (kept, withheld)
-}
-
 /// The frame of a replayed database row, stamped with the resume's own `since` (safe: nothing
 /// before it is claimed).
 pub fn replay_frame(row: crate::model::MessageRow, sender: Sender, since: &str) -> Outgoing {
@@ -203,24 +178,5 @@ mod tests {
         assert!(parse_since("2026-01-01").is_none());
         assert!(parse_since("yesterday").is_none());
         assert!(parse_since("").is_none());
-    }
-
-    #[test]
-    fn a_memory_replay_keeps_only_the_threads_the_user_is_in_now() {
-        let (user, kept, left, unknown) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let frames: Vec<(Uuid, Outgoing)> = [kept, left, kept, unknown, left]
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (*t, Outgoing::notice(i.to_string())))
-            .collect();
-        assert_eq!(threads_of(&frames), vec![kept, left, unknown]);
-        let members: HashMap<Uuid, Arc<HashSet<Uuid>>> =
-            [(kept, Arc::new([user].into_iter().collect())), (left, Arc::new([Uuid::new_v4()].into_iter().collect()))]
-                .into_iter()
-                .collect();
-        let (out, withheld) = members_only(frames, &user, &members);
-        let texts: Vec<&str> = out.iter().map(|f| f.text.as_str()).collect();
-        assert_eq!(texts, ["0", "2"], "in order, only the thread the user is still in");
-        assert_eq!(withheld, 3, "a thread missing from the check counts as not the user's");
     }
 }
