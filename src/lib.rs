@@ -3,15 +3,15 @@
 //!
 //! The path of a message: [`upstream`] (our Phoenix client; decodes changes at the edge) →
 //! `router` (order, dedup, gap fill, resume cursor; lookups through `directory`) → `hub`
-//! (registry, recipients, fan-out) → `session` (one WebSocket; its outbox and resume). REST:
-//! `api` → `store` (PostgREST with the caller's own token). Beside them: [`auth`] (JWT),
-//! [`config`], `protocol` (the client JSON), `model` (shared types), `close` (close codes),
-//! `error` (the one mapping to what peers see), `history` (recent messages for resumes),
-//! `metrics`, `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds
-//! on connections before authentication), [`publication`] (the start-up check of the sync horizon
-//! and the pruning of the membership events the upstream reads), and [`server`] (listener,
-//! upgrade, shutdown). [`pg`] is the second backend: the same change feed and store on plain
-//! PostgreSQL.
+//! (registry, recipients, fan-out into each session's outbox) → `session` (one WebSocket: the
+//! protocol over its socket; resume). REST: `api` → `store` (PostgREST with the caller's own
+//! token). Beside them: [`auth`] (JWT), [`config`], `protocol` (the client JSON), `model` (shared
+//! types), `close` (close codes), `error` (the one mapping to what peers see), `history` (recent
+//! messages for resumes), `readiness` (what `/readyz` answers), `metrics`, `admin` (the operator
+//! page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on connections before
+//! authentication), [`publication`] (the start-up check of the sync horizon and the pruning of the
+//! membership events the upstream reads), and [`server`] (listener, upgrade, shutdown). [`pg`] is
+//! the second backend: the same change feed and store on plain PostgreSQL.
 
 mod admin;
 mod api;
