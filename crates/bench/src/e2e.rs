@@ -2,16 +2,23 @@
 //! sockets) on both backends, one after the other, on the same database and population: Supabase
 //! (the Realtime and PostgREST stand-ins) and plain PostgreSQL (the durable replication slot and
 //! the gateway's own pool). Prints INSERT-to-phone latency side by side and writes
-//! `target/bench/e2e.json`.
+//! `target/bench/e2e.json`. The real-INSERT pass itself ([`end_to_end`]) also closes the
+//! standard scenario. Owns measuring real INSERTs; it must never inject synthetic events.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use supabase_standin::Stack;
 
-use super::{clients, end_to_end, free_port, raise_nofile, school_stack, session_tokens, wait_http};
+use crate::clients::{self, Session};
+use crate::host::{free_port, machine, proc_cpu_secs, raise_nofile, wait_http};
+use crate::school::{school_stack, session_tokens, Population};
 
 #[derive(clap::Args, Clone)]
 pub struct E2eArgs {
@@ -111,7 +118,7 @@ pub async fn run(args: E2eArgs) -> i32 {
     }
     print_table(&results);
     let report = json!({"scenario": "end-to-end on both backends", "classes": args.classes, "results": results,
-                        "machine": super::machine()});
+                        "machine": machine()});
     if let Some(dir) = args.report.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -143,4 +150,75 @@ fn print_table(results: &[Value]) {
             r["duplicated"]
         );
     }
+}
+
+/// Real INSERTs at `per_sec` for `secs`, round robin over the threads, to the connected
+/// sessions: deliveries, losses, duplicates and latency from `created_at`.
+pub async fn end_to_end(
+    stack: &Stack,
+    pop: &Population,
+    sessions: &[Arc<Session>],
+    per_sec: u64,
+    secs: f64,
+    pid: u32,
+) -> Value {
+    let db = stack.sql().await;
+    let step_no = 999u16;
+    let count = (per_sec as f64 * secs) as usize;
+    let cpu0 = proc_cpu_secs(pid);
+    let started = Instant::now();
+    let mut expected = 0u64;
+    let live: Vec<&Arc<Session>> =
+        sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
+    let mut per_user: HashMap<usize, u64> = HashMap::new();
+    for s in &live {
+        *per_user.entry(s.user).or_default() += 1;
+    }
+    for i in 0..count {
+        let due = started + Duration::from_secs_f64(i as f64 / per_sec as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let (tid, members, sender) = &pop.threads[i % pop.threads.len()];
+        expected += members.iter().map(|m| per_user.get(m).copied().unwrap_or(0)).sum::<u64>();
+        let content = format!("s{step_no}");
+        if let Err(e) = db
+            .execute(
+                "insert into public.messages (thread_id, sender_id, content) values ($1, $2, $3)",
+                &[tid, &pop.users[*sender].0, &content],
+            )
+            .await
+        {
+            eprintln!("insert failed: {e}");
+        }
+    }
+    let got = || -> u64 {
+        live.iter()
+            .map(|s| s.records.lock().map(|r| r.iter().filter(|x| x.step == step_no).count() as u64).unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while got() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cpu = (proc_cpu_secs(pid) - cpu0) / started.elapsed().as_secs_f64();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+    let mut dup = 0u64;
+    let mut unique = 0u64;
+    for s in &live {
+        let mut seen = HashSet::new();
+        if let Ok(r) = s.records.lock() {
+            for x in r.iter().filter(|x| x.step == step_no) {
+                if seen.insert(x.message) {
+                    unique += 1;
+                    let _ = hist.record(x.latency_us.max(1));
+                } else {
+                    dup += 1;
+                }
+            }
+        }
+    }
+    let q = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    json!({"inserts": count, "inserts_per_sec": per_sec, "expected": expected, "delivered": unique, "lost": expected.saturating_sub(unique), "duplicated": dup,
+           "latency_ms_from_created_at": {"p50": q(0.5), "p99": q(0.99), "max": hist.max() as f64 / 1000.0},
+           "note": "latency here includes the stand-in's WAL polling interval (up to 10 ms) and PostgreSQL commit",
+           "server_cpu_cores": cpu})
 }

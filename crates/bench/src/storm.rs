@@ -1,200 +1,252 @@
-//! The reconnect storm: every session connected and resumed once, then all dropped at once (as a
-//! network outage or a gateway restart does) and coming back with `since` = the newest cursor
-//! they hold, spread over a window (realtime-js reconnects after 1 s, 2 s, 5 s, 10 s; here a
-//! uniform spread over `spread_secs`), while real INSERTs keep coming. Measured: time until every
-//! session has its `sync_complete`, per-session resume time (connect to `sync_complete`),
-//! messages replayed, PostgREST requests during the storm (the stand-in's counter) and the
-//! gateway's resume counters; checked per session against the inserted messages of its threads:
-//! lost (must be 0) and duplicated on one socket (must be 0).
+//! `gateway-bench storm`, the reconnect storm: every session connected and resumed once, then all
+//! dropped at once (as a network outage or a gateway restart does) and coming back with `since` =
+//! the newest cursor they hold, spread over a window (realtime-js reconnects after 1 s, 2 s, 5 s,
+//! 10 s; here a uniform spread over `spread_secs`), while real INSERTs keep coming. Measured: time
+//! until every session has its `sync_complete`, per-session resume time (connect to
+//! `sync_complete`), messages replayed, PostgREST requests during the storm (the stand-in's
+//! counter) and the gateway's resume counters; checked per session against the inserted messages
+//! of its threads: lost (must be 0) and duplicated on one socket (must be 0).
+//!
+//! Here: the phases in order and the report; one session's life is in [`session`].
+
+mod session;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use futures_util::StreamExt;
 use serde_json::{json, Value};
+use supabase_standin::keys::{Alg, Keys};
+use supabase_standin::Stack;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// What one storm session saw.
-#[derive(Default)]
-pub struct StormSession {
-    pub user: usize,
-    /// Message ids received over all connections.
-    pub received: Mutex<HashSet<u128>>,
-    /// Duplicates within one connection.
-    pub duplicates_on_socket: AtomicU64,
-    /// Set once the resume after the drop completed: (connect → sync_complete, replayed count,
-    /// sync_complete time since the drop).
-    pub resumed: Mutex<Option<(Duration, u64, Duration)>>,
-    pub failed: AtomicBool,
-}
+use crate::cli::StormArgs;
+use crate::host::{free_port, gateway_counter, machine, raise_nofile, start_gateway, stop_gateway};
+use crate::school::{school_stack, Population};
+use session::StormSession;
 
-fn cursor_of(v: &Value, key: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(v.get(key)?.as_str()?).ok().map(|t| t.with_timezone(&Utc))
-}
-
-/// One connection: reads until `leave` fires (then drops the socket without a close handshake)
-/// or the socket ends. Returns the newest cursor and, when it resumed, (connect → sync_complete,
-/// replayed) and when sync_complete came.
-async fn connection(
-    url: String,
-    session: &StormSession,
-    cursor: &mut DateTime<Utc>,
-    mut leave: watch::Receiver<bool>,
-    on_sync: Option<&AtomicU64>,
-) -> Result<Option<(Duration, u64, Instant)>, String> {
-    let began = Instant::now();
-    let since = cursor.to_rfc3339_opts(SecondsFormat::Micros, true);
-    let (mut ws, _) =
-        tokio::time::timeout(Duration::from_secs(60), tokio_tungstenite::connect_async(format!("{url}&since={since}")))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-    let mut once = HashSet::new();
-    let mut resumed = None;
-    let mut replayed = 0u64;
-    loop {
-        let frame = tokio::select! {
-            frame = ws.next() => frame,
-            _ = leave.changed() => return Ok(resumed),
-        };
-        let text = match frame {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("closed".into()),
-        };
-        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else { continue };
-        match v["type"].as_str() {
-            Some("new_message") => {
-                if let Some(id) = v["data"]["id"].as_str().and_then(|s| Uuid::parse_str(s).ok()) {
-                    if !once.insert(id.as_u128()) {
-                        session.duplicates_on_socket.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Ok(mut r) = session.received.lock() {
-                        r.insert(id.as_u128());
-                    }
-                }
-                if resumed.is_none() {
-                    replayed += 1;
-                }
-                if let Some(c) = cursor_of(&v, "cursor") {
-                    *cursor = (*cursor).max(c);
-                }
-            }
-            Some("sync_complete") => {
-                if let Some(c) = cursor_of(&v, "last_check_time") {
-                    *cursor = (*cursor).max(c);
-                }
-                resumed = Some((began.elapsed(), replayed, Instant::now()));
-                if let Some(counter) = on_sync {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Some("error") if v["message"].as_str().is_some_and(|m| m.starts_with("Could not replay")) => {
-                return Err("replay failed".into());
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A session's life in the storm: connect and resume (from `start`), live until the drop, wait
-/// its delay, resume again, live until `stop`.
-#[allow(clippy::too_many_arguments)]
-pub async fn session_life(
-    url: String,
-    session: Arc<StormSession>,
-    start: DateTime<Utc>,
-    delay: Duration,
+/// The signals every storm session shares.
+struct Signals {
+    drop_tx: watch::Sender<bool>,
     drop_rx: watch::Receiver<bool>,
+    stop_tx: watch::Sender<bool>,
     stop_rx: watch::Receiver<bool>,
+    /// Sessions done with their first resume (or failed at it).
     first_done: Arc<AtomicU64>,
     dropped_at: Arc<Mutex<Option<Instant>>>,
-) {
-    let mut cursor = start;
-    // Before the storm: one resume (nothing missed), then live until the drop.
-    let mut drop_wait = drop_rx.clone();
-    if connection(url.clone(), &session, &mut cursor, drop_rx.clone(), Some(&first_done)).await.is_err() {
-        session.failed.store(true, Ordering::Relaxed);
-        first_done.fetch_add(1, Ordering::Relaxed);
-    }
-    let _ = drop_wait.wait_for(|d| *d).await;
-    tokio::time::sleep(delay).await;
-    // The storm: come back with the newest cursor; retry a failed replay after a second.
-    for _ in 0..30 {
-        let result = connection(url.clone(), &session, &mut cursor, stop_rx.clone(), None).await;
-        if let Ok(Some((took, replayed, at))) = result {
-            let since_drop =
-                dropped_at.lock().ok().and_then(|d| *d).map(|d| at.saturating_duration_since(d)).unwrap_or_default();
-            if let Ok(mut r) = session.resumed.lock() {
-                *r = Some((took, replayed, since_drop));
-            }
-            return;
-        }
-        if *stop_rx.borrow() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    session.failed.store(true, Ordering::Relaxed);
 }
 
-/// Summary of a storm.
-pub fn summary(
-    sessions: &[Arc<StormSession>],
-    expected: &[Vec<u128>],
-    rest_requests: u64,
-    resumes_memory: u64,
-    resumes_database: u64,
-    spread_secs: f64,
-) -> Value {
-    let mut times: Vec<Duration> = Vec::new();
-    let mut all_synced_after = Duration::ZERO;
-    let mut replayed = 0u64;
-    let (mut lost, mut dup, mut unresumed, mut failed) = (0u64, 0u64, 0usize, 0usize);
-    let mut lost_sessions = 0usize;
-    for (s, want) in sessions.iter().zip(expected) {
-        match s.resumed.lock().ok().and_then(|r| *r) {
-            Some((took, n, since_drop)) => {
-                times.push(took);
-                replayed += n;
-                all_synced_after = all_synced_after.max(since_drop);
-            }
-            None => unresumed += 1,
-        }
-        failed += usize::from(s.failed.load(Ordering::Relaxed));
-        dup += s.duplicates_on_socket.load(Ordering::Relaxed);
-        let received = s.received.lock().map(|r| r.clone()).unwrap_or_default();
-        let missing = want.iter().filter(|id| !received.contains(id)).count() as u64;
-        lost += missing;
-        lost_sessions += usize::from(missing > 0);
+/// PostgREST requests and the gateway's resume counters at one moment.
+struct Counters {
+    rest: u64,
+    memory: u64,
+    database: u64,
+}
+
+impl Counters {
+    async fn read(stack: &Stack, port: u16) -> Counters {
+        let rest = stack.rest_faults().requests();
+        let memory = gateway_counter(port, "gateway_resumes_from_memory_total").await;
+        let database = gateway_counter(port, "gateway_resumes_from_database_total").await;
+        Counters { rest, memory, database }
     }
-    times.sort();
-    let q = |q: f64| {
-        times
-            .get(((times.len() as f64 * q) as usize).min(times.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+pub async fn run(args: StormArgs) -> i32 {
+    raise_nofile();
+    let t0 = Instant::now();
+    if !args.gateway_bin.exists() {
+        eprintln!("build the gateway first: cargo build --release -p realtime-gateway");
+        return 2;
+    }
+    let Some((stack, pop)) = school_stack(args.classes).await else { return 2 };
+    let keys = stack.keys().clone();
+    let port = free_port();
+    let Some(mut gateway) = start_gateway(&args.gateway_bin, &stack, port).await else { return 2 };
+    eprintln!("storm: {} users, {} threads, {} sessions", pop.users.len(), pop.threads.len(), pop.sessions.len());
+    let start = chrono::Utc::now();
+    let (drop_tx, drop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signals = Signals {
+        drop_tx,
+        drop_rx,
+        stop_tx,
+        stop_rx,
+        first_done: Arc::new(AtomicU64::new(0)),
+        dropped_at: Arc::new(Mutex::new(None)),
     };
-    json!({
-        "sessions": sessions.len(),
-        "reconnect_spread_secs": spread_secs,
-        "resumed": times.len(),
-        "not_resumed": unresumed,
-        "sessions_with_errors": failed,
-        "all_sync_complete_after_drop_secs": all_synced_after.as_secs_f64(),
-        "resume_ms": {"p50": q(0.5), "p99": q(0.99), "max": times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)},
-        "resumed_within_5s": times.iter().filter(|t| **t <= Duration::from_secs(5)).count(),
-        "messages_replayed": replayed,
-        "postgrest_requests_during_storm": rest_requests,
-        "gateway_resumes_from_memory": resumes_memory,
-        "gateway_resumes_from_database": resumes_database,
-        "lost": lost,
-        "sessions_with_losses": lost_sessions,
-        "duplicated_on_one_socket": dup,
+    let connect_start = Instant::now();
+    let (sessions, tasks) = connect(&pop, &keys, port, &args, &signals, start, connect_start).await;
+    // Real INSERTs, round robin over the threads, for the whole storm.
+    let (insert_stop, insert_stop_rx) = watch::channel(false);
+    let inserter = insert(&stack, &pop, args.inserts_per_sec.max(1), insert_stop_rx).await;
+    while signals.first_done.load(Ordering::Relaxed) < sessions.len() as u64
+        && connect_start.elapsed() < Duration::from_secs(180)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("storm: {} sessions connected and live; live traffic for 3 s", sessions.len());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = Counters::read(&stack, port).await;
+    drop_all(&sessions, &signals, args.spread_secs).await;
+    let after = Counters::read(&stack, port).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = insert_stop.send(true);
+    let inserted = inserter.await.unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = signals.stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    let mut report = summary(&pop, &sessions, &inserted, &before, &after, &args);
+    report["machine"] = machine();
+    report["total_secs"] = json!(t0.elapsed().as_secs_f64());
+    stop_gateway(&mut gateway);
+    finish(&args, &report)
+}
+
+/// Connects every session at `connect_rate` per second, each with its own reconnect delay
+/// (uniform over `spread_secs`) and a task living its life.
+async fn connect(
+    pop: &Population,
+    keys: &Keys,
+    port: u16,
+    args: &StormArgs,
+    signals: &Signals,
+    start: chrono::DateTime<chrono::Utc>,
+    connect_start: Instant,
+) -> (Vec<Arc<StormSession>>, Vec<JoinHandle<()>>) {
+    let mut sessions = Vec::with_capacity(pop.sessions.len());
+    let mut tasks = Vec::with_capacity(pop.sessions.len());
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for (i, &u) in pop.sessions.iter().enumerate() {
+        let due = connect_start + Duration::from_secs_f64(i as f64 / f64::from(args.connect_rate.max(1)));
+        tokio::time::sleep_until(due.into()).await;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_secs_f64(args.spread_secs * (seed % 1_000_000) as f64 / 1_000_000.0);
+        let token = keys.user_token(
+            pop.users[u].0,
+            &pop.users[u].1,
+            if i % 2 == 0 { Alg::Hs256 } else { Alg::Es256 },
+            4 * 3600,
+        );
+        let session = Arc::new(StormSession { user: u, ..Default::default() });
+        sessions.push(session.clone());
+        tasks.push(tokio::spawn(session::session_life(
+            format!("ws://127.0.0.1:{port}/?token={token}"),
+            session,
+            start,
+            delay,
+            signals.drop_rx.clone(),
+            signals.stop_rx.clone(),
+            signals.first_done.clone(),
+            signals.dropped_at.clone(),
+        )));
+    }
+    (sessions, tasks)
+}
+
+/// Inserts `per_sec` real messages a second, round robin over the threads, until `stop`; the
+/// task answers the inserted ids with their thread indexes.
+async fn insert(
+    stack: &Stack,
+    pop: &Population,
+    per_sec: u64,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Vec<(u128, usize)>> {
+    let db = stack.sql().await;
+    let threads: Vec<(Uuid, Uuid)> = pop.threads.iter().map(|(t, _, s)| (*t, pop.users[*s].0)).collect();
+    tokio::spawn(async move {
+        let mut inserted: Vec<(u128, usize)> = Vec::new();
+        let began = Instant::now();
+        for i in 0.. {
+            let due = began + Duration::from_secs_f64(i as f64 / per_sec as f64);
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = stop.changed() => break,
+            }
+            let k = i % threads.len();
+            let (thread, sender) = threads[k];
+            match db
+                .query_one(
+                    "insert into public.messages (thread_id, sender_id, content) values ($1, $2, 'storm') returning id",
+                    &[&thread, &sender],
+                )
+                .await
+            {
+                Ok(row) => inserted.push((row.get::<_, Uuid>(0).as_u128(), k)),
+                Err(e) => eprintln!("insert failed: {e}"),
+            }
+        }
+        inserted
     })
+}
+
+/// Drops every session at once and waits until each has resumed or failed (or a deadline).
+async fn drop_all(sessions: &[Arc<StormSession>], signals: &Signals, spread_secs: f64) {
+    if let Ok(mut d) = signals.dropped_at.lock() {
+        *d = Some(Instant::now());
+    }
+    let _ = signals.drop_tx.send(true);
+    eprintln!("storm: every session dropped; they come back over {} s", spread_secs);
+    let storm_started = Instant::now();
+    let settled = |s: &Arc<StormSession>| {
+        s.resumed.lock().map(|r| r.is_some()).unwrap_or(false) || s.failed.load(Ordering::Relaxed)
+    };
+    while !sessions.iter().all(settled) && storm_started.elapsed() < Duration::from_secs_f64(spread_secs + 90.0) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The storm's report: each session checked against the inserted messages of its threads.
+fn summary(
+    pop: &Population,
+    sessions: &[Arc<StormSession>],
+    inserted: &[(u128, usize)],
+    before: &Counters,
+    after: &Counters,
+    args: &StormArgs,
+) -> Value {
+    let members: Vec<HashSet<usize>> = pop.threads.iter().map(|(_, m, _)| m.iter().copied().collect()).collect();
+    let expected: Vec<Vec<u128>> = sessions
+        .iter()
+        .map(|s| inserted.iter().filter(|(_, k)| members[*k].contains(&s.user)).map(|(id, _)| *id).collect())
+        .collect();
+    let mut report = session::summary(
+        sessions,
+        &expected,
+        after.rest - before.rest,
+        after.memory - before.memory,
+        after.database - before.database,
+        args.spread_secs,
+    );
+    report["inserted"] = json!(inserted.len());
+    report["inserts_per_sec"] = json!(args.inserts_per_sec);
+    report["users"] = json!(pop.users.len());
+    report
+}
+
+/// Prints and writes the report; 1 when the storm lost or duplicated messages, or sessions
+/// never resumed.
+fn finish(args: &StormArgs, report: &Value) -> i32 {
+    println!("\n== reconnect storm\n{}", serde_json::to_string_pretty(report).unwrap_or_default());
+    if let Some(dir) = args.report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&args.report, serde_json::to_string_pretty(report).unwrap_or_default()) {
+        eprintln!("cannot write {}: {e}", args.report.display());
+    }
+    let failed = report["lost"] != json!(0)
+        || report["duplicated_on_one_socket"] != json!(0)
+        || report["not_resumed"] != json!(0);
+    if failed {
+        println!("\n!!!!! FAILURE: the storm lost or duplicated messages, or sessions never resumed !!!!!");
+        return 1;
+    }
+    0
 }

@@ -154,6 +154,64 @@ pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
     Ok(client)
 }
 
+/// A new data directory at `data`, trusting local connections.
+fn initdb(bin: &Path, user: Option<(u32, u32)>, data: &Path) -> Result<(), PgError> {
+    let out = command(bin, "initdb", user)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        return Err(PgError::Command { step: "initdb", detail: String::from_utf8_lossy(&out.stderr).into_owned() });
+    }
+    Ok(())
+}
+
+/// Starts the server on `data` at `port` (logical decoding on, durability off), logging to
+/// `dir/postgres.log`.
+fn spawn_server(bin: &Path, user: Option<(u32, u32)>, data: &Path, dir: &Path, port: u16) -> Result<Child, PgError> {
+    let log = std::fs::File::create(dir.join("postgres.log"))?;
+    if let Some((uid, gid)) = user {
+        std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid))?;
+    }
+    let child = command(bin, "postgres", user)
+        .arg("-D")
+        .arg(data)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
+        .arg(dir)
+        .args([
+            "-c",
+            "wal_level=logical",
+            "-c",
+            "max_replication_slots=200",
+            "-c",
+            "max_wal_senders=10",
+            "-c",
+            "max_connections=600",
+            "-c",
+            "fsync=off",
+            // synchronous_commit stays on: logical decoding only sees flushed WAL, and
+            // with it off commits would reach the change feed up to wal_writer_delay late.
+            // fsync=off keeps those flushes cheap.
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "shared_buffers=64MB",
+            "-c",
+            "timezone=UTC",
+            "-c",
+            "log_min_messages=warning",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        // Its own process group: a terminal's Ctrl-C reaches us, and we stop the server
+        // after everything that uses it (or the reaper does, if we die first).
+        .process_group(0)
+        .spawn()?;
+    Ok(child)
+}
+
 static SHARED: OnceLock<Arc<Cluster>> = OnceLock::new();
 static SHARED_INIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -194,56 +252,11 @@ impl Cluster {
             template_lock: tokio::sync::Mutex::new(()),
             counter: AtomicU64::new(0),
         };
-        let out = command(&bin, "initdb", user)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
-            .arg(&data)
-            .stdin(Stdio::null())
-            .output()?;
-        if !out.status.success() {
-            return Err(PgError::Command { step: "initdb", detail: String::from_utf8_lossy(&out.stderr).into_owned() });
-        }
+        initdb(&bin, user, &data)?;
         let mut last_error = String::new();
         for _attempt in 0..5 {
             let port = free_port()?;
-            let log = std::fs::File::create(dir.join("postgres.log"))?;
-            if let Some((uid, gid)) = user {
-                std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid), Some(gid))?;
-            }
-            let child = command(&bin, "postgres", user)
-                .arg("-D")
-                .arg(&data)
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
-                .arg(&dir)
-                .args([
-                    "-c",
-                    "wal_level=logical",
-                    "-c",
-                    "max_replication_slots=200",
-                    "-c",
-                    "max_wal_senders=10",
-                    "-c",
-                    "max_connections=600",
-                    "-c",
-                    "fsync=off",
-                    // synchronous_commit stays on: logical decoding only sees flushed WAL, and
-                    // with it off commits would reach the change feed up to wal_writer_delay late.
-                    // fsync=off keeps those flushes cheap.
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "shared_buffers=64MB",
-                    "-c",
-                    "timezone=UTC",
-                    "-c",
-                    "log_min_messages=warning",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                // Its own process group: a terminal's Ctrl-C reaches us, and we stop the server
-                // after everything that uses it (or the reaper does, if we die first).
-                .process_group(0)
-                .spawn()?;
+            let child = spawn_server(&bin, user, &data, &dir, port)?;
             *cluster.server.lock().map_err(|_| PgError::Command { step: "start", detail: "lock".into() })? =
                 Some(child);
             cluster.port = port;

@@ -75,18 +75,36 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    let summary = summary(&stack, args.token_ttl);
+    if let Some(path) = &args.env_file {
+        if let Err(e) = write_env_file(&stack, path) {
+            eprintln!("supabase-standin: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+    if args.json {
+        println!("{summary}");
+    } else {
+        print_human(&stack, &args, &summary);
+    }
+    wait_for_signal().await;
+    stack.shutdown().await;
+}
+
+/// The endpoints, keys and the seeded users with their tokens (valid `token_ttl` seconds).
+fn summary(stack: &Stack, token_ttl: i64) -> serde_json::Value {
     let keys = stack.keys();
     let users: Vec<_> = PEOPLE
         .iter()
         .map(|p| {
             json!({
                 "id": p.id, "email": p.email, "full_name": p.full_name, "role": p.role,
-                "token_hs256": keys.user_token(p.id, p.email, Alg::Hs256, args.token_ttl),
-                "token_es256": keys.user_token(p.id, p.email, Alg::Es256, args.token_ttl),
+                "token_hs256": keys.user_token(p.id, p.email, Alg::Hs256, token_ttl),
+                "token_es256": keys.user_token(p.id, p.email, Alg::Es256, token_ttl),
             })
         })
         .collect();
-    let summary = json!({
+    json!({
         "url": stack.url(),
         "rest_url": format!("{}/rest/v1", stack.url()),
         "realtime_url": stack.realtime_url(),
@@ -98,50 +116,43 @@ async fn main() {
         "kid": keys.kid,
         "password": Stack::SEED_PASSWORD,
         "users": users,
-    });
+    })
+}
+
+/// The four variables the gateway needs, as a `.env` file.
+fn write_env_file(stack: &Stack, path: &std::path::Path) -> std::io::Result<()> {
+    let keys = stack.keys();
+    let env = format!(
+        "SUPABASE_URL={}\nSUPABASE_ANON_KEY={}\nSUPABASE_SERVICE_ROLE_KEY={}\nSUPABASE_JWT_SECRET={}\n",
+        stack.url(),
+        keys.anon_key,
+        keys.service_key,
+        keys.jwt_secret
+    );
+    std::fs::write(path, env)
+}
+
+/// What a person reads at the terminal: the endpoints, the keys and each seeded user's token.
+fn print_human(stack: &Stack, args: &Args, summary: &serde_json::Value) {
+    let keys = stack.keys();
+    println!("Supabase stand-in is running (Ctrl-C to stop and remove the database)\n");
+    println!("  SUPABASE_URL               {}", stack.url());
+    println!("  PostgREST                  {}/rest/v1", stack.url());
+    println!("  Realtime                   {}", stack.realtime_url());
+    println!("  JWKS                       {}/auth/v1/.well-known/jwks.json", stack.url());
+    println!("  PostgreSQL (superuser)     {}", stack.database().url());
+    println!("  SUPABASE_ANON_KEY          {}", keys.anon_key);
+    println!("  SUPABASE_SERVICE_ROLE_KEY  {}", keys.service_key);
+    println!("  SUPABASE_JWT_SECRET        {}", keys.jwt_secret);
     if let Some(path) = &args.env_file {
-        let env = format!(
-            "SUPABASE_URL={}\nSUPABASE_ANON_KEY={}\nSUPABASE_SERVICE_ROLE_KEY={}\nSUPABASE_JWT_SECRET={}\n",
-            stack.url(),
-            keys.anon_key,
-            keys.service_key,
-            keys.jwt_secret
-        );
-        if let Err(e) = std::fs::write(path, env) {
-            eprintln!("supabase-standin: cannot write {}: {e}", path.display());
-            std::process::exit(1);
-        }
+        println!("  (written to {})", path.display());
     }
-    if args.json {
-        println!("{summary}");
-    } else {
-        println!("Supabase stand-in is running (Ctrl-C to stop and remove the database)\n");
-        println!("  SUPABASE_URL               {}", stack.url());
-        println!("  PostgREST                  {}/rest/v1", stack.url());
-        println!("  Realtime                   {}", stack.realtime_url());
-        println!("  JWKS                       {}/auth/v1/.well-known/jwks.json", stack.url());
-        println!("  PostgreSQL (superuser)     {}", stack.database().url());
-        println!("  SUPABASE_ANON_KEY          {}", keys.anon_key);
-        println!("  SUPABASE_SERVICE_ROLE_KEY  {}", keys.service_key);
-        println!("  SUPABASE_JWT_SECRET        {}", keys.jwt_secret);
-        if let Some(path) = &args.env_file {
-            println!("  (written to {})", path.display());
-        }
-        println!(
-            "\nSeeded users sign in with their email and the password `{}` (POST /auth/v1/token?grant_type=password).",
-            Stack::SEED_PASSWORD
-        );
-        println!("Access tokens of the seeded school (HS256; ES256 with --json):");
-        for (p, u) in PEOPLE.iter().zip(summary["users"].as_array().into_iter().flatten()) {
-            println!(
-                "  {:<13} {:<8} {}\n    {}",
-                p.full_name,
-                p.role,
-                p.id,
-                u["token_hs256"].as_str().unwrap_or_default()
-            );
-        }
+    println!(
+        "\nSeeded users sign in with their email and the password `{}` (POST /auth/v1/token?grant_type=password).",
+        Stack::SEED_PASSWORD
+    );
+    println!("Access tokens of the seeded school (HS256; ES256 with --json):");
+    for (p, u) in PEOPLE.iter().zip(summary["users"].as_array().into_iter().flatten()) {
+        println!("  {:<13} {:<8} {}\n    {}", p.full_name, p.role, p.id, u["token_hs256"].as_str().unwrap_or_default());
     }
-    wait_for_signal().await;
-    stack.shutdown().await;
 }

@@ -112,7 +112,7 @@ impl RealtimeControl {
     }
 
     pub fn channel_count(&self) -> usize {
-        super::socket::channel_count(self.shared.sockets_snapshot().iter())
+        super::channel::channel_count(self.shared.sockets_snapshot().iter())
     }
 
     /// Change events written to sockets so far.

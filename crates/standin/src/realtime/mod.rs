@@ -1,10 +1,11 @@
 //! Realtime stand-in: Supabase Realtime's `postgres_changes` over the Phoenix channel protocol,
 //! fed by changes really committed in PostgreSQL.
 //!
-//! Data path: PostgreSQL WAL → the `pgoutput` crate (decoding) → [`feed`] (Realtime's change shape) → [`Shared::dispatch`] (routing to
-//! every joined channel with a matching binding, `data` serialized once per change) → each
-//! [`socket`]'s bounded queue → its writer (latency control, [`rls`] check for user tokens) → the
-//! client. [`frame`] is the wire format; [`control`] holds the fault and load controls.
+//! Data path: PostgreSQL WAL → the `pgoutput` crate (decoding) → [`feed`] (Realtime's change
+//! shape) → [`Shared::dispatch`] (routing to every joined [`channel`] with a matching
+//! [`binding`], `data` serialized once per change) → each [`socket`]'s bounded queue → its writer
+//! (latency control, [`rls`] check for user tokens) → the client. [`frame`] is the wire format;
+//! [`control`] holds the fault and load controls.
 //!
 //! The change feed, and why: logical decoding with the built-in `pgoutput` plugin, which is what
 //! Supabase Realtime itself reads. At start a TEMPORARY logical slot is created on a dedicated
@@ -34,6 +35,8 @@
 //! row, and DELETEs are sent unchecked and unfiltered, with only the key columns the role may
 //! read, as Realtime sends them.
 
+pub mod binding;
+pub mod channel;
 pub mod control;
 pub mod feed;
 pub mod frame;
@@ -53,9 +56,9 @@ use warp::http::StatusCode;
 use warp::{Filter, Reply};
 
 use crate::keys::Keys;
+use channel::SocketHandle;
 use feed::Change;
 use frame::Vsn;
-use socket::SocketHandle;
 
 pub use control::{InjectSpec, RealtimeControl, RealtimeStats};
 
@@ -135,7 +138,7 @@ impl Shared {
         for change in changes {
             let data = change.data_json();
             for socket in &sockets {
-                for out in socket::route(socket, change, &data, due) {
+                for out in channel::route(socket, change, &data, due) {
                     match socket.changes.try_send(out) {
                         Ok(()) => {}
                         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
@@ -161,7 +164,7 @@ impl Shared {
                     json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name});
                 let text =
                     frame::encode_push_raw(c.join_ref.as_deref(), &c.topic, "system", &payload.to_string(), socket.vsn);
-                let _ = socket.changes.try_send(socket::Outgoing { due: None, text, view: None });
+                let _ = socket.changes.try_send(channel::Outgoing { due: None, text, view: None });
             }
         }
     }

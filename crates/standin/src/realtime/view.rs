@@ -61,7 +61,7 @@ impl UserView {
             Shape::Refused(error) => change.refused_json(error),
             Shape::Unchecked => change.data_json_for(&selectable),
             Shape::Checked => {
-                let check = super::socket::row_check(&self.who, change);
+                let check = super::channel::row_check(&self.who, change);
                 if !rls.visible(&check).await {
                     return None;
                 }
