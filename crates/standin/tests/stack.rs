@@ -35,6 +35,8 @@ async fn health_and_jwks_are_served_at_the_project_url() {
     assert_eq!(claims.iss.as_deref(), Some(format!("{}/auth/v1", stack.url()).as_str()));
 }
 
+/// Long on purpose: one session's life in order (sign in, use the token, refresh once, reuse
+/// refused), then the refused sign-ins, on one stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_users_sign_in_with_a_password_and_refresh() {
     let stack = start().await;

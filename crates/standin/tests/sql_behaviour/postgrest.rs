@@ -8,6 +8,8 @@ use supabase_standin::seed::{CARLA, CLASS_3B_PARENTS, FARID};
 
 use super::{start, Api};
 
+/// Long on purpose: one walk through PostgREST's header variants on one stack (a stack per case
+/// would cost more than the length does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgrest_headers_counts_single_objects_and_representations() {
     let (stack, http) = start().await;

@@ -48,6 +48,7 @@ async fn no_published_primary_key_names_a_person_or_a_thread() {
     );
 }
 
+/// Long on purpose: one sequence of changes on one stack whose events are checked in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_and_switch_changes_become_events_only_the_service_role_reads() {
     let (stack, http) = start().await;
