@@ -1,17 +1,18 @@
-//! The realtime gateway: one upstream Supabase Realtime subscription, many authenticated
-//! WebSocket clients, and the REST endpoints of the school chat's public API.
+//! The realtime gateway: one upstream change feed (Supabase Realtime, or a PostgreSQL replication
+//! slot), many authenticated WebSocket clients, and the REST endpoints of the school chat's public
+//! API.
 //!
-//! The path of a message: [`upstream`] (our Phoenix client; decodes changes at the edge) →
-//! `router` (order, dedup, gap fill, resume cursor; lookups through `directory`) → `hub`
-//! (registry, recipients, fan-out into each session's outbox) → `session` (one WebSocket: the
-//! protocol over its socket; resume). REST: `api` → `store` (PostgREST with the caller's own
-//! token). Beside them: [`auth`] (JWT), [`config`], `protocol` (the client JSON), `model` (shared
-//! types), `close` (close codes), `error` (the one mapping to what peers see), `history` (recent
-//! messages for resumes), `readiness` (what `/readyz` answers), `metrics`, `admin` (the operator
-//! page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on connections before
-//! authentication), [`publication`] (the start-up check of the sync horizon and the pruning of the
-//! membership events the upstream reads), and [`server`] (listener, upgrade, shutdown). [`pg`] is
-//! the second backend: the same change feed and store on plain PostgreSQL.
+//! The path of a message: [`feed`] (the contract and its two backends, `feed::realtime` and
+//! `feed::postgres`; changes decoded into typed events at the edge) → `router` (order, dedup, gap
+//! fill, resume cursor; lookups through `directory`) → `hub` (registry, recipients, fan-out into
+//! each session's outbox) → `session` (one WebSocket: the protocol over its socket; resume). REST:
+//! `api` → `store` (the calls, with `store::postgrest` for Supabase and `store::postgres` for plain
+//! PostgreSQL). Beside them: [`auth`] (JWT), [`config`], [`pg`] (the PostgreSQL backend's
+//! connection settings and pool, shared by its feed and store), `protocol` (the client JSON),
+//! `model` (shared types), `close` (close codes), `error` (the one mapping to what peers see),
+//! `history` (recent messages for resumes), `readiness` (what `/readyz` answers), `metrics`,
+//! `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on
+//! connections before authentication), and [`server`] (listener, upgrade, shutdown).
 
 mod admin;
 mod api;
@@ -22,6 +23,7 @@ mod directory;
 pub mod edge;
 mod error;
 mod fair;
+pub mod feed;
 mod history;
 mod hub;
 mod limit;
@@ -29,12 +31,10 @@ mod metrics;
 mod model;
 pub mod pg;
 pub mod protocol;
-pub mod publication;
 mod readiness;
 mod router;
 pub mod server;
 mod session;
 mod store;
-pub mod upstream;
 
 pub use auth::bearer;

@@ -19,6 +19,7 @@ mod js_client;
 mod keys;
 mod membership;
 mod memory;
+mod modules;
 mod openapi;
 mod operators;
 mod postgres;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use realtime_gateway::upstream::{self, Binding, Lost, UpstreamConfig, UpstreamEvent, Vsn};
+use realtime_gateway::feed::realtime::{self as upstream, Binding, UpstreamConfig, Vsn};
+use realtime_gateway::feed::{Lost, UpstreamEvent};
 use supabase_standin::seed::{ALICE, CLASS_3B_PARENTS};
 use supabase_standin::Stack;
 use tokio::sync::mpsc;

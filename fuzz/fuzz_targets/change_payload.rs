@@ -5,6 +5,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
-        let _ = realtime_gateway::upstream::decode_change(&value);
+        let _ = realtime_gateway::feed::realtime::decode_payload(&value);
     }
 });

@@ -4,6 +4,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = realtime_gateway::upstream::phoenix::decode_any(text);
+        let _ = realtime_gateway::feed::realtime::phoenix::decode_any(text);
     }
 });

@@ -87,8 +87,7 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
     // The horizon is read before the messages: whatever committed before it is in the page.
     let requested_at = chrono::Utc::now();
     let horizon = match store.sync_horizon(&caller.token).await {
-        Ok(h) => model::parse_time(&h)
-            .ok_or_else(|| PeerError::new(StatusCode::BAD_GATEWAY, "Unexpected answer from the database"))?,
+        Ok(horizon) => horizon,
         // A database without the migration's horizon function: fall back to the request time
         // (a transaction committing later with an earlier created_at could then be missed).
         Err(StoreError::Rejected { status: 404, .. }) => {
@@ -99,7 +98,7 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
         }
         Err(e) => return Err(e.into()),
     };
-    let page = store.offline_messages(&caller.token, &model::format_time(since), OFFLINE_PAGE).await?;
+    let page = store.offline_messages(&caller.token, since, OFFLINE_PAGE).await?;
     let (next, has_more) = next_cursor(since, horizon, page.returned, page.last_created_at);
     let messages: Vec<ChatMessage> = page
         .messages

@@ -19,7 +19,7 @@ pub struct Ops {
     /// `METRICS_TOKEN`: when set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<String>,
     /// The PostgreSQL backend's replication-slot lag (None on Supabase).
-    pub slot_lag: Option<Arc<crate::pg::SlotLag>>,
+    pub slot_lag: Option<Arc<crate::feed::postgres::SlotLag>>,
 }
 
 /// GET or HEAD: health and metrics never change anything.

@@ -29,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::model::format_time;
-use crate::store::{Store, StoreError};
+use crate::store::{keyset_after, Store, StoreError};
 
 /// Rows per probe page.
 const PAGE: u32 = 1000;
@@ -217,13 +216,12 @@ impl Prober {
 
 /// Ids and `created_at` of every message with `created_at >= since`, oldest first.
 async fn read_ids(store: &Store, since: DateTime<Utc>) -> Result<Vec<(Uuid, DateTime<Utc>)>, ProbeError> {
-    let since = format_time(since);
-    let mut after: Option<(String, Uuid)> = None;
+    let mut after = None;
     let mut out = Vec::new();
     for _ in 0..MAX_PAGES {
-        let rows = store.messages_page(&since, after.as_ref().map(|(t, id)| (t.as_str(), *id)), PAGE).await?;
+        let rows = store.messages_page(since, after, PAGE).await?;
         let full = rows.len() >= PAGE as usize;
-        after = rows.last().map(|r| (r.created_at.clone(), r.id)).or(after);
+        after = keyset_after(&rows).or(after);
         out.extend(rows.iter().filter_map(|r| r.created().map(|t| (r.id, t))));
         if !full {
             return Ok(out);

@@ -11,14 +11,13 @@ use backon::BackoffBuilder;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::window::row_cost;
 use super::{error_frame, GapState, Router, Waiter};
+use crate::feed::UpstreamEvent;
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
-use crate::store::Store;
-use crate::upstream::UpstreamEvent;
+use crate::store::{keyset_after, Store};
 
 /// What the gap-fill task sends the router.
 pub enum GapPage {
@@ -49,8 +48,7 @@ pub async fn fill(
     page_bytes: usize,
 ) {
     let mut limit = PAGE;
-    let since = format_time(from);
-    let mut after: Option<(String, Uuid)> = None;
+    let mut after = None;
     let mut scanned = 0u64;
     let mut delays = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -60,14 +58,14 @@ pub async fn fill(
         .build();
     loop {
         let page = tokio::select! {
-            page = store.messages_page(&since, after.as_ref().map(|(t, id)| (t.as_str(), *id)), limit) => page,
+            page = store.messages_page(from, after, limit) => page,
             _ = stop.cancelled() => return,
         };
         match page {
             Ok(rows) => {
                 let n = rows.len();
                 scanned += n as u64;
-                after = rows.last().map(|r| (r.created_at.clone(), r.id)).or(after);
+                after = keyset_after(&rows).or(after);
                 let asked = limit;
                 if n > 0 {
                     limit = next_limit(&rows, page_bytes);

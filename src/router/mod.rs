@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::directory::{Directory, Key};
+use crate::feed::{UpstreamEvent, Watermark};
 use crate::history::{Entry, History};
 use crate::hub::{Hub, Outgoing, SessionHandle};
 use crate::metrics::Metrics;
@@ -41,8 +42,6 @@ use crate::model::{format_time, MessageRow};
 use crate::protocol::{ServerMessage, UPSTREAM_ERROR};
 use crate::readiness::Readiness;
 use crate::store::Store;
-use crate::upstream::event::Watermark;
-use crate::upstream::UpstreamEvent;
 use catchup::{CatchUp, Prober};
 use cursor::Cursor;
 use gap::GapPage;

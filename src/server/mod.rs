@@ -40,6 +40,8 @@ use crate::close;
 use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
 use crate::directory::{Directory, DirectoryParts};
 use crate::edge::Edge;
+use crate::feed::realtime::{self, Binding, UpstreamConfig, Vsn};
+use crate::feed::{postgres as pg_feed, Watermark, MEMBERSHIP_EVENTS_TABLE};
 use crate::history::History;
 use crate::hub::{Disconnects, Hub};
 use crate::limit::PerUser;
@@ -48,9 +50,7 @@ use crate::readiness::Readiness;
 use crate::router::catchup::CatchUp;
 use crate::router::{Router, RouterConfig, RouterParts};
 use crate::session::SessionContext;
-use crate::store::Store;
-use crate::upstream::event::{Watermark, MEMBERSHIP_EVENTS_TABLE};
-use crate::upstream::{self, Binding, UpstreamConfig, Vsn};
+use crate::store::{postgres::PgStore, Store};
 
 type Response = warp::reply::Response;
 
@@ -63,7 +63,7 @@ pub enum StartError {
     #[error("PostgreSQL backend: {0}")]
     Postgres(#[from] crate::pg::PgSetupError),
     #[error("{0}")]
-    SyncHorizon(#[from] crate::publication::HorizonProblem),
+    SyncHorizon(#[from] crate::feed::publication::HorizonProblem),
 }
 
 /// A running gateway.
@@ -75,7 +75,7 @@ pub struct Gateway {
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
-    slot_lag: Option<Arc<crate::pg::SlotLag>>,
+    slot_lag: Option<Arc<pg_feed::SlotLag>>,
     drain: Duration,
     /// Sessions closed per second after the drain (`DRAIN_CLOSE_RATE`).
     close_rate: f64,
@@ -203,12 +203,12 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
             project.anon_key.clone(),
             project.service_role_key.clone(),
             config.backend_timeout,
-        )
-        .with_metrics(metrics.clone()),
-        Backend::Postgres(settings) => Store::Pg(crate::pg::store(settings, verifier.clone(), config.backend_timeout)?),
-    };
-    crate::publication::check_sync_horizon(&store, &tasks, &stop).await?;
-    crate::publication::spawn_prune(store.clone(), &tasks, stop.clone());
+        ),
+        Backend::Postgres(settings) => Store::Pg(PgStore::connect(settings, verifier.clone(), config.backend_timeout)?),
+    }
+    .with_metrics(metrics.clone());
+    crate::feed::publication::check_sync_horizon(&store, &tasks, &stop).await?;
+    crate::feed::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let (directory, loaded) = Directory::new(DirectoryParts {
         store: store.clone(),
@@ -254,23 +254,23 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     tasks.spawn(router.run(events_rx));
     let (backend_name, slot_lag) = match &config.backend {
         Backend::Supabase(project) => {
-            tasks.spawn(upstream::run(upstream_config(&config, project), events_tx, stop.clone()));
+            tasks.spawn(realtime::run(upstream_config(&config, project), events_tx, stop.clone()));
             (format!("supabase upstream={}", project.realtime_websocket_url()), None)
         }
         Backend::Postgres(settings) => {
-            let lag = Arc::new(crate::pg::SlotLag::default());
-            let feed = crate::pg::FeedConfig {
+            let lag = Arc::new(pg_feed::SlotLag::default());
+            let feed = pg_feed::FeedConfig {
                 pg: crate::pg::connection_config(settings)?,
                 slot: settings.slot_name.clone(),
-                publication: crate::pg::PUBLICATION.to_string(),
+                publication: pg_feed::PUBLICATION.to_string(),
                 poll: settings.poll_interval,
                 batch: 10_000,
                 connect_timeout: config.upstream_join_timeout,
                 backoff_min: config.upstream_backoff_min,
                 backoff_max: config.upstream_backoff_max,
             };
-            let handles = crate::pg::FeedHandles { watermark, lag: lag.clone() };
-            tasks.spawn(crate::pg::feed::run(feed, events_tx, handles, stop.clone()));
+            let handles = pg_feed::FeedHandles { watermark, lag: lag.clone() };
+            tasks.spawn(pg_feed::run(feed, events_tx, handles, stop.clone()));
             (format!("postgres slot={}", settings.slot_name), Some(lag))
         }
     };

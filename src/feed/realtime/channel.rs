@@ -9,9 +9,11 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::event::decode_payload;
 use super::phoenix::{decode_any, encode, Frame, Vsn};
-use super::supervise::Ended;
-use super::{decode_change, Binding, Lost, UpstreamConfig, UpstreamEvent};
+use super::{Binding, UpstreamConfig};
+use crate::feed::supervise::Ended;
+use crate::feed::{Lost, UpstreamEvent};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -217,7 +219,7 @@ async fn pump(
         }
         match frame.event.as_str() {
             "postgres_changes" => {
-                for event in decode_change(&frame.payload) {
+                for event in decode_payload(&frame.payload) {
                     if events.send(event).await.is_err() {
                         return Ok(());
                     }

@@ -1,19 +1,19 @@
-//! Upstream: the gateway's one subscription to Supabase Realtime, our own Phoenix channel client.
+//! The Realtime backend of the feed: the gateway's one subscription to Supabase Realtime, our own
+//! Phoenix channel client.
 //!
 //! Owns the socket to `SUPABASE_URL/realtime/v1/websocket` (apikey and vsn in the query, wss via
 //! rustls), the single `phx_join` with `postgres_changes` bindings and the service role key,
-//! heartbeats, loss detection, and reconnecting with exponential backoff and jitter (the loop is
-//! [`supervise`], shared with the PostgreSQL backend's feed). The channel goes through phases
-//! ([`channel`]): connect, join, wait for Realtime's "Subscribed to PostgreSQL" (only that makes
-//! the subscription [`UpstreamEvent::Live`]), pump. Changes are decoded at the edge ([`event`])
-//! and sent to the router in order through a bounded channel.
+//! heartbeats, loss detection, and reconnecting through the feed's one loop
+//! ([`crate::feed::supervise`]). The channel goes through phases ([`channel`]): connect, join, wait
+//! for Realtime's "Subscribed to PostgreSQL" (only that makes the subscription
+//! [`UpstreamEvent::Live`]), pump. Changes are decoded at the edge ([`event`]) into the feed's
+//! typed events and sent to the router in order through a bounded channel.
 //! This module never logs the apikey or the token (URLs are logged without their query), and
 //! never decides who receives what.
 
 mod channel;
 pub mod event;
 pub mod phoenix;
-pub(crate) mod supervise;
 
 use std::time::Duration;
 
@@ -21,8 +21,11 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use event::{decode_change, UpstreamEvent};
+pub use event::decode_payload;
 pub use phoenix::Vsn;
+
+use crate::feed::supervise;
+use crate::feed::{Lost, UpstreamEvent};
 
 /// One `postgres_changes` binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,40 +77,6 @@ pub struct UpstreamConfig {
     pub join_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-}
-
-/// Why the subscription was lost (or could not be made).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Lost {
-    #[error("cannot connect to Realtime: {0}")]
-    Connect(String),
-    #[error("Realtime refused the connection (HTTP {0}): check SUPABASE_ANON_KEY")]
-    BadApiKey(u16),
-    #[error("Realtime refused the connection (HTTP {0})")]
-    Refused(u16),
-    #[error("join refused: {0}")]
-    JoinRefused(String),
-    #[error("join timed out")]
-    JoinTimeout,
-    #[error("Realtime never confirmed the subscription (no \"Subscribed to PostgreSQL\")")]
-    NotConfirmed,
-    #[error("mismatch between server and client bindings for postgres changes")]
-    BindingMismatch,
-    #[error("Realtime system error: {0}")]
-    System(String),
-    #[error("channel crashed on the server (phx_error)")]
-    ChannelCrashed,
-    #[error("channel closed by the server (phx_close)")]
-    ChannelClosed,
-    #[error("heartbeat reply missing")]
-    HeartbeatMissing,
-    #[error("socket closed by Realtime{0}")]
-    Closed(String),
-    #[error("socket error: {0}")]
-    Socket(String),
-    /// The PostgreSQL backend's change feed (replication slot) was lost or could not be read.
-    #[error("PostgreSQL change feed: {0}")]
-    Database(String),
 }
 
 /// Starts the upstream task; it runs until `stop` is cancelled or the router goes away.

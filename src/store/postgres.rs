@@ -1,5 +1,6 @@
-//! The store on plain PostgreSQL: the same calls as the PostgREST client ([`crate::store`]),
-//! made directly through a connection pool, with the same answers and the same errors.
+//! The store on plain PostgreSQL: the same calls as the PostgREST client ([`super::postgrest`]),
+//! made directly through a connection pool, with the same answers, the same errors and the same
+//! latency series (labelled by the PostgREST path each call stands for).
 //!
 //! Every call is one transaction that first does what PostgREST does for a request:
 //! `set_config('role', ..., true)` (= `set local role`) and
@@ -14,24 +15,20 @@
 //! widen what a user's token can read.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Pool, PoolError};
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use super::types::{call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
 use crate::auth::{AuthError, Verifier};
-use crate::model::MessageRow;
-use crate::store::{HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
-
-/// Whose rights a call runs with.
-#[derive(Clone, Copy)]
-enum Who<'a> {
-    User(&'a str),
-    Service,
-}
+use crate::metrics::Metrics;
+use crate::model::{format_time, MessageRow};
+use crate::pg::{PgSettings, PgSetupError};
 
 /// The PostgreSQL store. Cheap to clone (the pool is shared).
 #[derive(Clone)]
@@ -39,6 +36,8 @@ pub struct PgStore {
     pool: Pool,
     verifier: Arc<Verifier>,
     timeout: Duration,
+    /// Where each call's latency is recorded (`gateway_postgrest_request_duration_seconds`).
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The HTTP status PostgREST answers for a SQLSTATE (its documented table; anything not listed
@@ -91,7 +90,17 @@ fn jwt_rejected(message: String) -> StoreError {
 
 impl PgStore {
     pub fn new(pool: Pool, verifier: Arc<Verifier>, timeout: Duration) -> PgStore {
-        PgStore { pool, verifier, timeout }
+        PgStore { pool, verifier, timeout, metrics: None }
+    }
+
+    /// The store of this backend, on its own pool (connections are made lazily).
+    pub fn connect(settings: &PgSettings, verifier: Arc<Verifier>, timeout: Duration) -> Result<PgStore, PgSetupError> {
+        Ok(PgStore::new(crate::pg::pool(settings, timeout)?, verifier, timeout))
+    }
+
+    /// Records the latency of every call in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> PgStore {
+        PgStore { metrics: Some(metrics), ..self }
     }
 
     /// The claims of a token, verified here (signature, expiry, audience, subject), as JSON.
@@ -112,16 +121,33 @@ impl PgStore {
         Ok(serde_json::Value::Object(claims).to_string())
     }
 
-    /// Runs `sql` (one row, one column: JSON text) in a transaction with `who`'s role and claims.
+    /// [`Self::json_untimed`], its latency recorded as the PostgREST call `call` would be.
     async fn json<T: DeserializeOwned>(
         &self,
-        who: Who<'_>,
+        call: &str,
+        who: As<'_>,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = self.json_untimed(who, sql, params).await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = result.as_ref().map_or_else(StoreError::outcome, |_| "ok");
+            metrics.postgrest_call(call_name(call), outcome, started.elapsed());
+        }
+        result
+    }
+
+    /// Runs `sql` (one row, one column: JSON text) in a transaction with `who`'s role and claims.
+    async fn json_untimed<T: DeserializeOwned>(
+        &self,
+        who: As<'_>,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<T, StoreError> {
         let (role, claims) = match who {
-            Who::User(token) => ("authenticated", self.claims(token).await?),
-            Who::Service => ("service_role", r#"{"role":"service_role"}"#.to_string()),
+            As::User(token) => ("authenticated", self.claims(token).await?),
+            As::Service => ("service_role", r#"{"role":"service_role"}"#.to_string()),
         };
         let timeout_ms = self.timeout.as_millis().to_string();
         let attempt = || async {
@@ -157,11 +183,17 @@ impl PgStore {
         serde_json::from_str(text.as_deref().unwrap_or("null")).map_err(|e| StoreError::Decode(e.to_string()))
     }
 
-    pub async fn offline_messages(&self, token: &str, since: &str, limit: u32) -> Result<OfflineRows, StoreError> {
-        let limit = limit as i32;
+    pub async fn offline_messages(
+        &self,
+        token: &str,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<OfflineRows, StoreError> {
+        let (since, limit) = (format_time(since), limit as i32);
         let rows: Vec<serde_json::Value> = self
             .json(
-                Who::User(token),
+            "rpc/chat_offline_messages",
+                As::User(token),
                 "select coalesce(json_agg(t), '[]')::text from public.chat_offline_messages($1::text::timestamptz, $2) t",
                 &[&since, &limit],
             )
@@ -169,25 +201,42 @@ impl PgStore {
         Ok(OfflineRows::from_rows(rows))
     }
 
-    pub async fn sync_horizon(&self, token: &str) -> Result<String, StoreError> {
-        self.json(Who::User(token), "select to_json(public.chat_sync_horizon())::text", &[]).await
+    pub async fn sync_horizon(&self, token: &str) -> Result<DateTime<Utc>, StoreError> {
+        let horizon: String = self
+            .json("rpc/chat_sync_horizon", As::User(token), "select to_json(public.chat_sync_horizon())::text", &[])
+            .await?;
+        time_from_db(&horizon)
     }
 
     pub async fn unread_count(&self, token: &str) -> Result<i64, StoreError> {
-        self.json(Who::User(token), "select to_json(public.chat_unread_count())::text", &[]).await
+        self.json("rpc/chat_unread_count", As::User(token), "select to_json(public.chat_unread_count())::text", &[])
+            .await
     }
 
     pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
-        self.json(Who::Service, "select to_json(public.chat_unread_count_of($1))::text", &[&user_id]).await
+        self.json(
+            "rpc/chat_unread_count_of",
+            As::Service,
+            "select to_json(public.chat_unread_count_of($1))::text",
+            &[&user_id],
+        )
+        .await
     }
 
     pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {
-        self.json(Who::User(token), "select to_json(public.chat_set_realtime($1))::text", &[&enabled]).await
+        self.json(
+            "rpc/chat_set_realtime",
+            As::User(token),
+            "select to_json(public.chat_set_realtime($1))::text",
+            &[&enabled],
+        )
+        .await
     }
 
     pub async fn realtime_off_page(&self, after: Option<Uuid>, limit: u32) -> Result<Vec<Uuid>, StoreError> {
         self.json(
-            Who::Service,
+            "chat_realtime_settings",
+            As::Service,
             "select coalesce(json_agg(user_id), '[]')::text from (select user_id \
                from public.chat_realtime_settings \
               where not realtime_enabled and ($1::uuid is null or user_id > $1) \
@@ -199,14 +248,20 @@ impl PgStore {
 
     pub async fn mark_thread_read(&self, token: &str, thread_id: Uuid) -> Result<(), StoreError> {
         let _: serde_json::Value = self
-            .json(Who::User(token), "select to_json(public.chat_mark_thread_read($1))::text", &[&thread_id])
+            .json(
+                "rpc/chat_mark_thread_read",
+                As::User(token),
+                "select to_json(public.chat_mark_thread_read($1))::text",
+                &[&thread_id],
+            )
             .await?;
         Ok(())
     }
 
     pub async fn can_read_thread(&self, token: &str, thread_id: Uuid) -> Result<bool, StoreError> {
         self.json(
-            Who::User(token),
+            "threads",
+            As::User(token),
             "select to_json(exists(select 1 from public.threads where id = $1))::text",
             &[&thread_id],
         )
@@ -214,16 +269,24 @@ impl PgStore {
     }
 
     pub async fn sync_horizon_check(&self) -> Result<HorizonCheck, StoreError> {
-        self.json(Who::Service, "select public.chat_sync_horizon_check()::text", &[]).await
+        self.json("rpc/chat_sync_horizon_check", As::Service, "select public.chat_sync_horizon_check()::text", &[])
+            .await
     }
 
     pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
-        self.json(Who::Service, "select to_json(public.chat_prune_membership_events($1))::text", &[&keep_secs]).await
+        self.json(
+            "rpc/chat_prune_membership_events",
+            As::Service,
+            "select to_json(public.chat_prune_membership_events($1))::text",
+            &[&keep_secs],
+        )
+        .await
     }
 
     pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         self.json(
-            Who::Service,
+            "thread_participants",
+            As::Service,
             "select coalesce(json_agg(user_id), '[]')::text from public.thread_participants where thread_id = $1",
             &[&thread_id],
         )
@@ -236,7 +299,8 @@ impl PgStore {
         }
         let ids = ids.to_vec();
         self.json(
-            Who::Service,
+            "profiles",
+            As::Service,
             "select coalesce(json_agg(t), '[]')::text from \
              (select id, full_name, role from public.profiles where id = any($1)) t",
             &[&ids],
@@ -246,14 +310,16 @@ impl PgStore {
 
     pub async fn messages_page(
         &self,
-        since: &str,
-        after: Option<(&str, Uuid)>,
+        since: DateTime<Utc>,
+        after: Option<(DateTime<Utc>, Uuid)>,
         limit: u32,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let (after_at, after_id) = (after.map(|(t, _)| t), after.map(|(_, id)| id));
+        let since = format_time(since);
+        let (after_at, after_id) = (after.map(|(t, _)| format_time(t)), after.map(|(_, id)| id));
         let limit = limit as i32;
         self.json(
-            Who::Service,
+            "rpc/chat_messages_page",
+            As::Service,
             "select coalesce(json_agg(t), '[]')::text from public.chat_messages_page(\
              $1::text::timestamptz, $2::text::timestamptz, $3, $4) t",
             &[&since, &after_at, &after_id, &limit],
@@ -262,7 +328,7 @@ impl PgStore {
     }
 
     pub async fn sync_point(&self) -> Result<SyncPoint, StoreError> {
-        self.json(Who::Service, "select public.chat_sync_point()::text", &[]).await
+        self.json("rpc/chat_sync_point", As::Service, "select public.chat_sync_point()::text", &[]).await
     }
 }
 

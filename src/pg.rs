@@ -1,33 +1,20 @@
-//! The PostgreSQL backend: the same gateway without Supabase's servers, on any PostgreSQL 15+
-//! that has the project's migrations (and `supabase/standalone/00_base.sql` when it is not a
+//! The PostgreSQL backend's connection: the gateway without Supabase's servers, on any PostgreSQL
+//! 15+ that has the project's migrations (and `supabase/standalone/00_base.sql` when it is not a
 //! Supabase database). Selected when `DATABASE_URL` is set and `SUPABASE_URL` is not.
 //!
-//! Two parts behind the gateway's two seams: [`feed`] (the change feed from a durable logical
-//! replication slot, producing the same [`crate::upstream::UpstreamEvent`]s as the Supabase
-//! upstream) and [`store::PgStore`] (every database call of [`crate::store::Store`], with RLS
-//! applied exactly as PostgREST applies it). The `pgoutput` crate decodes the replication messages;
-//! [`payload`] shapes them as Realtime's.
-//! This module owns the connection settings and the pool; it never logs the connection string
-//! (it holds the password) and never connects as a superuser on its own initiative: the role in
-//! `DATABASE_URL` needs LOGIN, REPLICATION and membership in `authenticated` and `service_role`.
-
-pub mod feed;
-pub mod payload;
-pub mod store;
+//! The backend has two halves, each under the role it plays: [`crate::feed::postgres`] (the change
+//! feed from a durable logical replication slot) and [`crate::store::postgres`] (every database
+//! call of the store, with RLS applied exactly as PostgREST applies it). This module is what both
+//! share, below them and below the configuration that checks it: the connection settings, their
+//! validation and the pool. It never logs the connection string (it holds the password) and never
+//! connects as a superuser on its own initiative: the role in `DATABASE_URL` needs LOGIN,
+//! REPLICATION and membership in `authenticated` and `service_role`.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-
-use crate::auth::Verifier;
-pub use feed::{FeedConfig, FeedHandles, SlotLag};
-pub use store::PgStore;
-
-/// The publication the feed decodes (the one Supabase Realtime reads, and the migrations fill).
-pub const PUBLICATION: &str = "supabase_realtime";
 
 /// Settings of the PostgreSQL backend.
 #[derive(Clone)]
@@ -90,11 +77,6 @@ pub fn pool(settings: &PgSettings, timeout: Duration) -> Result<Pool, PgSetupErr
         .recycle_timeout(Some(timeout))
         .build()
         .map_err(|e| PgSetupError::Pool(e.to_string()))
-}
-
-/// The store of this backend.
-pub fn store(settings: &PgSettings, verifier: Arc<Verifier>, timeout: Duration) -> Result<PgStore, PgSetupError> {
-    Ok(PgStore::new(pool(settings, timeout)?, verifier, timeout))
 }
 
 #[cfg(test)]

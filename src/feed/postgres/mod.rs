@@ -1,6 +1,7 @@
-//! The change feed on plain PostgreSQL: logical decoding (`pgoutput`) of the `supabase_realtime`
-//! publication through a DURABLE replication slot, turned into the same [`UpstreamEvent`]s the
-//! Supabase upstream sends, into the same channel, so the router does not know which it reads.
+//! The PostgreSQL backend of the feed: logical decoding (`pgoutput`) of the `supabase_realtime`
+//! publication through a DURABLE replication slot, turned into the feed's typed [`UpstreamEvent`]s
+//! straight from the decoded rows ([`changes`]), into the same channel the Realtime backend
+//! sends to, so the router does not know which it reads.
 //!
 //! How it reads: on one dedicated connection (a login role with REPLICATION), it creates the slot
 //! if missing, then polls `pg_logical_slot_peek_binary_changes` up to the WAL flush position read
@@ -18,6 +19,8 @@
 //! lag gauge. Never decides who receives what, never writes to the project's tables, never logs
 //! the connection string.
 
+pub mod changes;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -28,9 +31,11 @@ use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::event::Watermark;
-use crate::upstream::supervise::{self, Attempt, Backoff, Ended};
-use crate::upstream::{decode_change, Lost, UpstreamEvent};
+use crate::feed::supervise::{self, Attempt, Backoff, Ended};
+use crate::feed::{Lost, UpstreamEvent, Watermark};
+
+/// The publication the feed decodes (the one Supabase Realtime reads, and the migrations fill).
+pub const PUBLICATION: &str = "supabase_realtime";
 
 /// How to run the feed.
 #[derive(Clone)]
@@ -317,11 +322,9 @@ async fn poll(
         if transaction.end_lsn <= state.sent_upto {
             continue; // sent before; the router has not confirmed it yet
         }
-        for payload in &super::payload::payloads(&transaction) {
-            for event in decode_change(payload) {
-                if events.send(event).await.is_err() {
-                    return Ok(Polled::RouterGone);
-                }
+        for event in changes::events(&transaction) {
+            if events.send(event).await.is_err() {
+                return Ok(Polled::RouterGone);
             }
         }
         state.sent_upto = transaction.end_lsn;

@@ -1,27 +1,31 @@
-//! Row changes decoded by the [`pgoutput`] crate, shaped like Supabase Realtime's
-//! `postgres_changes` payloads, so [`crate::upstream::decode_change`] turns them into the very
-//! same events the Supabase upstream produces.
+//! Row changes decoded by the [`pgoutput`] crate, turned into the feed's typed events: each
+//! change read as a [`Change`] (its row as the decoder built it, the transaction's commit time)
+//! and given its meaning by [`decode_change`], the same function the Realtime backend uses, so
+//! both backends produce the very same events.
 //!
-//! Pure: a decoded transaction in, JSON payloads out. Never touches the database and never
-//! decides who sees a change.
+//! Pure: a decoded transaction in, events out. Never touches the database and never decides who
+//! sees a change.
 
-use chrono::SecondsFormat;
 use pgoutput::Transaction;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// `{"data": {schema, table, type, commit_timestamp, record, old_record, errors}}` per change,
-/// in the transaction's order; the commit time in microseconds.
-pub fn payloads(transaction: &Transaction) -> Vec<Value> {
-    let ts = transaction.committed.to_rfc3339_opts(SecondsFormat::Micros, true);
+use crate::feed::{decode_change, Change, UpstreamEvent};
+
+/// The events of a transaction's changes, in the transaction's order (none for a change that
+/// means nothing to the router).
+pub fn events(transaction: &Transaction) -> Vec<UpstreamEvent> {
     transaction
         .changes
         .iter()
-        .map(|change| {
-            json!({"data": {
-                "schema": change.relation.schema, "table": change.relation.table,
-                "type": change.kind.as_str(), "commit_timestamp": ts,
-                "record": change.record, "old_record": change.old_record, "errors": null,
-            }})
+        .filter_map(|change| {
+            let record = change.record.clone().map_or(Value::Null, Value::Object);
+            decode_change(&Change {
+                schema: &change.relation.schema,
+                table: &change.relation.table,
+                kind: change.kind.as_str(),
+                record: &record,
+                committed: Some(transaction.committed),
+            })
         })
         .collect()
 }
@@ -34,7 +38,7 @@ mod tests {
     use pgoutput::{to_json, ChangeKind, Column, Relation, Row, RowChange};
 
     use super::*;
-    use crate::upstream::{decode_change, UpstreamEvent};
+    use crate::feed::realtime::decode_payload;
 
     fn relation(table: &str, cols: &[(bool, &str, &str)]) -> Arc<Relation> {
         let columns = cols
@@ -78,16 +82,23 @@ mod tests {
         let record =
             row(&rel, &[Some(T), Some(T), Some(U), Some("hi"), Some("text"), Some("2026-01-01 12:00:00.5+00")]);
         let insert = RowChange { relation: rel, kind: ChangeKind::Insert, record: Some(record), old_record: None };
-        let payloads = payloads(&transaction(vec![insert]));
-        assert_eq!(payloads[0]["data"]["commit_timestamp"], "2000-01-01T00:00:01.000000Z");
-        assert_eq!(payloads[0]["data"]["old_record"], Value::Null);
-        let events = decode_change(&payloads[0]);
+        let transaction = transaction(vec![insert]);
+        let events = events(&transaction);
         match &events[..] {
-            [UpstreamEvent::Message { row, committed: Some(_) }] => {
+            [UpstreamEvent::Message { row, committed: Some(committed) }] => {
                 assert_eq!((row.content.as_str(), row.created_at.as_str()), ("hi", "2026-01-01T12:00:00.5+00:00"));
+                assert_eq!(crate::model::format_time(*committed), "2000-01-01T00:00:01.000000Z");
             }
             other => panic!("{other:?}"),
         }
+        // Realtime's payload of the same change decodes to the very same event.
+        let change = &transaction.changes[0];
+        let payload = serde_json::json!({"data": {
+            "schema": "public", "table": "messages", "type": "INSERT",
+            "commit_timestamp": "2000-01-01T00:00:01.000000Z",
+            "record": change.record, "old_record": null, "errors": null,
+        }});
+        assert_eq!(format!("{:?}", decode_payload(&payload)), format!("{events:?}"));
     }
 
     #[test]
@@ -114,7 +125,7 @@ mod tests {
             .into_iter()
             .map(|r| RowChange { relation: rel.clone(), kind: ChangeKind::Insert, record: Some(r), old_record: None })
             .collect();
-        let events: Vec<UpstreamEvent> = payloads(&transaction(inserts)).iter().flat_map(decode_change).collect();
+        let events = events(&transaction(inserts));
         match &events[..] {
             [UpstreamEvent::Membership { present: false, .. }, UpstreamEvent::ReadState { last_read_at, .. }, UpstreamEvent::RealtimeSwitch { enabled: false, .. }] =>
             {
@@ -125,6 +136,6 @@ mod tests {
         // Pruning deletes old events: nothing for the router.
         let key = row(&rel, &[Some("1")]);
         let delete = RowChange { relation: rel, kind: ChangeKind::Delete, record: None, old_record: Some(key) };
-        assert!(decode_change(&payloads(&transaction(vec![delete]))[0]).is_empty());
+        assert!(events(&transaction(vec![delete])).is_empty());
     }
 }

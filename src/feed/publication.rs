@@ -5,7 +5,7 @@
 //! not grow ([`spawn_prune`]).
 //!
 //! Owns the retention of those events and the wording of the start-up refusal. Never decides who
-//! receives what, and never reads an event row itself (the upstream decodes them).
+//! receives what, and never reads an event row itself (the feed decodes them).
 
 use std::time::Duration;
 
