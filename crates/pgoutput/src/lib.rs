@@ -3,7 +3,7 @@
 //! whole committed transactions (Begin, Relation, Insert, Update, Delete, Commit) with their commit
 //! time, commit LSN and end LSN, each row as column name → JSON value ([`to_json`]).
 //!
-//! Shared by the gateway's PostgreSQL backend (`src/pg/feed.rs`) and the Realtime stand-in's
+//! Shared by the gateway's PostgreSQL backend (`src/feed/postgres/`) and the Realtime stand-in's
 //! change feed, which shape the rows as each needs. Pure and small: bytes in, transactions out,
 //! no I/O, no async runtime. A malformed or truncated message is an error, never a panic. Owns
 //! the relation cache (pgoutput sends a Relation message before the first change of a table in

@@ -136,6 +136,6 @@ mod tests {
         // Pruning deletes old events: nothing for the router.
         let key = row(&rel, &[Some("1")]);
         let delete = RowChange { relation: rel, kind: ChangeKind::Delete, record: None, old_record: Some(key) };
-        assert!(events(&transaction(vec![delete])).is_empty());
+        assert!(super::events(&transaction(vec![delete])).is_empty());
     }
 }
