@@ -118,17 +118,22 @@ pub struct VerifierSettings {
 
 impl VerifierSettings {
     pub fn from_config(c: &Config) -> VerifierSettings {
+        let rules = &c.auth.rules;
         VerifierSettings {
-            jwt_secret: c.jwt_secret.clone(),
-            jwks_url: c.jwks_url.clone().unwrap_or_default(),
+            jwt_secret: c.auth.jwt_secret.clone(),
+            jwks_url: c.auth.jwks_url.clone().unwrap_or_default(),
             apikey: c.supabase().map(|p| p.anon_key.clone()).unwrap_or_default(),
-            leeway: c.jwt_leeway,
-            issuer: c.jwt_issuer.clone(),
-            allow_anonymous: c.allow_anonymous,
-            jwks: Schedule { timeout: c.backend_timeout, refresh_min: c.jwks_refresh_min, max_age: c.jwks_max_age },
-            failures_per_sec: c.auth_failures_per_sec,
-            failure_burst: c.auth_failure_burst,
-            max_keys: c.rate_limit_max_keys,
+            leeway: rules.leeway,
+            issuer: rules.issuer.clone(),
+            allow_anonymous: rules.allow_anonymous,
+            jwks: Schedule {
+                timeout: c.backend_timeout,
+                refresh_min: rules.jwks_refresh_min,
+                max_age: rules.jwks_max_age,
+            },
+            failures_per_sec: rules.failures_per_sec,
+            failure_burst: rules.failure_burst,
+            max_keys: c.fairness.max_keys,
         }
     }
 }

@@ -31,7 +31,23 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::Reply;
 
-use crate::config::EdgeSettings;
+use forwarded::TrustedProxies;
+
+/// hyper's smallest read buffer: a smaller header limit cannot be enforced.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// Limits applied before authentication (declared in [`crate::config`]).
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub max_pending_handshakes: usize,
+    pub max_tcp_connections: usize,
+    pub handshake_timeout: std::time::Duration,
+    pub max_header_bytes: usize,
+    /// Serialized origins (`https://host[:port]`) allowed for browsers; empty: none.
+    pub cors_allowed_origins: Vec<String>,
+    /// `TRUSTED_PROXIES` and the header they write the client address into.
+    pub trusted_proxies: TrustedProxies,
+}
 
 type Response = warp::reply::Response;
 
@@ -97,7 +113,7 @@ impl Edge {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.settings.handshake_timeout)
-            .max_buf_size(self.settings.max_header_bytes.max(crate::config::MIN_HEADER_BYTES));
+            .max_buf_size(self.settings.max_header_bytes.max(MIN_HEADER_BYTES));
         builder
     }
 

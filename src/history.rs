@@ -32,14 +32,10 @@ pub struct Entry {
 /// thread id and the frame's `created_at`), rounded up.
 pub const ENTRY_OVERHEAD: usize = 160;
 
-/// The ring's bounds: whichever is hit first evicts the oldest entries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    /// Most entries (`RESUME_BUFFER_MESSAGES`).
-    pub messages: usize,
-    /// Most bytes: the frames' text plus [`ENTRY_OVERHEAD`] each (`RESUME_BUFFER_BYTES`).
-    pub bytes: usize,
-}
+/// The ring's bounds: whichever is hit first evicts the oldest entries (declared with the resume
+/// settings: `RESUME_BUFFER_MESSAGES`, and `RESUME_BUFFER_BYTES` counting the frames' text plus
+/// [`ENTRY_OVERHEAD`] each).
+pub use crate::config::ResumeBounds as Bounds;
 
 impl Entry {
     /// What this entry counts against [`Bounds::bytes`].

@@ -4,18 +4,18 @@
 
 use std::io::IsTerminal as _;
 
-use realtime_gateway::config::{check, Config, LogFormat};
+use realtime_gateway::config::{check, reference, Config, LogFormat};
 use realtime_gateway::server;
 
 fn init_logging(config: &Config) {
-    // Config::load validated the filter: a bad LOG_LEVEL never gets here.
-    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    // The configuration validated the filter: a bad LOG_LEVEL never gets here.
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.level);
     // Colour only on a terminal: files and journals must not get escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match config.log_format {
+    match config.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
@@ -47,6 +47,14 @@ async fn wait_for_signal() {
 async fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let check_only = argv.iter().any(|a| a == "--check-config");
+    if argv.iter().any(|a| a == "--print-env-example") {
+        print!("{}", reference::env_example());
+        return;
+    }
+    if argv.iter().any(|a| a == "--print-config-reference") {
+        print!("{}", reference::markdown());
+        return;
+    }
     let _ = dotenvy::dotenv();
     let config = match check::load_from(argv) {
         Ok(config) => config,
@@ -59,11 +67,17 @@ async fn main() {
         }
     };
     if check_only {
+        for warning in &config.deprecations {
+            eprintln!("realtime-gateway: warning: {warning}");
+        }
         print!("{}", check::describe(&config));
         println!("# configuration is valid");
         return;
     }
     init_logging(&config);
+    for warning in &config.deprecations {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(config = ?config, "starting");
     let gateway = match server::start(config).await {
         Ok(gateway) => gateway,

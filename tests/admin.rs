@@ -33,7 +33,7 @@ async fn without_an_admin_token_there_is_no_admin_page() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_forbids_framing_referrers_and_any_inline_or_foreign_code() {
-    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
     for path in ["/admin", "/admin/page.js", "/admin/page.css", "/admin/api/overview"] {
         let response =
             world.http.get(format!("{}{path}", world.base())).bearer_auth(ADMIN_TOKEN).send().await.expect("answer");
@@ -68,7 +68,7 @@ async fn the_admin_page_forbids_framing_referrers_and_any_inline_or_foreign_code
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_logs_in_sees_a_phone_and_disconnects_it_in_chromium() {
     node::require_chromium();
-    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
     let mut phone = world.phone(&CARLA).await;
     let close = tokio::spawn(async move {
         loop {

@@ -97,7 +97,7 @@ async fn good_tokens_of_both_algorithms_are_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_project_with_only_signing_keys_refuses_hs256() {
-    let world = World::start_with(|c| c.jwt_secret = None).await;
+    let world = World::start_with(|c| c.auth.jwt_secret = None).await;
     let es = world.stack.token(&CARLA, Alg::Es256);
     let (status, _) = world.rest(Method::GET, "/api/chat/unread-count", Some(&es)).await;
     assert_eq!(status, 200);
@@ -108,7 +108,7 @@ async fn a_project_with_only_signing_keys_refuses_hs256() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
-    let world = World::start_with(|c| c.jwt_leeway = std::time::Duration::ZERO).await;
+    let world = World::start_with(|c| c.auth.rules.leeway = std::time::Duration::ZERO).await;
     let keys = world.stack.keys();
     // Refreshed in time: stays open past the first token's expiry.
     let short = keys.user_token(CARLA.id, CARLA.email, Alg::Hs256, 2);
@@ -139,8 +139,8 @@ async fn an_expiring_socket_is_told_and_closed_unless_refreshed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_issuer_is_checked_when_set_and_allow_anonymous_admits_anonymous_users() {
     let world = World::start_with(|c| {
-        c.jwt_issuer = c.supabase().map(|p| format!("{}/auth/v1", p.url.as_str().trim_end_matches('/')));
-        c.allow_anonymous = true;
+        c.auth.rules.issuer = c.supabase().map(|p| format!("{}/auth/v1", p.url.as_str().trim_end_matches('/')));
+        c.auth.rules.allow_anonymous = true;
     })
     .await;
     let keys = world.stack.keys();
@@ -186,8 +186,8 @@ fn forged_token(world: &World) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_150_refused_tokens_a_valid_token_from_the_same_address_is_served_on_rest_and_websocket() {
     let world = World::start_with(|c| {
-        c.auth_failures_per_sec = 0.01;
-        c.auth_failure_burst = 3;
+        c.auth.rules.failures_per_sec = 0.01;
+        c.auth.rules.failure_burst = 3;
     })
     .await;
     let forged = forged_token(&world);
@@ -215,8 +215,8 @@ async fn after_150_refused_tokens_a_valid_token_from_the_same_address_is_served_
 async fn behind_trusted_proxies_each_forwarded_client_has_its_own_budget() {
     use realtime_gateway::edge::forwarded::{parse_cidrs, ForwardedHeader, TrustedProxies};
     let world = World::start_with(|c| {
-        c.auth_failures_per_sec = 0.01;
-        c.auth_failure_burst = 3;
+        c.auth.rules.failures_per_sec = 0.01;
+        c.auth.rules.failure_burst = 3;
         c.edge.trusted_proxies =
             TrustedProxies { nets: parse_cidrs("127.0.0.0/8").expect("cidr"), header: ForwardedHeader::XForwardedFor };
     })

@@ -45,7 +45,7 @@ async fn subscribe_thread_checks_have_a_budget_per_user_across_sockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resuming_again_and_again_from_an_ancient_since_gets_one_page_then_offline_sync() {
     let world = World::start_with(|c| {
-        c.resume_buffer = 0;
+        c.resume.buffer.messages = 0;
         c.fairness.resume_db_pages_per_min = 1;
     })
     .await;
@@ -93,7 +93,7 @@ async fn resuming_again_and_again_from_an_ancient_since_gets_one_page_then_offli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_read_state_changes_costs_one_unread_count_read_per_window_and_the_last_is_pushed() {
-    let world = World::start_with(|c| c.fairness.read_state_window = std::time::Duration::from_secs(10)).await;
+    let world = World::start_with(|c| c.router.read_state_window = std::time::Duration::from_secs(10)).await;
     let mut phone = world.phone(&CARLA).await;
     let carla = world.token(&CARLA);
     for _ in 0..20 {

@@ -44,7 +44,7 @@ async fn a_failing_lookup_is_retried_until_the_message_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_waiting_buffer_is_reported_and_filled_from_the_database() {
-    let world = World::start_with(|c| c.router_max_waiting = 5).await;
+    let world = World::start_with(|c| c.router.max_waiting = 5).await;
     let mut carla = world.phone(&CARLA).await;
     world.stack.rest_faults().add("thread_participants", Fault::Stall(Duration::from_secs(2)), Some(1));
     let mut posted = Vec::new();

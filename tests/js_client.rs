@@ -59,9 +59,9 @@ fn config(stack: &Stack, listen: Option<std::net::SocketAddr>) -> Config {
     let keys = stack.keys();
     let mut config = Config::for_project(&stack.url(), &keys.anon_key, &keys.service_key, Some(&keys.jwt_secret))
         .expect("valid test configuration");
-    config.upstream_heartbeat = Duration::from_millis(500);
-    config.jwks_refresh_min = Duration::from_millis(100);
-    config.jwt_leeway = Duration::ZERO;
+    config.feed.heartbeat = Duration::from_millis(500);
+    config.auth.rules.jwks_refresh_min = Duration::from_millis(100);
+    config.auth.rules.leeway = Duration::ZERO;
     if let Some(listen) = listen {
         config.listen = listen;
     }
@@ -149,7 +149,7 @@ impl TokenPolicy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_library_loses_nothing_through_expiry_upstream_loss_pause_socket_loss_and_restart() {
     let dir = assert_built();
-    let mut world = World::start_with(|c| c.jwt_leeway = Duration::ZERO).await;
+    let mut world = World::start_with(|c| c.auth.rules.leeway = Duration::ZERO).await;
     let first_token = world.stack.keys().user_token(CARLA.id, CARLA.email, Alg::Hs256, 12);
 
     let Script { mut child, mut lines } = Script::spawn(

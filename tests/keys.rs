@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::common::ARRIVES;
 
-/// The per-request timeout the tests configure (`BACKEND_TIMEOUT_MS`).
+/// The per-request timeout the tests configure (`BACKEND_TIMEOUT_SECS`).
 const TIMEOUT: Duration = Duration::from_secs(1);
 /// "Answered within the timeout plus slack", as opposed to hanging.
 const BOUND: Duration = Duration::from_secs(6);
@@ -135,7 +135,7 @@ async fn a_stalled_auth_endpoint_does_not_hang_start_up_or_authentication() {
     let mut config =
         Config::for_project(&auth.url(), "anon", "service", Some("legacy-secret-0123456789abcdef")).expect("config");
     config.backend_timeout = TIMEOUT;
-    config.shutdown_grace = Duration::from_secs(1);
+    config.shutdown.grace = Duration::from_secs(1);
     let gateway = tokio::time::timeout(BOUND, server::start(config)).await.expect("start-up not hung").expect("starts");
     let url = format!("http://{}/api/chat/unread-count", gateway.local_addr());
     let call = reqwest::Client::new().get(&url).bearer_auth(es256(&known)).send();

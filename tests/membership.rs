@@ -96,7 +96,7 @@ async fn a_removed_member_resuming_from_memory_gets_none_of_that_thread() {
 /// her removal reaches the gateway before it. The older list must not bring her back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_list_read_before_a_removal_does_not_undo_it() {
-    let world = World::start_on(Backend::Supabase, |c| c.cache_ttl = Duration::from_secs(1)).await;
+    let world = World::start_on(Backend::Supabase, |c| c.cache.ttl = Duration::from_secs(1)).await;
     let faults = world.stack.rest_faults();
     let mut carla = world.phone(&CARLA).await;
     let mut david = world.phone(&DAVID).await;

@@ -57,7 +57,7 @@ async fn unsubscribe_thread_is_checked_like_subscribe() {
 /// overflow it; Carla is told, and the gap fill brings every message once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_router_byte_bound_is_reported_and_filled_from_the_database() {
-    let world = World::start_with(|c| c.router_buffer_bytes = 24 * 1024).await;
+    let world = World::start_with(|c| c.router.max_waiting_bytes = 24 * 1024).await;
     let mut carla = world.phone(&CARLA).await;
     world.stack.rest_faults().add("thread_participants", Fault::Stall(Duration::from_secs(2)), Some(1));
     let mut posted = Vec::new();

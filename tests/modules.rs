@@ -19,11 +19,7 @@ const WITH_BACKENDS: [&str; 2] = ["feed", "store"];
 /// References known to close a cycle, left out of the graph while work in progress on those
 /// modules removes them, as (from, to) nodes. The ONE place for exceptions: delete each entry
 /// once that work has landed, and keep the list empty from then on.
-const KNOWN: &[(&str, &str)] = &[
-    // The edge's settings are declared in `config`, which also uses the edge's proxy list: the
-    // configuration is being moved into the components that own it.
-    ("edge", "config"),
-];
+const KNOWN: &[(&str, &str)] = &[];
 
 /// One module's file, as a module path (`["feed", "postgres", "changes"]`).
 struct Source {

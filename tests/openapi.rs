@@ -198,7 +198,7 @@ const ADMIN_TOKEN: &str = "admin-token-for-the-openapi-tests";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented_for_good_and_bad_input() {
-    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
     let api = Api::load();
     let carla = world.token(&CARLA);
     let good = Some(carla.as_str());
@@ -290,7 +290,7 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_the_server_answers_is_documented() {
-    let world = World::start_with(|c| c.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
     let api = Api::load();
     let words = [
         "api",
@@ -365,7 +365,7 @@ async fn rate_limit_and_database_timeout_answers_are_documented() {
     // One REST call per second and user (bursts of 2); every database call times out at once
     // (so the gateway never becomes ready: its gap fill cannot read the database).
     let world = World::start_unready_with(|config| {
-        config.rest_rate_per_sec = 1;
+        config.fairness.rest_rate_per_sec = 1;
         config.backend_timeout = Duration::from_nanos(1);
     })
     .await;

@@ -111,7 +111,7 @@ async fn metrics_follow_deliveries_rest_rls_refused_tokens_and_disconnects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_need_the_metrics_token_when_one_is_set() {
     const TOKEN: &str = "metrics-token-0123456789";
-    let world = World::start_with(|c| c.metrics_token = Some(TOKEN.into())).await;
+    let world = World::start_with(|c| c.ops.metrics_token = Some(TOKEN.into())).await;
     let url = format!("{}/metrics", world.base());
     for refused in [world.http.get(&url), world.http.get(&url).bearer_auth("metrics-token-wrong-0000")] {
         let response = refused.send().await.expect("answer");
@@ -143,10 +143,10 @@ async fn shutdown_drains_then_closes_sessions_spread_over_the_window() {
     let (drain, grace) = (Duration::from_millis(1500), Duration::from_secs(6));
     let window = realtime_gateway::server::close_window(grace, drain);
     let mut world = World::start_with(|c| {
-        c.drain = drain;
-        c.shutdown_grace = grace;
+        c.shutdown.drain = drain;
+        c.shutdown.grace = grace;
         // 10 per second: 20 sessions take 1.9 s (the default 500/s would close them in 40 ms).
-        c.drain_close_rate = 10.0;
+        c.shutdown.close_rate = 10.0;
         c.backend_timeout = Duration::from_secs(20);
     })
     .await;

@@ -105,7 +105,7 @@ async fn resume_until(world: &World, since: &str, until_post: &str) -> (Vec<Stri
 async fn a_restarted_gateway_delivers_what_was_committed_while_it_was_down_exactly_once() {
     // No catch-up margin: the new process's own start-up catch-up cannot reach the messages
     // committed while it was down, so only the durable slot can bring them to the router.
-    let mut world = World::start_on(Backend::Postgres, |c| c.catchup_margin = std::time::Duration::ZERO).await;
+    let mut world = World::start_on(Backend::Postgres, |c| c.router.catchup_margin = std::time::Duration::ZERO).await;
     let mut carla = world.phone(&CARLA).await;
     let first = world.post(&ALICE, CLASS_3B_PARENTS, "before the restart").await;
     let (frame, _) = carla.receive_until(first).await;

@@ -94,7 +94,7 @@ async fn a_client_that_never_reads_does_not_delay_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_tells_clients_going_away() {
-    let mut world = World::start_with(|c| c.shutdown_grace = Duration::from_secs(5)).await;
+    let mut world = World::start_with(|c| c.shutdown.grace = Duration::from_secs(5)).await;
     let mut carla = world.phone(&CARLA).await;
     let gateway = world.gateway.take().expect("running");
     let closing = tokio::spawn(gateway.shutdown());

@@ -56,7 +56,7 @@ async fn a_recent_cursor_is_served_from_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_cursor_is_served_from_the_database() {
-    let world = World::start_with(|c| c.resume_buffer = 0).await;
+    let world = World::start_with(|c| c.resume.buffer.messages = 0).await;
     a_phone_resumes_from_its_last_cursor(&world).await;
     assert_eq!(world.metric("gateway_resumes_from_database_total").await, 1);
 }
@@ -96,7 +96,7 @@ async fn the_offline_sync_cursor_resumes_the_socket_and_bad_cursors_are_refused(
 async fn a_long_replay_is_paged_without_overflowing_the_session_queue() {
     // 1,500 missed messages against a queue of 64 frames and database pages of 500.
     let world = World::start_with(|c| {
-        c.resume_buffer = 0;
+        c.resume.buffer.messages = 0;
         c.limits.queue_capacity = 64;
     })
     .await;

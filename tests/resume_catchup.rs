@@ -101,7 +101,7 @@ async fn from_memory_an_import_just_before_the_phone_returns_arrives_before_sync
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_the_database_an_import_just_before_the_phone_returns_arrives_before_sync_complete() {
-    let world = World::start_with(|c| c.resume_buffer = 0).await;
+    let world = World::start_with(|c| c.resume.buffer.messages = 0).await;
     let base = world.ws_base();
     an_import_just_before_the_phone_returns_arrives_before_sync_complete(&world, &base, &base).await;
     assert_eq!(world.metric("gateway_resumes_from_database_total").await, 1);
@@ -135,7 +135,7 @@ async fn on_the_second_instance_an_import_just_before_the_phone_returns_arrives_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_proof_in_time_sync_complete_goes_out_with_a_safe_cursor_and_is_counted() {
-    let world = World::start_with(|c| c.resume_catchup_timeout = Duration::from_millis(500)).await;
+    let world = World::start_with(|c| c.resume.catchup_timeout = Duration::from_millis(500)).await;
     let base = world.ws_base();
     let cursor = cursor_from_a_live_message(&world, &base).await;
     // Realtime stops reading the change feed: the import cannot reach the gateway in time.

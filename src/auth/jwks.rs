@@ -3,7 +3,7 @@
 //! Owns the key set by `kid` (each pinned to one algorithm), the schedule of refreshes (the
 //! response's `Cache-Control: max-age`, capped by `JWKS_MAX_AGE_SECS`; after a failure, again
 //! after `JWKS_REFRESH_MIN_SECS`), and the single-flight fetch: at most one request to Auth is in
-//! flight, every caller that needs it awaits that same request, bounded by `BACKEND_TIMEOUT_MS`.
+//! flight, every caller that needs it awaits that same request, bounded by `BACKEND_TIMEOUT_SECS`.
 //! Lookups of known keys take a short synchronous lock and never wait for a fetch. A failed
 //! refresh keeps the previous keys (an Auth outage must not lock every user out); a successful one
 //! replaces them, so a revoked key stops verifying. This module must never log key material or

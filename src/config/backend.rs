@@ -1,12 +1,51 @@
-//! Which backend the gateway talks to: a Supabase project (Realtime and PostgREST) when
-//! `SUPABASE_URL` is set, plain PostgreSQL when only `DATABASE_URL` is; and where tokens are
-//! verified (`SUPABASE_JWT_SECRET`/`JWT_SECRET`, `JWKS_URL`). Pure validation, no I/O; never
-//! prints a secret or a connection string.
+//! The backend component: which database the gateway talks to, a Supabase project (Realtime and
+//! PostgREST) when `SUPABASE_URL` is set, plain PostgreSQL when only `DATABASE_URL` is, and how
+//! long a call to it may take. Declares those settings and selects the backend; pure validation,
+//! no I/O; never prints a secret or a connection string.
 
 use std::time::Duration;
 
-use super::rules::{invalid, positive};
-use super::{Args, ConfigError};
+use clap::Args;
+
+use super::rules::{at_least, invalid, seconds};
+use super::ConfigError;
+
+/// The backend's settings as declared (flags and environment variables).
+#[derive(Args, Clone)]
+#[command(next_help_heading = "Backend")]
+pub struct BackendArgs {
+    /// Base URL of the Supabase project (https://<ref>.supabase.co, or the local stand-in).
+    /// Selects the Supabase backend; required unless DATABASE_URL is set.
+    #[arg(long, env = "SUPABASE_URL")]
+    pub supabase_url: Option<String>,
+    /// Publishable/anon API key: sent as `apikey` on every PostgREST call and the Realtime socket.
+    /// Required with SUPABASE_URL.
+    #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
+    pub supabase_anon_key: Option<String>,
+    /// Service role key: joins the upstream channel and reads membership and profiles. Never sent
+    /// to clients. Required with SUPABASE_URL.
+    #[arg(long, env = "SUPABASE_SERVICE_ROLE_KEY", hide_env_values = true)]
+    pub supabase_service_role_key: Option<String>,
+    /// Plain PostgreSQL backend, used when SUPABASE_URL is not set: a login role with REPLICATION,
+    /// member of authenticated and service_role (supabase/standalone/00_base.sql creates
+    /// chat_gateway), e.g. postgres://chat_gateway:password@db-host:5432/postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PostgreSQL backend: this instance's durable logical replication slot (one per instance;
+    /// created if missing): lower-case letters, digits and underscores, at most 63.
+    #[arg(long, env = "SLOT_NAME", default_value = "chat_gateway")]
+    pub slot_name: String,
+    /// PostgreSQL backend: most pooled connections for REST and lookups (at least 1).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "16", value_parser = at_least(1usize))]
+    pub database_pool_size: usize,
+    /// PostgreSQL backend: pause between two reads of the slot when it had nothing new.
+    #[arg(long, env = "SLOT_POLL_SECS", default_value = "0.02", value_parser = seconds())]
+    pub slot_poll_secs: Duration,
+    /// Whole-request timeout (connect to last byte) of every PostgREST, database and JWKS call;
+    /// also bounds the JWKS fetch at start-up.
+    #[arg(long, env = "BACKEND_TIMEOUT_SECS", default_value = "5", value_parser = seconds())]
+    pub backend_timeout_secs: Duration,
+}
 
 /// Which database backend the gateway talks to.
 #[derive(Clone)]
@@ -42,10 +81,14 @@ impl SupabaseProject {
     }
 }
 
+/// A text setting that is set and not blank, trimmed.
+pub(super) fn set(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)
+}
+
 /// SUPABASE_URL selects Supabase (and requires its keys); otherwise DATABASE_URL selects
 /// PostgreSQL.
-pub(super) fn backend(a: &Args) -> Result<Backend, ConfigError> {
-    let set = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+pub(super) fn backend(a: &BackendArgs) -> Result<Backend, ConfigError> {
     if let Some(url_text) = set(&a.supabase_url) {
         let url = reqwest::Url::parse(&url_text).map_err(|e| invalid("SUPABASE_URL", format!("not a URL ({e})")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
@@ -65,40 +108,9 @@ pub(super) fn backend(a: &Args) -> Result<Backend, ConfigError> {
     let settings = crate::pg::PgSettings {
         database_url,
         slot_name: a.slot_name.clone(),
-        pool_size: positive("DATABASE_POOL_SIZE", a.database_pool_size)?,
-        poll_interval: Duration::from_millis(positive("SLOT_POLL_MS", a.slot_poll_ms as usize)? as u64),
+        pool_size: a.database_pool_size,
+        poll_interval: a.slot_poll_secs,
     };
     crate::pg::connection_config(&settings).map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
     Ok(Backend::Postgres(settings))
-}
-
-/// SUPABASE_JWT_SECRET or its alias JWT_SECRET.
-pub(super) fn jwt_secret(a: &Args) -> Result<Option<String>, ConfigError> {
-    let value = |v: &Option<String>| v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
-    let (var, secret) = match (value(&a.supabase_jwt_secret), value(&a.jwt_secret)) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(invalid("JWT_SECRET", "differs from SUPABASE_JWT_SECRET; set only one of them"))
-        }
-        (Some(s), _) => ("SUPABASE_JWT_SECRET", s),
-        (None, Some(s)) => ("JWT_SECRET", s),
-        (None, None) => return Ok(None),
-    };
-    if secret.len() < 16 {
-        return Err(invalid(var, "is too short to be a JWT secret"));
-    }
-    Ok(Some(secret))
-}
-
-/// JWKS_URL, or the Supabase project's own JWKS; None on PostgreSQL without JWKS_URL.
-pub(super) fn jwks_url(a: &Args, backend: Option<&Backend>) -> Result<Option<String>, ConfigError> {
-    match (a.jwks_url.as_deref().map(str::trim), backend) {
-        (Some(url), _) if !url.is_empty() => {
-            reqwest::Url::parse(url).map_err(|e| invalid("JWKS_URL", format!("not a URL ({e})")))?;
-            Ok(Some(url.to_string()))
-        }
-        (_, Some(Backend::Supabase(p))) => {
-            Ok(Some(format!("{}/auth/v1/.well-known/jwks.json", p.url.as_str().trim_end_matches('/'))))
-        }
-        _ => Ok(None),
-    }
 }

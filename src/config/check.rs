@@ -12,22 +12,50 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::{Args, Config, ConfigError};
 
-/// Parses and validates `argv` plus the environment; on failure, every problem found, one per
-/// entry, each naming its variable. `--help` and `--version` print and exit as clap does.
+/// Parses and validates `argv` plus the environment, deprecated names included (see
+/// [`super::alias`]); on failure, every problem found, one per entry, each naming its variable.
+/// `--help` and `--version` print and exit as clap does.
 pub fn load_from<I, T>(argv: I) -> Result<Config, Vec<String>>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
     let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
-    match Args::command().try_get_matches_from(&argv) {
+    let (argv, deprecations) = super::alias::rewrite(argv, |name| std::env::var_os(name));
+    let rename = |problems: Vec<String>| -> Vec<String> {
+        problems.into_iter().map(|p| super::alias::rename_problem(p, &deprecations)).collect()
+    };
+    let config = match Args::command().try_get_matches_from(&argv) {
         Ok(matches) => {
             let args = Args::from_arg_matches(&matches).map_err(|e| vec![first_line(&e)])?;
-            Config::from_args(args).map_err(|e| flatten(e).collect())
+            Config::from_args(args).map_err(|e| rename(flatten(e).collect()))?
         }
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
-        Err(e) => Err(every_problem(&argv, &e)),
-    }
+        Err(e) => return Err(rename(every_problem(&argv, &e))),
+    };
+    Ok(Config { deprecations, ..config })
+}
+
+/// [`load_from`] for code that builds a configuration: the problems as one [`ConfigError`].
+pub(super) fn parse<I, T>(argv: I) -> Result<Config, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    load_from(argv).map_err(|problems| {
+        let mut all: Vec<ConfigError> = problems
+            .into_iter()
+            .map(|text| match text.split_once(": ") {
+                Some((var, problem)) => ConfigError::Invalid { var: var.to_string(), problem: problem.to_string() },
+                None => ConfigError::Invalid { var: "arguments".into(), problem: text },
+            })
+            .collect();
+        if all.len() == 1 {
+            all.remove(0)
+        } else {
+            ConfigError::Several(all)
+        }
+    })
 }
 
 fn flatten(e: ConfigError) -> impl Iterator<Item = String> {
@@ -136,7 +164,8 @@ fn secret(value: &str) -> String {
     }
 }
 
-/// The effective configuration, one `VARIABLE=value` per line, secrets redacted.
+/// The effective configuration, one `VARIABLE=value` per line, secrets redacted. Every declared
+/// variable of the backend in use appears (a test holds this list to the declarations).
 pub fn describe(c: &Config) -> String {
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
     let mut rows: Vec<(&str, String)> = match &c.backend {
@@ -144,71 +173,80 @@ pub fn describe(c: &Config) -> String {
             ("SUPABASE_URL", p.url.to_string()),
             ("SUPABASE_ANON_KEY", secret(&p.anon_key)),
             ("SUPABASE_SERVICE_ROLE_KEY", secret(&p.service_role_key)),
+            (
+                "SUPABASE_JWT_SECRET",
+                c.auth.jwt_secret.as_deref().map(secret).unwrap_or_else(|| "(empty: JWKS only)".into()),
+            ),
         ],
         super::Backend::Postgres(s) => vec![
             ("DATABASE_URL", "<redacted>".into()),
             ("SLOT_NAME", s.slot_name.clone()),
             ("DATABASE_POOL_SIZE", s.pool_size.to_string()),
+            ("SLOT_POLL_SECS", secs(s.poll_interval)),
+            ("JWT_SECRET", c.auth.jwt_secret.as_deref().map(secret).unwrap_or_else(|| "(empty: JWKS only)".into())),
         ],
     };
+    let (auth, edge, limits, fair, feed, router) = (&c.auth.rules, &c.edge, &c.limits, &c.fairness, &c.feed, &c.router);
     rows.extend([
-        ("JWKS_URL", c.jwks_url.clone().unwrap_or_else(|| "(none: HS256 secret only)".into())),
-        ("SUPABASE_JWT_SECRET", c.jwt_secret.as_deref().map(secret).unwrap_or_else(|| "(empty: JWKS only)".into())),
-        ("BIND_ADDRESS", c.listen.ip().to_string()),
+        ("BACKEND_TIMEOUT_SECS", secs(c.backend_timeout)),
+        ("JWKS_URL", c.auth.jwks_url.clone().unwrap_or_else(|| "(none: HS256 secret only)".into())),
+        ("JWT_LEEWAY_SECS", secs(auth.leeway)),
+        ("JWKS_REFRESH_MIN_SECS", secs(auth.jwks_refresh_min)),
+        ("JWKS_MAX_AGE_SECS", secs(auth.jwks_max_age)),
+        ("JWT_ISSUER", auth.issuer.clone().unwrap_or_else(|| "(not checked)".into())),
+        ("ALLOW_ANONYMOUS", auth.allow_anonymous.to_string()),
+        ("AUTH_FAILURES_PER_SEC", auth.failures_per_sec.to_string()),
+        ("AUTH_FAILURE_BURST", auth.failure_burst.to_string()),
         ("PORT", c.listen.port().to_string()),
-        ("LOG_FORMAT", format!("{:?}", c.log_format).to_lowercase()),
-        ("LOG_LEVEL", c.log_level.clone()),
-        ("REALTIME_VSN", if c.realtime_vsn == super::RealtimeVsn::V1 { "1.0.0" } else { "2.0.0" }.into()),
-        ("UPSTREAM_HEARTBEAT_SECS", secs(c.upstream_heartbeat)),
-        ("CATCHUP_MARGIN_SECS", secs(c.catchup_margin)),
-        ("JWT_LEEWAY_SECS", secs(c.jwt_leeway)),
-        ("JWT_ISSUER", c.jwt_issuer.clone().unwrap_or_else(|| "(not checked)".into())),
-        ("ALLOW_ANONYMOUS", c.allow_anonymous.to_string()),
-        ("JWKS_REFRESH_MIN_SECS", secs(c.jwks_refresh_min)),
-        ("JWKS_MAX_AGE_SECS", secs(c.jwks_max_age)),
-        ("AUTH_FAILURES_PER_SEC", c.auth_failures_per_sec.to_string()),
-        ("AUTH_FAILURE_BURST", c.auth_failure_burst.to_string()),
-        ("BACKEND_TIMEOUT_MS", c.backend_timeout.as_millis().to_string()),
-        ("MAX_CONNECTIONS", c.limits.max_connections.to_string()),
-        ("MAX_CONNECTIONS_PER_USER", c.limits.max_connections_per_user.to_string()),
-        ("MAX_PENDING_HANDSHAKES", c.edge.max_pending_handshakes.to_string()),
-        ("MAX_TCP_CONNECTIONS", c.edge.max_tcp_connections.to_string()),
-        ("HANDSHAKE_TIMEOUT_SECS", secs(c.edge.handshake_timeout)),
-        ("MAX_HEADER_BYTES", c.edge.max_header_bytes.to_string()),
-        ("CORS_ALLOWED_ORIGINS", c.edge.cors_allowed_origins.join(",")),
-        ("TRUSTED_PROXIES", c.edge.trusted_proxies.nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
-        ("TRUSTED_PROXY_HEADER", c.edge.trusted_proxies.header.name().into()),
-        ("SUBSCRIBE_CHECKS_PER_SEC", c.fairness.subscribe_checks_per_sec.to_string()),
-        ("SUBSCRIBE_CHECK_BURST", c.fairness.subscribe_check_burst.to_string()),
-        ("RESUME_DB_PAGES_PER_MIN", c.fairness.resume_db_pages_per_min.to_string()),
-        ("READ_STATE_COALESCE_MS", c.fairness.read_state_window.as_millis().to_string()),
-        ("WS_MAX_MESSAGE_BYTES", c.limits.max_message_bytes.to_string()),
-        ("WS_READ_BUFFER_BYTES", c.limits.read_buffer_bytes.to_string()),
-        ("WS_RATE_LIMIT_PER_SEC", c.limits.rate_per_sec.to_string()),
-        ("REST_RATE_LIMIT_PER_SEC", c.rest_rate_per_sec.to_string()),
-        ("SESSION_QUEUE_CAPACITY", c.limits.queue_capacity.to_string()),
-        ("SESSION_QUEUE_BYTES", c.limits.queue_bytes.to_string()),
-        ("MAX_THREAD_SUBSCRIPTIONS", c.limits.max_thread_subscriptions.to_string()),
-        ("WS_PING_INTERVAL_SECS", secs(c.limits.ping_interval)),
-        ("CACHE_TTL_SECS", secs(c.cache_ttl)),
-        ("CACHE_MAX_THREADS", c.cache_max_threads.to_string()),
-        ("SHUTDOWN_GRACE_SECS", secs(c.shutdown_grace)),
-        ("UPSTREAM_TOPIC", c.upstream_topic.clone()),
-        ("UPSTREAM_JOIN_TIMEOUT_SECS", secs(c.upstream_join_timeout)),
-        ("UPSTREAM_BACKOFF_MIN_MS", c.upstream_backoff_min.as_millis().to_string()),
-        ("UPSTREAM_BACKOFF_MAX_SECS", secs(c.upstream_backoff_max)),
-        ("UPSTREAM_QUEUE_CAPACITY", c.upstream_channel_capacity.to_string()),
-        ("ROUTER_MAX_WAITING", c.router_max_waiting.to_string()),
-        ("ROUTER_BUFFER_BYTES", c.router_buffer_bytes.to_string()),
-        ("CURSOR_INTERVAL_MS", c.cursor_interval.as_millis().to_string()),
-        ("RESUME_BUFFER_MESSAGES", c.resume_buffer.to_string()),
-        ("RESUME_BUFFER_BYTES", c.resume_buffer_bytes.to_string()),
-        ("RATE_LIMIT_MAX_KEYS", c.rate_limit_max_keys.to_string()),
-        ("RESUME_CATCHUP_TIMEOUT_MS", c.resume_catchup_timeout.as_millis().to_string()),
-        ("DRAIN_SECS", secs(c.drain)),
-        ("DRAIN_CLOSE_RATE", c.drain_close_rate.to_string()),
-        ("METRICS_TOKEN", c.metrics_token.as_deref().map(secret).unwrap_or_else(|| "(empty: /metrics open)".into())),
-        ("ADMIN_TOKEN", c.admin_token.as_deref().map(secret).unwrap_or_else(|| "(empty: no /admin)".into())),
+        ("BIND_ADDRESS", c.listen.ip().to_string()),
+        ("LOG_FORMAT", format!("{:?}", c.log.format).to_lowercase()),
+        ("LOG_LEVEL", c.log.level.clone()),
+        ("MAX_PENDING_HANDSHAKES", edge.max_pending_handshakes.to_string()),
+        ("MAX_TCP_CONNECTIONS", edge.max_tcp_connections.to_string()),
+        ("HANDSHAKE_TIMEOUT_SECS", secs(edge.handshake_timeout)),
+        ("MAX_HEADER_BYTES", edge.max_header_bytes.to_string()),
+        ("CORS_ALLOWED_ORIGINS", edge.cors_allowed_origins.join(",")),
+        ("TRUSTED_PROXIES", edge.trusted_proxies.nets.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
+        ("TRUSTED_PROXY_HEADER", edge.trusted_proxies.header.name().into()),
+        ("MAX_CONNECTIONS", limits.max_connections.to_string()),
+        ("MAX_CONNECTIONS_PER_USER", limits.max_connections_per_user.to_string()),
+        ("WS_MAX_MESSAGE_BYTES", limits.max_message_bytes.to_string()),
+        ("WS_READ_BUFFER_BYTES", limits.read_buffer_bytes.to_string()),
+        ("WS_RATE_LIMIT_PER_SEC", limits.rate_per_sec.to_string()),
+        ("SESSION_QUEUE_CAPACITY", limits.queue_capacity.to_string()),
+        ("SESSION_QUEUE_BYTES", limits.queue_bytes.to_string()),
+        ("MAX_THREAD_SUBSCRIPTIONS", limits.max_thread_subscriptions.to_string()),
+        ("WS_PING_INTERVAL_SECS", secs(limits.ping_interval)),
+        ("REST_RATE_LIMIT_PER_SEC", fair.rest_rate_per_sec.to_string()),
+        ("SUBSCRIBE_CHECKS_PER_SEC", fair.subscribe_checks_per_sec.to_string()),
+        ("SUBSCRIBE_CHECK_BURST", fair.subscribe_check_burst.to_string()),
+        ("RESUME_DB_PAGES_PER_MIN", fair.resume_db_pages_per_min.to_string()),
+        ("RATE_LIMIT_MAX_KEYS", fair.max_keys.to_string()),
+        ("REALTIME_VSN", if feed.vsn == super::RealtimeVsn::V1 { "1.0.0" } else { "2.0.0" }.into()),
+        ("UPSTREAM_TOPIC", feed.topic.clone()),
+        ("UPSTREAM_HEARTBEAT_SECS", secs(feed.heartbeat)),
+        ("UPSTREAM_JOIN_TIMEOUT_SECS", secs(feed.join_timeout)),
+        ("UPSTREAM_BACKOFF_MIN_SECS", secs(feed.backoff_min)),
+        ("UPSTREAM_BACKOFF_MAX_SECS", secs(feed.backoff_max)),
+        ("UPSTREAM_QUEUE_CAPACITY", feed.queue_capacity.to_string()),
+        ("CATCHUP_MARGIN_SECS", secs(router.catchup_margin)),
+        ("ROUTER_MAX_WAITING", router.max_waiting.to_string()),
+        ("ROUTER_BUFFER_BYTES", router.max_waiting_bytes.to_string()),
+        ("CURSOR_INTERVAL_SECS", secs(router.cursor_interval)),
+        ("READ_STATE_COALESCE_SECS", secs(router.read_state_window)),
+        ("RESUME_BUFFER_MESSAGES", c.resume.buffer.messages.to_string()),
+        ("RESUME_BUFFER_BYTES", c.resume.buffer.bytes.to_string()),
+        ("RESUME_CATCHUP_TIMEOUT_SECS", secs(c.resume.catchup_timeout)),
+        ("CACHE_TTL_SECS", secs(c.cache.ttl)),
+        ("CACHE_MAX_THREADS", c.cache.max_threads.to_string()),
+        ("SHUTDOWN_GRACE_SECS", secs(c.shutdown.grace)),
+        ("DRAIN_SECS", secs(c.shutdown.drain)),
+        ("DRAIN_CLOSE_RATE", c.shutdown.close_rate.to_string()),
+        (
+            "METRICS_TOKEN",
+            c.ops.metrics_token.as_deref().map(secret).unwrap_or_else(|| "(empty: /metrics open)".into()),
+        ),
+        ("ADMIN_TOKEN", c.ops.admin_token.as_deref().map(secret).unwrap_or_else(|| "(empty: no /admin)".into())),
     ]);
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
 }
@@ -255,14 +293,14 @@ mod tests {
     #[test]
     fn the_drain_must_end_before_the_grace_period_and_tokens_must_be_long() {
         let config = load_from(argv(&[])).expect("valid");
-        assert_eq!((config.drain.as_secs(), config.shutdown_grace.as_secs()), (5, 30));
-        assert_eq!(config.drain_close_rate, 500.0);
+        assert_eq!((config.shutdown.drain.as_secs(), config.shutdown.grace.as_secs()), (5, 30));
+        assert_eq!(config.shutdown.close_rate, 500.0);
         assert!(describe(&config).contains("DRAIN_CLOSE_RATE=500\n"));
         for bad in ["--drain-close-rate=0", "--drain-close-rate=-3", "--drain-close-rate=NaN"] {
             let problems = load_from(argv(&[bad])).expect_err(bad);
             assert!(problems.iter().any(|p| p.starts_with("DRAIN_CLOSE_RATE:")), "{bad}: {problems:?}");
         }
-        assert_eq!((config.metrics_token.as_deref(), config.admin_token.as_deref()), (None, None));
+        assert_eq!((config.ops.metrics_token.as_deref(), config.ops.admin_token.as_deref()), (None, None));
         let problems = load_from(argv(&["--drain-secs=10", "--shutdown-grace-secs=10", "--admin-token=short"]))
             .expect_err("invalid");
         assert!(

@@ -9,7 +9,7 @@ fn parse(extra: &[&str]) -> Result<Config, ConfigError> {
         "--supabase-service-role-key=service",
     ];
     argv.extend_from_slice(extra);
-    Config::from_args(Args::try_parse_from(argv).map_err(|e| invalid("args", e.to_string()))?)
+    check::parse(argv)
 }
 
 #[test]
@@ -18,9 +18,9 @@ fn derives_service_urls() {
     let project = c.supabase().expect("the Supabase backend");
     assert_eq!(project.realtime_websocket_url(), "wss://abc.supabase.co/realtime/v1/websocket");
     assert_eq!(project.rest_url(), "https://abc.supabase.co/rest/v1");
-    assert_eq!(c.jwks_url.as_deref(), Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json"));
+    assert_eq!(c.auth.jwks_url.as_deref(), Some("https://abc.supabase.co/auth/v1/.well-known/jwks.json"));
     assert_eq!(c.listen.port(), 3000);
-    assert!(c.jwt_secret.is_none());
+    assert!(c.auth.jwt_secret.is_none());
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn database_url_without_supabase_selects_postgres() {
     let secret = "0123456789abcdef0123";
     let c = Config::for_postgres("postgres://gw:pw@db.example/chat", "gw_1", secret).expect("valid");
     assert!(matches!(&c.backend, Backend::Postgres(s) if s.slot_name == "gw_1"));
-    assert_eq!((c.jwt_secret.as_deref(), c.jwks_url.as_deref()), (Some(secret), None));
+    assert_eq!((c.auth.jwt_secret.as_deref(), c.auth.jwks_url.as_deref()), (Some(secret), None));
     let text = format!("{c:?}");
     assert!(!text.contains("pw@") && !text.contains(secret), "{text}");
     let e = Config::for_postgres("postgres://gw@db/chat", "Bad-Slot", secret).expect_err("invalid slot");
@@ -75,7 +75,7 @@ fn database_url_without_supabase_selects_postgres() {
         "--jwks-url=https://auth.example/jwks.json",
     ])
     .expect("parses");
-    assert!(Config::from_args(args).is_ok_and(|c| c.jwks_url.is_some()));
+    assert!(Config::from_args(args).is_ok_and(|c| c.auth.jwks_url.is_some()));
 }
 
 #[test]
@@ -83,4 +83,40 @@ fn debug_redacts_secrets() {
     let c = parse(&["--supabase-jwt-secret=0123456789abcdef0123"]).expect("valid");
     let text = format!("{c:?}");
     assert!(!text.contains("0123456789abcdef0123") && !text.contains("service\""), "{text}");
+}
+
+#[test]
+fn a_deprecated_name_still_works_and_warns() {
+    let c = check::load_from(
+        ["gw", "--supabase-url=https://abc.supabase.co", "--supabase-anon-key=anon"].into_iter().chain([
+            "--supabase-service-role-key=service",
+            "--backend-timeout-ms=250",
+            "--cursor-interval-ms",
+            "100",
+        ]),
+    )
+    .expect("valid");
+    assert_eq!((c.backend_timeout, c.router.cursor_interval), (Duration::from_millis(250), Duration::from_millis(100)));
+    assert_eq!(c.deprecations.len(), 2, "{:?}", c.deprecations);
+    assert!(c.deprecations[0].starts_with("BACKEND_TIMEOUT_MS is deprecated: set BACKEND_TIMEOUT_SECS"));
+    let e = parse(&["--backend-timeout-ms=0"]).expect_err("invalid");
+    assert!(e.to_string().starts_with("BACKEND_TIMEOUT_MS (deprecated name of BACKEND_TIMEOUT_SECS"), "{e}");
+}
+
+#[test]
+fn check_config_describes_every_declared_variable() {
+    use clap::CommandFactory;
+    let declared: std::collections::BTreeSet<String> = Args::command()
+        .get_arguments()
+        .filter_map(|arg| arg.get_env().map(|v| v.to_string_lossy().into_owned()))
+        .collect();
+    let supabase = check::describe(&parse(&[]).expect("valid"));
+    let postgres =
+        check::describe(&Config::for_postgres("postgres://gw@db/chat", "gw_1", "0123456789abcdef0123").expect("valid"));
+    let described: std::collections::BTreeSet<String> = supabase
+        .lines()
+        .chain(postgres.lines())
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name.to_string()))
+        .collect();
+    assert_eq!(described, declared);
 }

@@ -50,7 +50,7 @@ impl FairnessMetrics {
         let read_state_reads = Counter::default();
         r.register(
             "read_state_reads",
-            "Unread-count reads for thread_read pushes (at most one per user per READ_STATE_COALESCE_MS)",
+            "Unread-count reads for thread_read pushes (at most one per user per READ_STATE_COALESCE_SECS)",
             read_state_reads.clone(),
         );
         let read_state_coalesced = Counter::default();

@@ -39,11 +39,11 @@ impl ResumeMetrics {
         );
         let membership_unchecked = counter(
             "resume_membership_unchecked",
-            "Resumes the ring covered but the database replayed: membership could not be checked (upstream down, member list not read within BACKEND_TIMEOUT_MS)",
+            "Resumes the ring covered but the database replayed: membership could not be checked (upstream down, member list not read within BACKEND_TIMEOUT_SECS)",
         );
         let catchup_timeouts = counter(
             "resume_catchup_timeouts",
-            "Memory resumes whose sync_complete went out after RESUME_CATCHUP_TIMEOUT_MS without proof of being caught up",
+            "Memory resumes whose sync_complete went out after RESUME_CATCHUP_TIMEOUT_SECS without proof of being caught up",
         );
         let ring_byte_evictions = counter(
             "resume_buffer_byte_evictions",

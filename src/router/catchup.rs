@@ -54,7 +54,7 @@ pub struct CatchUp {
 }
 
 impl CatchUp {
-    /// `timeout`: the longest a session holds `sync_complete` back (`RESUME_CATCHUP_TIMEOUT_MS`).
+    /// `timeout`: the longest a session holds `sync_complete` back (`RESUME_CATCHUP_TIMEOUT_SECS`).
     pub fn new(timeout: Duration) -> Arc<CatchUp> {
         Arc::new(CatchUp { asked: AtomicU64::new(0), wake: Notify::new(), proven: watch::Sender::new(0), timeout })
     }

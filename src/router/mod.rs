@@ -25,7 +25,6 @@ pub mod window;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -47,20 +46,8 @@ use cursor::Cursor;
 use gap::GapPage;
 use window::{row_cost, Seen, Waiting};
 
-/// Settings of the router.
-#[derive(Debug, Clone)]
-pub struct RouterConfig {
-    /// How far before the resume point a gap fill starts (transactions that committed late).
-    pub catchup_margin: Duration,
-    /// Most messages waiting for lookups or for a gap fill to finish.
-    pub max_waiting: usize,
-    /// Most bytes those messages may hold (see [`window::row_cost`]); hit, it acts as the count.
-    pub max_waiting_bytes: usize,
-    /// How often the sync horizon is read for the live cursor.
-    pub cursor_interval: Duration,
-    /// Read-state pushes of one user are coalesced over this window.
-    pub read_state_window: Duration,
-}
+/// Settings of the router (declared with the configuration).
+pub use crate::config::RouterConfig;
 
 /// A message waiting in its thread's queue. `committed`: the upstream's commit time (live
 /// messages only), for the delivery latency. Membership changes never wait here: they apply at

@@ -2,7 +2,7 @@
 //!
 //! Each change of a participant's `last_read_at` needs the user's unread count, one service-role
 //! read. Owns the per-user batching that bounds those reads: the first change of a user is read
-//! and pushed at once; changes that arrive while that read runs, or within `READ_STATE_COALESCE_MS`
+//! and pushed at once; changes that arrive while that read runs, or within `READ_STATE_COALESCE_SECS`
 //! after it, wait in the user's batch (per thread, the newest wins) and go out together after one
 //! more read. So at most one unread-count read per user per window, and the last change of a
 //! burst is always pushed. The batch map only holds users with a worker running, and every

@@ -1,7 +1,8 @@
 //! Server: wires configuration, auth, store, directory, hub, history, router and upstream; owns
-//! the listener, the WebSocket upgrade, and shutdown. The backend (Supabase, or plain PostgreSQL
-//! through [`crate::pg`]) is chosen here, once: it decides which store and which change feed are
-//! built; everything downstream of the two seams is the same.
+//! the listener, the WebSocket upgrade, and shutdown. The backend (Supabase, or plain PostgreSQL)
+//! is chosen once, in [`backend`]: it decides which store and which change feed are built;
+//! everything downstream of the two seams is the same. [`start`] is wiring: each component gets
+//! its part of the [`Config`].
 //!
 //! One TCP port serves both the WebSocket (path `/`, token from `?token=` or
 //! `Authorization: Bearer`, verified before the upgrade; optional `?since=` to resume) and the REST
@@ -13,6 +14,7 @@
 //! `/readyz` answers 503 and new upgrades are refused while sessions stay open, then sessions are
 //! closed one by one, paced by `DRAIN_CLOSE_RATE` within the rest of the grace period.
 
+mod backend;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -20,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -37,20 +40,19 @@ use crate::admin::AdminState;
 use crate::api::{self, ApiState, Ops};
 use crate::auth::{Verifier, VerifierSettings};
 use crate::close;
-use crate::config::{Backend, Config, RealtimeVsn, SupabaseProject};
+use crate::config::{Config, Limits, Shutdown};
 use crate::directory::{Directory, DirectoryParts};
 use crate::edge::Edge;
-use crate::feed::realtime::{self, Binding, UpstreamConfig, Vsn};
-use crate::feed::{postgres as pg_feed, Watermark, MEMBERSHIP_EVENTS_TABLE};
+use crate::feed::Watermark;
 use crate::history::History;
 use crate::hub::{Disconnects, Hub};
 use crate::limit::PerUser;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::router::catchup::CatchUp;
-use crate::router::{Router, RouterConfig, RouterParts};
+use crate::router::{Router, RouterParts};
 use crate::session::SessionContext;
-use crate::store::{postgres::PgStore, Store};
+pub use backend::upstream_config;
 
 type Response = warp::reply::Response;
 
@@ -75,7 +77,7 @@ pub struct Gateway {
     stop: CancellationToken,
     tasks: TaskTracker,
     grace: Duration,
-    slot_lag: Option<Arc<pg_feed::SlotLag>>,
+    slot_lag: Option<Arc<crate::feed::postgres::SlotLag>>,
     drain: Duration,
     /// Sessions closed per second after the drain (`DRAIN_CLOSE_RATE`).
     close_rate: f64,
@@ -155,25 +157,23 @@ pub fn close_schedule(n: usize, rate: f64, window: Duration) -> impl Iterator<It
     (0..n).map(move |i| step.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX)))
 }
 
-/// The upstream subscription the gateway needs: new messages, and membership, read-state and
-/// realtime-switch changes through `chat_membership_events` (INSERTs only: its DELETEs are the
-/// pruning of old events).
-pub fn upstream_config(config: &Config, project: &SupabaseProject) -> UpstreamConfig {
-    UpstreamConfig {
-        websocket_url: project.realtime_websocket_url(),
-        apikey: project.anon_key.clone(),
-        access_token: project.service_role_key.clone(),
-        vsn: match config.realtime_vsn {
-            RealtimeVsn::V1 => Vsn::V1,
-            RealtimeVsn::V2 => Vsn::V2,
-        },
-        topic: config.upstream_topic.clone(),
-        bindings: vec![Binding::table("INSERT", "messages"), Binding::table("INSERT", MEMBERSHIP_EVENTS_TABLE)],
-        heartbeat_interval: config.upstream_heartbeat,
-        join_timeout: config.upstream_join_timeout,
-        backoff_min: config.upstream_backoff_min,
-        backoff_max: config.upstream_backoff_max,
-    }
+/// Idle connections the HTTP client (PostgREST, JWKS) keeps per host.
+const HTTP_IDLE_PER_HOST: usize = 64;
+/// Bytes of outgoing frames buffered per socket before a write goes out; flushed once per batch.
+const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+/// Most bytes of outgoing frames buffered per socket while the peer does not read.
+const WS_MAX_WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The socket settings of every session. tungstenite reserves `read_buffer_size` per socket up
+/// front (128 KiB by default); client frames are small, so `WS_READ_BUFFER_BYTES` is small too
+/// (it grows for a larger frame).
+fn websocket_config(limits: &Limits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(limits.read_buffer_bytes)
+        .write_buffer_size(WS_WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WS_MAX_WRITE_BUFFER_BYTES)
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
 }
 
 /// Starts the gateway: binds, connects upstream, serves until [`Gateway::shutdown`].
@@ -183,53 +183,41 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     let stop = CancellationToken::new();
     let tasks = TaskTracker::new();
     let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(HTTP_IDLE_PER_HOST)
         .connect_timeout(config.backend_timeout)
         .build()
         .map_err(|e| StartError::Http(e.to_string()))?;
     let verifier = Verifier::new(VerifierSettings::from_config(&config), http.clone());
-    if config.jwks_url.is_some() {
+    if config.auth.jwks_url.is_some() {
         if let Err(e) = verifier.prime().await {
-            if config.jwt_secret.is_none() {
+            if config.auth.jwt_secret.is_none() {
                 tracing::warn!(error = %e, "no SUPABASE_JWT_SECRET and no JWKS yet: tokens are refused until the JWKS loads");
             }
         }
     }
     let metrics = Arc::new(Metrics::default());
-    let store = match &config.backend {
-        Backend::Supabase(project) => Store::new(
-            http,
-            project.rest_url(),
-            project.anon_key.clone(),
-            project.service_role_key.clone(),
-            config.backend_timeout,
-        ),
-        Backend::Postgres(settings) => Store::Pg(PgStore::connect(settings, verifier.clone(), config.backend_timeout)?),
-    }
-    .with_metrics(metrics.clone());
+    let (store, feed) = backend::open(&config, http, &verifier, &metrics)?;
     crate::feed::publication::check_sync_horizon(&store, &tasks, &stop).await?;
     crate::feed::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let (directory, loaded) = Directory::new(DirectoryParts {
         store: store.clone(),
-        ttl: config.cache_ttl,
-        max_threads: config.cache_max_threads,
+        ttl: config.cache.ttl,
+        max_threads: config.cache.max_threads,
         metrics: metrics.clone(),
         tasks: tasks.clone(),
         stop: stop.clone(),
     });
-    let margin = chrono::Duration::from_std(config.catchup_margin).unwrap_or_else(|_| chrono::Duration::seconds(60));
-    let bounds = crate::history::Bounds { messages: config.resume_buffer, bytes: config.resume_buffer_bytes };
-    let history = History::new(bounds, started - margin);
+    let history = History::new(config.resume.buffer, resume_floor(started, config.router.catchup_margin));
     let readiness = Arc::new(Readiness::default());
 
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
 
-    let (events_tx, events_rx) = mpsc::channel(config.upstream_channel_capacity);
+    let (events_tx, events_rx) = mpsc::channel(config.feed.queue_capacity);
     let watermark = Arc::new(Watermark::default());
-    let catchup = CatchUp::new(config.resume_catchup_timeout);
+    let catchup = CatchUp::new(config.resume.catchup_timeout);
     let router = Router::new(RouterParts {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -238,13 +226,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         store: store.clone(),
         history: history.clone(),
         readiness: readiness.clone(),
-        config: RouterConfig {
-            catchup_margin: config.catchup_margin,
-            max_waiting: config.router_max_waiting,
-            max_waiting_bytes: config.router_buffer_bytes,
-            cursor_interval: config.cursor_interval,
-            read_state_window: config.fairness.read_state_window,
-        },
+        config: config.router.clone(),
         tasks: tasks.clone(),
         stop: stop.clone(),
         started,
@@ -252,41 +234,24 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         catchup: catchup.clone(),
     });
     tasks.spawn(router.run(events_rx));
-    let (backend_name, slot_lag) = match &config.backend {
-        Backend::Supabase(project) => {
-            tasks.spawn(realtime::run(upstream_config(&config, project), events_tx, stop.clone()));
-            (format!("supabase upstream={}", project.realtime_websocket_url()), None)
-        }
-        Backend::Postgres(settings) => {
-            let lag = Arc::new(pg_feed::SlotLag::default());
-            let feed = pg_feed::FeedConfig {
-                pg: crate::pg::connection_config(settings)?,
-                slot: settings.slot_name.clone(),
-                publication: pg_feed::PUBLICATION.to_string(),
-                poll: settings.poll_interval,
-                batch: 10_000,
-                connect_timeout: config.upstream_join_timeout,
-                backoff_min: config.upstream_backoff_min,
-                backoff_max: config.upstream_backoff_max,
-            };
-            let handles = pg_feed::FeedHandles { watermark, lag: lag.clone() };
-            tasks.spawn(pg_feed::run(feed, events_tx, handles, stop.clone()));
-            (format!("postgres slot={}", settings.slot_name), Some(lag))
-        }
-    };
+    let backend_name = feed.describe();
+    let slot_lag = feed.spawn(events_tx, watermark, &tasks, stop.clone());
 
     let disconnects = Arc::new(Disconnects::default());
     let edge = Edge::new(&config.edge);
-    let ops =
-        Arc::new(Ops { edge: edge.clone(), metrics_token: config.metrics_token.clone(), slot_lag: slot_lag.clone() });
+    let ops = Arc::new(Ops {
+        edge: edge.clone(),
+        metrics_token: config.ops.metrics_token.clone(),
+        slot_lag: slot_lag.clone(),
+    });
     let admin = Arc::new(AdminState {
         hub: hub.clone(),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         disconnects: disconnects.clone(),
-        token: config.admin_token.clone(),
+        token: config.ops.admin_token.clone(),
     });
-    let budgets = crate::fair::UserBudgets::new(&config.fairness, config.rate_limit_max_keys);
+    let budgets = crate::fair::UserBudgets::new(&config.fairness, config.fairness.max_keys);
     let ctx = SessionContext {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -301,7 +266,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         budgets: budgets.clone(),
         catchup,
     };
-    let rest_rate = Arc::new(PerUser::new(config.rest_rate_per_sec, config.rate_limit_max_keys));
+    let rest_rate = Arc::new(PerUser::new(config.fairness.rest_rate_per_sec, config.fairness.max_keys));
     let rest = warp::service(api::routes(ApiState {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -313,36 +278,25 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         ops,
         admin,
     }));
-    // Buffer sizes: tungstenite reserves `read_buffer_size` per socket up front (128 KiB by
-    // default); client frames are small, so 256 bytes by default (WS_READ_BUFFER_BYTES; it grows
-    // for a larger frame). Writes are buffered up to 64 KiB and flushed once per batch.
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(config.limits.read_buffer_bytes)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(1 << 20)
-        .max_message_size(Some(config.limits.max_message_bytes))
-        .max_frame_size(Some(config.limits.max_message_bytes));
+    let ws_config = websocket_config(&config.limits);
     let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };
     tasks.spawn(listener_ctx.accept_loop(listener));
-    if config.metrics_token.is_none() && !addr.ip().is_loopback() {
+    if config.ops.metrics_token.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
             "/metrics is open to anyone who can reach this address: set METRICS_TOKEN, or bind to 127.0.0.1 behind a proxy"
         );
     }
     tracing::info!(%addr, backend = %backend_name, "gateway listening");
-    Ok(Gateway {
-        addr,
-        hub,
-        metrics,
-        readiness,
-        stop,
-        tasks,
-        grace: config.shutdown_grace,
-        drain: config.drain,
-        close_rate: config.drain_close_rate,
-        slot_lag,
-    })
+    let Shutdown { grace, drain, close_rate } = config.shutdown;
+    Ok(Gateway { addr, hub, metrics, readiness, stop, tasks, grace, drain, close_rate, slot_lag })
+}
+
+/// The oldest time a resume from memory covers: the start less the catch-up margin (as far back
+/// as time goes, for a margin beyond chrono's range).
+fn resume_floor(started: DateTime<Utc>, margin: Duration) -> DateTime<Utc> {
+    let margin = chrono::Duration::from_std(margin).unwrap_or(chrono::Duration::MAX);
+    started.checked_sub_signed(margin).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// The accept loop and what every connection needs.

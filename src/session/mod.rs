@@ -55,7 +55,7 @@ pub struct SessionContext {
     pub history: Arc<History>,
     /// Thread memberships, as the live path reads them: memory replays are checked against it.
     pub directory: Arc<Directory>,
-    /// How long a memory replay waits for member lists it must load (`BACKEND_TIMEOUT_MS`).
+    /// How long a memory replay waits for member lists it must load (`BACKEND_TIMEOUT_SECS`).
     pub membership_wait: Duration,
     pub readiness: Arc<Readiness>,
     /// Cancelled when the gateway shuts down.

@@ -16,7 +16,7 @@
 //! seen all of it. A memory replay holds `sync_complete` back ([`PendingSync`]) until the router
 //! proves that whatever it had not routed yet when the ring was read has been fanned out
 //! (`router::catchup`); meanwhile live frames flow, and `sync_complete` is queued behind them. If
-//! that proof does not come within `RESUME_CATCHUP_TIMEOUT_MS` (or the upstream is down), it is
+//! that proof does not come within `RESUME_CATCHUP_TIMEOUT_SECS` (or the upstream is down), it is
 //! sent anyway with a cursor that is still safe, counted and logged.
 
 use std::sync::Arc;
@@ -87,7 +87,7 @@ pub fn record_release(metrics: &crate::metrics::Metrics, session: u64, held: &Pe
                 session,
                 count,
                 waited_ms,
-                "resume: no proof of being caught up within RESUME_CATCHUP_TIMEOUT_MS; sync_complete sent with the safe cursor"
+                "resume: no proof of being caught up within RESUME_CATCHUP_TIMEOUT_SECS; sync_complete sent with the safe cursor"
             );
         }
         Release::UpstreamDown => tracing::warn!(

@@ -108,8 +108,8 @@ pub async fn run(p: Params) {
     let mut rng = Rng(p.seed);
     let resume_buffer = p.resume_buffer;
     let world = World::start_with(|c| {
-        c.resume_buffer = resume_buffer;
-        c.cache_ttl = Duration::from_secs(3);
+        c.resume.buffer.messages = resume_buffer;
+        c.cache.ttl = Duration::from_secs(3);
     })
     .await;
     let school = school(&p, &mut rng);
@@ -319,7 +319,7 @@ async fn the_sync_point_clock_is_read_after_the_open_transactions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_cursor_passes_a_message_held_during_a_gap_fill_and_still_waiting() {
     use supabase_standin::seed::{ALICE, ALICE_CARLA, CARLA, CLASS_3B_PARENTS, DAVID};
-    let world = World::start_with(|c| c.cursor_interval = Duration::from_millis(100)).await;
+    let world = World::start_with(|c| c.router.cursor_interval = Duration::from_millis(100)).await;
     let mut carla = world.phone(&CARLA).await;
     for thread in [ALICE_CARLA, CLASS_3B_PARENTS] {
         let warm = world.post(&ALICE, thread, "warm-up").await;

@@ -111,13 +111,13 @@ impl World {
             }
         }
         .expect("valid test configuration");
-        config.upstream_heartbeat = Duration::from_millis(500);
-        config.jwks_refresh_min = Duration::from_millis(100);
+        config.feed.heartbeat = Duration::from_millis(500);
+        config.auth.rules.jwks_refresh_min = Duration::from_millis(100);
         if backend == Backend::Postgres {
             // The token issuer is the stand-in's Auth (ES256 keys in its JWKS), as JWKS_URL.
-            config.jwks_url = Some(format!("{}/auth/v1/.well-known/jwks.json", stack.url()));
-            config.upstream_backoff_min = Duration::from_millis(100);
-            config.upstream_backoff_max = Duration::from_secs(1);
+            config.auth.jwks_url = Some(format!("{}/auth/v1/.well-known/jwks.json", stack.url()));
+            config.feed.backoff_min = Duration::from_millis(100);
+            config.feed.backoff_max = Duration::from_secs(1);
         }
         tweak(&mut config);
         let gateway = server::start(config.clone()).await.expect("gateway starts");
