@@ -67,6 +67,16 @@ fn check_config_reports_every_bad_variable_and_exits_non_zero() {
     assert!(!stderr.contains("jwt-secret-value"), "{stderr}");
 }
 
+#[test]
+fn a_deprecated_variable_name_still_works_and_is_warned_about() {
+    let dir = empty_dir("deprecated");
+    let output = gateway(&dir).arg("--check-config").env("BACKEND_TIMEOUT_MS", "250").output().expect("runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("BACKEND_TIMEOUT_SECS=0.25\n"), "{stdout}");
+    assert!(stderr.contains("warning: BACKEND_TIMEOUT_MS is deprecated: set BACKEND_TIMEOUT_SECS"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_pipe_carry_no_colour_codes() {
     let dir = empty_dir("logs");

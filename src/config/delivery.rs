@@ -47,7 +47,8 @@ pub struct FeedSettings {
         value_parser = seconds())]
     pub backoff_max: Duration,
     /// Change events buffered between the feed and the router.
-    #[arg(long = "upstream-queue-capacity", env = "UPSTREAM_QUEUE_CAPACITY", default_value = "65536",
+    #[arg(id = "upstream_queue_capacity", long = "upstream-queue-capacity", env = "UPSTREAM_QUEUE_CAPACITY",
+        default_value = "65536",
         value_parser = at_least(1usize))]
     pub queue_capacity: usize,
 }
