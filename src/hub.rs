@@ -87,6 +87,11 @@ impl Hub {
         self.sessions_by_user.contains_key(user_id)
     }
 
+    /// Every user with a session on this instance (presence for push decisions).
+    pub fn online_user_ids(&self) -> std::collections::HashSet<Uuid> {
+        self.sessions_by_user.iter().map(|entry| *entry.key()).collect()
+    }
+
     /// Registers a new session of `user_id`; returns the handle that holds its queue.
     pub fn register(&self, user_id: Uuid) -> Result<Arc<SessionHandle>, RegisterError> {
         let reserved = self.session_count.fetch_add(1, Ordering::AcqRel);

@@ -31,6 +31,7 @@ mod metrics;
 mod model;
 pub mod pg;
 pub mod protocol;
+mod push;
 mod readiness;
 mod router;
 pub mod server;

@@ -37,16 +37,20 @@ async fn post(world: &World, who: &Person, thread: Uuid, content: &str) -> Uuid 
     .get(0)
 }
 
-async fn decide(db: &Client, channels: &[&str]) -> i32 {
+/// Decides every due job; returns the deliveries written.
+async fn decide(db: &Client, channels: &[&str]) -> i64 {
     let channels: Vec<String> = channels.iter().map(|c| c.to_string()).collect();
-    db.query_one("select public.chat_push_decide(0, 1000, $1)", &[&channels]).await.expect("decide").get(0)
+    let decided: serde_json::Value =
+        db.query_one("select public.chat_push_decide(0, 1000, $1)", &[&channels]).await.expect("decide").get(0);
+    decided["deliveries"].as_i64().expect("deliveries")
 }
 
 /// (delivery id, channel, user, message, content, collapsed, attempts) of a claim.
 type Claimed = (Uuid, String, Uuid, Uuid, String, i32, i32);
 
 async fn claim(db: &Client, gap_seconds: i32) -> Vec<Claimed> {
-    db.query("select * from public.chat_push_claim(100, 60, $1)", &[&gap_seconds])
+    let all: Vec<String> = ["webhook", "webpush", "fcm", "apns", "expo"].iter().map(|c| c.to_string()).collect();
+    db.query("select * from public.chat_push_claim($1, 100, 60, $2)", &[&all, &gap_seconds])
         .await
         .expect("claim")
         .iter()

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
-pub use types::{HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
+pub use types::{HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint};
 
 /// The gateway's store: the same calls on either backend.
 #[derive(Clone)]
@@ -140,6 +140,54 @@ impl Store {
     /// `chat_prune_membership_events(p_keep_seconds)` (service rights): how many rows went.
     pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
         dispatch!(self.prune_membership_events(keep_secs))
+    }
+    /// `chat_push_decide(...)` (service rights): decides due push jobs into deliveries.
+    pub async fn push_decide(
+        &self,
+        delay_ms: i32,
+        limit: i32,
+        channels: &[&str],
+        max_age_secs: i32,
+    ) -> Result<PushDecided, StoreError> {
+        dispatch!(self.push_decide(delay_ms, limit, channels, max_age_secs))
+    }
+    /// `chat_push_claim(...)` (service rights): leases due deliveries on `channels`.
+    pub async fn push_claim(
+        &self,
+        channels: &[&str],
+        limit: i32,
+        lease_secs: i32,
+        gap_secs: i32,
+    ) -> Result<Vec<PushDelivery>, StoreError> {
+        dispatch!(self.push_claim(channels, limit, lease_secs, gap_secs))
+    }
+    /// `chat_push_finish(...)` (service rights): ends or reschedules a leased delivery.
+    pub async fn push_finish(
+        &self,
+        id: Uuid,
+        outcome: &str,
+        error: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.push_finish(id, outcome, error, retry_at))
+    }
+    /// `chat_push_prune(p_keep_hours)` (service rights): finished deliveries deleted.
+    pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {
+        dispatch!(self.push_prune(keep_hours))
+    }
+    /// `chat_push_presence_report(...)` (service rights): this instance's users who came and went.
+    pub async fn push_presence_report(
+        &self,
+        instance: Uuid,
+        online: &[Uuid],
+        offline: &[Uuid],
+        ttl_secs: i32,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.push_presence_report(instance, online, offline, ttl_secs))
+    }
+    /// `chat_push_presence_clear(p_instance)` (service rights): this instance's users offline.
+    pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {
+        dispatch!(self.push_presence_clear(instance))
     }
 }
 

@@ -283,6 +283,60 @@ impl PgStore {
         .await
     }
 
+    pub async fn push_decide(
+        &self,
+        delay_ms: i32,
+        limit: i32,
+        channels: &[&str],
+        max_age_secs: i32,
+    ) -> Result<PushDecided, StoreError> {
+        let sql = "select public.chat_push_decide($1, $2, $3, $4)::text";
+        self.json("rpc/chat_push_decide", As::Service, sql, &[&delay_ms, &limit, &channels, &max_age_secs]).await
+    }
+
+    pub async fn push_claim(
+        &self,
+        channels: &[&str],
+        limit: i32,
+        lease_secs: i32,
+        gap_secs: i32,
+    ) -> Result<Vec<PushDelivery>, StoreError> {
+        let sql = "select coalesce(json_agg(c), '[]')::text from public.chat_push_claim($1, $2, $3, $4) c";
+        self.json("rpc/chat_push_claim", As::Service, sql, &[&channels, &limit, &lease_secs, &gap_secs]).await
+    }
+
+    pub async fn push_finish(
+        &self,
+        id: Uuid,
+        outcome: &str,
+        error: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let sql = "select to_json(public.chat_push_finish($1, $2, $3, $4))::text";
+        self.json("rpc/chat_push_finish", As::Service, sql, &[&id, &outcome, &error, &retry_at]).await
+    }
+
+    pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {
+        let sql = "select to_json(public.chat_push_prune($1))::text";
+        self.json("rpc/chat_push_prune", As::Service, sql, &[&keep_hours]).await
+    }
+
+    pub async fn push_presence_report(
+        &self,
+        instance: Uuid,
+        online: &[Uuid],
+        offline: &[Uuid],
+        ttl_secs: i32,
+    ) -> Result<i64, StoreError> {
+        let sql = "select to_json(public.chat_push_presence_report($1, $2, $3, $4))::text";
+        self.json("rpc/chat_push_presence_report", As::Service, sql, &[&instance, &online, &offline, &ttl_secs]).await
+    }
+
+    pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {
+        let sql = "select to_json(public.chat_push_presence_clear($1))::text";
+        self.json("rpc/chat_push_presence_clear", As::Service, sql, &[&instance]).await
+    }
+
     pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         self.json(
             "thread_participants",

@@ -264,4 +264,56 @@ impl Postgrest {
     pub async fn prune_membership_events(&self, keep_secs: i32) -> Result<i64, StoreError> {
         self.rpc(As::Service, "chat_prune_membership_events", json!({"p_keep_seconds": keep_secs})).await
     }
+
+    pub async fn push_decide(
+        &self,
+        delay_ms: i32,
+        limit: i32,
+        channels: &[&str],
+        max_age_secs: i32,
+    ) -> Result<PushDecided, StoreError> {
+        let args = json!({"p_delay_ms": delay_ms, "p_limit": limit, "p_channels": channels, "p_max_age_seconds": max_age_secs});
+        self.rpc(As::Service, "chat_push_decide", args).await
+    }
+
+    pub async fn push_claim(
+        &self,
+        channels: &[&str],
+        limit: i32,
+        lease_secs: i32,
+        gap_secs: i32,
+    ) -> Result<Vec<PushDelivery>, StoreError> {
+        let args = json!({"p_channels": channels, "p_limit": limit, "p_lease_seconds": lease_secs, "p_gap_seconds": gap_secs});
+        self.rpc(As::Service, "chat_push_claim", args).await
+    }
+
+    pub async fn push_finish(
+        &self,
+        id: Uuid,
+        outcome: &str,
+        error: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let args = json!({"p_id": id, "p_outcome": outcome, "p_error": error, "p_retry_at": retry_at.map(format_time)});
+        self.rpc(As::Service, "chat_push_finish", args).await
+    }
+
+    pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_push_prune", json!({"p_keep_hours": keep_hours})).await
+    }
+
+    pub async fn push_presence_report(
+        &self,
+        instance: Uuid,
+        online: &[Uuid],
+        offline: &[Uuid],
+        ttl_secs: i32,
+    ) -> Result<i64, StoreError> {
+        let args = json!({"p_instance": instance, "p_online": online, "p_offline": offline, "p_ttl_seconds": ttl_secs});
+        self.rpc(As::Service, "chat_push_presence_report", args).await
+    }
+
+    pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_push_presence_clear", json!({"p_instance": instance})).await
+    }
 }

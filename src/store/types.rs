@@ -110,7 +110,13 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 14] = [
+const CALLS: [&str; 20] = [
+    "rpc/chat_push_decide",
+    "rpc/chat_push_claim",
+    "rpc/chat_push_finish",
+    "rpc/chat_push_prune",
+    "rpc/chat_push_presence_report",
+    "rpc/chat_push_presence_clear",
     "rpc/chat_offline_messages",
     "rpc/chat_sync_horizon_check",
     "rpc/chat_prune_membership_events",
@@ -175,4 +181,32 @@ mod tests {
         assert_eq!((page.returned, page.messages.len()), (2, 1));
         assert_eq!(page.last_created_at, parse_time("2026-01-01T00:00:05Z"));
     }
+}
+
+/// What one `chat_push_decide` call did: jobs decided, deliveries written.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct PushDecided {
+    pub jobs: i64,
+    pub deliveries: i64,
+}
+
+/// A push delivery leased by `chat_push_claim`: what sending it needs. `id` is the idempotency
+/// key every attempt carries.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PushDelivery {
+    pub id: Uuid,
+    pub attempts: i32,
+    pub channel: String,
+    pub user_id: Uuid,
+    pub thread_id: Uuid,
+    pub message_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub content: String,
+    pub sender: crate::model::Sender,
+    /// Older messages of the thread that collapsed into this one.
+    pub collapsed: i64,
+    /// The user's unread count across threads (the badge).
+    pub unread_count: i64,
+    /// The device (platform, token or Web Push subscription); none for the webhook.
+    pub device: Option<Value>,
 }

@@ -279,14 +279,15 @@ grant all on public.chat_push_deliveries to service_role;
 -- the top of this file) get one delivery per enabled channel (`p_channels`: 'webhook' and/or the
 -- device platforms configured on the calling instance; empty: the jobs are only drained). A message
 -- older than p_max_age_seconds (an import, a backlog after a long outage) pushes nobody. Returns
--- the deliveries written. Jobs another instance is deciding are skipped, never waited for.
+-- {"jobs": decided, "deliveries": written}. Jobs another instance is deciding are skipped, never waited for.
 create function public.chat_push_decide(p_delay_ms integer, p_limit integer, p_channels text[],
                                         p_max_age_seconds integer default 3600)
-returns integer
+returns jsonb
 language plpgsql volatile security invoker
 set search_path = ''
 as $$
 declare
+  v_jobs integer;
   v_written integer;
 begin
   with claimed as (
@@ -331,12 +332,13 @@ begin
     on conflict do nothing
     returning 1
   )
-  select count(*)::integer into v_written from written;
-  return v_written;
+  select (select count(*) from done)::integer, (select count(*) from written)::integer
+    into v_jobs, v_written;
+  return jsonb_build_object('jobs', v_jobs, 'deliveries', v_written);
 end
 $$;
 
--- Leases up to p_limit due deliveries for p_lease_seconds and returns what sending them needs.
+-- Leases up to p_limit due deliveries on the caller's channels (`p_channels`) for p_lease_seconds and returns what sending them needs.
 -- Bursts collapse, per user, thread and channel (device):
 --   * of the pending deliveries not in flight, only the newest message's is sent; the older ones end
 --     as 'collapsed' into it, and it carries how many it stands for;
@@ -344,7 +346,7 @@ $$;
 --     (and collapses whatever arrives meanwhile): a busy thread is one notification now and one
 --     summary later, not one per message.
 -- A lease that runs out (the instance died mid-send) makes the delivery due again, with the same id.
-create function public.chat_push_claim(p_limit integer, p_lease_seconds integer default 60,
+create function public.chat_push_claim(p_channels text[], p_limit integer, p_lease_seconds integer default 60,
                                        p_gap_seconds integer default 10)
 returns table (
   id uuid,
@@ -387,6 +389,7 @@ begin
       from public.chat_push_deliveries d
      where d.state = 'pending' and d.next_attempt_at <= now()
        and (d.leased_until is null or d.leased_until < now())
+       and d.channel = any (p_channels)
        and not exists (
          select 1 from public.chat_push_deliveries s
           where s.state = 'sent' and s.user_id = d.user_id and s.thread_id = d.thread_id
@@ -503,14 +506,14 @@ $$;
 revoke all on function public.chat_push_presence_report(uuid, uuid[], uuid[], integer) from public, anon, authenticated;
 revoke all on function public.chat_push_presence_clear(uuid) from public, anon, authenticated;
 revoke all on function public.chat_push_decide(integer, integer, text[], integer) from public, anon, authenticated;
-revoke all on function public.chat_push_claim(integer, integer, integer) from public, anon, authenticated;
+revoke all on function public.chat_push_claim(text[], integer, integer, integer) from public, anon, authenticated;
 revoke all on function public.chat_push_finish(uuid, text, text, timestamptz) from public, anon, authenticated;
 revoke all on function public.chat_push_stats() from public, anon, authenticated;
 revoke all on function public.chat_push_prune(integer) from public, anon, authenticated;
 grant execute on function public.chat_push_presence_report(uuid, uuid[], uuid[], integer) to service_role;
 grant execute on function public.chat_push_presence_clear(uuid) to service_role;
 grant execute on function public.chat_push_decide(integer, integer, text[], integer) to service_role;
-grant execute on function public.chat_push_claim(integer, integer, integer) to service_role;
+grant execute on function public.chat_push_claim(text[], integer, integer, integer) to service_role;
 grant execute on function public.chat_push_finish(uuid, text, text, timestamptz) to service_role;
 grant execute on function public.chat_push_stats() to service_role;
 grant execute on function public.chat_push_prune(integer) to service_role;

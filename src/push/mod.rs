@@ -1,0 +1,201 @@
+//! Push to offline recipients: the gateway's side of the durable queue in the database
+//! (`supabase/migrations/*_push.sql`).
+//!
+//! Owns three loops, each its own task:
+//! - [`presence`]: which users have a session on this instance, reported to the database about
+//!   once a second (what changed, not one write per connection), cleared at a clean stop;
+//! - the decision loop: every [`DECIDE_EVERY`] it asks the database to decide the jobs at least
+//!   `delay` old (one job per message, enqueued by a trigger in the message's own transaction). The
+//!   database decides each once, whichever instance asks, and writes one delivery per recipient
+//!   and configured channel. With no transport configured the jobs are only drained, so the queue
+//!   never grows on a gateway that does not push;
+//! - [`sender`]: leases due deliveries, sends them, and ends or reschedules each.
+//!
+//! It must never run on the router's task or hold up the live path; the database is the buffer.
+//! A failed call is logged and tried again on the next tick: a job stays in its table until a
+//! decision commits, a delivery until it is finished, and a lease that runs out (an instance died
+//! mid-send) gives the delivery to another sender with the same id.
+
+pub mod presence;
+pub mod sender;
+pub mod webhook;
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// How often the queue is asked for decisions, and due deliveries are leased.
+pub const DECIDE_EVERY: Duration = Duration::from_millis(500);
+/// Jobs decided per call; a full batch is followed by another call at once.
+pub const DECIDE_BATCH: i32 = 1000;
+/// A message older than this when its job is decided pushes nobody (imports, long outages).
+pub const MAX_AGE: Duration = Duration::from_secs(3600);
+/// Finished deliveries are kept this many hours.
+pub const KEEP_HOURS: i32 = 24;
+/// How often finished deliveries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Characters of a message in a notification.
+pub const PREVIEW_CHARS: usize = 140;
+
+/// What the push path needs to run.
+pub struct PushConfig {
+    /// This instance, in the presence table.
+    pub instance: Uuid,
+    /// How long after its commit a message is decided (`PUSH_DELAY_MS`).
+    pub delay: Duration,
+    /// Attempts per delivery before it is dropped (`PUSH_MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// The webhook, when `PUSH_WEBHOOK_URL` is set.
+    pub webhook: Option<webhook::Webhook>,
+}
+
+impl PushConfig {
+    /// The channels this instance sends on; empty: the queue is only drained.
+    pub fn channels(&self) -> Vec<&'static str> {
+        let mut channels = Vec::new();
+        if self.webhook.is_some() {
+            channels.push("webhook");
+        }
+        channels
+    }
+}
+
+/// What a send came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sent,
+    /// Worth another attempt (5xx, 429, timeout), after `after` if the provider said so.
+    Retry { after: Option<Duration>, reason: String },
+    /// Refused for good (a 4xx other than 429 or "gone").
+    Dropped(String),
+    /// The device no longer exists at its provider: it is deleted.
+    Gone(String),
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Dropped(_) => "dropped",
+            Outcome::Gone(_) => "gone",
+        }
+    }
+}
+
+/// What an HTTP status means for a delivery; `gone_on_404_410`: the provider reports a removed
+/// device that way (Web Push).
+pub fn outcome_of_status(status: u16, retry_after: Option<Duration>, gone_on_404_410: bool) -> Outcome {
+    match status {
+        200..=299 => Outcome::Sent,
+        404 | 410 if gone_on_404_410 => Outcome::Gone(format!("HTTP {status}")),
+        429 => Outcome::Retry { after: retry_after, reason: "HTTP 429".into() },
+        408 | 500..=599 => Outcome::Retry { after: retry_after, reason: format!("HTTP {status}") },
+        _ => Outcome::Dropped(format!("HTTP {status}")),
+    }
+}
+
+/// The wait before attempt `attempts + 1`: 2 s doubling up to 60 s, with up to 25 % jitter; a
+/// provider's `Retry-After` wins when longer (at most 10 minutes).
+pub fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
+    let base = Duration::from_secs(2).saturating_mul(1u32 << attempts.saturating_sub(1).min(5));
+    let base = base.min(Duration::from_secs(60));
+    let jitter = base.mul_f64(fastrand_fraction() * 0.25);
+    let wait = base + jitter;
+    match retry_after {
+        Some(asked) if asked > wait => asked.min(Duration::from_secs(600)),
+        _ => wait,
+    }
+}
+
+/// A fraction in [0, 1) from the clock's nanoseconds: jitter only, never security.
+fn fastrand_fraction() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    f64::from(nanos % 1000) / 1000.0
+}
+
+/// Starts the presence reporter, the decision loop and the sender until `stop`.
+pub fn spawn(store: Store, hub: std::sync::Arc<Hub>, config: PushConfig, tasks: &TaskTracker, stop: CancellationToken) {
+    let config = std::sync::Arc::new(config);
+    presence::spawn(store.clone(), hub, config.instance, tasks, stop.clone());
+    let channels = config.channels();
+    let delay_ms = i32::try_from(config.delay.as_millis()).unwrap_or(i32::MAX);
+    let decider = store.clone();
+    let decider_stop = stop.clone();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(DECIDE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = decider_stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            decide_all(&decider, &channels, delay_ms, &decider_stop).await;
+            if last_prune.elapsed() >= PRUNE_EVERY {
+                last_prune = tokio::time::Instant::now();
+                match decider.push_prune(KEEP_HOURS).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::debug!(deleted, "pruned finished push deliveries"),
+                    Err(e) => tracing::warn!(error = %e, "cannot prune chat_push_deliveries; trying again in an hour"),
+                }
+            }
+        }
+    });
+    if !config.channels().is_empty() {
+        sender::spawn(store, config, tasks, stop);
+    }
+}
+
+/// Decides batches until the queue has no due job left (or the gateway stops).
+async fn decide_all(store: &Store, channels: &[&'static str], delay_ms: i32, stop: &CancellationToken) {
+    let max_age = i32::try_from(MAX_AGE.as_secs()).unwrap_or(i32::MAX);
+    loop {
+        match store.push_decide(delay_ms, DECIDE_BATCH, channels, max_age).await {
+            Ok(decided) => {
+                if decided.deliveries > 0 {
+                    tracing::debug!(jobs = decided.jobs, deliveries = decided.deliveries, "push decisions");
+                }
+                if decided.jobs < i64::from(DECIDE_BATCH) || stop.is_cancelled() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot decide push jobs; trying again shortly");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_outcomes() {
+        assert_eq!(outcome_of_status(201, None, true), Outcome::Sent);
+        assert_eq!(outcome_of_status(410, None, true), Outcome::Gone("HTTP 410".into()));
+        assert_eq!(outcome_of_status(410, None, false), Outcome::Dropped("HTTP 410".into()));
+        assert_eq!(outcome_of_status(400, None, true), Outcome::Dropped("HTTP 400".into()));
+        let later = Some(Duration::from_secs(30));
+        assert_eq!(outcome_of_status(429, later, false), Outcome::Retry { after: later, reason: "HTTP 429".into() });
+        assert_eq!(outcome_of_status(503, None, false).label(), "retry");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute_and_honours_a_longer_retry_after() {
+        let first = backoff(1, None);
+        assert!(first >= Duration::from_secs(2) && first < Duration::from_millis(2500), "{first:?}");
+        assert!(backoff(3, None) >= Duration::from_secs(8));
+        let late = backoff(20, None);
+        assert!(late >= Duration::from_secs(60) && late <= Duration::from_secs(75), "{late:?}");
+        assert_eq!(backoff(1, Some(Duration::from_secs(120))), Duration::from_secs(120));
+        assert_eq!(backoff(1, Some(Duration::from_secs(9999))), Duration::from_secs(600));
+    }
+}

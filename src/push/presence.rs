@@ -1,0 +1,50 @@
+//! Presence across instances: which users have a session on this instance, written to
+//! `chat_push_presence` so that any instance deciding a push knows who is online anywhere.
+//!
+//! Owns the report loop: about once a second, the users who came or went since the last report
+//! (one call, whatever the number of connections), which also keeps this instance's rows alive;
+//! rows expire after [`TTL`] without a report, so a dead instance's users count as offline soon.
+//! At a clean stop the instance's rows are cleared. It must never be called per connection, and a
+//! failed report is retried in full (nothing is assumed written).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::hub::Hub;
+use crate::store::Store;
+
+/// How often presence is reported.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long a row lives without a report.
+pub const TTL: Duration = Duration::from_secs(30);
+
+/// Starts the report loop until `stop`, then clears this instance's rows.
+pub fn spawn(store: Store, hub: Arc<Hub>, instance: Uuid, tasks: &TaskTracker, stop: CancellationToken) {
+    tasks.spawn(async move {
+        let mut reported: HashSet<Uuid> = HashSet::new();
+        let mut every = tokio::time::interval(REPORT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ttl = i32::try_from(TTL.as_secs()).unwrap_or(30);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = every.tick() => {}
+            }
+            let now = hub.online_user_ids();
+            let online: Vec<Uuid> = now.difference(&reported).copied().collect();
+            let offline: Vec<Uuid> = reported.difference(&now).copied().collect();
+            match store.push_presence_report(instance, &online, &offline, ttl).await {
+                Ok(_) => reported = now,
+                Err(e) => tracing::warn!(error = %e, "cannot report presence for push; trying again in a second"),
+            }
+        }
+        if let Err(e) = store.push_presence_clear(instance).await {
+            tracing::warn!(error = %e, "cannot clear this instance's presence; its rows expire on their own");
+        }
+    });
+}

@@ -1,0 +1,81 @@
+//! The sender: leases due deliveries from the queue, sends each on its channel, and ends or
+//! reschedules it (`chat_push_finish`).
+//!
+//! Owns the attempt policy: a retryable answer waits [`super::backoff`] and is tried again, up to
+//! `PUSH_MAX_ATTEMPTS`; then, or on a refusal, the delivery is dropped, logged and counted; a
+//! device its provider reports gone is deleted. It must never log a token, a secret or a message's
+//! text, and never send a delivery it has not leased.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{backoff, Outcome, PushConfig, DECIDE_EVERY};
+use crate::store::{PushDelivery, Store};
+
+/// Deliveries leased per round.
+pub const BATCH: i32 = 50;
+/// How long a lease lasts: a sender that died is replaced after this.
+pub const LEASE_SECS: i32 = 60;
+/// After a push on a channel, the next for that user and thread waits this long (and collapses).
+pub const GAP_SECS: i32 = 10;
+
+/// Starts the send loop until `stop`.
+pub fn spawn(store: Store, config: Arc<PushConfig>, tasks: &TaskTracker, stop: CancellationToken) {
+    let channels = config.channels();
+    tasks.spawn(async move {
+        let mut every = tokio::time::interval(DECIDE_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            loop {
+                let leased = match store.push_claim(&channels, BATCH, LEASE_SECS, GAP_SECS).await {
+                    Ok(leased) => leased,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot lease push deliveries; trying again shortly");
+                        break;
+                    }
+                };
+                let full = leased.len() >= BATCH as usize;
+                join_all(leased.iter().map(|d| send_one(&store, &config, d))).await;
+                if !full || stop.is_cancelled() {
+                    break;
+                }
+            }
+        }
+    });
+}
+
+async fn send_one(store: &Store, config: &PushConfig, delivery: &PushDelivery) {
+    let outcome = match (delivery.channel.as_str(), &config.webhook) {
+        ("webhook", Some(hook)) => hook.send(delivery).await,
+        // Never leased: the claim asks only for this instance's channels.
+        (channel, _) => Outcome::Dropped(format!("no {channel} transport on this instance")),
+    };
+    let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
+    let (verdict, error, retry_at) = match &outcome {
+        Outcome::Sent => ("sent", None, None),
+        Outcome::Gone(reason) => ("gone", Some(reason.clone()), None),
+        Outcome::Dropped(reason) => ("dropped", Some(reason.clone()), None),
+        Outcome::Retry { reason, .. } if attempts >= config.max_attempts => {
+            ("dropped", Some(format!("{reason} (after {attempts} attempts)")), None)
+        }
+        Outcome::Retry { after, reason } => {
+            let wait = chrono::Duration::from_std(backoff(attempts, *after)).unwrap_or_else(|_| chrono::Duration::seconds(60));
+            ("retry", Some(reason.clone()), Some(chrono::Utc::now() + wait))
+        }
+    };
+    match verdict {
+        "sent" => tracing::debug!(delivery = %delivery.id, channel = %delivery.channel, "push sent"),
+        "retry" => tracing::info!(delivery = %delivery.id, channel = %delivery.channel, attempts, error = ?error, "push failed; retrying"),
+        _ => tracing::warn!(delivery = %delivery.id, channel = %delivery.channel, user = %delivery.user_id, outcome = verdict, error = ?error, "push not delivered"),
+    }
+    if let Err(e) = store.push_finish(delivery.id, verdict, error.as_deref(), retry_at).await {
+        tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a push outcome; the lease runs out and it is sent again with the same id");
+    }
+}
