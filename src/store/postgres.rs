@@ -24,7 +24,9 @@ use serde::de::DeserializeOwned;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::types::{call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
+use super::types::{
+    call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint,
+};
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};

@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::types::{call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, StoreError, SyncPoint};
+use super::types::{
+    call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint,
+};
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
 
