@@ -26,6 +26,7 @@ mod backend;
 pub mod check;
 mod delivery;
 mod edge;
+mod push;
 pub mod reference;
 mod rules;
 mod server;
@@ -35,6 +36,7 @@ pub use crate::edge::{EdgeSettings, MIN_HEADER_BYTES};
 pub use auth::{AuthRules, AuthSettings};
 pub use backend::{Backend, SupabaseProject};
 pub use delivery::{CacheSettings, FeedSettings, RealtimeVsn, ResumeBounds, ResumeSettings, RouterConfig};
+pub use push::{decode_webhook_secret, PushSettings, WebhookTarget};
 pub use rules::parse_origins;
 pub use server::{LogFormat, LogSettings, OpsSettings, Shutdown};
 pub use session::{Fairness, Limits};
@@ -75,6 +77,8 @@ pub struct Args {
     pub shutdown: Shutdown,
     #[command(flatten)]
     pub ops: OpsSettings,
+    #[command(flatten)]
+    pub push: push::PushArgs,
     /// Print the effective configuration (secrets redacted) and exit: 0 if valid, 2 otherwise.
     #[arg(long, help_heading = "Commands")]
     pub check_config: bool,
@@ -105,6 +109,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub shutdown: Shutdown,
     pub ops: OpsSettings,
+    /// Push to offline recipients.
+    pub push: PushSettings,
     /// Deprecated variable names in use, one warning each (logged once logging is set up).
     pub deprecations: Vec<String>,
 }
@@ -132,6 +138,8 @@ impl Config {
         let backend = p.or(backend::backend(&a.backend).map(Some), None);
         let auth = a.auth.resolve(backend.as_ref(), &mut p);
         let drain = p.or(rules::drain_within(a.shutdown.drain, a.shutdown.grace), Duration::ZERO);
+        let fallback = PushSettings { webhook: None, delay: a.push.delay, max_attempts: a.push.max_attempts };
+        let push = p.or(a.push.resolve(), fallback);
         p.finish()?;
         let backend = backend.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
         Ok(Config {
@@ -149,6 +157,7 @@ impl Config {
             cache: a.cache,
             shutdown: Shutdown { drain, ..a.shutdown },
             ops: a.ops,
+            push,
             deprecations: Vec::new(),
         })
     }

@@ -16,6 +16,7 @@
 
 mod fairness;
 mod process;
+mod push;
 mod resume;
 mod routing;
 mod sampled;
@@ -23,6 +24,7 @@ mod sampled;
 use std::time::Duration;
 
 pub use fairness::{Budget, FairnessMetrics};
+pub use push::PushMetrics;
 use resume::ResumeMetrics;
 use routing::RoutingMetrics;
 pub use sampled::Sampled;
@@ -108,6 +110,8 @@ pub struct Metrics {
     resumes: ResumeMetrics,
     /// The per-user budgets' series.
     pub fairness: FairnessMetrics,
+    /// The push path's series.
+    pub push: PushMetrics,
     shutdown_closes: Counter,
 }
 
@@ -159,6 +163,7 @@ impl Metrics {
         );
         let sampled = SampledGauges::register(&mut r);
         let fairness = FairnessMetrics::register(&mut r);
+        let push = PushMetrics::register(&mut r);
         let resumes = ResumeMetrics::register(&mut r);
         let shutdown_closes = Counter::default();
         r.register(
@@ -181,6 +186,7 @@ impl Metrics {
             sampled,
             resumes,
             fairness,
+            push,
             shutdown_closes,
         }
     }

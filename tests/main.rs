@@ -23,6 +23,7 @@ mod modules;
 mod openapi;
 mod operators;
 mod postgres;
+mod push;
 mod push_queue;
 mod resilience;
 mod rest;

@@ -45,22 +45,21 @@ impl Receiver {
         let receiver = Receiver::default();
         receiver.script.lock().expect("script").extend(script.iter().copied());
         let state = receiver.clone();
-        let route = warp::post()
-            .and(warp::path("hook"))
-            .and(warp::header::headers_cloned())
-            .and(warp::body::bytes())
-            .map(move |headers: warp::http::HeaderMap, body: hyper::body::Bytes| {
-                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                let status = state.script.lock().expect("script").pop_front().unwrap_or(200);
-                state.calls.lock().expect("calls").push(Call {
-                    id: header("webhook-id"),
-                    timestamp: header("webhook-timestamp"),
-                    signature: header("webhook-signature"),
-                    body: body.to_vec(),
-                    status,
-                });
-                warp::reply::with_status("", warp::http::StatusCode::from_u16(status).expect("status"))
-            });
+        let route =
+            warp::post().and(warp::path("hook")).and(warp::header::headers_cloned()).and(warp::body::bytes()).map(
+                move |headers: warp::http::HeaderMap, body: hyper::body::Bytes| {
+                    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let status = state.script.lock().expect("script").pop_front().unwrap_or(200);
+                    state.calls.lock().expect("calls").push(Call {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body: body.to_vec(),
+                        status,
+                    });
+                    warp::reply::with_status("", warp::http::StatusCode::from_u16(status).expect("status"))
+                },
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("the receiver binds");
         let addr = listener.local_addr().expect("its address");
         tokio::spawn(warp::serve(route).incoming(listener).run());
@@ -126,8 +125,8 @@ print("bad", bad)
 
 fn with_webhook(url: String) -> impl FnOnce(&mut realtime_gateway::config::Config) {
     move |c| {
-        c.push.webhook_url = Some(url);
-        c.push.webhook_secret = Some(SECRET.to_string());
+        let key = realtime_gateway::config::decode_webhook_secret(SECRET).expect("a valid secret");
+        c.push.webhook = Some(realtime_gateway::config::WebhookTarget { url, key });
         c.push.delay = Duration::from_millis(300);
     }
 }
@@ -231,6 +230,9 @@ async fn a_receiver_failing_first_gets_the_same_webhook_id_again_and_one_deliver
         .await
         .expect("one delivery");
     assert_eq!((row.get::<_, String>(0), row.get::<_, i32>(1)), ("sent".to_string(), 2));
+    let series = |outcome: &str| format!(r#"gateway_push_attempts_total{{channel="webhook",outcome="{outcome}"}}"#);
+    assert_eq!(world.metric(&series("retry")).await, 1, "the failure is counted");
+    assert_eq!(world.metric(&series("sent")).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

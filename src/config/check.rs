@@ -247,6 +247,19 @@ pub fn describe(c: &Config) -> String {
             c.ops.metrics_token.as_deref().map(secret).unwrap_or_else(|| "(empty: /metrics open)".into()),
         ),
         ("ADMIN_TOKEN", c.ops.admin_token.as_deref().map(secret).unwrap_or_else(|| "(empty: no /admin)".into())),
+        (
+            "PUSH_WEBHOOK_URL",
+            c.push.webhook.as_ref().map_or_else(
+                || "(empty: no webhook)".into(),
+                |w| {
+                    // A query may carry a receiver's token: shown without it.
+                    w.url.split('?').next().unwrap_or_default().to_string()
+                },
+            ),
+        ),
+        ("PUSH_WEBHOOK_SECRET", c.push.webhook.as_ref().map_or_else(|| "(empty)".into(), |_| "<redacted>".into())),
+        ("PUSH_DELAY_MS", c.push.delay.as_millis().to_string()),
+        ("PUSH_MAX_ATTEMPTS", c.push.max_attempts.to_string()),
     ]);
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
 }

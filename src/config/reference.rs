@@ -38,10 +38,16 @@ impl Setting {
     }
 
     fn unit(&self) -> &'static str {
-        [("_SECS", "seconds"), ("_BYTES", "bytes"), ("_PER_SEC", "per second"), ("_PER_MIN", "per minute")]
-            .iter()
-            .find(|(suffix, _)| self.var.ends_with(suffix))
-            .map_or("", |(_, unit)| unit)
+        [
+            ("_SECS", "seconds"),
+            ("_MS", "milliseconds"),
+            ("_BYTES", "bytes"),
+            ("_PER_SEC", "per second"),
+            ("_PER_MIN", "per minute"),
+        ]
+        .iter()
+        .find(|(suffix, _)| self.var.ends_with(suffix))
+        .map_or("", |(_, unit)| unit)
     }
 }
 
@@ -172,7 +178,13 @@ mod tests {
             let Some(setting) = Setting::of(arg) else { continue };
             assert_eq!(arg.get_long().map(str::to_string), Some(super::super::alias::flag(&setting.var)));
             assert!(setting.doc.len() > 10, "{} has no documentation", setting.var);
-            assert!(!setting.var.ends_with("_MS"), "{}: durations are in seconds (_SECS)", setting.var);
+            // Durations are in seconds, except where the name was published in milliseconds.
+            let published_in_ms = ["PUSH_DELAY_MS"];
+            assert!(
+                !setting.var.ends_with("_MS") || published_in_ms.contains(&setting.var.as_str()),
+                "{}: durations are in seconds (_SECS)",
+                setting.var
+            );
         }
     }
 }

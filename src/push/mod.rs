@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// How often the queue is asked for decisions, and due deliveries are leased.
@@ -55,6 +56,12 @@ pub struct PushConfig {
 }
 
 impl PushConfig {
+    /// From the validated settings: a fresh instance id, the webhook's client built.
+    pub fn new(settings: &crate::config::PushSettings, timeout: Duration) -> Result<PushConfig, webhook::WebhookError> {
+        let webhook = settings.webhook.as_ref().map(|target| webhook::Webhook::new(target, timeout)).transpose()?;
+        Ok(PushConfig { instance: Uuid::new_v4(), delay: settings.delay, max_attempts: settings.max_attempts, webhook })
+    }
+
     /// The channels this instance sends on; empty: the queue is only drained.
     pub fn channels(&self) -> Vec<&'static str> {
         let mut channels = Vec::new();
@@ -70,21 +77,25 @@ impl PushConfig {
 pub enum Outcome {
     Sent,
     /// Worth another attempt (5xx, 429, timeout), after `after` if the provider said so.
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// Refused for good (a 4xx other than 429 or "gone").
     Dropped(String),
     /// The device no longer exists at its provider: it is deleted.
     Gone(String),
 }
 
-impl Outcome {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Outcome::Sent => "sent",
-            Outcome::Retry { .. } => "retry",
-            Outcome::Dropped(_) => "dropped",
-            Outcome::Gone(_) => "gone",
-        }
+/// The static label of a channel name from the database.
+pub fn channel_label(channel: &str) -> &'static str {
+    match channel {
+        "webhook" => "webhook",
+        "webpush" => "webpush",
+        "fcm" => "fcm",
+        "apns" => "apns",
+        "expo" => "expo",
+        _ => "other",
     }
 }
 
@@ -120,13 +131,21 @@ fn fastrand_fraction() -> f64 {
 }
 
 /// Starts the presence reporter, the decision loop and the sender until `stop`.
-pub fn spawn(store: Store, hub: std::sync::Arc<Hub>, config: PushConfig, tasks: &TaskTracker, stop: CancellationToken) {
+pub fn spawn(
+    store: Store,
+    hub: std::sync::Arc<Hub>,
+    metrics: std::sync::Arc<Metrics>,
+    config: PushConfig,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
     let config = std::sync::Arc::new(config);
     presence::spawn(store.clone(), hub, config.instance, tasks, stop.clone());
     let channels = config.channels();
     let delay_ms = i32::try_from(config.delay.as_millis()).unwrap_or(i32::MAX);
     let decider = store.clone();
     let decider_stop = stop.clone();
+    let decider_metrics = metrics.clone();
     tasks.spawn(async move {
         let mut every = tokio::time::interval(DECIDE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,7 +155,7 @@ pub fn spawn(store: Store, hub: std::sync::Arc<Hub>, config: PushConfig, tasks: 
                 _ = decider_stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            decide_all(&decider, &channels, delay_ms, &decider_stop).await;
+            decide_all(&decider, &decider_metrics, &channels, delay_ms, &decider_stop).await;
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 match decider.push_prune(KEEP_HOURS).await {
@@ -148,16 +167,23 @@ pub fn spawn(store: Store, hub: std::sync::Arc<Hub>, config: PushConfig, tasks: 
         }
     });
     if !config.channels().is_empty() {
-        sender::spawn(store, config, tasks, stop);
+        sender::spawn(store, metrics, config, tasks, stop);
     }
 }
 
 /// Decides batches until the queue has no due job left (or the gateway stops).
-async fn decide_all(store: &Store, channels: &[&'static str], delay_ms: i32, stop: &CancellationToken) {
+async fn decide_all(
+    store: &Store,
+    metrics: &Metrics,
+    channels: &[&'static str],
+    delay_ms: i32,
+    stop: &CancellationToken,
+) {
     let max_age = i32::try_from(MAX_AGE.as_secs()).unwrap_or(i32::MAX);
     loop {
         match store.push_decide(delay_ms, DECIDE_BATCH, channels, max_age).await {
             Ok(decided) => {
+                metrics.push.decided(decided.jobs.max(0) as u64, decided.deliveries.max(0) as u64);
                 if decided.deliveries > 0 {
                     tracing::debug!(jobs = decided.jobs, deliveries = decided.deliveries, "push decisions");
                 }
@@ -185,7 +211,7 @@ mod tests {
         assert_eq!(outcome_of_status(400, None, true), Outcome::Dropped("HTTP 400".into()));
         let later = Some(Duration::from_secs(30));
         assert_eq!(outcome_of_status(429, later, false), Outcome::Retry { after: later, reason: "HTTP 429".into() });
-        assert_eq!(outcome_of_status(503, None, false).label(), "retry");
+        assert!(matches!(outcome_of_status(503, None, false), Outcome::Retry { .. }));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{backoff, Outcome, PushConfig, DECIDE_EVERY};
+use crate::metrics::Metrics;
 use crate::store::{PushDelivery, Store};
 
 /// Deliveries leased per round.
@@ -23,7 +24,13 @@ pub const LEASE_SECS: i32 = 60;
 pub const GAP_SECS: i32 = 10;
 
 /// Starts the send loop until `stop`.
-pub fn spawn(store: Store, config: Arc<PushConfig>, tasks: &TaskTracker, stop: CancellationToken) {
+pub fn spawn(
+    store: Store,
+    metrics: Arc<Metrics>,
+    config: Arc<PushConfig>,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
     let channels = config.channels();
     tasks.spawn(async move {
         let mut every = tokio::time::interval(DECIDE_EVERY);
@@ -42,7 +49,7 @@ pub fn spawn(store: Store, config: Arc<PushConfig>, tasks: &TaskTracker, stop: C
                     }
                 };
                 let full = leased.len() >= BATCH as usize;
-                join_all(leased.iter().map(|d| send_one(&store, &config, d))).await;
+                join_all(leased.iter().map(|d| send_one(&store, &metrics, &config, d))).await;
                 if !full || stop.is_cancelled() {
                     break;
                 }
@@ -51,7 +58,7 @@ pub fn spawn(store: Store, config: Arc<PushConfig>, tasks: &TaskTracker, stop: C
     });
 }
 
-async fn send_one(store: &Store, config: &PushConfig, delivery: &PushDelivery) {
+async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, delivery: &PushDelivery) {
     let outcome = match (delivery.channel.as_str(), &config.webhook) {
         ("webhook", Some(hook)) => hook.send(delivery).await,
         // Never leased: the claim asks only for this instance's channels.
@@ -66,14 +73,23 @@ async fn send_one(store: &Store, config: &PushConfig, delivery: &PushDelivery) {
             ("dropped", Some(format!("{reason} (after {attempts} attempts)")), None)
         }
         Outcome::Retry { after, reason } => {
-            let wait = chrono::Duration::from_std(backoff(attempts, *after)).unwrap_or_else(|_| chrono::Duration::seconds(60));
+            let wait =
+                chrono::Duration::from_std(backoff(attempts, *after)).unwrap_or_else(|_| chrono::Duration::seconds(60));
             ("retry", Some(reason.clone()), Some(chrono::Utc::now() + wait))
         }
     };
+    metrics.push.attempt(super::channel_label(&delivery.channel), verdict);
+    if verdict == "sent" {
+        metrics.push.sent_after((chrono::Utc::now() - delivery.created_at).to_std().unwrap_or_default());
+    }
     match verdict {
         "sent" => tracing::debug!(delivery = %delivery.id, channel = %delivery.channel, "push sent"),
-        "retry" => tracing::info!(delivery = %delivery.id, channel = %delivery.channel, attempts, error = ?error, "push failed; retrying"),
-        _ => tracing::warn!(delivery = %delivery.id, channel = %delivery.channel, user = %delivery.user_id, outcome = verdict, error = ?error, "push not delivered"),
+        "retry" => {
+            tracing::info!(delivery = %delivery.id, channel = %delivery.channel, attempts, error = ?error, "push failed; retrying")
+        }
+        _ => {
+            tracing::warn!(delivery = %delivery.id, channel = %delivery.channel, user = %delivery.user_id, outcome = verdict, error = ?error, "push not delivered")
+        }
     }
     if let Err(e) = store.push_finish(delivery.id, verdict, error.as_deref(), retry_at).await {
         tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a push outcome; the lease runs out and it is sent again with the same id");

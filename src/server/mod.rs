@@ -66,6 +66,8 @@ pub enum StartError {
     Postgres(#[from] crate::pg::PgSetupError),
     #[error("{0}")]
     SyncHorizon(#[from] crate::feed::publication::HorizonProblem),
+    #[error("push: {0}")]
+    Push(#[from] crate::push::webhook::WebhookError),
 }
 
 /// A running gateway.
@@ -200,6 +202,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     crate::feed::publication::check_sync_horizon(&store, &tasks, &stop).await?;
     crate::feed::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
+    let push = crate::push::PushConfig::new(&config.push, config.backend_timeout)?;
+    crate::push::spawn(store.clone(), hub.clone(), metrics.clone(), push, &tasks, stop.clone());
     let (directory, loaded) = Directory::new(DirectoryParts {
         store: store.clone(),
         ttl: config.cache.ttl,

@@ -285,7 +285,8 @@ impl Postgrest {
         lease_secs: i32,
         gap_secs: i32,
     ) -> Result<Vec<PushDelivery>, StoreError> {
-        let args = json!({"p_channels": channels, "p_limit": limit, "p_lease_seconds": lease_secs, "p_gap_seconds": gap_secs});
+        let args =
+            json!({"p_channels": channels, "p_limit": limit, "p_lease_seconds": lease_secs, "p_gap_seconds": gap_secs});
         self.rpc(As::Service, "chat_push_claim", args).await
     }
 
