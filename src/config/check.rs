@@ -165,7 +165,8 @@ fn secret(value: &str) -> String {
 }
 
 /// The effective configuration, one `VARIABLE=value` per line, secrets redacted. Every declared
-/// variable of the backend in use appears (a test holds this list to the declarations).
+/// variable of the backend in use appears (a test holds this list to the declarations). Long
+/// because it is a table, one row per variable.
 pub fn describe(c: &Config) -> String {
     let secs = |d: std::time::Duration| format!("{}", d.as_secs_f64());
     let mut rows: Vec<(&str, String)> = match &c.backend {

@@ -169,19 +169,8 @@ async fn serve(
         }
         if last_lag.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             last_lag = Some(Instant::now());
-            match client
-                .query_opt(
-                    "select (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 from pg_replication_slots \
-                     where slot_name = $1",
-                    &[&config.slot],
-                )
-                .await
-            {
-                Ok(row) => {
-                    let bytes = row.and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten()).unwrap_or(-1);
-                    handles.lag.0.store(bytes, Ordering::Relaxed);
-                }
-                Err(e) => return Ended::Lost { lost: lost("reading the slot lag", e), was_live: true },
+            if let Err(e) = read_lag(&client, config, handles).await {
+                return Ended::Lost { lost: e, was_live: true };
             }
         }
         let flush = match client.query_one("select pg_current_wal_flush_lsn()::text", &[]).await {
@@ -207,6 +196,20 @@ async fn serve(
             }
         }
     }
+}
+
+/// Reads how many WAL bytes the slot is behind into the lag gauge (-1 when the slot is missing).
+async fn read_lag(client: &tokio_postgres::Client, config: &FeedConfig, handles: &FeedHandles) -> Result<(), Lost> {
+    let row = client
+        .query_opt(
+            "select (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 from pg_replication_slots where slot_name = $1",
+            &[&config.slot],
+        )
+        .await
+        .map_err(|e| lost("reading the slot lag", e))?;
+    let bytes = row.and_then(|r| r.try_get::<_, Option<i64>>(0).ok().flatten()).unwrap_or(-1);
+    handles.lag.0.store(bytes, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Checks the slot (creating or recreating it) and loads the type names.
