@@ -11,6 +11,12 @@ use uuid::Uuid;
 
 use crate::common::World;
 
+/// The stack with a gateway whose own decision loop waits a full minute before deciding a job:
+/// these tests decide themselves, as two instances would, and nothing else may take the jobs.
+async fn quiet_world() -> World {
+    World::start_with(|c| c.push.delay = std::time::Duration::from_secs(60)).await
+}
+
 /// A connection acting as the gateway (service role).
 async fn service(world: &World) -> Client {
     let db = world.stack.sql().await;
@@ -86,7 +92,7 @@ async fn register_fcm(world: &World, who: &Person, token: &str) -> Uuid {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_pushes_each_offline_unmuted_participant_once_but_not_the_sender_or_those_online() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let db = drained(&world).await;
     let instance = Uuid::new_v4();
     db.execute("select public.chat_push_presence_report($1, $2, '{}', 30)", &[&instance, &vec![DAVID.id]])
@@ -132,7 +138,7 @@ async fn a_message_pushes_each_offline_unmuted_participant_once_but_not_the_send
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deciding_at_once_write_each_delivery_once() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let first = drained(&world).await;
     let second = service(&world).await;
     let mut messages = Vec::new();
@@ -151,7 +157,7 @@ async fn two_instances_deciding_at_once_write_each_delivery_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_that_runs_out_gives_the_same_delivery_again_and_a_gone_device_is_deleted() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let db = drained(&world).await;
     let device = register_fcm(&world, &CARLA, "carla-old-phone").await;
     post(&world, &ALICE, ALICE_CARLA, "Are you coming?").await;
@@ -183,7 +189,7 @@ async fn a_lease_that_runs_out_gives_the_same_delivery_again_and_a_gone_device_i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_in_one_thread_is_one_push_with_the_newest_preview_and_the_next_waits_for_the_gap() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let db = drained(&world).await;
     for text in ["one", "two", "three"] {
         post(&world, &ALICE, ALICE_CARLA, text).await;
@@ -204,7 +210,7 @@ async fn a_burst_in_one_thread_is_one_push_with_the_newest_preview_and_the_next_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_are_seen_only_by_their_owner_and_a_token_registered_again_is_one_row() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let first = register_fcm(&world, &CARLA, "shared-tablet").await;
     assert_eq!(register_fcm(&world, &CARLA, "shared-tablet").await, first, "same device, same row");
     let visible = |who: &'static Person| {
@@ -228,7 +234,7 @@ async fn devices_are_seen_only_by_their_owner_and_a_token_registered_again_is_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muting_is_not_a_read_and_only_a_participant_can_mute() {
-    let world = World::start().await;
+    let world = quiet_world().await;
     let db = service(&world).await;
     let reads = || async {
         let n: i64 = db
