@@ -87,6 +87,33 @@ pub enum Outcome {
     Gone(String),
 }
 
+/// Repeated failures of a periodic call, logged on the first and then every `every`-th time (a
+/// database without the push migration must not fill the logs twice a second), and the recovery.
+pub struct Failures {
+    pub count: u64,
+    every: u64,
+}
+
+impl Failures {
+    pub fn every(every: u64) -> Failures {
+        Failures { count: 0, every: every.max(1) }
+    }
+
+    /// One more failure; true when it should be logged.
+    pub fn failed(&mut self) -> bool {
+        self.count += 1;
+        self.count == 1 || self.count.is_multiple_of(self.every)
+    }
+
+    /// A success: logs the recovery of `what` after failures.
+    pub fn ok(&mut self, what: &str) {
+        if self.count > 0 {
+            tracing::info!(failures = self.count, "{what} work again");
+            self.count = 0;
+        }
+    }
+}
+
 /// The static label of a channel name from the database.
 pub fn channel_label(channel: &str) -> &'static str {
     match channel {
@@ -150,12 +177,20 @@ pub fn spawn(
         let mut every = tokio::time::interval(DECIDE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = tokio::time::Instant::now();
+        let mut failures = Failures::every(120);
         loop {
             tokio::select! {
                 _ = decider_stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            decide_all(&decider, &decider_metrics, &channels, delay_ms, &decider_stop).await;
+            let decided = decide_all(&decider, &decider_metrics, &channels, delay_ms, &decider_stop).await;
+            if let Err(e) = decided {
+                if failures.failed() {
+                    tracing::warn!(error = %e, failures = failures.count, "cannot decide push jobs (is supabase/migrations applied?); retrying every tick, logged once a minute");
+                }
+            } else {
+                failures.ok("push decisions");
+            }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 match decider.push_prune(KEEP_HOURS).await {
@@ -178,23 +213,16 @@ async fn decide_all(
     channels: &[&'static str],
     delay_ms: i32,
     stop: &CancellationToken,
-) {
+) -> Result<(), crate::store::StoreError> {
     let max_age = i32::try_from(MAX_AGE.as_secs()).unwrap_or(i32::MAX);
     loop {
-        match store.push_decide(delay_ms, DECIDE_BATCH, channels, max_age).await {
-            Ok(decided) => {
-                metrics.push.decided(decided.jobs.max(0) as u64, decided.deliveries.max(0) as u64);
-                if decided.deliveries > 0 {
-                    tracing::debug!(jobs = decided.jobs, deliveries = decided.deliveries, "push decisions");
-                }
-                if decided.jobs < i64::from(DECIDE_BATCH) || stop.is_cancelled() {
-                    return;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot decide push jobs; trying again shortly");
-                return;
-            }
+        let decided = store.push_decide(delay_ms, DECIDE_BATCH, channels, max_age).await?;
+        metrics.push.decided(decided.jobs.max(0) as u64, decided.deliveries.max(0) as u64);
+        if decided.deliveries > 0 {
+            tracing::debug!(jobs = decided.jobs, deliveries = decided.deliveries, "push decisions");
+        }
+        if decided.jobs < i64::from(DECIDE_BATCH) || stop.is_cancelled() {
+            return Ok(());
         }
     }
 }
@@ -202,6 +230,15 @@ async fn decide_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_failures_are_logged_first_and_then_every_nth_time() {
+        let mut failures = Failures::every(3);
+        let logged: Vec<bool> = (0..7).map(|_| failures.failed()).collect();
+        assert_eq!(logged, [true, false, true, false, false, true, false]);
+        failures.ok("test calls");
+        assert!(failures.failed(), "a new run of failures is logged again");
+    }
 
     #[test]
     fn statuses_map_to_outcomes() {

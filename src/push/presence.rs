@@ -30,6 +30,7 @@ pub fn spawn(store: Store, hub: Arc<Hub>, instance: Uuid, tasks: &TaskTracker, s
         let mut every = tokio::time::interval(REPORT_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ttl = i32::try_from(TTL.as_secs()).unwrap_or(30);
+        let mut failures = super::Failures::every(60);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -39,8 +40,15 @@ pub fn spawn(store: Store, hub: Arc<Hub>, instance: Uuid, tasks: &TaskTracker, s
             let online: Vec<Uuid> = now.difference(&reported).copied().collect();
             let offline: Vec<Uuid> = reported.difference(&now).copied().collect();
             match store.push_presence_report(instance, &online, &offline, ttl).await {
-                Ok(_) => reported = now,
-                Err(e) => tracing::warn!(error = %e, "cannot report presence for push; trying again in a second"),
+                Ok(_) => {
+                    reported = now;
+                    failures.ok("presence reports");
+                }
+                Err(e) => {
+                    if failures.failed() {
+                        tracing::warn!(error = %e, failures = failures.count, "cannot report presence for push; retrying every second, logged once a minute");
+                    }
+                }
             }
         }
         if let Err(e) = store.push_presence_clear(instance).await {

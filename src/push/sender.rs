@@ -34,6 +34,7 @@ pub fn spawn(
     let channels = config.channels();
     tasks.spawn(async move {
         let mut every = tokio::time::interval(DECIDE_EVERY);
+        let mut failures = super::Failures::every(120);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -42,9 +43,14 @@ pub fn spawn(
             }
             loop {
                 let leased = match store.push_claim(&channels, BATCH, LEASE_SECS, GAP_SECS).await {
-                    Ok(leased) => leased,
+                    Ok(leased) => {
+                        failures.ok("push leases");
+                        leased
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot lease push deliveries; trying again shortly");
+                        if failures.failed() {
+                            tracing::warn!(error = %e, failures = failures.count, "cannot lease push deliveries; retrying every tick, logged once a minute");
+                        }
                         break;
                     }
                 };
