@@ -132,9 +132,7 @@ fn with_webhook(url: String) -> impl FnOnce(&mut realtime_gateway::config::Confi
 }
 
 async fn mute(world: &World, who: &Person, thread: Uuid) {
-    let db = world.stack.sql().await;
-    let claims = format!(r#"{{"sub":"{}","role":"authenticated"}}"#, who.id);
-    db.batch_execute(&format!("set role authenticated; set request.jwt.claims = '{claims}'")).await.expect("user");
+    let db = crate::push_queue::user(world, who).await;
     db.execute("select public.chat_mute_thread($1, now() + interval '1 hour')", &[&thread]).await.expect("muted");
 }
 

@@ -25,7 +25,7 @@ async fn service(world: &World) -> Client {
 }
 
 /// A connection acting as `who` (authenticated, RLS applies).
-async fn user(world: &World, who: &Person) -> Client {
+pub(crate) async fn user(world: &World, who: &Person) -> Client {
     let db = world.stack.sql().await;
     let claims = format!(r#"{{"sub":"{}","role":"authenticated"}}"#, who.id);
     db.batch_execute(&format!("set role authenticated; set request.jwt.claims = '{claims}'")).await.expect("user");

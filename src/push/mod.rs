@@ -143,18 +143,12 @@ pub fn outcome_of_status(status: u16, retry_after: Option<Duration>, gone_on_404
 pub fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
     let base = Duration::from_secs(2).saturating_mul(1u32 << attempts.saturating_sub(1).min(5));
     let base = base.min(Duration::from_secs(60));
-    let jitter = base.mul_f64(fastrand_fraction() * 0.25);
+    let jitter = base.mul_f64(fastrand::f64() * 0.25);
     let wait = base + jitter;
     match retry_after {
         Some(asked) if asked > wait => asked.min(Duration::from_secs(600)),
         _ => wait,
     }
-}
-
-/// A fraction in [0, 1) from the clock's nanoseconds: jitter only, never security.
-fn fastrand_fraction() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    f64::from(nanos % 1000) / 1000.0
 }
 
 /// Starts the presence reporter, the decision loop and the sender until `stop`.
@@ -169,6 +163,7 @@ pub fn spawn(
     let config = std::sync::Arc::new(config);
     presence::spawn(store.clone(), hub, config.instance, tasks, stop.clone());
     let channels = config.channels();
+    let sends = !channels.is_empty();
     let delay_ms = i32::try_from(config.delay.as_millis()).unwrap_or(i32::MAX);
     let decider = store.clone();
     let decider_stop = stop.clone();
@@ -201,7 +196,7 @@ pub fn spawn(
             }
         }
     });
-    if !config.channels().is_empty() {
+    if sends {
         sender::spawn(store, metrics, config, tasks, stop);
     }
 }
