@@ -138,8 +138,8 @@ impl Config {
         let backend = p.or(backend::backend(&a.backend).map(Some), None);
         let auth = a.auth.resolve(backend.as_ref(), &mut p);
         let drain = p.or(rules::drain_within(a.shutdown.drain, a.shutdown.grace), Duration::ZERO);
-        let fallback = PushSettings { webhook: None, delay: a.push.delay, max_attempts: a.push.max_attempts };
-        let push = p.or(a.push.resolve(), fallback);
+        let fallback = a.push.without_transports();
+        let push = p.or(a.push.resolve(a.backend.backend_timeout_secs), fallback);
         p.finish()?;
         let backend = backend.ok_or_else(|| invalid("SUPABASE_URL", "missing"))?;
         Ok(Config {

@@ -24,6 +24,7 @@ mod openapi;
 mod operators;
 mod postgres;
 mod push;
+mod push_crash;
 mod push_queue;
 mod resilience;
 mod rest;

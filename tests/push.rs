@@ -15,20 +15,20 @@ use warp::Filter;
 
 use crate::common::{Backend, Phone, World, ARRIVES};
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// One call the receiver got.
 #[derive(Debug, Clone)]
-struct Call {
-    id: String,
-    timestamp: String,
-    signature: String,
-    body: Vec<u8>,
-    status: u16,
+pub(crate) struct Call {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+    pub status: u16,
 }
 
 impl Call {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).expect("a JSON body")
     }
 }
@@ -88,7 +88,7 @@ impl Receiver {
 }
 
 /// Checks every call's signature with Python's hmac (a second implementation of the spec).
-fn verified_by_python(calls: &[Call]) {
+pub(crate) fn verified_by_python(calls: &[Call]) {
     use base64::Engine;
     let list: Vec<Value> = calls
         .iter()
@@ -123,7 +123,7 @@ print("bad", bad)
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "bad 0", "every signature verifies");
 }
 
-fn with_webhook(url: String) -> impl FnOnce(&mut realtime_gateway::config::Config) {
+pub(crate) fn with_webhook(url: String) -> impl FnOnce(&mut realtime_gateway::config::Config) {
     move |c| {
         let key = realtime_gateway::config::decode_webhook_secret(SECRET).expect("a valid secret");
         c.push.webhook = Some(realtime_gateway::config::WebhookTarget { url, key });

@@ -261,6 +261,7 @@ pub fn describe(c: &Config) -> String {
         ("PUSH_WEBHOOK_SECRET", c.push.webhook.as_ref().map_or_else(|| "(empty)".into(), |_| "<redacted>".into())),
         ("PUSH_DELAY_MS", c.push.delay.as_millis().to_string()),
         ("PUSH_MAX_ATTEMPTS", c.push.max_attempts.to_string()),
+        ("PUSH_LEASE_SECS", c.push.lease.as_secs().to_string()),
     ]);
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
 }

@@ -51,6 +51,9 @@ pub struct PushConfig {
     pub delay: Duration,
     /// Attempts per delivery before it is dropped (`PUSH_MAX_ATTEMPTS`).
     pub max_attempts: u32,
+    /// How long a lease on deliveries lasts (`PUSH_LEASE_SECS`): a sender that died is replaced
+    /// after this, and its deliveries are resent with the same ids.
+    pub lease: Duration,
     /// The webhook, when `PUSH_WEBHOOK_URL` is set.
     pub webhook: Option<webhook::Webhook>,
 }
@@ -59,7 +62,13 @@ impl PushConfig {
     /// From the validated settings: a fresh instance id, the webhook's client built.
     pub fn new(settings: &crate::config::PushSettings, timeout: Duration) -> Result<PushConfig, webhook::WebhookError> {
         let webhook = settings.webhook.as_ref().map(|target| webhook::Webhook::new(target, timeout)).transpose()?;
-        Ok(PushConfig { instance: Uuid::new_v4(), delay: settings.delay, max_attempts: settings.max_attempts, webhook })
+        Ok(PushConfig {
+            instance: Uuid::new_v4(),
+            delay: settings.delay,
+            max_attempts: settings.max_attempts,
+            lease: settings.lease,
+            webhook,
+        })
     }
 
     /// The channels this instance sends on; empty: the queue is only drained.

@@ -18,8 +18,6 @@ use crate::store::{PushDelivery, Store};
 
 /// Deliveries leased per round.
 pub const BATCH: i32 = 50;
-/// How long a lease lasts: a sender that died is replaced after this.
-pub const LEASE_SECS: i32 = 60;
 /// After a push on a channel, the next for that user and thread waits this long (and collapses).
 pub const GAP_SECS: i32 = 10;
 
@@ -32,6 +30,7 @@ pub fn spawn(
     stop: CancellationToken,
 ) {
     let channels = config.channels();
+    let lease_secs = i32::try_from(config.lease.as_secs()).unwrap_or(3600);
     tasks.spawn(async move {
         let mut every = tokio::time::interval(DECIDE_EVERY);
         let mut failures = super::Failures::every(120);
@@ -42,7 +41,7 @@ pub fn spawn(
                 _ = every.tick() => {}
             }
             loop {
-                let leased = match store.push_claim(&channels, BATCH, LEASE_SECS, GAP_SECS).await {
+                let leased = match store.push_claim(&channels, BATCH, lease_secs, GAP_SECS).await {
                     Ok(leased) => {
                         failures.ok("push leases");
                         leased
