@@ -9,6 +9,7 @@ mod auth;
 mod chaos;
 mod cli;
 mod delivery;
+mod devices;
 mod edge;
 mod fairness;
 mod gaps;

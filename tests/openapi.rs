@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use uuid::Uuid;
 
 use crate::common::{Phone, World, ARRIVES};
 
@@ -159,9 +160,17 @@ impl Api {
 }
 
 async fn call(world: &World, method: Method, path: &str, token: Option<&str>) -> Answer {
+    call_with(world, method, path, token, None).await
+}
+
+/// A call with a JSON body (`Some`), as a client sends one.
+async fn call_with(world: &World, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
     let mut request = world.http.request(method, format!("{}{}", world.base(), path));
     if let Some(token) = token {
         request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
     }
     let response = request.send().await.expect("gateway answers");
     let status = response.status().as_u16();
@@ -193,6 +202,9 @@ async fn refused_upgrade(url: &str) -> Answer {
     }
 }
 
+/// One call of the documented-operations test: method, path, token, wanted status, JSON body.
+type Case<'a> = (Method, String, Option<&'a str>, u16, Option<Value>);
+
 /// Enables the operator page in these tests, so that its routes are checked like the others.
 const ADMIN_TOKEN: &str = "admin-token-for-the-openapi-tests";
 
@@ -204,39 +216,63 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
     let good = Some(carla.as_str());
     let offline = "/api/chat/offline-messages";
     let mark = |thread: &str| format!("/api/chat/mark-read/{thread}");
-    let cases: Vec<(Method, String, Option<&str>, u16)> = vec![
-        (Method::POST, "/api/chat/unsubscribe".into(), good, 200),
-        (Method::POST, "/api/chat/unsubscribe".into(), None, 401),
-        (Method::POST, "/api/chat/subscribe".into(), good, 200),
-        (Method::POST, "/api/chat/subscribe".into(), None, 401),
-        (Method::POST, "/api/chat/subscribe".into(), Some("not.a.token"), 401),
-        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00Z"), good, 200),
-        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00%2B02:00"), good, 200),
-        (Method::GET, offline.into(), good, 400),
-        (Method::GET, format!("{offline}?last_check_time="), good, 400),
-        (Method::GET, format!("{offline}?last_check_time=yesterday"), good, 400),
-        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00Z"), None, 401),
-        (Method::GET, "/api/chat/unread-count".into(), good, 200),
-        (Method::GET, "/api/chat/unread-count".into(), None, 401),
-        (Method::POST, mark(&CLASS_3B_PARENTS.to_string()), good, 200),
-        (Method::POST, mark("not-a-uuid"), good, 400),
-        (Method::POST, mark(&CLASS_4A_PARENTS.to_string()), good, 403),
-        (Method::POST, mark(&CLASS_3B_PARENTS.to_string()), None, 401),
-        (Method::GET, "/healthz".into(), None, 200),
-        (Method::GET, "/readyz".into(), None, 200),
-        (Method::GET, "/metrics".into(), None, 200),
-        (Method::GET, "/api/openapi.json".into(), None, 200),
-        (Method::GET, "/admin".into(), None, 200),
-        (Method::GET, "/admin/api/overview".into(), Some(ADMIN_TOKEN), 200),
-        (Method::GET, "/admin/api/overview".into(), good, 401),
-        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), Some(ADMIN_TOKEN), 200),
-        (Method::POST, "/admin/api/users/not-a-uuid/disconnect".into(), Some(ADMIN_TOKEN), 400),
-        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), None, 401),
+    let devices = "/api/chat/devices";
+    let mute = |thread: &str| format!("/api/chat/threads/{thread}/mute");
+    let webpush = json!({"platform": "webpush", "subscription": {
+        "endpoint": "https://push.example/send/openapi",
+        "keys": {"p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM", "auth": "tBHItJI5svbpez7KI4CCXg"}}});
+    let cases: Vec<Case> = vec![
+        (Method::POST, "/api/chat/unsubscribe".into(), good, 200, None),
+        (Method::POST, "/api/chat/unsubscribe".into(), None, 401, None),
+        (Method::POST, "/api/chat/subscribe".into(), good, 200, None),
+        (Method::POST, "/api/chat/subscribe".into(), None, 401, None),
+        (Method::POST, "/api/chat/subscribe".into(), Some("not.a.token"), 401, None),
+        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00Z"), good, 200, None),
+        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00%2B02:00"), good, 200, None),
+        (Method::GET, offline.into(), good, 400, None),
+        (Method::GET, format!("{offline}?last_check_time="), good, 400, None),
+        (Method::GET, format!("{offline}?last_check_time=yesterday"), good, 400, None),
+        (Method::GET, format!("{offline}?last_check_time=2020-01-01T00:00:00Z"), None, 401, None),
+        (Method::GET, "/api/chat/unread-count".into(), good, 200, None),
+        (Method::GET, "/api/chat/unread-count".into(), None, 401, None),
+        (Method::POST, mark(&CLASS_3B_PARENTS.to_string()), good, 200, None),
+        (Method::POST, mark("not-a-uuid"), good, 400, None),
+        (Method::POST, mark(&CLASS_4A_PARENTS.to_string()), good, 403, None),
+        (Method::POST, mark(&CLASS_3B_PARENTS.to_string()), None, 401, None),
+        (Method::GET, "/healthz".into(), None, 200, None),
+        (Method::GET, "/readyz".into(), None, 200, None),
+        (Method::GET, "/metrics".into(), None, 200, None),
+        (Method::GET, "/api/openapi.json".into(), None, 200, None),
+        (Method::GET, "/admin".into(), None, 200, None),
+        (Method::GET, "/admin/api/overview".into(), Some(ADMIN_TOKEN), 200, None),
+        (Method::GET, "/admin/api/overview".into(), good, 401, None),
+        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), Some(ADMIN_TOKEN), 200, None),
+        (Method::POST, "/admin/api/users/not-a-uuid/disconnect".into(), Some(ADMIN_TOKEN), 400, None),
+        (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), None, 401, None),
+        (Method::POST, devices.into(), good, 201, Some(json!({"platform": "fcm", "token": "openapi-fcm-token"}))),
+        (Method::POST, devices.into(), good, 201, Some(webpush.clone())),
+        (Method::POST, devices.into(), good, 400, Some(json!({"platform": "sms", "token": "x"}))),
+        (Method::POST, devices.into(), good, 400, Some(json!({"platform": "webpush", "token": "x"}))),
+        (Method::POST, devices.into(), good, 413, Some(json!({"platform": "fcm", "token": "x".repeat(9000)}))),
+        (Method::POST, devices.into(), None, 401, Some(json!({"platform": "fcm", "token": "x"}))),
+        (Method::GET, devices.into(), good, 200, None),
+        (Method::GET, devices.into(), None, 401, None),
+        (Method::DELETE, format!("{devices}/{}", Uuid::new_v4()), good, 404, None),
+        (Method::DELETE, format!("{devices}/not-a-uuid"), good, 400, None),
+        (Method::DELETE, format!("{devices}/{}", Uuid::new_v4()), None, 401, None),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), good, 200, Some(json!({"until": "2030-01-01T00:00:00Z"}))),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), good, 200, Some(json!({"until": null}))),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), good, 400, Some(json!({}))),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), good, 400, Some(json!({"until": "soon"}))),
+        (Method::POST, mute("not-a-uuid"), good, 400, Some(json!({"until": null}))),
+        (Method::POST, mute(&CLASS_4A_PARENTS.to_string()), good, 403, Some(json!({"until": null}))),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), good, 413, Some(json!({"until": "x".repeat(9000)}))),
+        (Method::POST, mute(&CLASS_3B_PARENTS.to_string()), None, 401, Some(json!({"until": null}))),
     ];
     let mut exercised: BTreeSet<(String, String)> = BTreeSet::new();
     let mut failures = Vec::new();
-    for (method, path, token, want) in &cases {
-        let answer = call(&world, method.clone(), path, *token).await;
+    for (method, path, token, want, body) in &cases {
+        let answer = call_with(&world, method.clone(), path, *token, body.as_ref()).await;
         if answer.status != *want {
             failures.push(format!("{method} {path}: status {} (wanted {want}): {}", answer.status, answer.text));
             continue;
@@ -304,6 +340,7 @@ async fn every_route_the_server_answers_is_documented() {
         "readyz",
         "metrics",
         "openapi.json",
+        "devices",
         "b0000000-0000-4000-8000-000000000001",
     ];
     let mut paths = vec!["/".to_string()];
@@ -330,6 +367,11 @@ async fn every_route_the_server_answers_is_documented() {
     }
     paths.push("/admin/api/users/b0000000-0000-4000-8000-000000000001/disconnect".into());
     paths.push("/admin/api/users/disconnect".into());
+    // Routes deeper than the probe's four words.
+    for thread in ["b0000000-0000-4000-8000-000000000001", "x"] {
+        paths.push(format!("/api/chat/threads/{thread}/mute"));
+        paths.push(format!("/api/chat/threads/{thread}/mute/x"));
+    }
     let methods = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
     let mut answered: BTreeSet<(String, String)> = BTreeSet::new();
     let mut failures = Vec::new();

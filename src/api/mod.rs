@@ -9,6 +9,7 @@
 //! token.
 
 mod chat;
+mod devices;
 mod status;
 
 use std::convert::Infallible;
@@ -126,6 +127,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .or(status::ready(state.clone()))
         .unify()
         .map(|r: WithStatus<Json>| r.into_response())
+        .or(devices::routes(state.clone()))
+        .unify()
         .or(status::metrics(state.clone()))
         .unify()
         .or(openapi)
@@ -141,30 +144,35 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
 /// The route template of a request path, a static label for the latency series (never the
 /// path itself: it may hold ids).
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 12] = [
+    const ROUTES: [&str; 11] = [
         "/api/chat/subscribe",
         "/api/chat/unsubscribe",
         "/api/chat/offline-messages",
         "/api/chat/unread-count",
+        "/api/chat/devices",
         "/healthz",
         "/readyz",
         "/metrics",
         "/api/openapi.json",
         "/admin",
         "/admin/api/overview",
-        "/api/chat/mark-read/:thread_id",
-        "/admin/api/users/:user_id/disconnect",
+    ];
+    /// Templates with one id: (prefix, suffix, label).
+    const WITH_ID: [(&str, &str, &str); 4] = [
+        ("/api/chat/mark-read/", "", "/api/chat/mark-read/:thread_id"),
+        ("/api/chat/devices/", "", "/api/chat/devices/:device_id"),
+        ("/api/chat/threads/", "/mute", "/api/chat/threads/:thread_id/mute"),
+        ("/admin/api/users/", "/disconnect", "/admin/api/users/:user_id/disconnect"),
     ];
     let path = path.trim_end_matches('/');
-    if let Some(found) = ROUTES[..10].iter().find(|r| **r == path) {
+    if let Some(found) = ROUTES.iter().find(|r| **r == path) {
         return found;
     }
-    if path.strip_prefix("/api/chat/mark-read/").is_some_and(|rest| !rest.is_empty() && !rest.contains('/')) {
-        return ROUTES[10];
-    }
-    let user = path.strip_prefix("/admin/api/users/").and_then(|rest| rest.strip_suffix("/disconnect"));
-    if user.is_some_and(|id| !id.is_empty() && !id.contains('/')) {
-        return ROUTES[11];
+    for (prefix, suffix, label) in WITH_ID {
+        let id = path.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix));
+        if id.is_some_and(|id| !id.is_empty() && !id.contains('/')) {
+            return label;
+        }
     }
     "other"
 }
@@ -178,6 +186,10 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallib
         PeerError::new(StatusCode::NOT_FOUND, "Not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         PeerError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        PeerError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        PeerError::new(StatusCode::LENGTH_REQUIRED, "Content-Length required")
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         PeerError::new(StatusCode::BAD_REQUEST, "Invalid query string")
     } else {
@@ -199,6 +211,9 @@ mod tests {
         );
         assert_eq!(route_label("/admin/api/users/abc/disconnect"), "/admin/api/users/:user_id/disconnect");
         assert_eq!(route_label("/admin/"), "/admin");
+        assert_eq!(route_label("/api/chat/devices/abc"), "/api/chat/devices/:device_id");
+        assert_eq!(route_label("/api/chat/threads/abc/mute"), "/api/chat/threads/:thread_id/mute");
+        assert_eq!(route_label("/api/chat/threads/a/b/mute"), "other");
         assert_eq!(route_label("/api/chat/mark-read/a/b"), "other");
         assert_eq!(route_label("/nothing/here"), "other");
     }

@@ -24,7 +24,9 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
-pub use types::{HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint};
+pub use types::{
+    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, StoreError, SyncPoint,
+};
 
 /// The gateway's store: the same calls on either backend.
 #[derive(Clone)]
@@ -184,6 +186,27 @@ impl Store {
         ttl_secs: i32,
     ) -> Result<i64, StoreError> {
         dispatch!(self.push_presence_report(instance, online, offline, ttl_secs))
+    }
+    /// `chat_register_push_device(...)` as the user: the device's id (the same for the same device).
+    pub async fn register_push_device(&self, token: &str, device: &NewDevice) -> Result<Uuid, StoreError> {
+        dispatch!(self.register_push_device(token, device))
+    }
+    /// `chat_push_devices()` as the user: their devices.
+    pub async fn push_devices(&self, token: &str) -> Result<Vec<PushDevice>, StoreError> {
+        dispatch!(self.push_devices(token))
+    }
+    /// `chat_unregister_push_device(p_id)` as the user: false when they have no such device.
+    pub async fn unregister_push_device(&self, token: &str, id: Uuid) -> Result<bool, StoreError> {
+        dispatch!(self.unregister_push_device(token, id))
+    }
+    /// `chat_mute_thread(p_thread_id, p_until)` as the user: the stored `muted_until`.
+    pub async fn mute_thread(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        dispatch!(self.mute_thread(token, thread_id, until))
     }
     /// `chat_push_presence_clear(p_instance)` (service rights): this instance's users offline.
     pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {

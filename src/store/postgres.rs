@@ -25,7 +25,8 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::types::{
-    call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint,
+    call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
+    StoreError, SyncPoint,
 };
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::Metrics;
@@ -332,6 +333,34 @@ impl PgStore {
     ) -> Result<i64, StoreError> {
         let sql = "select to_json(public.chat_push_presence_report($1, $2, $3, $4))::text";
         self.json("rpc/chat_push_presence_report", As::Service, sql, &[&instance, &online, &offline, &ttl_secs]).await
+    }
+
+    pub async fn register_push_device(&self, token: &str, d: &NewDevice) -> Result<Uuid, StoreError> {
+        let sql = "select to_json(public.chat_register_push_device($1, $2, $3, $4, $5, $6))::text";
+        let params: [&(dyn ToSql + Sync); 6] = [&d.platform, &d.token, &d.endpoint, &d.p256dh, &d.auth, &d.locale];
+        self.json("rpc/chat_register_push_device", As::User(token), sql, &params).await
+    }
+
+    pub async fn push_devices(&self, token: &str) -> Result<Vec<PushDevice>, StoreError> {
+        let sql = "select public.chat_push_devices()::text";
+        self.json("rpc/chat_push_devices", As::User(token), sql, &[]).await
+    }
+
+    pub async fn unregister_push_device(&self, token: &str, id: Uuid) -> Result<bool, StoreError> {
+        let sql = "select to_json(public.chat_unregister_push_device($1))::text";
+        self.json("rpc/chat_unregister_push_device", As::User(token), sql, &[&id]).await
+    }
+
+    pub async fn mute_thread(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let sql = "select to_json(public.chat_mute_thread($1, $2))::text";
+        let stored: Option<String> =
+            self.json("rpc/chat_mute_thread", As::User(token), sql, &[&thread_id, &until]).await?;
+        stored.as_deref().map(time_from_db).transpose()
     }
 
     pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {

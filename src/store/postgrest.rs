@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::types::{
-    call_name, time_from_db, As, HorizonCheck, OfflineRows, Profile, PushDecided, PushDelivery, StoreError, SyncPoint,
+    call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
+    StoreError, SyncPoint,
 };
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
@@ -318,5 +319,32 @@ impl Postgrest {
 
     pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {
         self.rpc(As::Service, "chat_push_presence_clear", json!({"p_instance": instance})).await
+    }
+
+    pub async fn register_push_device(&self, token: &str, d: &NewDevice) -> Result<Uuid, StoreError> {
+        let args = json!({
+            "p_platform": d.platform, "p_token": d.token, "p_endpoint": d.endpoint,
+            "p_p256dh": d.p256dh, "p_auth": d.auth, "p_locale": d.locale,
+        });
+        self.rpc(As::User(token), "chat_register_push_device", args).await
+    }
+
+    pub async fn push_devices(&self, token: &str) -> Result<Vec<PushDevice>, StoreError> {
+        self.rpc(As::User(token), "chat_push_devices", json!({})).await
+    }
+
+    pub async fn unregister_push_device(&self, token: &str, id: Uuid) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_unregister_push_device", json!({"p_id": id})).await
+    }
+
+    pub async fn mute_thread(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        until: Option<DateTime<Utc>>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let args = json!({"p_thread_id": thread_id, "p_until": until.map(format_time)});
+        let stored: Option<String> = self.rpc(As::User(token), "chat_mute_thread", args).await?;
+        stored.as_deref().map(time_from_db).transpose()
     }
 }

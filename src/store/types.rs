@@ -110,7 +110,11 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 20] = [
+const CALLS: [&str; 24] = [
+    "rpc/chat_register_push_device",
+    "rpc/chat_push_devices",
+    "rpc/chat_unregister_push_device",
+    "rpc/chat_mute_thread",
     "rpc/chat_push_decide",
     "rpc/chat_push_claim",
     "rpc/chat_push_finish",
@@ -188,6 +192,31 @@ mod tests {
 pub struct PushDecided {
     pub jobs: i64,
     pub deliveries: i64,
+}
+
+/// A device to register for push (`chat_register_push_device`): a provider token, or a Web Push
+/// subscription (endpoint and keys). Validated by the API before it gets here.
+#[derive(Debug, Clone, Default)]
+pub struct NewDevice {
+    pub platform: String,
+    pub token: Option<String>,
+    pub endpoint: Option<String>,
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+    pub locale: Option<String>,
+}
+
+/// One of the caller's registered devices, as `chat_push_devices()` lists it (never the Web Push
+/// keys).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct PushDevice {
+    pub id: Uuid,
+    pub platform: String,
+    pub token: Option<String>,
+    pub endpoint: Option<String>,
+    pub locale: Option<String>,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
 }
 
 /// A push delivery leased by `chat_push_claim`: what sending it needs. `id` is the idempotency

@@ -226,9 +226,23 @@ impl World {
 
     /// A REST call with `Authorization: Bearer <token>`; returns (status, JSON body).
     pub async fn rest(&self, method: reqwest::Method, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.rest_with(method, path, token, None).await
+    }
+
+    /// A REST call with a JSON body (`Some`); returns (status, JSON body or `Null`).
+    pub async fn rest_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{}", self.base(), path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
         }
         let response = request.send().await.expect("gateway answers");
         let status = response.status().as_u16();
