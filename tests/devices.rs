@@ -195,3 +195,35 @@ async fn postgrest_lets_a_participant_set_their_own_mute_and_nothing_more() {
     let answer = patch(own, json!({"joined_at": "2000-01-01T00:00:00Z"})).send().await.expect("PostgREST");
     assert!(matches!(answer.status().as_u16(), 401 | 403), "joined_at is not the user's to set");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_registers_lists_mutes_and_removes_devices() {
+    let dir = crate::common::node::library_dir();
+    crate::common::node::require(&dir, &["dist/index.js"]);
+    let world = World::start().await;
+    let output = crate::common::node::command(&dir)
+        .arg("e2e/devices.mjs")
+        .arg(world.base())
+        .arg(world.token(&CARLA))
+        .arg(CLASS_3B_PARENTS.to_string())
+        .output()
+        .await
+        .expect("node must be installed");
+    assert!(output.status.success(), "e2e/devices.mjs failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let got: Value = serde_json::from_slice(&output.stdout).expect("one JSON line");
+    assert_eq!(got["fcm"], got["fcmAgain"], "registering again keeps the id: {got}");
+    assert_eq!(got["listed"], json!([got["web"], got["fcm"]]), "newest first: {got}");
+    assert_eq!(got["muted"], "2030-06-01T00:00:00.000000Z");
+    assert_eq!(got["unmuted"], Value::Null);
+    assert_eq!(got["after"], json!([got["web"]]), "the FCM device is gone: {got}");
+    assert_eq!(got["refused"]["name"], "ChatRestError");
+    assert_eq!(got["refused"]["status"], 400);
+    assert!(got["refused"]["message"].as_str().is_some_and(|m| m.contains("hex")), "{got}");
+    let db = world.stack.sql().await;
+    let row = db
+        .query_one("select count(*), min(endpoint) from public.push_devices where user_id = $1", &[&CARLA.id])
+        .await
+        .expect("devices");
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("https://push.example/send/library"));
+}

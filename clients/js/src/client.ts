@@ -5,6 +5,8 @@ import { Emitter } from "./emitter.js";
 import { jwtExpiryMs, jwtSubject } from "./jwt.js";
 import { memoryStorage, type StorageAdapter } from "./storage.js";
 import type {
+  DeviceRegistration,
+  PushDevice,
   ChatError,
   ChatEvents,
   ChatMessage,
@@ -200,6 +202,45 @@ export class ChatClient extends Emitter<ChatEvents> {
   async markRead(threadId: string): Promise<void> {
     await this.rest("POST", `/api/chat/mark-read/${encodeURIComponent(threadId)}`);
     await this.refreshUnreadCount();
+  }
+
+  /**
+   * Registers this device for pushes while the app is closed (REST, user's token). The same
+   * device registered again keeps its id, so calling this on every start is right. Returns the
+   * device's id, for `unregisterDevice` at sign-out.
+   */
+  async registerDevice(device: DeviceRegistration): Promise<string> {
+    const body =
+      device.platform === "webpush" && "toJSON" in device.subscription
+        ? { ...device, subscription: device.subscription.toJSON() }
+        : device;
+    const answer = (await this.rest("POST", "/api/chat/devices", body)) as { data?: { id?: string } };
+    const id = answer?.data?.id;
+    if (typeof id !== "string") throw new ChatRestError(502, "registerDevice: no device id in the answer");
+    return id;
+  }
+
+  /** Removes one of the user's devices (sign-out on this device): it gets no more pushes. */
+  async unregisterDevice(deviceId: string): Promise<void> {
+    await this.rest("DELETE", `/api/chat/devices/${encodeURIComponent(deviceId)}`);
+  }
+
+  /** The user's registered devices, newest first. */
+  async devices(): Promise<PushDevice[]> {
+    const answer = (await this.rest("GET", "/api/chat/devices")) as { data?: { devices?: PushDevice[] } };
+    return answer?.data?.devices ?? [];
+  }
+
+  /**
+   * No pushes for the thread until `until` (live messages still arrive); `null` unmutes.
+   * Returns the stored end of the mute.
+   */
+  async muteThread(threadId: string, until: Date | string | null): Promise<string | null> {
+    const value = until instanceof Date ? until.toISOString() : until;
+    const answer = (await this.rest("POST", `/api/chat/threads/${encodeURIComponent(threadId)}/mute`, {
+      until: value,
+    })) as { data?: { muted_until?: string | null } };
+    return answer?.data?.muted_until ?? null;
   }
 
   /** Fetches the unread count (REST) and emits `unreadCount`. */
@@ -702,13 +743,17 @@ export class ChatClient extends Emitter<ChatEvents> {
     this.emit("unreadCount", n);
   }
 
-  private async rest(method: string, path: string): Promise<unknown> {
+  private async rest(method: string, path: string, json?: unknown): Promise<unknown> {
     for (let attempt = 0; ; attempt++) {
       const token = await this.validToken();
+      const headers: Record<string, string> = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+      if (json !== undefined) headers["Content-Type"] = "application/json";
       const response = await this.fetchImpl(this.httpUrl + path, {
         method,
-        headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+        headers,
+        ...(json === undefined ? {} : { body: JSON.stringify(json) }),
       });
+      if (response.status === 204) return null;
       const body = (await response.json().catch(() => null)) as { status?: string; message?: string } | null;
       if (response.status === 401 && attempt === 0 && this.opts.getToken) {
         this.tokenRejected = true;

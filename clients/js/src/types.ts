@@ -96,5 +96,32 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export type FetchLike = (
   input: string,
-  init?: { method?: string; headers?: Record<string, string> },
+  init?: { method?: string; headers?: Record<string, string>; body?: string },
 ) => Promise<{ status: number; ok: boolean; json(): Promise<unknown> }>;
+
+/** A platform a device receives pushes on. */
+export type PushPlatform = "webpush" | "fcm" | "apns" | "expo";
+
+/**
+ * A device to register for pushes to offline recipients: a provider token (FCM registration
+ * token, APNs device token in hex, Expo push token), or a browser's Web Push subscription
+ * (`PushSubscription` itself or its `toJSON()`).
+ */
+export type DeviceRegistration =
+  | { platform: "fcm" | "apns" | "expo"; token: string; locale?: string }
+  | {
+      platform: "webpush";
+      subscription: { endpoint: string; keys?: { p256dh?: string; auth?: string } } | { toJSON(): unknown };
+      locale?: string;
+    };
+
+/** One of the user's registered devices (never a Web Push subscription's keys). */
+export interface PushDevice {
+  id: string;
+  platform: PushPlatform;
+  token: string | null;
+  endpoint: string | null;
+  locale: string | null;
+  created_at: string;
+  last_used_at: string | null;
+}
