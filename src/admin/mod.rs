@@ -6,7 +6,8 @@
 //! The page itself is public static HTML (a login form); it keeps the token in `sessionStorage`
 //! and sends it as `Authorization: Bearer` to the JSON endpoints, which compare it in constant
 //! time. Owns: the overview (sessions, users online, deliveries counter, upstream state,
-//! readiness, the recent disconnects the sessions record in the hub's [`Disconnects`]) and
+//! readiness, the recent disconnects the sessions record in the hub's [`Disconnects`], the push
+//! queue as the push decision loop last read it, never read from here) and
 //! disconnecting one user's sessions (close 1008 "disconnected by an operator"). Reads only its
 //! own [`AdminState`]: the REST API mounts these routes, and nothing here knows the API. Must
 //! never accept the token in a URL, log it, or show message content.
@@ -145,6 +146,7 @@ fn overview(state: &AdminState) -> serde_json::Value {
         "draining": state.readiness.is_draining(),
         "online": online,
         "recent_disconnects": recent,
+        "push_queue": state.metrics.push.queue(),
     })
 }
 

@@ -56,7 +56,30 @@ function render(o) {
     tr.append(cell(d.at), cell(d.user_id), cell(d.code), cell(d.reason));
     return tr;
   }));
+  renderPush(o.push_queue);
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+}
+
+// The push queue as the gateway last read it (every few seconds); null before the first reading.
+function renderPush(q) {
+  const ids = ["push-jobs", "push-oldest", "push-pending", "push-leased", "push-sent", "push-dropped", "push-presence"];
+  if (!q) {
+    for (const id of ids) $(id).textContent = "–";
+    $("push-read").textContent = "(not read yet)";
+    return;
+  }
+  const age = q.oldest_job_at ? Math.max(0, (Date.parse(q.read_at) - Date.parse(q.oldest_job_at)) / 1000) : 0;
+  const finished = q.finished_last_hour ?? {};
+  $("push-jobs").textContent = q.jobs;
+  $("push-oldest").textContent = q.oldest_job_at ? `${age.toFixed(1)} s` : "none";
+  $("push-oldest").className = "value " + (age > 60 ? "bad" : "ok");
+  $("push-pending").textContent = q.pending;
+  $("push-leased").textContent = q.leased;
+  $("push-sent").textContent = finished.sent ?? 0;
+  $("push-dropped").textContent = finished.dropped ?? 0;
+  $("push-dropped").className = "value " + ((finished.dropped ?? 0) > 0 ? "bad" : "ok");
+  $("push-presence").textContent = q.presence;
+  $("push-read").textContent = `read ${new Date(q.read_at).toLocaleTimeString()}`;
 }
 
 async function refresh() {

@@ -8,7 +8,8 @@
 //!   `delay` old (one job per message, enqueued by a trigger in the message's own transaction). The
 //!   database decides each once, whichever instance asks, and writes one delivery per recipient
 //!   and configured channel. With no transport configured the jobs are only drained, so the queue
-//!   never grows on a gateway that does not push;
+//!   never grows on a gateway that does not push. Every [`QUEUE_STATS_EVERY`] it also reads the
+//!   queue's depth for the metrics and `/admin`;
 //! - [`sender`]: leases due deliveries, sends them, and ends or reschedules each.
 //!
 //! It must never run on the router's task or hold up the live path; the database is the buffer.
@@ -38,6 +39,8 @@ pub const DECIDE_BATCH: i32 = 1000;
 pub const MAX_AGE: Duration = Duration::from_secs(3600);
 /// Finished deliveries are kept this many hours.
 pub const KEEP_HOURS: i32 = 24;
+/// How often the decision loop reads the queue's depth for metrics and `/admin`.
+pub const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
 /// How often finished deliveries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Characters of a message in a notification.
@@ -181,7 +184,9 @@ pub fn spawn(
         let mut every = tokio::time::interval(DECIDE_EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_prune = tokio::time::Instant::now();
+        let mut last_stats: Option<tokio::time::Instant> = None;
         let mut failures = Failures::every(120);
+        let mut stats_failures = Failures::every(12);
         loop {
             tokio::select! {
                 _ = decider_stop.cancelled() => return,
@@ -195,6 +200,10 @@ pub fn spawn(
             } else {
                 failures.ok("push decisions");
             }
+            if last_stats.is_none_or(|at| at.elapsed() >= QUEUE_STATS_EVERY) {
+                last_stats = Some(tokio::time::Instant::now());
+                read_queue(&decider, &decider_metrics, &mut stats_failures).await;
+            }
             if last_prune.elapsed() >= PRUNE_EVERY {
                 last_prune = tokio::time::Instant::now();
                 match decider.push_prune(KEEP_HOURS).await {
@@ -207,6 +216,21 @@ pub fn spawn(
     });
     if sends {
         sender::spawn(store, metrics, config, tasks, stop);
+    }
+}
+
+/// Reads the queue's depth into the metrics (and `/admin`'s snapshot); off the live path.
+async fn read_queue(store: &Store, metrics: &Metrics, failures: &mut Failures) {
+    match store.push_stats().await {
+        Ok(stats) => {
+            metrics.push.queue_read(stats, chrono::Utc::now());
+            failures.ok("push queue readings");
+        }
+        Err(e) => {
+            if failures.failed() {
+                tracing::warn!(error = %e, failures = failures.count, "cannot read the push queue's depth; retrying every 5 s, logged once a minute");
+            }
+        }
     }
 }
 

@@ -25,7 +25,8 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
 pub use types::{
-    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, StoreError, SyncPoint,
+    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushStats, StoreError,
+    SyncPoint,
 };
 
 /// The gateway's store: the same calls on either backend.
@@ -211,6 +212,10 @@ impl Store {
     /// `chat_push_presence_clear(p_instance)` (service rights): this instance's users offline.
     pub async fn push_presence_clear(&self, instance: Uuid) -> Result<i64, StoreError> {
         dispatch!(self.push_presence_clear(instance))
+    }
+    /// `chat_push_stats()` (service rights): the queue at a glance, for metrics and `/admin`.
+    pub async fn push_stats(&self) -> Result<PushStats, StoreError> {
+        dispatch!(self.push_stats())
     }
 }
 

@@ -368,6 +368,11 @@ impl PgStore {
         self.json("rpc/chat_push_presence_clear", As::Service, sql, &[&instance]).await
     }
 
+    pub async fn push_stats(&self) -> Result<super::PushStats, StoreError> {
+        let sql = "select public.chat_push_stats()::text";
+        self.json("rpc/chat_push_stats", As::Service, sql, &[]).await
+    }
+
     pub async fn thread_participants(&self, thread_id: Uuid) -> Result<Vec<Uuid>, StoreError> {
         self.json(
             "thread_participants",

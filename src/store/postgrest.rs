@@ -347,4 +347,8 @@ impl Postgrest {
         let stored: Option<String> = self.rpc(As::User(token), "chat_mute_thread", args).await?;
         stored.as_deref().map(time_from_db).transpose()
     }
+
+    pub async fn push_stats(&self) -> Result<super::PushStats, StoreError> {
+        self.rpc(As::Service, "chat_push_stats", json!({})).await
+    }
 }

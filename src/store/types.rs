@@ -6,7 +6,7 @@
 //! them for its wire and parses what it reads back once, at its edge.
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -110,12 +110,13 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 24] = [
+const CALLS: [&str; 25] = [
     "rpc/chat_register_push_device",
     "rpc/chat_push_devices",
     "rpc/chat_unregister_push_device",
     "rpc/chat_mute_thread",
     "rpc/chat_push_decide",
+    "rpc/chat_push_stats",
     "rpc/chat_push_claim",
     "rpc/chat_push_finish",
     "rpc/chat_push_prune",
@@ -185,6 +186,20 @@ mod tests {
         assert_eq!((page.returned, page.messages.len()), (2, 1));
         assert_eq!(page.last_created_at, parse_time("2026-01-01T00:00:05Z"));
     }
+}
+
+/// The push queue at a glance (`chat_push_stats()`): jobs waiting for a decision, the oldest one's
+/// creation, deliveries pending and leased now, deliveries finished in the last hour by state, and
+/// users online on any instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushStats {
+    pub jobs: i64,
+    pub oldest_job_at: Option<DateTime<Utc>>,
+    pub pending: i64,
+    pub leased: i64,
+    #[serde(default)]
+    pub finished_last_hour: std::collections::BTreeMap<String, i64>,
+    pub presence: i64,
 }
 
 /// What one `chat_push_decide` call did: jobs decided, deliveries written.

@@ -47,6 +47,10 @@ try {
   // Deliveries per second appear from the second overview on.
   await page.waitForFunction(() => document.getElementById("rate").textContent !== "–", null, { timeout: WAIT });
   result.rate = await page.textContent("#rate");
+  // The push queue, as the gateway read it (no transport here: drained, nothing pending).
+  await page.waitForFunction(() => document.getElementById("push-pending").textContent !== "–", null, { timeout: WAIT });
+  result.pushPending = await page.textContent("#push-pending");
+  result.pushJobsShown = /^\d+$/.test(await page.textContent("#push-jobs"));
 
   await page.click(`${row} button.disconnect`);
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.startsWith("closed"),
