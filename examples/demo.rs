@@ -2,7 +2,10 @@
 //! (PostgreSQL with the project's migrations and a small seeded school, Realtime, PostgREST,
 //! Auth), the real `realtime-gateway` binary configured by environment variables, and a short
 //! scripted conversation: a teacher posts in class 3B with a SQL INSERT; two parents' phones get
-//! it, a parent of class 4A does not; then the REST calls a phone makes when the app reopens.
+//! it, a parent of class 4A does not, and the parent whose app is closed gets a push through the
+//! signed webhook (`PUSH_WEBHOOK_URL`) to a small receiver in this program, which checks the
+//! Standard Webhooks signature before printing it; then the REST calls a phone makes when the app
+//! reopens.
 //!
 //! `--postgres` (`scripts/demo --postgres`): the same conversation with the gateway on its
 //! PostgreSQL backend: `DATABASE_URL` (the `chat_gateway` role of
@@ -12,12 +15,19 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::Engine;
 use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
 use serde_json::Value;
 use supabase_standin::keys::Alg;
 use supabase_standin::seed::{self, Person};
 use supabase_standin::Stack;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use warp::Filter;
+
+/// The webhook's signing secret (a demo value: generate yours with `openssl rand -base64 32`).
+const WEBHOOK_SECRET: &str = "whsec_ZGVtby1vbmx5LXNlY3JldC1kby1ub3QtdXNlLWl0LWFueXdoZXJl";
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -47,6 +57,58 @@ async fn phone(base: &str, stack: &Stack, who: &Person, device: &str) -> Ws {
     let hello = next_frame(&mut ws, Duration::from_secs(5)).await.expect("connection_established");
     println!("  {:<13} {:<7} connected: {}", who.full_name, device, hello);
     ws
+}
+
+/// Checks a call per the Standard Webhooks specification: `webhook-signature` holds
+/// `v1,<base64 HMAC-SHA256 of "{webhook-id}.{webhook-timestamp}.{body}">` under the secret's key,
+/// and the timestamp is within 5 minutes. What a receiver (an Edge Function) does first.
+fn verify(headers: &warp::http::HeaderMap, body: &[u8]) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).ok_or("a webhook header is missing");
+    let (id, timestamp, signatures) =
+        (header("webhook-id")?, header("webhook-timestamp")?, header("webhook-signature")?);
+    let sent: i64 = timestamp.parse().map_err(|_| "bad webhook-timestamp")?;
+    if (chrono::Utc::now().timestamp() - sent).abs() > 300 {
+        return Err("webhook-timestamp too far from now");
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(WEBHOOK_SECRET.trim_start_matches("whsec_")).map_err(|_| "bad secret")?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).map_err(|_| "bad key")?;
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    // Several space-separated signatures may come (key rotation); one valid is enough. The
+    // comparison is in constant time (`verify_slice`).
+    let valid = signatures
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .filter_map(|s| b64.decode(s).ok())
+        .any(|signature| mac.clone().verify_slice(&signature).is_ok());
+    valid.then_some(()).ok_or("signature does not match")
+}
+
+/// A local webhook receiver on port 0: verifies each call and hands a line for it to `lines`.
+async fn push_receiver(lines: mpsc::UnboundedSender<String>) -> String {
+    let route = warp::post().and(warp::header::headers_cloned()).and(warp::body::bytes()).map(
+        move |headers: warp::http::HeaderMap, body: hyper::body::Bytes| {
+            if let Err(problem) = verify(&headers, &body) {
+                let _ = lines.send(format!("refused a call: {problem}"));
+                return warp::http::StatusCode::UNAUTHORIZED;
+            }
+            let push: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let user = push["user_id"].as_str().unwrap_or_default();
+            let name = seed::PEOPLE.iter().find(|p| p.id.to_string() == user).map_or(user, |p| p.full_name);
+            let _ = lines.send(format!(
+                "push to {name}: {} (unread {}) [signature verified, webhook-id {}]",
+                push["preview"],
+                push["unread_count"],
+                headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default()
+            ));
+            warp::http::StatusCode::NO_CONTENT
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("the push receiver binds");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    format!("http://{addr}/push")
 }
 
 #[tokio::main]
@@ -84,7 +146,12 @@ async fn main() {
             .env("SUPABASE_SERVICE_ROLE_KEY", &keys.service_key)
             .env("SUPABASE_JWT_SECRET", &keys.jwt_secret);
     }
+    let (push_lines, mut pushes) = mpsc::unbounded_channel();
+    let receiver = push_receiver(push_lines).await;
+    println!("  Push: PUSH_WEBHOOK_URL = {receiver} (a receiver in this program), signed with PUSH_WEBHOOK_SECRET");
     let mut gateway = command
+        .env("PUSH_WEBHOOK_URL", &receiver)
+        .env("PUSH_WEBHOOK_SECRET", WEBHOOK_SECRET)
         .env("PORT", port.to_string())
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("LOG_LEVEL", std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into()))
@@ -137,6 +204,17 @@ async fn main() {
     match next_frame(&mut farid, Duration::from_secs(1)).await {
         None => println!("  Farid/phone   (class 4A) received nothing, as he must not."),
         Some(frame) => println!("  Farid/phone   received {frame} (A LEAK: this must not happen)"),
+    }
+
+    println!("\nEva (3B parent) has the app closed: a push goes to her through the webhook (after PUSH_DELAY_MS):");
+    match tokio::time::timeout(Duration::from_secs(15), pushes.recv()).await {
+        Ok(Some(line)) => println!("  {line}"),
+        _ => println!("  no push arrived (unexpected)"),
+    }
+    // Carla and David were online, Alice sent it, Farid is not in the thread: nobody else.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while let Ok(line) = pushes.try_recv() {
+        println!("  {line} (UNEXPECTED: only Eva was offline)");
     }
 
     println!("\nEva (3B parent, was offline) reopens the app: REST calls with her own token:");

@@ -17,13 +17,13 @@ use super::ConfigError;
 pub struct PushArgs {
     /// Webhook that receives one signed POST per message and offline recipient (Standard Webhooks:
     /// webhook-id, webhook-timestamp, webhook-signature). Empty: no webhook.
-    #[arg(long = "push-webhook-url", env = "PUSH_WEBHOOK_URL", value_parser = optional_text())]
-    pub webhook_url: Option<String>,
+    #[arg(long = "push-webhook-url", env = "PUSH_WEBHOOK_URL", default_value = "", value_parser = optional_text())]
+    pub webhook_url: ::std::option::Option<String>,
     /// The webhook's signing secret, `whsec_` followed by base64 of at least 24 bytes
     /// (`echo "whsec_$(openssl rand -base64 32)"`). Required with PUSH_WEBHOOK_URL.
-    #[arg(long = "push-webhook-secret", env = "PUSH_WEBHOOK_SECRET", hide_env_values = true,
-        value_parser = optional_text())]
-    pub webhook_secret: Option<String>,
+    #[arg(long = "push-webhook-secret", env = "PUSH_WEBHOOK_SECRET", default_value = "", hide_env_values = true,
+        hide_default_value = true, value_parser = optional_text())]
+    pub webhook_secret: ::std::option::Option<String>,
     /// How long after its commit a message is decided for push, in milliseconds (0 to 60000):
     /// presence reports of every instance catch up meanwhile. The name keeps milliseconds, as
     /// published for the push feature.

@@ -120,3 +120,18 @@ fn check_config_describes_every_declared_variable() {
         .collect();
     assert_eq!(described, declared);
 }
+
+#[test]
+fn the_push_webhook_is_set_from_its_flags_and_variables() {
+    // `::std::option::Option` with an empty default, as every optional text setting: clap's own
+    // `Option` handling would expect a `String` from the value parser and panic at start.
+    let c = parse(&[
+        "--push-webhook-url=http://127.0.0.1:9/push",
+        "--push-webhook-secret=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "--push-lease-secs=30",
+    ])
+    .expect("valid");
+    assert_eq!(c.push.webhook.as_ref().map(|w| w.url.as_str()), Some("http://127.0.0.1:9/push"));
+    assert_eq!(c.push.lease, std::time::Duration::from_secs(30));
+    assert!(parse(&[]).expect("valid").push.webhook.is_none(), "no webhook by default");
+}
