@@ -215,8 +215,9 @@ where
                 return futures_util::future::ready(Ok(answer)).boxed();
             }
             if is_websocket_upgrade(&req) && !self.cors.allows(origin) {
-                tracing::info!(peer = %self.peer, "WebSocket refused: origin not allowed");
-                let refused = json_error(StatusCode::FORBIDDEN, "Forbidden: origin not allowed");
+                let shown = shown_origin(origin);
+                tracing::info!(peer = %self.peer, origin = %shown, "WebSocket refused: origin not allowed (not in CORS_ALLOWED_ORIGINS)");
+                let refused = json_error(StatusCode::FORBIDDEN, &origin_refusal(&shown));
                 return futures_util::future::ready(Ok(refused)).boxed();
             }
         }
@@ -231,6 +232,17 @@ where
         }
         .boxed()
     }
+}
+
+/// An `Origin` header as logs and answers show it: text, at most 200 characters.
+fn shown_origin(origin: &HeaderValue) -> String {
+    let text = String::from_utf8_lossy(origin.as_bytes());
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// The refusal of a browser origin, naming the setting that would allow it.
+fn origin_refusal(origin: &str) -> String {
+    format!("Forbidden: origin not allowed: {origin} is not in the gateway's CORS_ALLOWED_ORIGINS")
 }
 
 /// The browser origins allowed by `CORS_ALLOWED_ORIGINS`.
@@ -255,7 +267,7 @@ impl Cors {
             return None;
         }
         if !self.allows(origin) {
-            return Some(json_error(StatusCode::FORBIDDEN, "Forbidden: origin not allowed"));
+            return Some(json_error(StatusCode::FORBIDDEN, &origin_refusal(&shown_origin(origin))));
         }
         let mut response = warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
         let headers = response.headers_mut();

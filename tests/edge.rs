@@ -186,6 +186,11 @@ async fn websocket_upgrades_from_other_origins_are_refused_with_403() {
             let body: serde_json::Value =
                 serde_json::from_slice(response.body().as_deref().unwrap_or_default()).expect("JSON error");
             assert_eq!(body["status"], "error", "{body}");
+            let message = body["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("https://evil.example") && message.contains("CORS_ALLOWED_ORIGINS"),
+                "the refusal names the origin and the setting that would allow it: {message}"
+            );
         }
         other => panic!("expected 403, got {other:?}"),
     }

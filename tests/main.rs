@@ -14,6 +14,7 @@ mod edge;
 mod fairness;
 mod gaps;
 mod guide_client;
+mod history;
 mod horizon;
 mod instances;
 mod js_client;

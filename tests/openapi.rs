@@ -217,6 +217,7 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
     let offline = "/api/chat/offline-messages";
     let mark = |thread: &str| format!("/api/chat/mark-read/{thread}");
     let devices = "/api/chat/devices";
+    let history = |thread: &str, query: &str| format!("/api/chat/threads/{thread}/messages{query}");
     let mute = |thread: &str| format!("/api/chat/threads/{thread}/mute");
     let webpush = json!({"platform": "webpush", "subscription": {
         "endpoint": "https://push.example/send/openapi",
@@ -249,6 +250,15 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
         (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), Some(ADMIN_TOKEN), 200, None),
         (Method::POST, "/admin/api/users/not-a-uuid/disconnect".into(), Some(ADMIN_TOKEN), 400, None),
         (Method::POST, format!("/admin/api/users/{}/disconnect", CARLA.id), None, 401, None),
+        (Method::GET, "/api/chat/unread-count?by_thread=true".into(), good, 200, None),
+        (Method::GET, "/api/chat/unread-count?by_thread=maybe".into(), good, 400, None),
+        (Method::GET, history(&CLASS_3B_PARENTS.to_string(), "?limit=2"), good, 200, None),
+        (Method::GET, history(&CLASS_3B_PARENTS.to_string(), ""), good, 200, None),
+        (Method::GET, history(&CLASS_3B_PARENTS.to_string(), "?limit=101"), good, 400, None),
+        (Method::GET, history(&CLASS_3B_PARENTS.to_string(), "?before=nonsense"), good, 400, None),
+        (Method::GET, history("not-a-uuid", ""), good, 400, None),
+        (Method::GET, history(&CLASS_4A_PARENTS.to_string(), ""), good, 403, None),
+        (Method::GET, history(&CLASS_3B_PARENTS.to_string(), ""), None, 401, None),
         (Method::POST, devices.into(), good, 201, Some(json!({"platform": "fcm", "token": "openapi-fcm-token"}))),
         (Method::POST, devices.into(), good, 201, Some(webpush.clone())),
         (Method::POST, devices.into(), good, 400, Some(json!({"platform": "sms", "token": "x"}))),
@@ -371,6 +381,7 @@ async fn every_route_the_server_answers_is_documented() {
     for thread in ["b0000000-0000-4000-8000-000000000001", "x"] {
         paths.push(format!("/api/chat/threads/{thread}/mute"));
         paths.push(format!("/api/chat/threads/{thread}/mute/x"));
+        paths.push(format!("/api/chat/threads/{thread}/messages"));
     }
     let methods = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
     let mut answered: BTreeSet<(String, String)> = BTreeSet::new();

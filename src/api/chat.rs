@@ -53,7 +53,8 @@ pub(super) fn routes(state: ApiState) -> impl Filter<Extract = (WithStatus<Json>
         .and(warp::get())
         .and(st())
         .and(caller.clone())
-        .then(|s, c| async move { respond(unread_count(s, c).await) });
+        .and(warp::query::<UnreadQuery>().or(warp::any().map(|| UnreadQuery { by_thread: None })).unify())
+        .then(|s, c, q| async move { respond(unread_count(s, c, q).await) });
     let mark = chat
         .and(warp::path("mark-read"))
         .and(warp::path::param::<String>())
@@ -162,7 +163,29 @@ fn next_cursor(
     }
 }
 
-async fn unread_count(state: ApiState, caller: Caller) -> Result<WithStatus<Json>, PeerError> {
+/// The query of `GET /api/chat/unread-count`.
+#[derive(Deserialize)]
+struct UnreadQuery {
+    by_thread: Option<String>,
+}
+
+async fn unread_count(state: ApiState, caller: Caller, query: UnreadQuery) -> Result<WithStatus<Json>, PeerError> {
+    let by_thread = match query.by_thread.as_deref().map(str::trim) {
+        None | Some("" | "false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(_) => return Err(PeerError::bad_request("Invalid by_thread: expected true or false")),
+    };
+    if by_thread {
+        // The total is the sum of the threads' counts: one read, one consistent answer.
+        let threads = state.store.unread_by_thread(&caller.token).await?;
+        let count: i64 = threads.iter().map(|t| t.unread_count).sum();
+        return Ok(ok(json!({
+            "status": "success",
+            "data": {"unread_count": count, "threads": threads},
+            "unread_count": count,
+            "threads": threads,
+        })));
+    }
     let count = state.store.unread_count(&caller.token).await?;
     // `data` as documented, and `unread_count` at the top level for the guide's `initializeChat`.
     Ok(ok(json!({"status": "success", "data": {"unread_count": count}, "unread_count": count})))

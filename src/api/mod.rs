@@ -11,6 +11,7 @@
 mod chat;
 mod devices;
 mod status;
+mod threads;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -122,6 +123,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .and(warp::get())
         .map(|| warp::reply::with_header(OPENAPI_JSON, "content-type", "application/json").into_response());
     chat::routes(state.clone())
+        .or(threads::routes(state.clone()))
+        .unify()
         .or(status::health())
         .unify()
         .or(status::ready(state.clone()))
@@ -158,7 +161,8 @@ fn route_label(path: &str) -> &'static str {
         "/admin/api/overview",
     ];
     /// Templates with one id: (prefix, suffix, label).
-    const WITH_ID: [(&str, &str, &str); 4] = [
+    const WITH_ID: [(&str, &str, &str); 5] = [
+        ("/api/chat/threads/", "/messages", "/api/chat/threads/:thread_id/messages"),
         ("/api/chat/mark-read/", "", "/api/chat/mark-read/:thread_id"),
         ("/api/chat/devices/", "", "/api/chat/devices/:device_id"),
         ("/api/chat/threads/", "/mute", "/api/chat/threads/:thread_id/mute"),

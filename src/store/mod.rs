@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
 pub use types::{
     HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushStats, StoreError,
-    SyncPoint,
+    SyncPoint, ThreadUnread,
 };
 
 /// The gateway's store: the same calls on either backend.
@@ -86,6 +86,21 @@ impl Store {
     /// `chat_unread_count_of(p_user_id)` with service rights (pushes to that user only).
     pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
         dispatch!(self.unread_count_of(user_id))
+    }
+    /// `chat_unread_by_thread()` as the user: each of their threads with its unread count.
+    pub async fn unread_by_thread(&self, token: &str) -> Result<Vec<ThreadUnread>, StoreError> {
+        dispatch!(self.unread_by_thread(token))
+    }
+    /// `chat_thread_messages(...)` as the user: up to `limit` messages of the thread strictly before
+    /// the keyset position `before`, newest first.
+    pub async fn thread_messages(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<OfflineRows, StoreError> {
+        dispatch!(self.thread_messages(token, thread_id, before, limit))
     }
     /// `chat_set_realtime(p_enabled)` as the user.
     pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {

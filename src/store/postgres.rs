@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    StoreError, SyncPoint,
+    StoreError, SyncPoint, ThreadUnread,
 };
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::Metrics;
@@ -333,6 +333,27 @@ impl PgStore {
     ) -> Result<i64, StoreError> {
         let sql = "select to_json(public.chat_push_presence_report($1, $2, $3, $4))::text";
         self.json("rpc/chat_push_presence_report", As::Service, sql, &[&instance, &online, &offline, &ttl_secs]).await
+    }
+
+    pub async fn unread_by_thread(&self, token: &str) -> Result<Vec<ThreadUnread>, StoreError> {
+        let sql = "select public.chat_unread_by_thread()::text";
+        self.json("rpc/chat_unread_by_thread", As::User(token), sql, &[]).await
+    }
+
+    pub async fn thread_messages(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<OfflineRows, StoreError> {
+        let sql = "select coalesce(json_agg(row_to_json(r)), '[]')::text \
+                     from public.chat_thread_messages($1, $2, $3, $4) r";
+        let (at, id) = (before.map(|(t, _)| t), before.map(|(_, id)| id));
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let rows: Vec<serde_json::Value> =
+            self.json("rpc/chat_thread_messages", As::User(token), sql, &[&thread_id, &at, &id, &limit]).await?;
+        Ok(OfflineRows::from_rows(rows))
     }
 
     pub async fn register_push_device(&self, token: &str, d: &NewDevice) -> Result<Uuid, StoreError> {

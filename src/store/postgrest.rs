@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    StoreError, SyncPoint,
+    StoreError, SyncPoint, ThreadUnread,
 };
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
@@ -350,5 +350,26 @@ impl Postgrest {
 
     pub async fn push_stats(&self) -> Result<super::PushStats, StoreError> {
         self.rpc(As::Service, "chat_push_stats", json!({})).await
+    }
+
+    pub async fn unread_by_thread(&self, token: &str) -> Result<Vec<ThreadUnread>, StoreError> {
+        self.rpc(As::User(token), "chat_unread_by_thread", json!({})).await
+    }
+
+    pub async fn thread_messages(
+        &self,
+        token: &str,
+        thread_id: Uuid,
+        before: Option<(DateTime<Utc>, Uuid)>,
+        limit: u32,
+    ) -> Result<OfflineRows, StoreError> {
+        let args = json!({
+            "p_thread_id": thread_id,
+            "p_before_created_at": before.map(|(t, _)| format_time(t)),
+            "p_before_id": before.map(|(_, id)| id),
+            "p_limit": limit,
+        });
+        let rows: Vec<Value> = self.rpc(As::User(token), "chat_thread_messages", args).await?;
+        Ok(OfflineRows::from_rows(rows))
     }
 }

@@ -110,7 +110,9 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 25] = [
+const CALLS: [&str; 27] = [
+    "rpc/chat_thread_messages",
+    "rpc/chat_unread_by_thread",
     "rpc/chat_register_push_device",
     "rpc/chat_push_devices",
     "rpc/chat_unregister_push_device",
@@ -207,6 +209,14 @@ pub struct PushStats {
 pub struct PushDecided {
     pub jobs: i64,
     pub deliveries: i64,
+}
+
+/// One thread of the caller with its unread count (`chat_unread_by_thread()`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+pub struct ThreadUnread {
+    pub thread_id: Uuid,
+    pub unread_count: i64,
+    pub last_message_at: Option<String>,
 }
 
 /// A device to register for push (`chat_register_push_device`): a provider token, or a Web Push
