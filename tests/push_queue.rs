@@ -258,3 +258,26 @@ async fn muting_is_not_a_read_and_only_a_participant_can_mute() {
         .expect_err("not her thread");
     assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_removed_after_the_decision_is_not_sent_the_push() {
+    let world = quiet_world().await;
+    let db = drained(&world).await;
+    post(&world, &ALICE, CLASS_3B_PARENTS, "Parents' evening on Thursday").await;
+    assert!(decide(&db, &["webhook"]).await >= 2, "Carla and others decided while members");
+    db.execute(
+        "delete from public.thread_participants where thread_id = $1 and user_id = $2",
+        &[&CLASS_3B_PARENTS, &CARLA.id],
+    )
+    .await
+    .expect("Carla removed before the send");
+    let got = claim(&db, 0).await;
+    assert!(!got.is_empty(), "the other members' pushes go out");
+    assert!(got.iter().all(|c| c.2 != CARLA.id), "nothing for Carla once removed: {got:?}");
+    let row = db
+        .query_one("select state, last_error from public.chat_push_deliveries where user_id = $1", &[&CARLA.id])
+        .await
+        .expect("Carla's delivery is kept, dropped");
+    assert_eq!(row.get::<_, String>(0), "dropped");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("no longer a participant of the thread"));
+}
