@@ -36,7 +36,10 @@ pub use crate::edge::{EdgeSettings, MIN_HEADER_BYTES};
 pub use auth::{AuthRules, AuthSettings};
 pub use backend::{Backend, SupabaseProject};
 pub use delivery::{CacheSettings, FeedSettings, RealtimeVsn, ResumeBounds, ResumeSettings, RouterConfig};
-pub use push::{decode_webhook_secret, PushSettings, WebhookTarget};
+pub use push::{
+    decode_webhook_secret, ApnsTarget, FcmTarget, PushSettings, WebhookTarget, APNS_PRODUCTION_URL, APNS_SANDBOX_URL,
+    DEFAULT_FCM_API_URL,
+};
 pub use rules::parse_origins;
 pub use server::{LogFormat, LogSettings, OpsSettings, Shutdown};
 pub use session::{Fairness, Limits};

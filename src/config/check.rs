@@ -263,7 +263,33 @@ pub fn describe(c: &Config) -> String {
         ("PUSH_MAX_ATTEMPTS", c.push.max_attempts.to_string()),
         ("PUSH_LEASE_SECS", c.push.lease.as_secs().to_string()),
     ]);
+    rows.extend(mobile_push_rows(&c.push));
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()
+}
+
+/// FCM and APNs: file paths and ids are not secrets (the files are); off shows as "(empty)".
+fn mobile_push_rows(push: &super::PushSettings) -> Vec<(&'static str, String)> {
+    let off = |what: &str| format!("(empty: no {what})");
+    let fcm = push.fcm.as_ref();
+    let apns = push.apns.as_ref();
+    let apns_value = |f: fn(&super::ApnsTarget) -> String| apns.map_or_else(|| off("APNs"), f);
+    vec![
+        ("FCM_SERVICE_ACCOUNT_FILE", fcm.map_or_else(|| off("FCM"), |f| f.service_account_file.display().to_string())),
+        ("FCM_API_URL", fcm.map_or_else(|| off("FCM"), |f| f.api_url.clone())),
+        (
+            "FCM_TOKEN_URL",
+            fcm.map_or_else(
+                || off("FCM"),
+                |f| f.token_url.clone().unwrap_or_else(|| "(the key file's token_uri)".into()),
+            ),
+        ),
+        ("APNS_KEY_FILE", apns_value(|a| a.key_file.display().to_string())),
+        ("APNS_KEY_ID", apns_value(|a| a.key_id.clone())),
+        ("APNS_TEAM_ID", apns_value(|a| a.team_id.clone())),
+        ("APNS_TOPIC", apns_value(|a| a.topic.clone())),
+        ("APNS_SANDBOX", apns_value(|a| (a.url == super::APNS_SANDBOX_URL).to_string())),
+        ("APNS_URL", apns_value(|a| a.url.clone())),
+    ]
 }
 
 #[cfg(test)]

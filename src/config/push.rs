@@ -1,8 +1,10 @@
 //! The push component: where notifications to offline recipients go and how hard they are tried
-//! (see `docs/push.md`). Declares those settings and validates the webhook's URL and secret once;
-//! pure validation, no I/O. Never prints the secret.
+//! (see `docs/push.md`). Declares those settings and validates them once: the webhook's URL and
+//! secret, which FCM and APNs settings go together, and every provider URL. Pure validation, no
+//! I/O: the key files are read when the transports are built at start-up. Never prints a secret.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine;
@@ -39,6 +41,63 @@ pub struct PushArgs {
     /// be resent while still in flight.
     #[arg(long = "push-lease-secs", env = "PUSH_LEASE_SECS", default_value = "60", value_parser = lease_seconds())]
     pub lease: Duration,
+    /// Google service-account key file (the JSON downloaded from the Firebase console: project_id,
+    /// client_email, private_key, token_uri) for FCM HTTP v1. Empty: no FCM.
+    #[arg(long = "fcm-service-account-file", env = "FCM_SERVICE_ACCOUNT_FILE", default_value = "", value_parser = optional_text())]
+    pub fcm_service_account_file: ::std::option::Option<String>,
+    /// Base URL of the FCM HTTP v1 API (messages are POSTed to {url}/v1/projects/{project_id}/messages:send).
+    #[arg(long = "fcm-api-url", env = "FCM_API_URL", default_value = DEFAULT_FCM_API_URL, value_parser = http_url())]
+    pub fcm_api_url: String,
+    /// OAuth 2 token endpoint of the service-account grant. Empty: the key file's token_uri, else
+    /// https://oauth2.googleapis.com/token.
+    #[arg(long = "fcm-token-url", env = "FCM_TOKEN_URL", default_value = "", value_parser = optional_http_url())]
+    pub fcm_token_url: ::std::option::Option<String>,
+    /// APNs signing key (the .p8 file from Apple's developer account, PEM). With APNS_KEY_ID,
+    /// APNS_TEAM_ID and APNS_TOPIC; all four empty: no APNs.
+    #[arg(long = "apns-key-file", env = "APNS_KEY_FILE", default_value = "", value_parser = optional_text())]
+    pub apns_key_file: ::std::option::Option<String>,
+    /// The APNs key's 10-character key id (the kid of the provider token).
+    #[arg(long = "apns-key-id", env = "APNS_KEY_ID", default_value = "", value_parser = optional_text())]
+    pub apns_key_id: ::std::option::Option<String>,
+    /// The Apple developer team id (the iss of the provider token).
+    #[arg(long = "apns-team-id", env = "APNS_TEAM_ID", default_value = "", value_parser = optional_text())]
+    pub apns_team_id: ::std::option::Option<String>,
+    /// The iOS app's bundle id (apns-topic).
+    #[arg(long = "apns-topic", env = "APNS_TOPIC", default_value = "", value_parser = optional_text())]
+    pub apns_topic: ::std::option::Option<String>,
+    /// true: APNs development environment (api.sandbox.push.apple.com), for apps built with a
+    /// development provisioning profile; false: production (api.push.apple.com).
+    #[arg(long = "apns-sandbox", env = "APNS_SANDBOX", default_value = "false", action = clap::ArgAction::Set)]
+    pub apns_sandbox: bool,
+    /// Base URL of APNs, overriding APNS_SANDBOX (tests; http:// speaks HTTP/2 without TLS).
+    #[arg(long = "apns-url", env = "APNS_URL", default_value = "", value_parser = optional_http_url())]
+    pub apns_url: ::std::option::Option<String>,
+}
+
+/// FCM's API when `FCM_API_URL` is not set.
+pub const DEFAULT_FCM_API_URL: &str = "https://fcm.googleapis.com";
+/// APNs production and development environments.
+pub const APNS_PRODUCTION_URL: &str = "https://api.push.apple.com";
+pub const APNS_SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
+
+/// A validated FCM configuration: the key file is read when the transport is built.
+#[derive(Debug, Clone)]
+pub struct FcmTarget {
+    pub service_account_file: PathBuf,
+    pub api_url: String,
+    /// `FCM_TOKEN_URL`; `None`: the key file's `token_uri`.
+    pub token_url: Option<String>,
+}
+
+/// A validated APNs configuration: the key file is read when the transport is built.
+#[derive(Debug, Clone)]
+pub struct ApnsTarget {
+    pub key_file: PathBuf,
+    pub key_id: String,
+    pub team_id: String,
+    pub topic: String,
+    /// `APNS_URL`, or the environment `APNS_SANDBOX` chose.
+    pub url: String,
 }
 
 /// A validated webhook: where, and the decoded signing key.
@@ -61,16 +120,26 @@ pub struct PushSettings {
     pub delay: Duration,
     pub max_attempts: u32,
     pub lease: Duration,
+    pub fcm: Option<FcmTarget>,
+    pub apns: Option<ApnsTarget>,
 }
 
 impl PushArgs {
     /// The settings that need no cross-check, with no transport (a fallback while reporting
     /// problems).
     pub(super) fn without_transports(&self) -> PushSettings {
-        PushSettings { webhook: None, delay: self.delay, max_attempts: self.max_attempts, lease: self.lease }
+        PushSettings {
+            webhook: None,
+            delay: self.delay,
+            max_attempts: self.max_attempts,
+            lease: self.lease,
+            fcm: None,
+            apns: None,
+        }
     }
 
-    /// Checks the lease against the send timeout, and the webhook's URL and secret together.
+    /// Checks the lease against the send timeout, the webhook's URL and secret together, and the
+    /// APNs settings together.
     pub(super) fn resolve(self, send_timeout: Duration) -> Result<PushSettings, ConfigError> {
         if self.lease <= send_timeout {
             return Err(invalid(
@@ -82,6 +151,12 @@ impl PushArgs {
             ));
         }
         let base = self.without_transports();
+        let fcm = self.fcm_service_account_file.clone().map(|file| FcmTarget {
+            service_account_file: PathBuf::from(file),
+            api_url: self.fcm_api_url.trim_end_matches('/').to_string(),
+            token_url: self.fcm_token_url.clone(),
+        });
+        let apns = self.apns()?;
         let webhook = match (self.webhook_url, self.webhook_secret) {
             (None, None) => None,
             (None, Some(_)) => return Err(invalid("PUSH_WEBHOOK_URL", "missing while PUSH_WEBHOOK_SECRET is set")),
@@ -97,8 +172,61 @@ impl PushArgs {
                 Some(WebhookTarget { url, key })
             }
         };
-        Ok(PushSettings { webhook, ..base })
+        Ok(PushSettings { webhook, fcm, apns, ..base })
     }
+
+    /// APNs: the key file, key id, team id and topic all set, or none of them.
+    fn apns(&self) -> Result<Option<ApnsTarget>, ConfigError> {
+        let parts = [
+            ("APNS_KEY_FILE", &self.apns_key_file),
+            ("APNS_KEY_ID", &self.apns_key_id),
+            ("APNS_TEAM_ID", &self.apns_team_id),
+            ("APNS_TOPIC", &self.apns_topic),
+        ];
+        let (set, unset): (Vec<_>, Vec<_>) = parts.iter().partition(|(_, value)| value.is_some());
+        if set.is_empty() {
+            return Ok(None);
+        }
+        if let Some((var, _)) = unset.first() {
+            let given: Vec<&str> = set.iter().map(|(var, _)| *var).collect();
+            return Err(invalid(var, format!("missing while {} is set: APNs needs all four", given.join(", "))));
+        }
+        let value = |v: &Option<String>| v.clone().unwrap_or_default();
+        let url = match &self.apns_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None if self.apns_sandbox => APNS_SANDBOX_URL.to_string(),
+            None => APNS_PRODUCTION_URL.to_string(),
+        };
+        Ok(Some(ApnsTarget {
+            key_file: PathBuf::from(value(&self.apns_key_file)),
+            key_id: value(&self.apns_key_id),
+            team_id: value(&self.apns_team_id),
+            topic: value(&self.apns_topic),
+            url,
+        }))
+    }
+}
+
+/// An http(s) URL with a host.
+fn check_http_url(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let parsed = reqwest::Url::parse(text).map_err(|_| format!("not a URL: {text:?}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Err("must be an http(s) URL with a host".into());
+    }
+    Ok(text.to_string())
+}
+
+fn http_url() -> Rule<String> {
+    rule(check_http_url)
+}
+
+/// An http(s) URL, or empty for unset.
+fn optional_http_url() -> Rule<Option<String>> {
+    rule(|text| match text.trim() {
+        "" => Ok(None),
+        url => check_http_url(url).map(Some),
+    })
 }
 
 /// Decodes `whsec_<base64>` (the prefix is optional, as in the Standard Webhooks libraries).
@@ -144,7 +272,52 @@ mod tests {
             delay: Duration::from_secs(2),
             max_attempts: 8,
             lease: Duration::from_secs(60),
+            fcm_service_account_file: None,
+            fcm_api_url: DEFAULT_FCM_API_URL.into(),
+            fcm_token_url: None,
+            apns_key_file: None,
+            apns_key_id: None,
+            apns_team_id: None,
+            apns_topic: None,
+            apns_sandbox: false,
+            apns_url: None,
         }
+    }
+
+    fn var(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { var, .. } => var,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn apns_needs_its_four_settings_together_and_picks_the_environment() {
+        assert!(args(None, None).resolve(Duration::from_secs(5)).expect("no push").apns.is_none());
+        let mut partial = args(None, None);
+        partial.apns_key_file = Some("/run/secrets/apns.p8".into());
+        partial.apns_team_id = Some("TEAM123456".into());
+        assert_eq!(var(partial.clone().resolve(Duration::from_secs(5)).unwrap_err()), "APNS_KEY_ID");
+        partial.apns_key_id = Some("KEY1234567".into());
+        assert_eq!(var(partial.clone().resolve(Duration::from_secs(5)).unwrap_err()), "APNS_TOPIC");
+        partial.apns_topic = Some("org.school.chat".into());
+        assert_eq!(partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, APNS_PRODUCTION_URL);
+        partial.apns_sandbox = true;
+        assert_eq!(partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, APNS_SANDBOX_URL);
+        partial.apns_url = Some("http://127.0.0.1:9/".into());
+        assert_eq!(partial.resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn fcm_is_on_with_its_key_file_and_provider_urls_must_be_http() {
+        let mut fcm = args(None, None);
+        fcm.fcm_service_account_file = Some("/run/secrets/fcm.json".into());
+        let target = fcm.resolve(Duration::from_secs(5)).expect("valid").fcm.expect("fcm");
+        assert_eq!(target.api_url, DEFAULT_FCM_API_URL);
+        assert_eq!(target.token_url, None);
+        assert!(check_http_url("ftp://x.example").is_err());
+        assert!(check_http_url("fcm.googleapis.com").is_err());
+        assert_eq!(check_http_url(" http://127.0.0.1:9 ").as_deref(), Ok("http://127.0.0.1:9"));
     }
 
     #[test]

@@ -135,3 +135,25 @@ fn the_push_webhook_is_set_from_its_flags_and_variables() {
     assert_eq!(c.push.lease, std::time::Duration::from_secs(30));
     assert!(parse(&[]).expect("valid").push.webhook.is_none(), "no webhook by default");
 }
+
+#[test]
+fn fcm_and_apns_are_set_from_their_flags() {
+    let c = parse(&[
+        "--fcm-service-account-file=/run/secrets/fcm.json",
+        "--fcm-token-url=http://127.0.0.1:9/token",
+        "--apns-key-file=/run/secrets/apns.p8",
+        "--apns-key-id=KEY1234567",
+        "--apns-team-id=TEAM123456",
+        "--apns-topic=org.school.chat",
+        "--apns-sandbox=true",
+    ])
+    .expect("valid");
+    let fcm = c.push.fcm.as_ref().expect("FCM on");
+    assert_eq!(fcm.token_url.as_deref(), Some("http://127.0.0.1:9/token"));
+    assert_eq!(fcm.api_url, super::DEFAULT_FCM_API_URL);
+    let apns = c.push.apns.as_ref().expect("APNs on");
+    assert_eq!((apns.key_id.as_str(), apns.url.as_str()), ("KEY1234567", super::APNS_SANDBOX_URL));
+    let none = parse(&[]).expect("valid");
+    assert!(none.push.fcm.is_none() && none.push.apns.is_none(), "neither by default");
+    assert!(parse(&["--apns-topic=org.school.chat"]).is_err(), "APNs needs its four settings");
+}

@@ -17,6 +17,8 @@
 //! decision commits, a delivery until it is finished, and a lease that runs out (an instance died
 //! mid-send) gives the delivery to another sender with the same id.
 
+pub mod apns;
+pub mod fcm;
 pub mod presence;
 pub mod sender;
 pub mod webhook;
@@ -45,6 +47,8 @@ pub const QUEUE_STATS_EVERY: Duration = Duration::from_secs(5);
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Characters of a message in a notification.
 pub const PREVIEW_CHARS: usize = 140;
+/// Characters of the sender's name in a notification's title.
+pub const TITLE_CHARS: usize = 100;
 
 /// What the push path needs to run.
 pub struct PushConfig {
@@ -59,18 +63,38 @@ pub struct PushConfig {
     pub lease: Duration,
     /// The webhook, when `PUSH_WEBHOOK_URL` is set.
     pub webhook: Option<webhook::Webhook>,
+    /// FCM HTTP v1, when `FCM_SERVICE_ACCOUNT_FILE` is set.
+    pub fcm: Option<fcm::Fcm>,
+    /// APNs, when its key, key id, team id and topic are set.
+    pub apns: Option<apns::Apns>,
+}
+
+/// A transport that cannot be built at start-up (each names its setting).
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
+    #[error(transparent)]
+    Fcm(#[from] fcm::FcmError),
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsError),
 }
 
 impl PushConfig {
-    /// From the validated settings: a fresh instance id, the webhook's client built.
-    pub fn new(settings: &crate::config::PushSettings, timeout: Duration) -> Result<PushConfig, webhook::WebhookError> {
+    /// From the validated settings: a fresh instance id, each configured transport built (key
+    /// files read and parsed now, so a bad key stops the start).
+    pub fn new(settings: &crate::config::PushSettings, timeout: Duration) -> Result<PushConfig, PushError> {
         let webhook = settings.webhook.as_ref().map(|target| webhook::Webhook::new(target, timeout)).transpose()?;
+        let fcm = settings.fcm.as_ref().map(|target| fcm::Fcm::new(target, timeout)).transpose()?;
+        let apns = settings.apns.as_ref().map(|target| apns::Apns::new(target, timeout)).transpose()?;
         Ok(PushConfig {
             instance: Uuid::new_v4(),
             delay: settings.delay,
             max_attempts: settings.max_attempts,
             lease: settings.lease,
             webhook,
+            fcm,
+            apns,
         })
     }
 
@@ -79,6 +103,12 @@ impl PushConfig {
         let mut channels = Vec::new();
         if self.webhook.is_some() {
             channels.push("webhook");
+        }
+        if self.fcm.is_some() {
+            channels.push("fcm");
+        }
+        if self.apns.is_some() {
+            channels.push("apns");
         }
         channels
     }
@@ -124,6 +154,16 @@ impl Failures {
             self.count = 0;
         }
     }
+}
+
+/// The device token of a delivery to a device (FCM, APNs, Expo); `None` for the webhook.
+pub fn device_token(delivery: &crate::store::PushDelivery) -> Option<&str> {
+    delivery.device.as_ref()?.get("token")?.as_str().filter(|token| !token.is_empty())
+}
+
+/// A notification's title: the sender's name, at most [`TITLE_CHARS`] characters.
+pub fn title(sender: &crate::model::Sender) -> String {
+    sender.full_name.chars().take(TITLE_CHARS).collect()
 }
 
 /// The static label of a channel name from the database.

@@ -64,8 +64,10 @@ pub fn spawn(
 }
 
 async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, delivery: &PushDelivery) {
-    let outcome = match (delivery.channel.as_str(), &config.webhook) {
-        ("webhook", Some(hook)) => hook.send(delivery).await,
+    let outcome = match (delivery.channel.as_str(), config) {
+        ("webhook", PushConfig { webhook: Some(hook), .. }) => hook.send(delivery).await,
+        ("fcm", PushConfig { fcm: Some(fcm), .. }) => fcm.send(delivery).await,
+        ("apns", PushConfig { apns: Some(apns), .. }) => apns.send(delivery).await,
         // Never leased: the claim asks only for this instance's channels.
         (channel, _) => Outcome::Dropped(format!("no {channel} transport on this instance")),
     };

@@ -67,7 +67,7 @@ pub enum StartError {
     #[error("{0}")]
     SyncHorizon(#[from] crate::feed::publication::HorizonProblem),
     #[error("push: {0}")]
-    Push(#[from] crate::push::webhook::WebhookError),
+    Push(#[from] crate::push::PushError),
 }
 
 /// A running gateway.
