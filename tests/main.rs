@@ -27,6 +27,7 @@ mod operators;
 mod postgres;
 mod push;
 mod push_crash;
+mod push_mobile;
 mod push_queue;
 mod resilience;
 mod rest;

@@ -137,7 +137,7 @@ async fn mute(world: &World, who: &Person, thread: Uuid) {
 }
 
 /// Waits until `who` is online in the presence table (reported by some instance).
-async fn reported_online(world: &World, who: &Person) {
+pub(crate) async fn reported_online(world: &World, who: &Person) {
     let db = world.stack.sql().await;
     let deadline = tokio::time::Instant::now() + ARRIVES;
     loop {

@@ -9,12 +9,14 @@
 //!   fed by changes really committed in PostgreSQL;
 //! - `/rest/v1`: the PostgREST subset the gateway and supabase-js use ([`rest`]);
 //! - `/auth/v1/.well-known/jwks.json`: the project's public signing keys ([`keys`]);
+//! - [`push`]: FCM and APNs stand-ins on ports of their own;
 //! - `/_standin/...`: fault controls for tests and the benchmark (never part of Supabase).
 //!
 //! None of this is meant to face the internet: it exists for tests, the demo and the benchmark.
 
 pub mod keys;
 pub mod pg;
+pub mod push;
 pub mod realtime;
 pub mod rest;
 pub mod seed;
