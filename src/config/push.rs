@@ -301,11 +301,20 @@ mod tests {
         partial.apns_key_id = Some("KEY1234567".into());
         assert_eq!(var(partial.clone().resolve(Duration::from_secs(5)).unwrap_err()), "APNS_TOPIC");
         partial.apns_topic = Some("org.school.chat".into());
-        assert_eq!(partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, APNS_PRODUCTION_URL);
+        assert_eq!(
+            partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url,
+            APNS_PRODUCTION_URL
+        );
         partial.apns_sandbox = true;
-        assert_eq!(partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, APNS_SANDBOX_URL);
+        assert_eq!(
+            partial.clone().resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url,
+            APNS_SANDBOX_URL
+        );
         partial.apns_url = Some("http://127.0.0.1:9/".into());
-        assert_eq!(partial.resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url, "http://127.0.0.1:9");
+        assert_eq!(
+            partial.resolve(Duration::from_secs(5)).expect("valid").apns.expect("apns").url,
+            "http://127.0.0.1:9"
+        );
     }
 
     #[test]
