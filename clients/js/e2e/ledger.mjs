@@ -32,6 +32,7 @@ const client = new ChatClient({
       out({ event: "need_token", reason });
     }),
   backoff: { baseMs: 200, capMs: 2_000 },
+  catchUpHorizonMs: 0, // the ledger counts only what the test posts
   refreshMarginMs: 6_000,
   syncTimeoutMs: 2_000,
   pingIntervalMs: 5_000,

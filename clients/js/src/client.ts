@@ -3,6 +3,7 @@ import { compareCursors, newerCursor } from "./cursor.js";
 import { BoundedIdSet } from "./dedup.js";
 import { Emitter } from "./emitter.js";
 import { jwtExpiryMs, jwtSubject } from "./jwt.js";
+import { probeRefusal, refusalOfStatus, statusInError } from "./refusal.js";
 import { memoryStorage, type StorageAdapter } from "./storage.js";
 import type {
   DeviceRegistration,
@@ -12,6 +13,9 @@ import type {
   ChatMessage,
   ConnectionStatus,
   FetchLike,
+  HistoryPage,
+  RefusedEvent,
+  ThreadUnread,
   TokenReason,
   WebSocketConstructor,
   WebSocketLike,
@@ -53,8 +57,14 @@ export interface ChatClientOptions {
   dedupCapacity?: number;
   /** Frames sent per second at most (the gateway closes with 1008 above its limit; default 10). */
   maxFramesPerSecond?: number;
-  /** Cursor to start from when none is stored (default: the time of the first connection). */
+  /**
+   * Cursor to start from when none is stored. Without one, the first start catches up through
+   * REST offline sync on the last `catchUpHorizonMs`, so `message` events cover what arrived
+   * while the app was not installed or signed in.
+   */
   initialCursor?: string;
+  /** How far back a first start (no stored cursor, no `initialCursor`) catches up (default 7 days; 0: not at all). */
+  catchUpHorizonMs?: number;
   /** Random source for the jitter (tests). */
   random?: () => number;
 }
@@ -78,6 +88,7 @@ const TOKEN_EXPIRED = "Access token expired";
 /** A connection that lasted this long resets the backoff. */
 const HEALTHY_MS = 10_000;
 const MIN_TOKEN_VALIDITY_MS = 5_000;
+const DEFAULT_CATCH_UP_HORIZON_MS = 7 * 24 * 3600_000;
 
 /**
  * The school chat gateway client. Never gives up reconnecting (except on a client bug: 1008/1009/
@@ -120,6 +131,8 @@ export class ChatClient extends Emitter<ChatEvents> {
   userId: string | null = null;
   /** The newest resume cursor held (persisted through `storage`). */
   cursor: string | null = null;
+  /** Why the gateway refuses the connection (see the `refused` event); null once connected. */
+  refusal: RefusedEvent | null = null;
 
   constructor(options: ChatClientOptions) {
     super();
@@ -241,6 +254,33 @@ export class ChatClient extends Emitter<ChatEvents> {
       until: value,
     })) as { data?: { muted_until?: string | null } };
     return answer?.data?.muted_until ?? null;
+  }
+
+  /**
+   * One page of a thread's history, newest first (REST, read as the user): the latest page
+   * without `before`, then older pages with `before: page.next` until `next` is null.
+   * History messages are not `message` events (the app merges them by id).
+   */
+  async history(threadId: string, options: { before?: string | null; limit?: number } = {}): Promise<HistoryPage> {
+    const query = new URLSearchParams();
+    if (options.before) query.set("before", options.before);
+    if (options.limit !== undefined) query.set("limit", String(options.limit));
+    const suffix = query.toString() ? `?${query}` : "";
+    const answer = (await this.rest(
+      "GET",
+      `/api/chat/threads/${encodeURIComponent(threadId)}/messages${suffix}`,
+    )) as { data?: { messages?: ChatMessage[]; next?: unknown } };
+    const next = answer?.data?.next;
+    return { messages: answer?.data?.messages ?? [], next: typeof next === "string" && next ? next : null };
+  }
+
+  /** The unread count of each of the user's threads (also updates `unreadCount`). */
+  async unreadByThread(): Promise<ThreadUnread[]> {
+    const answer = (await this.rest("GET", "/api/chat/unread-count?by_thread=true")) as {
+      data?: { unread_count?: number; threads?: ThreadUnread[] };
+    };
+    if (typeof answer?.data?.unread_count === "number") this.setUnread(answer.data.unread_count);
+    return answer?.data?.threads ?? [];
   }
 
   /** Fetches the unread count (REST) and emits `unreadCount`. */
@@ -375,6 +415,7 @@ export class ChatClient extends Emitter<ChatEvents> {
   private onEstablished(conn: Connection, frame: Record<string, unknown>): void {
     conn.established = true;
     conn.establishedAt = Date.now();
+    this.refusal = null;
     const serverTime = typeof frame.timestamp === "string" ? Date.parse(frame.timestamp) : NaN;
     if (!Number.isNaN(serverTime)) this.clockSkewMs = serverTime - Date.now();
     if (typeof frame.user_id === "string") this.userId = frame.user_id;
@@ -391,6 +432,12 @@ export class ChatClient extends Emitter<ChatEvents> {
       conn.syncing = { buffer: [], restRunning: false, timer: null };
       this.setStatus("syncing");
       void this.restCatchUp(conn);
+    } else if (this.opts.initialCursor === undefined && this.catchUpHorizonMs() > 0) {
+      // First start: catch up on the horizon through REST (frames are held meanwhile).
+      const now = Number.isNaN(serverTime) ? Date.now() : serverTime;
+      conn.syncing = { buffer: [], restRunning: false, timer: null };
+      this.setStatus("syncing");
+      void this.restCatchUp(conn, new Date(now - this.catchUpHorizonMs()).toISOString());
     } else {
       // Very first connection: everything from now on arrives on this socket.
       this.setCursor(this.opts.initialCursor ?? (typeof frame.timestamp === "string" ? frame.timestamp : null));
@@ -426,14 +473,19 @@ export class ChatClient extends Emitter<ChatEvents> {
     return delivered;
   }
 
-  private async restCatchUp(conn: Connection): Promise<void> {
+  private catchUpHorizonMs(): number {
+    const horizon = this.opts.catchUpHorizonMs ?? DEFAULT_CATCH_UP_HORIZON_MS;
+    return Number.isFinite(horizon) && horizon > 0 ? horizon : 0;
+  }
+
+  private async restCatchUp(conn: Connection, from?: string): Promise<void> {
     if (this.conn !== conn || !conn.syncing || conn.syncing.restRunning) return;
     conn.syncing.restRunning = true;
     if (conn.syncing.timer) clearTimeout(conn.syncing.timer);
     conn.syncing.timer = null;
     let delivered = 0;
     try {
-      let cursor = conn.since ?? this.cursor;
+      let cursor = from ?? conn.since ?? this.cursor;
       for (let page = 0; cursor && page < 10_000; page++) {
         const body = (await this.rest(
           "GET",
@@ -508,9 +560,34 @@ export class ChatClient extends Emitter<ChatEvents> {
           const error = conn.lastError;
           if (/\b401\b/.test(error) || this.attempt % 3 === 0) this.tokenRejected = true;
           if (/\b400\b/.test(error) && conn.since) this.useSince = false; // cursor refused: REST catch-up instead
+          void this.explainRefusal(error);
         }
     }
     this.scheduleReconnect(code, reason);
+  }
+
+  /** After a failed upgrade: finds out why (see refusal.ts) and emits `refused`. */
+  private async explainRefusal(error: string): Promise<void> {
+    const status = statusInError(error);
+    let refusal = status === null ? null : refusalOfStatus(status);
+    if (!refusal && status === null) {
+      const token = this.token;
+      refusal = await probeRefusal({
+        fetch: this.fetchImpl,
+        gateway: this.wsUrl.replace(/^ws(s?):/i, "http$1:"),
+        pageOrigin: (globalThis as { location?: { origin?: string } }).location?.origin ?? null,
+        restStatus: async () => {
+          const headers: Record<string, string> = { Accept: "application/json" };
+          if (token) headers.Authorization = `Bearer ${token}`;
+          return (await this.fetchImpl(`${this.httpUrl}/api/chat/unread-count`, { headers })).status;
+        },
+      }).catch(() => null);
+    }
+    // Connected meanwhile, or stopped: the answer is stale.
+    if (!refusal || this.mode !== "running" || this.conn?.established) return;
+    if (refusal.reason === "token") this.tokenRejected = true;
+    this.refusal = refusal;
+    this.emit("refused", refusal);
   }
 
   private scheduleReconnect(code: number, reason: string): void {

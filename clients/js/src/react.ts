@@ -1,6 +1,6 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 import { ChatClient, type ChatClientOptions } from "./client.js";
-import type { ChatError, ChatMessage, ConnectionStatus } from "./types.js";
+import type { ChatError, ChatMessage, ConnectionStatus, HistoryPage, RefusedEvent, ThreadUnread } from "./types.js";
 
 export interface UseChatOptions extends ChatClientOptions {
   /** Threads to subscribe to (re-sent after every reconnect by the client). */
@@ -18,7 +18,18 @@ export interface UseChat {
   /** The most recent messages, oldest first (at most `keep`). */
   messages: ChatMessage[];
   lastError: ChatError | null;
+  /** Why the gateway refuses the connection (origin, token, limit, unreachable); null once connected. */
+  refusal: RefusedEvent | null;
   markRead: (threadId: string) => Promise<void>;
+  /** One page of a thread's history, newest first (see `ChatClient.history`). */
+  history: (threadId: string, options?: { before?: string | null; limit?: number }) => Promise<HistoryPage>;
+  /** Each thread's unread count. */
+  unreadByThread: () => Promise<ThreadUnread[]>;
+  /**
+   * The thread's next older page, oldest first: the latest page on the first call, then older
+   * ones; `done` once there is nothing older (then further calls return no messages).
+   */
+  loadOlder: (threadId: string, limit?: number) => Promise<{ messages: ChatMessage[]; done: boolean }>;
   pause: () => void;
   resume: () => void;
 }
@@ -35,6 +46,9 @@ export function useChat(options: UseChatOptions): UseChat {
   const [unreadCount, setUnread] = useState<number | null>(null);
   const [messages, setMessages] = useState<ChatMessage[]>([]);
   const [lastError, setLastError] = useState<ChatError | null>(null);
+  const [refusal, setRefusal] = useState<RefusedEvent | null>(null);
+  /** Per thread: the cursor of the next older page (null: nothing older). */
+  const older = useRef(new Map<string, string | null>());
 
   useEffect(() => {
     const { threads: _threads, keep: _keep, onMessage: _onMessage, ...clientOptions } = latest.current;
@@ -43,7 +57,11 @@ export function useChat(options: UseChatOptions): UseChat {
       getToken: clientOptions.getToken ? (reason) => latest.current.getToken!(reason) : undefined,
     });
     const offs = [
-      c.on("status", setStatus),
+      c.on("status", (s) => {
+        setStatus(s);
+        if (s === "live") setRefusal(null);
+      }),
+      c.on("refused", setRefusal),
       c.on("unreadCount", setUnread),
       c.on("error", setLastError),
       c.on("message", ({ message }) => {
@@ -52,6 +70,7 @@ export function useChat(options: UseChatOptions): UseChat {
         if (keep > 0) setMessages((list) => [...list, message].slice(-keep));
       }),
     ];
+    older.current = new Map();
     setClient(c);
     void c.start();
     return () => {
@@ -69,8 +88,43 @@ export function useChat(options: UseChatOptions): UseChat {
   const markRead = useCallback(async (threadId: string) => {
     if (client) await client.markRead(threadId);
   }, [client]);
+  const history = useCallback(
+    async (threadId: string, opts?: { before?: string | null; limit?: number }) => {
+      if (!client) throw new Error("useChat: not started yet");
+      return client.history(threadId, opts);
+    },
+    [client],
+  );
+  const unreadByThread = useCallback(async () => {
+    if (!client) throw new Error("useChat: not started yet");
+    return client.unreadByThread();
+  }, [client]);
+  const loadOlder = useCallback(
+    async (threadId: string, limit?: number) => {
+      if (!client) throw new Error("useChat: not started yet");
+      const cursors = older.current;
+      if (cursors.has(threadId) && cursors.get(threadId) === null) return { messages: [], done: true };
+      const page = await client.history(threadId, { before: cursors.get(threadId), limit });
+      cursors.set(threadId, page.next);
+      return { messages: [...page.messages].reverse(), done: page.next === null };
+    },
+    [client],
+  );
   const pause = useCallback(() => client?.pause(), [client]);
   const resume = useCallback(() => client?.resume(), [client]);
 
-  return { client, status, unreadCount, messages, lastError, markRead, pause, resume };
+  return {
+    client,
+    status,
+    unreadCount,
+    messages,
+    lastError,
+    refusal,
+    markRead,
+    history,
+    unreadByThread,
+    loadOlder,
+    pause,
+    resume,
+  };
 }

@@ -68,8 +68,43 @@ export interface SyncEvent {
   cursor: string | null;
 }
 
+/**
+ * Why the gateway refused the WebSocket (found out after a failed upgrade: browsers do not expose
+ * the HTTP status of a refused upgrade, so the client asks the gateway):
+ * - `origin`: the page's origin is not in the gateway's `CORS_ALLOWED_ORIGINS`;
+ * - `token`: the access token was refused (401);
+ * - `limit`: too many connections (429 per user, 503 per instance), or the instance is shutting down;
+ * - `unreachable`: no answer from the gateway at all.
+ */
+export type RefusalReason = "origin" | "token" | "limit" | "unreachable";
+
+export interface RefusedEvent {
+  reason: RefusalReason;
+  /** A sentence for people (what to change, when there is something to change). */
+  message: string;
+  /** The HTTP status of the refused upgrade, when the platform exposes it (Node's `ws`). */
+  status?: number;
+}
+
+/** One page of a thread's history, newest first. */
+export interface HistoryPage {
+  messages: ChatMessage[];
+  /** Pass as `before` for the next older page; null when there is nothing older. */
+  next: string | null;
+}
+
+/** One thread's unread count (`GET /api/chat/unread-count?by_thread=true`). */
+export interface ThreadUnread {
+  thread_id: string;
+  unread_count: number;
+  /** The newest message's time (RFC 3339), null for a thread without messages. */
+  last_message_at: string | null;
+}
+
 export interface ChatEvents {
   message: MessageEvent;
+  /** The gateway refused the connection, and why (`status` stays `offline` meanwhile). */
+  refused: RefusedEvent;
   threadRead: ThreadReadEvent;
   status: ConnectionStatus;
   error: ChatError;
@@ -96,7 +131,7 @@ export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 export type FetchLike = (
   input: string,
-  init?: { method?: string; headers?: Record<string, string>; body?: string },
+  init?: { method?: string; headers?: Record<string, string>; body?: string; mode?: "cors" | "no-cors" },
 ) => Promise<{ status: number; ok: boolean; json(): Promise<unknown> }>;
 
 /** A platform a device receives pushes on. */

@@ -116,6 +116,7 @@ function makeClient(extra = {}) {
     WebSocket: FakeSocket,
     fetch: fakeFetch,
     backoff: { baseMs: 1, capMs: 5 },
+    catchUpHorizonMs: 0, // the first-start catch-up has its own tests
     getToken: (reason) => {
       tokens.push(reason);
       return jwt({ sub: "u1", exp: Math.floor(Date.now() / 1000) + 3600, n: tokens.length });
@@ -254,4 +255,133 @@ test("client: a long resume replay (frames with cursors) postpones the REST fall
   assert.equal(client.unreadCount, 4);
   assert.deepEqual(reads, [{ threadId: "t", lastReadAt: "2030-01-01T00:00:10Z", unreadCount: 4 }]);
   client.stop();
+});
+
+// ---- first-start catch-up, history, per-thread unread, refusal reasons
+
+function answer(data, status = 200) {
+  return { status, ok: status < 300, json: async () => (status < 300 ? { status: "success", data } : { status: "error", message: `HTTP ${status}` }) };
+}
+
+test("client: a first start without a cursor catches up on the horizon through REST, holding live frames", async () => {
+  const calls = [];
+  const fetch = async (url) => {
+    calls.push(url);
+    if (url.includes("offline-messages")) {
+      return answer({ messages: [{ id: "old2", thread_id: "t", created_at: "2030-01-01T00:00:02Z" }, { id: "old1", thread_id: "t", created_at: "2030-01-01T00:00:01Z" }], has_more: false, last_check_time: "2030-01-01T00:00:03Z" });
+    }
+    return fakeFetch();
+  };
+  const { client } = makeClient({ fetch, catchUpHorizonMs: 3 * 24 * 3600_000 });
+  const got = [];
+  const syncs = [];
+  client.on("message", ({ message, source }) => got.push(`${message.id}:${source}`));
+  client.on("sync", (s) => syncs.push(s));
+  await client.start();
+  const ws = FakeSocket.all[0];
+  ws.readyState = 1;
+  ws.onopen?.({});
+  ws.frame({ type: "connection_established", user_id: "u1", timestamp: "2030-01-04T00:00:00Z" });
+  assert.equal(client.status, "syncing");
+  ws.frame({ type: "new_message", data: { id: "live", thread_id: "t", sender_id: "x" }, cursor: "2030-01-04T00:00:01Z" });
+  ws.frame({ type: "new_message", data: { id: "old1", thread_id: "t", sender_id: "x" } });
+  await tick(20);
+  const since = new URL(calls.find((u) => u.includes("offline-messages"))).searchParams.get("last_check_time");
+  assert.equal(since, "2030-01-01T00:00:00.000Z", "the horizon counts back from the server's time");
+  assert.deepEqual(got, ["old1:rest", "old2:rest", "live:socket"], "oldest first, held frames after, each once");
+  assert.equal(client.status, "live");
+  assert.equal(syncs[0].via, "rest");
+  assert.equal(client.cursor, "2030-01-04T00:00:01Z");
+  client.stop();
+
+  // A stored cursor (or catchUpHorizonMs: 0) means no horizon catch-up.
+  const { client: plain } = makeClient({ fetch: async (url) => (calls.push(url), fakeFetch()) });
+  calls.length = 0;
+  await plain.start();
+  FakeSocket.all[0].serverOpen();
+  await tick(10);
+  assert.equal(plain.status, "live");
+  assert.ok(!calls.some((u) => u.includes("offline-messages")), calls.join(" "));
+  plain.stop();
+});
+
+test("client: history pages a thread (before, limit, next); unreadByThread lists each thread", async () => {
+  const calls = [];
+  const fetch = async (url) => {
+    calls.push(url);
+    if (url.includes("/messages")) {
+      const before = new URL(url).searchParams.get("before");
+      return before
+        ? answer({ messages: [{ id: "m1" }], next: null })
+        : answer({ messages: [{ id: "m3" }, { id: "m2" }], next: "opaque cursor/2" });
+    }
+    if (url.includes("by_thread=true")) {
+      return answer({ unread_count: 3, threads: [{ thread_id: "t", unread_count: 3, last_message_at: "2030-01-01T00:00:00Z" }] });
+    }
+    return fakeFetch();
+  };
+  const { client } = makeClient({ fetch });
+  const first = await client.history("t 1", { limit: 2 });
+  assert.deepEqual(first, { messages: [{ id: "m3" }, { id: "m2" }], next: "opaque cursor/2" });
+  assert.equal(calls[0], "http://gw.test/api/chat/threads/t%201/messages?limit=2");
+  const second = await client.history("t 1", { before: first.next, limit: 2 });
+  assert.deepEqual(second, { messages: [{ id: "m1" }], next: null });
+  assert.equal(new URL(calls[1]).searchParams.get("before"), "opaque cursor/2");
+  const threads = await client.unreadByThread();
+  assert.deepEqual(threads, [{ thread_id: "t", unread_count: 3, last_message_at: "2030-01-01T00:00:00Z" }]);
+  assert.equal(client.unreadCount, 3);
+  await assert.rejects(makeClient({ fetch: async () => answer(null, 403) }).client.history("t"), (e) => e.status === 403);
+});
+
+test("client: a refused upgrade is explained: status from ws, or asked of the gateway from a page", async () => {
+  // Node's ws reports the status.
+  {
+    const { client } = makeClient();
+    const refusals = [];
+    client.on("refused", (r) => refusals.push(r));
+    await client.start();
+    FakeSocket.all[0].onerror?.({ message: "Unexpected server response: 403" });
+    FakeSocket.all[0].serverClose(1006);
+    await tick(5);
+    assert.equal(refusals[0]?.reason, "origin");
+    assert.match(refusals[0].message, /CORS_ALLOWED_ORIGINS/);
+    assert.equal(client.refusal?.status, 403);
+    client.stop();
+  }
+  // A browser reports nothing: the client asks the gateway.
+  globalThis.location = { origin: "http://page.test" };
+  try {
+    const cases = [
+      { name: "origin", cors: false, noCors: true, rest: 200 },
+      { name: "unreachable", cors: false, noCors: false, rest: 200 },
+      { name: "token", cors: true, noCors: true, rest: 401 },
+      { name: "limit", cors: true, noCors: true, rest: 200 },
+    ];
+    for (const c of cases) {
+      const fetch = async (url, init) => {
+        if (url.endsWith("/healthz")) {
+          const ok = init?.mode === "no-cors" ? c.noCors : c.cors;
+          if (!ok) throw new TypeError("Failed to fetch");
+          return answer({});
+        }
+        return url.includes("unread-count") ? answer({ unread_count: 0 }, c.rest) : fakeFetch();
+      };
+      const { client } = makeClient({ fetch, token: jwt({ sub: "u1" }), getToken: undefined });
+      const refusals = [];
+      client.on("refused", (r) => refusals.push(r));
+      await client.start();
+      FakeSocket.all[0].serverClose(1006);
+      await tick(10);
+      assert.equal(refusals[0]?.reason, c.name, JSON.stringify(refusals));
+      // Once connected, the refusal is over.
+      const last = FakeSocket.all.at(-1);
+      if (last !== FakeSocket.all[0]) {
+        last.serverOpen();
+        assert.equal(client.refusal, null);
+      }
+      client.stop();
+    }
+  } finally {
+    delete globalThis.location;
+  }
 });
