@@ -1,4 +1,5 @@
-//! `realtime-gateway`: reads the configuration, starts the gateway, stops on SIGTERM/SIGINT.
+//! `realtime-gateway`: reads the configuration, starts the gateway, stops on SIGTERM/SIGINT
+//! (gracefully; a second signal stops at once).
 //! With `--check-config`: prints the effective configuration (secrets redacted) and exits, 0 if
 //! it is valid, 2 with every problem listed otherwise.
 
@@ -87,5 +88,10 @@ async fn main() {
         }
     };
     wait_for_signal().await;
-    gateway.shutdown().await;
+    // A second SIGTERM/SIGINT during the drain (Ctrl-C pressed again) stops at once: the listener
+    // and every socket close as the process exits, so the port is free for a restart right away.
+    tokio::select! {
+        () = gateway.shutdown() => {}
+        () = wait_for_signal() => tracing::warn!("second signal: stopping now, without the rest of the drain"),
+    }
 }

@@ -1,6 +1,6 @@
 //! Shutdown of the `realtime-gateway` process itself: SIGTERM with a few sessions open exits soon
 //! after `DRAIN_SECS` with the default configuration (closes are paced by `DRAIN_CLOSE_RATE`, not
-//! spread over the whole grace period whatever their number).
+//! spread over the whole grace period whatever their number); a second signal exits at once.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -27,14 +27,12 @@ async fn close_code(mut phone: Phone) -> Option<u16> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_with_two_sessions_exits_within_the_drain_plus_two_seconds() {
-    let world = World::start().await;
+/// The `realtime-gateway` process with the default settings (SHUTDOWN_GRACE_SECS 30, DRAIN_SECS 5,
+/// DRAIN_CLOSE_RATE 500), in an empty directory so that no `.env` is read; ready, with its address.
+async fn spawn_gateway(world: &World) -> (tokio::process::Child, String) {
     let keys = world.stack.keys();
     let dir = std::env::temp_dir().join(format!("gateway-shutdown-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    // Default settings (SHUTDOWN_GRACE_SECS 30, DRAIN_SECS 5, DRAIN_CLOSE_RATE 500), in an empty
-    // directory so that no `.env` is read.
     let mut child = tokio::process::Command::new(BINARY)
         .current_dir(&dir)
         .env_clear()
@@ -74,6 +72,13 @@ async fn sigterm_with_two_sessions_exits_within_the_drain_plus_two_seconds() {
         assert!(tokio::time::Instant::now() < deadline, "the gateway process never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_two_sessions_exits_within_the_drain_plus_two_seconds() {
+    let world = World::start().await;
+    let (mut child, addr) = spawn_gateway(&world).await;
     let mut phones = Vec::new();
     for who in [&CARLA, &DAVID] {
         let url = format!("ws://{addr}/?token={}", world.token(who));
@@ -98,4 +103,30 @@ async fn sigterm_with_two_sessions_exits_within_the_drain_plus_two_seconds() {
     // The bound: two sessions close right after the drain, then the process is gone.
     assert!(took <= DRAIN + Duration::from_secs(2), "exited {took:?} after SIGTERM; the bound is DRAIN_SECS + 2 s");
     assert!(took >= DRAIN, "sessions stay open for the whole drain ({took:?})");
+}
+
+/// Ctrl-C pressed twice (a second signal during the drain) stops at once: the process is gone long
+/// before the drain would end, and its port can be bound again right away (a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once_and_frees_the_port() {
+    let world = World::start().await;
+    let (mut child, addr) = spawn_gateway(&world).await;
+    let url = format!("ws://{addr}/?token={}", world.token(&CARLA));
+    let mut phone = Phone::connect(&url).await.expect("connects");
+    assert_eq!(phone.next_json().await.expect("hello")["type"], "connection_established");
+    let pid = child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill runs").success());
+    // Draining: /readyz answers 503 (the first signal was handled) before the second one is sent.
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    while http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).ok() != Some(503) {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never started draining");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().expect("kill runs").success());
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await.expect("exits").expect("wait");
+    assert!(status.success(), "{status:?}");
+    // Gone within the drain: the session never got the drain's 1001, the socket just ended.
+    assert_eq!(close_code(phone).await, None, "no 1001: the process left before the drain ended");
+    std::net::TcpListener::bind(&addr).expect("the port is free for a restart right away");
 }
