@@ -11,6 +11,9 @@
 //! PostgreSQL backend: `DATABASE_URL` (the `chat_gateway` role of
 //! `supabase/standalone/00_base.sql`) and `JWT_SECRET` instead of `SUPABASE_*`; Realtime and
 //! PostgREST stand-ins are not used by the gateway then.
+//!
+//! `--web` (`scripts/demo --web`): the example web app to try in a browser instead (see
+//! `demo/web.rs`).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -111,8 +114,16 @@ async fn push_receiver(lines: mpsc::UnboundedSender<String>) -> String {
     format!("http://{addr}/push")
 }
 
+#[path = "demo/web.rs"]
+mod web;
+
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--web") {
+        web::run(&args).await;
+        return;
+    }
     println!("Starting the local Supabase stand-in (PostgreSQL 15 + Realtime + PostgREST + Auth)...");
     let stack = Stack::start().await.expect("the stand-in stack starts (is PostgreSQL installed? run scripts/setup)");
     let keys = stack.keys();
