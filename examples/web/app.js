@@ -1,17 +1,31 @@
-// The example web app: threads, live messages and the unread badge, on the client library.
-// Served by serve.mjs, which also provides /config.json ({gateway, anonKey}), the library under
+// The example web app: threads with their unread badges, each thread's history (latest page first,
+// older pages on scroll up) with an "unread" divider, live messages, and why the page is offline.
+// A thread is marked read only once its messages are on screen. Built on the client library;
+// served by serve.mjs, which also provides /config.json ({gateway, anonKey}), the library under
 // /lib/ and a same-origin proxy for the gateway's REST (/api/) and PostgREST (/rest/v1/).
 import { ChatClient, localStorageAdapter } from "./lib/index.js";
 
 const $ = (id) => document.getElementById(id);
 const config = await (await fetch("./config.json")).json();
-const threads = new Map(); // id -> { title, messages: [], unread }
+const PAGE = 30;
+/** id -> { title, messages: Map(id -> message), unread, dividerBefore, next, loaded, loading } */
+const threads = new Map();
 let selected = null;
 let client = null;
 
-function render() {
-  const list = $("threads");
-  list.replaceChildren(
+function thread(id) {
+  let t = threads.get(id);
+  if (!t) {
+    t = { title: null, messages: new Map(), unread: 0, dividerBefore: null, next: null, loaded: false, loading: false };
+    threads.set(id, t);
+  }
+  return t;
+}
+
+const byTime = (a, b) => (a.created_at < b.created_at ? -1 : a.created_at > b.created_at ? 1 : a.id < b.id ? -1 : 1);
+
+function renderThreads() {
+  $("threads").replaceChildren(
     ...[...threads.entries()].map(([id, t]) => {
       const li = document.createElement("li");
       li.dataset.threadId = id;
@@ -23,44 +37,138 @@ function render() {
         badge.textContent = String(t.unread);
         li.append(badge);
       }
-      li.onclick = () => openThread(id);
+      li.onclick = () => void openThread(id);
       return li;
     }),
   );
+}
+
+function messageElement(m) {
+  const div = document.createElement("div");
+  div.className = "message";
+  div.dataset.messageId = m.id;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = m.sender?.full_name ?? m.sender_id;
+  const role = document.createElement("span");
+  role.className = "role";
+  role.textContent = m.sender?.role ? ` (${m.sender.role})` : "";
+  const time = document.createElement("time");
+  time.dateTime = m.created_at;
+  time.textContent = new Date(m.created_at).toLocaleString();
+  const text = document.createElement("div");
+  text.className = "content";
+  text.textContent = m.content;
+  div.append(who, role, time, text);
+  return div;
+}
+
+/** Redraws the open thread; `keep`: "bottom" (follow the newest), "divider", or "position" (older page added). */
+function renderConversation(keep = "bottom") {
   const pane = $("conversation");
-  const thread = selected && threads.get(selected);
-  pane.replaceChildren(
-    ...(thread ? thread.messages : []).map((m) => {
-      const div = document.createElement("div");
-      div.className = "message";
-      div.dataset.messageId = m.id;
-      const who = document.createElement("span");
-      who.className = "who";
-      who.textContent = m.sender?.full_name ?? m.sender_id;
-      const role = document.createElement("span");
-      role.className = "role";
-      role.textContent = m.sender?.role ? ` (${m.sender.role})` : "";
-      const time = document.createElement("time");
-      time.textContent = new Date(m.created_at).toLocaleTimeString();
-      const text = document.createElement("div");
-      text.className = "content";
-      text.textContent = m.content;
-      div.append(who, role, time, text);
-      return div;
-    }),
-  );
-  pane.scrollTop = pane.scrollHeight;
+  const t = selected && threads.get(selected);
+  const before = { height: pane.scrollHeight, top: pane.scrollTop };
+  const atBottom = pane.scrollHeight - pane.scrollTop - pane.clientHeight < 40;
+  const children = [];
+  if (t?.loaded && t.next === null) {
+    const start = document.createElement("div");
+    start.className = "start";
+    start.textContent = "Start of the conversation";
+    children.push(start);
+  }
+  for (const m of t ? [...t.messages.values()].sort(byTime) : []) {
+    if (m.id === t.dividerBefore) {
+      const divider = document.createElement("div");
+      divider.id = "unread-divider";
+      divider.textContent = "unread";
+      children.push(divider);
+    }
+    children.push(messageElement(m));
+  }
+  pane.replaceChildren(...children);
+  if (keep === "position") pane.scrollTop = before.top + (pane.scrollHeight - before.height);
+  else if (keep === "divider" && $("unread-divider")) $("unread-divider").scrollIntoView({ block: "start" });
+  else if (keep === "divider" || atBottom) pane.scrollTop = pane.scrollHeight;
+}
+
+/** Resolves once the browser has painted what was rendered. */
+const painted = () => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+
+/** Marks the open thread read, once its unread messages are on screen. */
+async function markReadWhenShown(id) {
+  await painted();
+  const t = threads.get(id);
+  const shown = [...t.messages.keys()].every((mid) => document.querySelector(`[data-message-id="${mid}"]`));
+  if (selected !== id || !shown) return;
+  try {
+    await client.markRead(id);
+    t.unread = 0;
+    renderThreads();
+  } catch (e) {
+    console.warn("mark-read failed", e);
+  }
+}
+
+/** Adds a page of history (newest first from the gateway) to a thread. */
+function addPage(t, page) {
+  for (const m of page.messages) t.messages.set(m.id, m);
+  t.next = page.next;
+  t.loaded = true;
+}
+
+/** The oldest of the `unread` newest messages from others: the divider goes before it. */
+function firstUnread(t, unread) {
+  if (unread <= 0) return null;
+  const fromOthers = [...t.messages.values()].filter((m) => m.sender_id !== client.userId).sort(byTime);
+  return fromOthers[Math.max(0, fromOthers.length - unread)]?.id ?? null;
 }
 
 async function openThread(id) {
   selected = id;
-  const thread = threads.get(id);
-  thread.unread = 0;
-  render();
+  const t = thread(id);
+  renderThreads();
+  renderConversation("bottom");
+  if (!t.loaded) {
+    try {
+      addPage(t, await client.history(id, { limit: PAGE }));
+    } catch (e) {
+      $("conversation").textContent = `cannot load this thread: ${e.message ?? e}`;
+      return;
+    }
+  }
+  if (selected !== id) return;
+  t.dividerBefore = firstUnread(t, t.unread);
+  renderConversation("divider");
+  await markReadWhenShown(id);
+  // A page that does not fill the pane cannot be scrolled: fetch older ones now.
+  const pane = $("conversation");
+  while (selected === id && t.next !== null && pane.scrollHeight <= pane.clientHeight && !t.loading) await loadOlder();
+}
+
+async function loadOlder() {
+  const t = selected && threads.get(selected);
+  if (!t || !t.loaded || t.next === null || t.loading) return;
+  t.loading = true;
+  const id = selected;
   try {
-    await client.markRead(id);
+    addPage(t, await client.history(id, { before: t.next, limit: PAGE }));
+    if (selected === id) renderConversation("position");
   } catch (e) {
-    console.warn("mark-read failed", e);
+    console.warn("cannot load older messages", e);
+  } finally {
+    t.loading = false;
+  }
+}
+
+async function refreshBadges() {
+  try {
+    for (const row of await client.unreadByThread()) {
+      const t = thread(row.thread_id);
+      if (row.thread_id !== selected) t.unread = row.unread_count;
+    }
+    renderThreads();
+  } catch (e) {
+    console.warn("cannot read the unread counts", e);
   }
 }
 
@@ -69,8 +177,28 @@ async function loadThreads(token) {
     headers: { apikey: config.anonKey, Authorization: `Bearer ${token}` },
   });
   if (!response.ok) throw new Error(`cannot list threads (HTTP ${response.status})`);
-  for (const row of await response.json()) {
-    if (!threads.has(row.id)) threads.set(row.id, { title: row.title, messages: [], unread: 0 });
+  for (const row of await response.json()) thread(row.id).title = row.title;
+}
+
+function showStatus(status, reason) {
+  const pill = $("status");
+  pill.dataset.status = status;
+  if (reason) pill.dataset.reason = reason.reason;
+  else delete pill.dataset.reason;
+  pill.textContent = reason && status !== "live" ? `${status}: ${reason.message}` : status;
+}
+
+function onMessage({ message, source }) {
+  const t = thread(message.thread_id);
+  // Only threads whose history is on screen keep messages; the others load it when opened.
+  if (t.loaded) t.messages.set(message.id, message);
+  if (message.thread_id === selected) {
+    renderConversation("bottom");
+    void markReadWhenShown(selected);
+  } else if (message.sender_id !== client.userId && source === "socket" && client.status === "live") {
+    // Live message in another thread; catch-ups are counted by the gateway (refreshBadges on sync).
+    t.unread += 1;
+    renderThreads();
   }
 }
 
@@ -95,28 +223,23 @@ async function signIn(token) {
     storage: localStorageAdapter(),
   });
   client.on("status", (status) => {
-    $("status").textContent = status;
-    $("status").dataset.status = status;
+    showStatus(status, client.refusal);
+    if (status === "live") void refreshBadges();
   });
+  client.on("refused", (reason) => showStatus(client.status, reason));
   client.on("unreadCount", (n) => {
     $("badge").textContent = String(n);
     $("badge").dataset.count = String(n);
   });
-  client.on("message", ({ message }) => {
-    let thread = threads.get(message.thread_id);
-    if (!thread) threads.set(message.thread_id, (thread = { title: null, messages: [], unread: 0 }));
-    thread.messages.push(message);
-    if (message.thread_id === selected) {
-      client.markRead(selected).catch(() => undefined);
-    } else if (message.sender_id !== client.userId) {
-      thread.unread += 1;
-    }
-    render();
-  });
+  client.on("message", onMessage);
+  client.on("sync", () => void refreshBadges());
   client.on("error", (e) => console.warn("chat:", e.kind, e.message));
-  render();
+  $("conversation").addEventListener("scroll", () => {
+    if ($("conversation").scrollTop < 80) void loadOlder();
+  });
+  renderThreads();
+  await refreshBadges();
   await client.start();
-  await client.refreshUnreadCount().catch(() => undefined);
 }
 
 $("login").addEventListener("submit", (event) => {
