@@ -1,63 +1,121 @@
-// Browser test driver: serves examples/web (with the built library), opens it in headless Chromium
-// through playwright-core, signs in with a token, and reports what the page shows. Driven by
-// tests/js_client.rs. Usage:
-//   node tests/node/browser.mjs <gateway url> <supabase url> <anon key> <token> <thread A> <thread B> <text A> <text B>
-// Prints {"event":"ready","badge":N} once the page is live with thread A open; the Rust side then
-// inserts <text A> in thread A and <text B> in thread B; prints {"event":"result",...} and exits.
+// Browser test driver: the example web app as `scripts/demo --web` serves it, in headless Chromium
+// through playwright-core, driven by tests/web_example.rs. One JSON object per line on stdout.
+// Usage: node tests/node/browser.mjs '<json>' with
+//   { url, token, threadA, threadB, unreadA: [texts], oldest, total, textA, refusedUrl }
+// 1. Signs in at `url`, opens thread A and records (in the page, as they happen) when each of the
+//    `unreadA` texts is on screen, when the page asks the gateway to mark A read and when A's
+//    badge goes; scrolls up until the start of the conversation; prints {"event":"ready",...}.
+// 2. The Rust side then inserts `textA` in A and a message in B; prints {"event":"live",...} once
+//    `textA` is on screen and B's badge went up.
+// 3. Signs in at `refusedUrl` (an origin the gateway does not admit) and prints
+//    {"event":"refused",...} with what the status pill says; then exits.
 import { chromium } from "playwright-core";
-import { serve } from "../../examples/web/serve.mjs";
 
-const [gateway, supabase, anonKey, token, threadA, threadB, textA, textB, port] = process.argv.slice(2);
+const args = JSON.parse(process.argv[2]);
 const out = (event) => process.stdout.write(`${JSON.stringify(event)}\n`);
-const WAIT = 20_000;
+const WAIT = 30_000;
 
-const server = await serve({ gateway, supabase, anonKey, port: Number(port ?? 0) });
-const origin = `http://127.0.0.1:${server.address().port}`;
+/** In the page, before its scripts: timestamps of what the test must see in order. */
+function instrument({ unread, threadA }) {
+  window.__events = [];
+  const log = (what, extra = {}) => window.__events.push({ what, at: performance.now(), ...extra });
+  const fetch = window.fetch.bind(window);
+  window.fetch = (input, init) => {
+    const url = String(input?.url ?? input);
+    if (url.includes(`/api/chat/mark-read/${threadA}`)) log("mark-read");
+    return fetch(input, init);
+  };
+  const shown = new Set();
+  let hadBadge = false;
+  const check = () => {
+    const contents = [...document.querySelectorAll("#conversation .content")].map((e) => e.textContent);
+    for (const text of unread) {
+      if (!shown.has(text) && contents.includes(text)) {
+        shown.add(text);
+        log("shown", { text });
+      }
+    }
+    const badge = document.querySelector(`#threads li[data-thread-id="${threadA}"] .unread`);
+    if (badge) hadBadge = true;
+    else if (hadBadge) {
+      hadBadge = false;
+      log("badge-dropped");
+    }
+  };
+  new MutationObserver(check).observe(document, { subtree: true, childList: true, characterData: true });
+}
+
+async function signIn(page, url) {
+  page.on("console", (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
+  page.on("pageerror", (e) => process.stderr.write(`[page error] ${e.message}\n`));
+  await page.goto(url);
+  await page.fill("#token", args.token);
+  await page.click("#signin");
+}
+
+const badgeOf = (page, thread) =>
+  page.textContent(`#threads li[data-thread-id="${thread}"] .unread`, { timeout: 1000 }).then(Number, () => 0);
+
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync"],
 });
-const result = { event: "result" };
+let phase = "sign-in";
 try {
-  const page = await browser.newPage();
-  page.on("console", (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
-  page.on("pageerror", (e) => process.stderr.write(`[page error] ${e.message}\n`));
-  await page.goto(origin);
-  await page.fill("#token", token);
-  await page.click("#signin");
+  const context = await browser.newContext();
+  await context.addInitScript(instrument, { unread: args.unreadA, threadA: args.threadA });
+  const page = await context.newPage();
+  await signIn(page, args.url);
   await page.waitForSelector('#status[data-status="live"]', { timeout: WAIT });
-  // Opening thread A marks it read (POST mark-read, then GET unread-count): wait for both.
-  // Both waiters exist before the click: the count may come back before the mark-read is seen.
-  const marked = page.waitForResponse((r) => r.url().includes(`/api/chat/mark-read/${threadA}`), { timeout: WAIT });
-  const counted = page.waitForResponse((r) => r.url().includes("/api/chat/unread-count"), { timeout: WAIT });
-  await page.click(`#threads li[data-thread-id="${threadA}"]`, { timeout: WAIT });
-  await marked;
-  await counted;
-  await page.waitForTimeout(300);
-  const badge = Number(await page.textContent("#badge"));
-  out({ event: "ready", badge });
+  await page.waitForSelector(`#threads li[data-thread-id="${args.threadA}"] .unread`, { timeout: WAIT });
+  const ready = { event: "ready", badgeA: await badgeOf(page, args.threadA), badgeB: await badgeOf(page, args.threadB) };
 
-  await page.waitForSelector(`#conversation .content:text-is("${textA}")`, { timeout: WAIT });
-  result.sawA = true;
-  result.senderA = await page.textContent(`#conversation .message:last-child .who`);
-  await page.waitForSelector(`#threads li[data-thread-id="${threadB}"] .unread`, { timeout: WAIT });
-  await page.waitForFunction((n) => Number(document.getElementById("badge").textContent) === n, badge + 1, { timeout: WAIT });
-  result.badgeAfter = Number(await page.textContent("#badge"));
-  result.threadBUnread = await page.textContent(`#threads li[data-thread-id="${threadB}"] .unread`);
-  await page.click(`#threads li[data-thread-id="${threadB}"]`);
-  await page.waitForSelector(`#conversation .content:text-is("${textB}")`, { timeout: WAIT });
-  result.sawB = true;
-  // Reading thread B clears it (its message and any older unread one): the badge comes down.
-  await page.waitForFunction((n) => Number(document.getElementById("badge").textContent) <= n, badge, { timeout: WAIT });
-  await page.waitForTimeout(300);
-  result.badgeAfterReading = Number(await page.textContent("#badge"));
-  result.status = await page.textContent("#status");
+  phase = "open thread A";
+  await page.click(`#threads li[data-thread-id="${args.threadA}"]`);
+  await page.waitForFunction(() => window.__events.some((e) => e.what === "badge-dropped"), null, { timeout: WAIT });
+  ready.events = await page.evaluate(() => window.__events);
+  ready.afterDivider = await page.textContent("#unread-divider + .message .content");
+  ready.firstPage = await page.locator("#conversation .message").count();
+
+  phase = "scroll up";
+  ready.pages = [ready.firstPage];
+  while ((await page.locator("#conversation .start").count()) === 0) {
+    const before = await page.locator("#conversation .message").count();
+    await page.evaluate(() => {
+      document.getElementById("conversation").scrollTop = 0;
+    });
+    await page.waitForFunction((n) => document.querySelectorAll("#conversation .message").length > n, before, { timeout: WAIT });
+    ready.pages.push(await page.locator("#conversation .message").count());
+  }
+  const ids = await page.$$eval("#conversation .message", (els) => els.map((e) => e.dataset.messageId));
+  ready.total = ids.length;
+  ready.distinct = new Set(ids).size;
+  ready.first = await page.$eval("#conversation .message .content", (e) => e.textContent);
+  out(ready);
+
+  phase = "live messages";
+  await page.waitForSelector(`#conversation .content:text-is("${args.textA}")`, { timeout: WAIT });
+  const senderA = await page.textContent(`#conversation .message:last-child .who`);
+  await page.waitForFunction(
+    ({ thread, n }) => Number(document.querySelector(`#threads li[data-thread-id="${thread}"] .unread`)?.textContent) === n,
+    { thread: args.threadB, n: ready.badgeB + 1 },
+    { timeout: WAIT },
+  );
+  out({ event: "live", senderA, badgeB: await badgeOf(page, args.threadB), badgeA: await badgeOf(page, args.threadA) });
+
+  phase = "refused origin";
+  const other = await (await browser.newContext()).newPage();
+  await signIn(other, args.refusedUrl);
+  await other.waitForSelector("#status[data-reason]", { timeout: WAIT });
+  out({
+    event: "refused",
+    reason: await other.getAttribute("#status", "data-reason"),
+    text: await other.textContent("#status"),
+    status: await other.getAttribute("#status", "data-status"),
+  });
 } catch (error) {
-  result.error = String(error?.message ?? error);
-  result.badgeAtError = await browser.contexts()[0]?.pages()[0]?.textContent("#badge").catch(() => null);
+  out({ event: "error", phase, error: String(error?.message ?? error) });
 } finally {
-  out(result);
   await browser.close();
-  server.close();
 }
