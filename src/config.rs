@@ -26,16 +26,19 @@ mod backend;
 pub mod check;
 mod delivery;
 mod edge;
+mod expo;
 mod push;
 pub mod reference;
 mod rules;
 mod server;
 mod session;
+mod webpush;
 
 pub use crate::edge::{EdgeSettings, MIN_HEADER_BYTES};
 pub use auth::{AuthRules, AuthSettings};
 pub use backend::{Backend, SupabaseProject};
 pub use delivery::{CacheSettings, FeedSettings, RealtimeVsn, ResumeBounds, ResumeSettings, RouterConfig};
+pub use expo::{ExpoTarget, EXPO_PUSH_URL};
 pub use push::{
     decode_webhook_secret, ApnsTarget, FcmTarget, PushSettings, WebhookTarget, APNS_PRODUCTION_URL, APNS_SANDBOX_URL,
     DEFAULT_FCM_API_URL,
@@ -43,6 +46,7 @@ pub use push::{
 pub use rules::parse_origins;
 pub use server::{LogFormat, LogSettings, OpsSettings, Shutdown};
 pub use session::{Fairness, Limits};
+pub use webpush::{decode_vapid_key, Vapid};
 
 use rules::{invalid, Problems};
 

@@ -208,9 +208,15 @@ type Case<'a> = (Method, String, Option<&'a str>, u16, Option<Value>);
 /// Enables the operator page in these tests, so that its routes are checked like the others.
 const ADMIN_TOKEN: &str = "admin-token-for-the-openapi-tests";
 
+/// The operator page and Web Push on, so that their routes answer.
+fn with_admin_and_web_push(c: &mut realtime_gateway::config::Config) {
+    c.ops.admin_token = Some(ADMIN_TOKEN.into());
+    crate::push_webpush::with_vapid(c);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_operation_answers_as_documented_for_good_and_bad_input() {
-    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(with_admin_and_web_push).await;
     let api = Api::load();
     let carla = world.token(&CARLA);
     let good = Some(carla.as_str());
@@ -240,6 +246,8 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
         (Method::POST, mark("not-a-uuid"), good, 400, None),
         (Method::POST, mark(&CLASS_4A_PARENTS.to_string()), good, 403, None),
         (Method::POST, mark(&CLASS_3B_PARENTS.to_string()), None, 401, None),
+        (Method::GET, "/api/chat/push/vapid-public-key".into(), good, 200, None),
+        (Method::GET, "/api/chat/push/vapid-public-key".into(), None, 401, None),
         (Method::GET, "/healthz".into(), None, 200, None),
         (Method::GET, "/readyz".into(), None, 200, None),
         (Method::GET, "/metrics".into(), None, 200, None),
@@ -336,7 +344,7 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_the_server_answers_is_documented() {
-    let world = World::start_with(|c| c.ops.admin_token = Some(ADMIN_TOKEN.into())).await;
+    let world = World::start_with(with_admin_and_web_push).await;
     let api = Api::load();
     let words = [
         "api",
@@ -346,6 +354,8 @@ async fn every_route_the_server_answers_is_documented() {
         "offline-messages",
         "unread-count",
         "mark-read",
+        "push",
+        "vapid-public-key",
         "healthz",
         "readyz",
         "metrics",

@@ -10,6 +10,7 @@
 
 mod chat;
 mod devices;
+mod push;
 mod status;
 mod threads;
 
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub ops: Arc<Ops>,
     /// The operator page's own state (its token, the recent disconnects).
     pub admin: Arc<AdminState>,
+    /// The VAPID public key (base64url), when Web Push is configured.
+    pub vapid_public_key: Option<String>,
 }
 
 /// The caller: verified identity and the raw token to forward to PostgREST.
@@ -125,6 +128,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     chat::routes(state.clone())
         .or(threads::routes(state.clone()))
         .unify()
+        .or(push::routes(state.clone()))
+        .unify()
         .or(status::health())
         .unify()
         .or(status::ready(state.clone()))
@@ -147,7 +152,7 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
 /// The route template of a request path, a static label for the latency series (never the
 /// path itself: it may hold ids).
 fn route_label(path: &str) -> &'static str {
-    const ROUTES: [&str; 11] = [
+    const ROUTES: [&str; 12] = [
         "/api/chat/subscribe",
         "/api/chat/unsubscribe",
         "/api/chat/offline-messages",
@@ -159,6 +164,7 @@ fn route_label(path: &str) -> &'static str {
         "/api/openapi.json",
         "/admin",
         "/admin/api/overview",
+        "/api/chat/push/vapid-public-key",
     ];
     /// Templates with one id: (prefix, suffix, label).
     const WITH_ID: [(&str, &str, &str); 5] = [

@@ -262,6 +262,22 @@ pub fn describe(c: &Config) -> String {
         ("PUSH_DELAY_MS", c.push.delay.as_millis().to_string()),
         ("PUSH_MAX_ATTEMPTS", c.push.max_attempts.to_string()),
         ("PUSH_LEASE_SECS", c.push.lease.as_secs().to_string()),
+        (
+            "VAPID_PRIVATE_KEY",
+            c.push.vapid.as_ref().map_or_else(|| "(empty: no Web Push)".into(), |_| "<redacted>".into()),
+        ),
+        ("VAPID_SUBJECT", c.push.vapid.as_ref().map_or_else(|| "(empty)".into(), |v| v.subject.clone())),
+        ("PUSH_EXPO", c.push.expo.is_some().to_string()),
+        ("EXPO_PUSH_URL", c.push.expo.as_ref().map_or_else(|| "(Expo off)".into(), |e| e.url.clone())),
+        (
+            "EXPO_ACCESS_TOKEN",
+            c.push
+                .expo
+                .as_ref()
+                .and_then(|e| e.access_token.as_deref())
+                .map(secret)
+                .unwrap_or_else(|| "(empty)".into()),
+        ),
     ]);
     rows.extend(mobile_push_rows(&c.push));
     rows.into_iter().map(|(name, value)| format!("{name}={value}\n")).collect()

@@ -72,6 +72,10 @@ pub struct PushArgs {
     /// Base URL of APNs, overriding APNS_SANDBOX (tests; http:// speaks HTTP/2 without TLS).
     #[arg(long = "apns-url", env = "APNS_URL", default_value = "", value_parser = optional_http_url())]
     pub apns_url: ::std::option::Option<String>,
+    #[command(flatten)]
+    pub webpush: super::webpush::WebPushArgs,
+    #[command(flatten)]
+    pub expo: super::expo::ExpoArgs,
 }
 
 /// FCM's API when `FCM_API_URL` is not set.
@@ -122,6 +126,13 @@ pub struct PushSettings {
     pub lease: Duration,
     pub fcm: Option<FcmTarget>,
     pub apns: Option<ApnsTarget>,
+    /// Web Push's VAPID identity, when `VAPID_PRIVATE_KEY` is set.
+    pub vapid: Option<super::webpush::Vapid>,
+    /// Expo's push API, when `PUSH_EXPO=true`.
+    pub expo: Option<super::expo::ExpoTarget>,
+    /// Root certificates (PEM) trusted for Web Push endpoints besides the public ones. Not a
+    /// setting: for tests and embedding, whose push service stand-in has a CA of its own.
+    pub webpush_roots: Option<String>,
 }
 
 impl PushArgs {
@@ -135,11 +146,14 @@ impl PushArgs {
             lease: self.lease,
             fcm: None,
             apns: None,
+            vapid: None,
+            expo: None,
+            webpush_roots: None,
         }
     }
 
-    /// Checks the lease against the send timeout, the webhook's URL and secret together, and the
-    /// APNs settings together.
+    /// Checks the lease against the send timeout, the webhook's URL and secret together, the
+    /// APNs settings together, then Web Push's and Expo's settings.
     pub(super) fn resolve(self, send_timeout: Duration) -> Result<PushSettings, ConfigError> {
         if self.lease <= send_timeout {
             return Err(invalid(
@@ -172,7 +186,9 @@ impl PushArgs {
                 Some(WebhookTarget { url, key })
             }
         };
-        Ok(PushSettings { webhook, fcm, apns, ..base })
+        let vapid = self.webpush.resolve()?;
+        let expo = self.expo.resolve()?;
+        Ok(PushSettings { webhook, fcm, apns, vapid, expo, ..base })
     }
 
     /// APNs: the key file, key id, team id and topic all set, or none of them.
@@ -281,6 +297,12 @@ mod tests {
             apns_topic: None,
             apns_sandbox: false,
             apns_url: None,
+            webpush: super::super::webpush::WebPushArgs { vapid_private_key: None, vapid_subject: None },
+            expo: super::super::expo::ExpoArgs {
+                enabled: false,
+                url: super::super::expo::EXPO_PUSH_URL.into(),
+                access_token: None,
+            },
         }
     }
 

@@ -157,3 +157,19 @@ fn fcm_and_apns_are_set_from_their_flags() {
     assert!(none.push.fcm.is_none() && none.push.apns.is_none(), "neither by default");
     assert!(parse(&["--apns-topic=org.school.chat"]).is_err(), "APNs needs its four settings");
 }
+
+#[test]
+fn web_push_and_expo_are_set_from_their_flags() {
+    let c = parse(&[
+        "--vapid-private-key=8K0tY1TO0eV1Wg0nw8PDh28dnO7r0oOM7TbXhTvBhgQ",
+        "--vapid-subject=mailto:it@school.example",
+        "--push-expo=true",
+        "--expo-access-token=expo-token",
+    ])
+    .expect("valid");
+    assert_eq!(c.push.vapid.as_ref().map(|v| v.subject.as_str()), Some("mailto:it@school.example"));
+    let expo = c.push.expo.as_ref().expect("Expo on");
+    assert_eq!((expo.url.as_str(), expo.access_token.as_deref()), (super::EXPO_PUSH_URL, Some("expo-token")));
+    let off = parse(&[]).expect("valid");
+    assert!(off.push.vapid.is_none() && off.push.expo.is_none(), "both off by default");
+}

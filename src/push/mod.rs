@@ -10,7 +10,8 @@
 //!   and configured channel. With no transport configured the jobs are only drained, so the queue
 //!   never grows on a gateway that does not push. Every [`QUEUE_STATS_EVERY`] it also reads the
 //!   queue's depth for the metrics and `/admin`;
-//! - [`sender`]: leases due deliveries, sends them, and ends or reschedules each.
+//! - [`sender`]: leases due deliveries, sends them on their transport ([`webhook`], [`webpush`],
+//!   [`expo`]), and ends or reschedules each.
 //!
 //! It must never run on the router's task or hold up the live path; the database is the buffer.
 //! A failed call is logged and tried again on the next tick: a job stays in its table until a
@@ -18,10 +19,12 @@
 //! mid-send) gives the delivery to another sender with the same id.
 
 pub mod apns;
+pub mod expo;
 pub mod fcm;
 pub mod presence;
 pub mod sender;
 pub mod webhook;
+pub mod webpush;
 
 use std::time::Duration;
 
@@ -67,6 +70,10 @@ pub struct PushConfig {
     pub fcm: Option<fcm::Fcm>,
     /// APNs, when its key, key id, team id and topic are set.
     pub apns: Option<apns::Apns>,
+    /// Web Push, when `VAPID_PRIVATE_KEY` is set.
+    pub webpush: Option<webpush::WebPush>,
+    /// Expo's push API, when `PUSH_EXPO=true`.
+    pub expo: Option<expo::Expo>,
 }
 
 /// A transport that cannot be built at start-up (each names its setting).
@@ -78,6 +85,10 @@ pub enum PushError {
     Fcm(#[from] fcm::FcmError),
     #[error(transparent)]
     Apns(#[from] apns::ApnsError),
+    #[error(transparent)]
+    WebPush(#[from] webpush::WebPushError),
+    #[error(transparent)]
+    Expo(#[from] expo::ExpoError),
 }
 
 impl PushConfig {
@@ -87,6 +98,9 @@ impl PushConfig {
         let webhook = settings.webhook.as_ref().map(|target| webhook::Webhook::new(target, timeout)).transpose()?;
         let fcm = settings.fcm.as_ref().map(|target| fcm::Fcm::new(target, timeout)).transpose()?;
         let apns = settings.apns.as_ref().map(|target| apns::Apns::new(target, timeout)).transpose()?;
+        let roots = settings.webpush_roots.as_deref();
+        let webpush = settings.vapid.as_ref().map(|vapid| webpush::WebPush::new(vapid, roots, timeout)).transpose()?;
+        let expo = settings.expo.as_ref().map(|target| expo::Expo::new(target, timeout)).transpose()?;
         Ok(PushConfig {
             instance: Uuid::new_v4(),
             delay: settings.delay,
@@ -95,6 +109,8 @@ impl PushConfig {
             webhook,
             fcm,
             apns,
+            webpush,
+            expo,
         })
     }
 
@@ -109,6 +125,12 @@ impl PushConfig {
         }
         if self.apns.is_some() {
             channels.push("apns");
+        }
+        if self.webpush.is_some() {
+            channels.push("webpush");
+        }
+        if self.expo.is_some() {
+            channels.push("expo");
         }
         channels
     }

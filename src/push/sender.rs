@@ -64,13 +64,7 @@ pub fn spawn(
 }
 
 async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, delivery: &PushDelivery) {
-    let outcome = match (delivery.channel.as_str(), config) {
-        ("webhook", PushConfig { webhook: Some(hook), .. }) => hook.send(delivery).await,
-        ("fcm", PushConfig { fcm: Some(fcm), .. }) => fcm.send(delivery).await,
-        ("apns", PushConfig { apns: Some(apns), .. }) => apns.send(delivery).await,
-        // Never leased: the claim asks only for this instance's channels.
-        (channel, _) => Outcome::Dropped(format!("no {channel} transport on this instance")),
-    };
+    let outcome = dispatch(config, delivery).await;
     let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
     let (verdict, error, retry_at) = match &outcome {
         Outcome::Sent => ("sent", None, None),
@@ -101,4 +95,33 @@ async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, deliver
     if let Err(e) = store.push_finish(delivery.id, verdict, error.as_deref(), retry_at).await {
         tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a push outcome; the lease runs out and it is sent again with the same id");
     }
+}
+
+/// Sends a delivery on its channel's transport.
+async fn dispatch(config: &PushConfig, delivery: &PushDelivery) -> Outcome {
+    let outcome = match delivery.channel.as_str() {
+        "webhook" => match &config.webhook {
+            Some(hook) => Some(hook.send(delivery).await),
+            None => None,
+        },
+        "fcm" => match &config.fcm {
+            Some(fcm) => Some(fcm.send(delivery).await),
+            None => None,
+        },
+        "apns" => match &config.apns {
+            Some(apns) => Some(apns.send(delivery).await),
+            None => None,
+        },
+        "webpush" => match &config.webpush {
+            Some(webpush) => Some(webpush.send(delivery).await),
+            None => None,
+        },
+        "expo" => match &config.expo {
+            Some(expo) => Some(expo.send(delivery).await),
+            None => None,
+        },
+        _ => None,
+    };
+    // None: never leased, as the claim asks only for this instance's channels.
+    outcome.unwrap_or_else(|| Outcome::Dropped(format!("no {} transport on this instance", delivery.channel)))
 }

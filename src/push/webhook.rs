@@ -127,8 +127,9 @@ pub fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// A transport error without its URL (a webhook URL may carry a token in its query).
-fn without_url(e: &reqwest::Error) -> String {
+/// A transport error without its URL (a webhook URL may carry a token in its query, a Web Push
+/// endpoint is itself a capability).
+pub(super) fn without_url(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
     if let Some(url) = e.url() {
         text = text.replace(url.as_str(), "<url>");

@@ -285,6 +285,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         budgets,
         ops,
         admin,
+        vapid_public_key: config.push.vapid.as_ref().map(|v| crate::push::webpush::public_key(&v.key)),
     }));
     let ws_config = websocket_config(&config.limits);
     let listener_ctx = Listener { ctx, rest, ws_config, edge, tasks: tasks.clone() };

@@ -12,6 +12,8 @@
 //! - [`push`]: FCM and APNs stand-ins on ports of their own;
 //! - `/_standin/...`: fault controls for tests and the benchmark (never part of Supabase).
 //!
+//! Beside the stack, [`push`] holds the push providers' stand-ins, each its own server.
+//!
 //! None of this is meant to face the internet: it exists for tests, the demo and the benchmark.
 
 pub mod keys;

@@ -4,4 +4,6 @@
 //! For tests only: their keys are generated at run time and never leave the process.
 
 pub mod apns;
+pub mod expo;
 pub mod fcm;
+pub mod webpush;
