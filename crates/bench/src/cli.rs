@@ -23,6 +23,9 @@ pub enum Cmd {
     Storm(StormArgs),
     /// The end-to-end pass (real INSERTs) on both backends, latency side by side.
     E2e(e2e::E2eArgs),
+    /// Push to offline recipients: the live path with push off vs on, and pushes/s to a webhook
+    /// stand-in.
+    Push(crate::push::PushArgs),
     /// Serve as the ceiling server (used by `run` as a subprocess).
     Ceiling {
         #[arg(long)]

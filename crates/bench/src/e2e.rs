@@ -55,6 +55,17 @@ impl Backend {
 
 /// Starts a release gateway on `port` against the stand-in stack, on `backend`.
 pub fn spawn_gateway(bin: &Path, stack: &Stack, backend: Backend, port: u16) -> std::io::Result<Child> {
+    spawn_gateway_with(bin, stack, backend, port, &[])
+}
+
+/// The same, with `extra` environment variables (the push scenario's webhook).
+pub fn spawn_gateway_with(
+    bin: &Path,
+    stack: &Stack,
+    backend: Backend,
+    port: u16,
+    extra: &[(&str, String)],
+) -> std::io::Result<Child> {
     let keys = stack.keys();
     let mut command = Command::new(bin);
     match backend {
@@ -80,6 +91,7 @@ pub fn spawn_gateway(bin: &Path, stack: &Stack, backend: Backend, port: u16) -> 
         .env("WS_PING_INTERVAL_SECS", "600")
         .env("DRAIN_SECS", "0")
         .env("SHUTDOWN_GRACE_SECS", "5")
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .spawn()
 }

@@ -12,7 +12,8 @@
 //! By role: [`cli`] (the command line), [`school`] (the population), [`host`] (the gateway
 //! process, `/proc` and `/metrics`), [`clients`] (the sessions), [`step`] (one step of offered
 //! load, every delivery checked), [`run`] (the standard scenario) and [`report`] (its table and
-//! JSON), [`e2e`] (real INSERTs, both backends), [`storm`] (the reconnect storm) and [`ceiling`]
+//! JSON), [`e2e`] (real INSERTs, both backends), [`push`] (push to offline recipients: the live
+//! path with push off vs on, pushes/s), [`storm`] (the reconnect storm) and [`ceiling`]
 //! (the ceiling server).
 
 mod ceiling;
@@ -20,6 +21,7 @@ mod cli;
 mod clients;
 mod e2e;
 mod host;
+mod push;
 mod report;
 mod run;
 mod school;
@@ -36,6 +38,7 @@ fn main() {
         Some(Cmd::Run(a)) => a.gen_threads.max(1),
         Some(Cmd::Storm(a)) => a.gen_threads.max(1),
         Some(Cmd::E2e(_)) => 2,
+        Some(Cmd::Push(_)) => 2,
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
@@ -57,6 +60,7 @@ fn main() {
         Some(Cmd::Run(args)) => runtime.block_on(run::run(args)),
         Some(Cmd::Storm(args)) => runtime.block_on(storm::run(args)),
         Some(Cmd::E2e(args)) => runtime.block_on(e2e::run(args)),
+        Some(Cmd::Push(args)) => runtime.block_on(push::run(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run::run(args)),
             _ => 2,

@@ -1,0 +1,278 @@
+//! `gateway-bench push`: what push to offline recipients costs the live path, and how fast it
+//! sends. One stand-in stack and school population; `--offline` participants (parents spread over
+//! every class, and the first parent's 1:1 thread) have no session. Two passes on the same data,
+//! one gateway process each: push off (no transport: the queue is only drained, as shipped) and
+//! push on (`PUSH_WEBHOOK_URL` to a stand-in receiver here that answers 200 at once and records
+//! each call). Each pass makes the same real INSERTs and measures the live path (client-side
+//! latency from `created_at`, the gateway's `gateway_delivery_latency_seconds`, and its CPU per
+//! live delivery over the same window); the push-on pass also measures pushes/s reaching the
+//! receiver and `gateway_push_latency_seconds`. Writes `target/bench/push.json`. Owns this
+//! scenario only; it must never assert a number (the report states them).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use supabase_standin::Stack;
+use uuid::Uuid;
+use warp::Filter;
+
+use crate::clients;
+use crate::e2e::{end_to_end, spawn_gateway_with, Backend};
+use crate::host::{free_port, machine, proc_cpu_secs, raise_nofile, stop_gateway, wait_http};
+use crate::school::{school_stack, session_tokens, Population};
+
+#[derive(clap::Args, Clone)]
+pub struct PushArgs {
+    /// Class threads (each 1 teacher + 30 parents, plus one 1:1 thread).
+    #[arg(long, default_value_t = 80)]
+    classes: usize,
+    /// Participants with no session (parents, spread over the classes).
+    #[arg(long, default_value_t = 1000)]
+    offline: usize,
+    /// Real INSERTs per second, round robin over the threads.
+    #[arg(long, default_value_t = 100)]
+    inserts_per_sec: u64,
+    /// Seconds of INSERTs per pass.
+    #[arg(long, default_value_t = 10.0)]
+    secs: f64,
+    /// Seconds measured after the INSERTs (pushes go out PUSH_DELAY_MS after each commit, and a
+    /// burst to one user and thread collapses into one push 10 s after the previous).
+    #[arg(long, default_value_t = 15.0)]
+    settle_secs: f64,
+    #[arg(long, default_value = "target/bench/push.json")]
+    report: PathBuf,
+    #[arg(long, default_value = "target/release/realtime-gateway")]
+    gateway_bin: PathBuf,
+}
+
+/// One call the stand-in receiver got: when, for whom, about a message created when.
+struct Arrival {
+    at_us: i64,
+    user: String,
+    created_at_us: i64,
+}
+
+/// The webhook stand-in: 200 at once, every call recorded.
+async fn receiver() -> (Arc<Mutex<Vec<Arrival>>>, String) {
+    let calls: Arc<Mutex<Vec<Arrival>>> = Arc::default();
+    let record = calls.clone();
+    let route = warp::post().and(warp::body::bytes()).map(move |body: hyper::body::Bytes| {
+        let at_us = chrono::Utc::now().timestamp_micros();
+        let push: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let created_at_us = push["created_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map_or(0, |t| t.timestamp_micros());
+        let user = push["user_id"].as_str().unwrap_or_default().to_string();
+        if let Ok(mut calls) = record.lock() {
+            calls.push(Arrival { at_us, user, created_at_us });
+        }
+        warp::reply()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("the receiver binds");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    (calls, format!("http://{addr}/push"))
+}
+
+/// The offline users: parents taken across classes (the first parent of every class first, then
+/// the second...), so every class thread and every 1:1 thread has some.
+fn offline_users(pop: &Population, n: usize) -> HashSet<usize> {
+    let classes = pop.threads.iter().filter(|t| t.1.len() > 2).count();
+    let mut offline = HashSet::new();
+    'fill: for p in 1..=30 {
+        for c in 0..classes {
+            if offline.len() >= n {
+                break 'fill;
+            }
+            offline.insert(c * 31 + p);
+        }
+    }
+    offline
+}
+
+/// A histogram of `/metrics`: (upper bound, cumulative count) per bucket.
+async fn histogram(port: u16, name: &str) -> Vec<(f64, u64)> {
+    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound under which `q` of the observations between `before` and `after` fall, in ms.
+fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Value {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n - before.iter().find(|(b, _)| b == le).map_or(0, |(_, m)| *m).min(*n)))
+        .collect();
+    let total = delta.last().map_or(0, |(_, n)| *n);
+    if total == 0 {
+        return Value::Null;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    delta.iter().find(|(_, n)| *n >= want).map_or(Value::Null, |(le, _)| json!(le * 1000.0))
+}
+
+/// Milliseconds at quantile `q` of `values` (microseconds).
+fn quantile_ms(values: &mut [i64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_unstable();
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
+    values[i] as f64 / 1000.0
+}
+
+/// One pass: a gateway process (push on with `webhook`), the online sessions, the INSERTs, the
+/// settle window; the live path's figures and the gateway's CPU.
+async fn pass(
+    args: &PushArgs,
+    stack: &Stack,
+    pop: &Population,
+    tokens: &[(usize, String)],
+    webhook: Option<&str>,
+) -> Option<Value> {
+    let port = free_port();
+    let secret = "whsec_YmVuY2gtb25seS1zZWNyZXQtYmVuY2gtb25seQ==".to_string();
+    let extra: Vec<(&str, String)> = match webhook {
+        Some(url) => vec![("PUSH_WEBHOOK_URL", url.to_string()), ("PUSH_WEBHOOK_SECRET", secret)],
+        None => Vec::new(),
+    };
+    let mut child = spawn_gateway_with(&args.gateway_bin, stack, Backend::Supabase, port, &extra).ok()?;
+    if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
+        eprintln!("the gateway never became ready");
+        let _ = child.kill();
+        return None;
+    }
+    let epoch = chrono::Utc::now().timestamp_micros();
+    let (sessions, _, failures) = clients::connect_all(&format!("ws://127.0.0.1:{port}/"), tokens, 2500, epoch).await;
+    // Presence is reported once a second: every online user is known before the first INSERT.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = child.id();
+    let live_before = histogram(port, "gateway_delivery_latency_seconds").await;
+    let cpu0 = proc_cpu_secs(pid);
+    let started = Instant::now();
+    let mut live = end_to_end(stack, pop, &sessions, args.inserts_per_sec, args.secs, pid).await;
+    let rest = Duration::from_secs_f64(args.secs + args.settle_secs).saturating_sub(started.elapsed());
+    tokio::time::sleep(rest).await;
+    let window = started.elapsed().as_secs_f64();
+    let cpu = proc_cpu_secs(pid) - cpu0;
+    let live_after = histogram(port, "gateway_delivery_latency_seconds").await;
+    let push_hist = histogram(port, "gateway_push_latency_seconds").await;
+    let delivered = live["delivered"].as_u64().unwrap_or(0);
+    live["sessions"] = json!(sessions.len() - failures);
+    live["window_secs"] = json!(window);
+    live["gateway_cpu_secs"] = json!(cpu);
+    live["gateway_cpu_us_per_live_delivery"] = json!(if delivered > 0 { cpu * 1e6 / delivered as f64 } else { 0.0 });
+    live["gateway_delivery_latency_ms_bucket_bound"] = json!({
+        "p50": bucket_quantile(&live_before, &live_after, 0.5), "p99": bucket_quantile(&live_before, &live_after, 0.99)});
+    if webhook.is_some() {
+        live["gateway_push_latency_ms_bucket_bound"] =
+            json!({"p50": bucket_quantile(&[], &push_hist, 0.5), "p99": bucket_quantile(&[], &push_hist, 0.99)});
+    }
+    live["queue"] = queue(stack).await;
+    stop_gateway(&mut child);
+    drop(sessions);
+    Some(live)
+}
+
+/// The deliveries of the queue by state, and jobs left.
+async fn queue(stack: &Stack) -> Value {
+    let db = stack.sql().await;
+    let rows = db
+        .query("select state, count(*) from public.chat_push_deliveries group by state", &[])
+        .await
+        .unwrap_or_default();
+    let jobs: i64 = db.query_one("select count(*) from public.chat_push_jobs", &[]).await.map_or(-1, |r| r.get(0));
+    let mut states = serde_json::Map::new();
+    for r in rows {
+        states.insert(r.get::<_, String>(0), json!(r.get::<_, i64>(1)));
+    }
+    json!({"deliveries_by_state": states, "jobs_left": jobs})
+}
+
+/// Pushes the receiver got: count, wrong recipients, rate, latency from `created_at`.
+fn pushes(calls: &[Arrival], offline: &HashSet<Uuid>) -> Value {
+    let wrong = calls.iter().filter(|c| Uuid::parse_str(&c.user).map_or(true, |u| !offline.contains(&u))).count();
+    let (first, last) =
+        (calls.iter().map(|c| c.at_us).min().unwrap_or(0), calls.iter().map(|c| c.at_us).max().unwrap_or(0));
+    let mut per_second = std::collections::BTreeMap::<i64, u64>::new();
+    for c in calls {
+        *per_second.entry((c.at_us - first) / 1_000_000).or_default() += 1;
+    }
+    let mut latency: Vec<i64> = calls.iter().map(|c| c.at_us - c.created_at_us).collect();
+    let span = (last - first) as f64 / 1e6;
+    json!({
+        "received": calls.len(),
+        "to_online_or_unknown_users": wrong,
+        "first_to_last_secs": span,
+        "per_sec_over_span": if span > 0.0 { calls.len() as f64 / span } else { 0.0 },
+        "busiest_second": per_second.values().max().copied().unwrap_or(0),
+        "per_second": per_second.values().collect::<Vec<_>>(),
+        "latency_ms_from_created_at": {"p50": quantile_ms(&mut latency, 0.5), "p99": quantile_ms(&mut latency, 0.99),
+                                        "max": quantile_ms(&mut latency, 1.0)},
+    })
+}
+
+pub async fn run(args: PushArgs) -> i32 {
+    raise_nofile();
+    let Some((stack, pop)) = school_stack(args.classes).await else { return 2 };
+    let offline = offline_users(&pop, args.offline);
+    let all = session_tokens(&pop, stack.keys());
+    let tokens: Vec<(usize, String)> = all.into_iter().filter(|(u, _)| !offline.contains(u)).collect();
+    eprintln!("{} users, {} offline, {} sessions", pop.users.len(), offline.len(), tokens.len());
+    let Some(off) = pass(&args, &stack, &pop, &tokens, None).await else { return 2 };
+    eprintln!("push off: {off}");
+    let (calls, url) = receiver().await;
+    let Some(on) = pass(&args, &stack, &pop, &tokens, Some(&url)).await else { return 2 };
+    eprintln!("push on: {on}");
+    let offline_ids: HashSet<Uuid> = offline.iter().map(|&u| pop.users[u].0).collect();
+    let pushed = calls.lock().map(|c| pushes(&c, &offline_ids)).unwrap_or_default();
+    let ratio = |key: &str| {
+        let (a, b) = (off[key].as_f64().unwrap_or(0.0), on[key].as_f64().unwrap_or(0.0));
+        if a > 0.0 {
+            json!(b / a)
+        } else {
+            Value::Null
+        }
+    };
+    let latency_ratio = |q: &str| {
+        let (a, b) = (&off["latency_ms_from_created_at"][q], &on["latency_ms_from_created_at"][q]);
+        match (a.as_f64(), b.as_f64()) {
+            (Some(a), Some(b)) if a > 0.0 => json!(b / a),
+            _ => Value::Null,
+        }
+    };
+    let report = json!({
+        "scenario": "push to offline recipients: live path with push off vs on, and push throughput",
+        "classes": args.classes, "users": pop.users.len(), "offline_users": offline.len(),
+        "inserts_per_sec": args.inserts_per_sec, "secs": args.secs, "settle_secs": args.settle_secs,
+        "push_off": off, "push_on": on, "pushes": pushed,
+        "ratios_on_over_off": {"cpu_per_live_delivery": ratio("gateway_cpu_us_per_live_delivery"),
+                               "live_p50": latency_ratio("p50"), "live_p99": latency_ratio("p99")},
+        "machine": machine(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    if let Some(dir) = args.report.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = std::fs::write(&args.report, serde_json::to_string_pretty(&report).unwrap_or_default());
+    let lost = |r: &Value| r["lost"].as_u64().unwrap_or(0) + r["duplicated"].as_u64().unwrap_or(0);
+    if lost(&off) + lost(&on) > 0 || report["pushes"]["to_online_or_unknown_users"].as_u64().unwrap_or(0) > 0 {
+        eprintln!("LOST OR DUPLICATED LIVE DELIVERIES, OR A PUSH TO AN ONLINE USER");
+        return 1;
+    }
+    0
+}
