@@ -120,7 +120,7 @@ pub async fn run(args: E2eArgs) -> i32 {
             clients::connect_all(&format!("ws://127.0.0.1:{port}/"), &tokens, 2500, epoch).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let pid = child.id();
-        let mut result = end_to_end(&stack, &pop, &sessions, args.inserts_per_sec, args.secs, pid).await;
+        let mut result = end_to_end(&stack, &pop, &sessions, args.inserts_per_sec, args.secs, pid, 999).await;
         result["backend"] = json!(backend.name());
         result["sessions"] = json!(sessions.len() - failures);
         eprintln!("{}: {result}", backend.name());
@@ -173,9 +173,9 @@ pub async fn end_to_end(
     per_sec: u64,
     secs: f64,
     pid: u32,
+    step_no: u16,
 ) -> Value {
     let db = stack.sql().await;
-    let step_no = 999u16;
     let count = (per_sec as f64 * secs) as usize;
     let cpu0 = proc_cpu_secs(pid);
     let started = Instant::now();

@@ -46,7 +46,7 @@ pub async fn run(args: RunArgs) -> i32 {
     let gateway_steps = until_saturated(&stack, &pop, &sessions, &args, Server::Gateway, pid).await;
     let mut e2e = Value::Null;
     if args.e2e_inserts_per_sec > 0 {
-        e2e = end_to_end(&stack, &pop, &sessions, args.e2e_inserts_per_sec, args.step_secs, pid).await;
+        e2e = end_to_end(&stack, &pop, &sessions, args.e2e_inserts_per_sec, args.step_secs, pid, 999).await;
         println!("end-to-end (real INSERTs): {e2e}");
     }
     let rss_loaded = proc_rss_kib(pid);
