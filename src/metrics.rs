@@ -24,7 +24,7 @@ mod sampled;
 use std::time::Duration;
 
 pub use fairness::{Budget, FairnessMetrics};
-pub use push::PushMetrics;
+pub use push::{PushMetrics, PushStats};
 use resume::ResumeMetrics;
 use routing::RoutingMetrics;
 pub use sampled::Sampled;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::gauge::Gauge;
 
-use crate::store::PushStats;
+use serde::{Deserialize, Serialize};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,20 @@ use prometheus_client::registry::Registry;
 struct AttemptLabels {
     channel: &'static str,
     outcome: &'static str,
+}
+
+/// The push queue at a glance (`chat_push_stats()`): jobs waiting for a decision, the oldest one's
+/// creation, deliveries pending and leased now, deliveries finished in the last hour by state, and
+/// users online on any instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PushStats {
+    pub jobs: i64,
+    pub oldest_job_at: Option<DateTime<Utc>>,
+    pub pending: i64,
+    pub leased: i64,
+    #[serde(default)]
+    pub finished_last_hour: std::collections::BTreeMap<String, i64>,
+    pub presence: i64,
 }
 
 /// Seconds from a message's commit to its push: the delay, the decision, the send.

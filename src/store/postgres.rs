@@ -389,7 +389,7 @@ impl PgStore {
         self.json("rpc/chat_push_presence_clear", As::Service, sql, &[&instance]).await
     }
 
-    pub async fn push_stats(&self) -> Result<super::PushStats, StoreError> {
+    pub async fn push_stats(&self) -> Result<super::types::PushStats, StoreError> {
         let sql = "select public.chat_push_stats()::text";
         self.json("rpc/chat_push_stats", As::Service, sql, &[]).await
     }

@@ -348,7 +348,7 @@ impl Postgrest {
         stored.as_deref().map(time_from_db).transpose()
     }
 
-    pub async fn push_stats(&self) -> Result<super::PushStats, StoreError> {
+    pub async fn push_stats(&self) -> Result<super::types::PushStats, StoreError> {
         self.rpc(As::Service, "chat_push_stats", json!({})).await
     }
 

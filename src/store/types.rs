@@ -6,7 +6,7 @@
 //! them for its wire and parses what it reads back once, at its edge.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -190,19 +190,8 @@ mod tests {
     }
 }
 
-/// The push queue at a glance (`chat_push_stats()`): jobs waiting for a decision, the oldest one's
-/// creation, deliveries pending and leased now, deliveries finished in the last hour by state, and
-/// users online on any instance.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct PushStats {
-    pub jobs: i64,
-    pub oldest_job_at: Option<DateTime<Utc>>,
-    pub pending: i64,
-    pub leased: i64,
-    #[serde(default)]
-    pub finished_last_hour: std::collections::BTreeMap<String, i64>,
-    pub presence: i64,
-}
+/// The push queue at a glance: defined by the metrics that keep it, read here.
+pub use crate::metrics::PushStats;
 
 /// What one `chat_push_decide` call did: jobs decided, deliveries written.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
