@@ -13,7 +13,7 @@ use warp::{Filter, Rejection};
 
 use super::{ok, respond, with_caller, with_state, ApiState, Caller};
 use crate::error::PeerError;
-use crate::model::{self, ChatMessage, Sender};
+use crate::model::{self, ChatMessage, MessageRow, Sender};
 use crate::store::StoreError;
 
 /// Most messages one offline-sync call returns.
@@ -101,17 +101,7 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
     };
     let page = store.offline_messages(&caller.token, since, OFFLINE_PAGE).await?;
     let (next, has_more) = next_cursor(since, horizon, page.returned, page.last_created_at);
-    let messages: Vec<ChatMessage> = page
-        .messages
-        .into_iter()
-        .map(|row| {
-            let sender = row.sender.clone().unwrap_or_else(|| {
-                tracing::warn!(message = %row.id, sender = %row.sender_id, "offline sync: sender's name unavailable, placeholder sent");
-                unknown_sender()
-            });
-            row.into_chat_message(sender)
-        })
-        .collect();
+    let messages = chat_messages(page.messages, "offline sync");
     let count = messages.len();
     let last_check_time = model::format_time(next);
     // `data` is the documented shape; the same fields at the top level serve the guide's own
@@ -131,10 +121,19 @@ async fn offline_messages(state: ApiState, caller: Caller, query: OfflineQuery) 
     })))
 }
 
-/// The sender shown when the database gave no name (a row that should not exist: the schema
-/// names the sender of every message the reader may read).
-fn unknown_sender() -> Sender {
-    Sender { full_name: "Unknown sender".into(), role: "unknown".into() }
+/// Rows as the public message shape, for a REST answer (`what` names it in the log). A row without
+/// its sender's name (one that should not exist: the schema names the sender of every message the
+/// reader may read) gets a placeholder sender, logged.
+pub(super) fn chat_messages(rows: Vec<MessageRow>, what: &str) -> Vec<ChatMessage> {
+    rows.into_iter()
+        .map(|row| {
+            let sender = row.sender.clone().unwrap_or_else(|| {
+                tracing::warn!(message = %row.id, sender = %row.sender_id, "{what}: sender's name unavailable, placeholder sent");
+                Sender { full_name: "Unknown sender".into(), role: "unknown".into() }
+            });
+            row.into_chat_message(sender)
+        })
+        .collect()
 }
 
 /// The next offline-sync cursor and `has_more`, from the request's `since`, the sync horizon read

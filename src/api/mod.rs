@@ -196,10 +196,6 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallib
         PeerError::new(StatusCode::NOT_FOUND, "Not found")
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         PeerError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed")
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        PeerError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
-    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-        PeerError::new(StatusCode::LENGTH_REQUIRED, "Content-Length required")
     } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
         PeerError::new(StatusCode::BAD_REQUEST, "Invalid query string")
     } else {

@@ -17,7 +17,7 @@ use warp::{Filter, Rejection};
 
 use super::{ok, respond, with_caller, with_state, ApiState, Caller};
 use crate::error::PeerError;
-use crate::model::{self, ChatMessage, Sender};
+use crate::model;
 use crate::store::StoreError;
 
 /// Messages per page unless `limit` says otherwise.
@@ -102,16 +102,7 @@ async fn history(
     let mut page = rows.messages;
     page.truncate(limit as usize);
     let next = if more { page.last().and_then(|m| Some(encode_cursor(m.created()?, m.id))) } else { None };
-    let messages: Vec<ChatMessage> = page
-        .into_iter()
-        .map(|row| {
-            let sender = row
-                .sender
-                .clone()
-                .unwrap_or_else(|| Sender { full_name: "Unknown sender".into(), role: "unknown".into() });
-            row.into_chat_message(sender)
-        })
-        .collect();
+    let messages = super::chat::chat_messages(page, "thread history");
     Ok(ok(json!({
         "status": "success",
         "data": {"messages": messages, "next": next},
