@@ -212,6 +212,23 @@ impl Hub {
         sessions.len()
     }
 
+    /// Sends one frame about `thread_id` to every session of one of its participants, as a
+    /// message of the thread would go: not if the user turned realtime off, not to a session
+    /// that muted the thread. The caller has checked that the user is a participant. Returns how
+    /// many sessions got it.
+    pub fn send_to_participant(&self, thread_id: &Uuid, user_id: &Uuid, frame: &Outgoing) -> usize {
+        if self.realtime_off.contains_key(user_id) {
+            return 0;
+        }
+        let Some(sessions) = self.sessions_by_user.get(user_id) else { return 0 };
+        let mut n = 0;
+        for session in sessions.iter().filter(|s| !s.is_muted(thread_id)) {
+            session.push(frame, &self.metrics);
+            n += 1;
+        }
+        n
+    }
+
     /// Closes every session with `reason`.
     pub fn close_all(&self, reason: Close) {
         for entry in self.sessions_by_user.iter() {

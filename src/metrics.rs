@@ -12,11 +12,12 @@
 //! and never take a label value from a client.
 //!
 //! Submodules, one per part of the gateway: [`routing`] (the data path), [`resume`], [`fairness`]
-//! (per-user budgets), [`sampled`] (gauges set at scrape time) and `process` (`/proc` figures).
+//! (per-user budgets), [`receipts`] (live read receipts), [`sampled`] (gauges set at scrape time) and `process` (`/proc` figures).
 
 mod fairness;
 mod process;
 mod push;
+mod receipts;
 mod resume;
 mod routing;
 mod sampled;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 pub use fairness::{Budget, FairnessMetrics};
 pub use push::{PushMetrics, PushStats};
+pub use receipts::ReceiptMetrics;
 use resume::ResumeMetrics;
 use routing::RoutingMetrics;
 pub use sampled::Sampled;
@@ -112,6 +114,8 @@ pub struct Metrics {
     pub fairness: FairnessMetrics,
     /// The push path's series.
     pub push: PushMetrics,
+    /// The live read receipts' series.
+    pub receipts: ReceiptMetrics,
     shutdown_closes: Counter,
 }
 
@@ -164,6 +168,7 @@ impl Metrics {
         let sampled = SampledGauges::register(&mut r);
         let fairness = FairnessMetrics::register(&mut r);
         let push = PushMetrics::register(&mut r);
+        let receipts = ReceiptMetrics::register(&mut r);
         let resumes = ResumeMetrics::register(&mut r);
         let shutdown_closes = Counter::default();
         r.register(
@@ -187,6 +192,7 @@ impl Metrics {
             resumes,
             fairness,
             push,
+            receipts,
             shutdown_closes,
         }
     }

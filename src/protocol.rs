@@ -101,6 +101,17 @@ pub enum ServerMessage<'a> {
         last_read_at: &'a str,
         unread_count: i64,
     },
+    /// Another participant read the thread. `reader` is null when the rules let this viewer see
+    /// only counts, or the reader does not share their read state; `seen_by` of `of` count the
+    /// readers of the thread's newest message (`message_id`) other than its sender.
+    ReadReceipt {
+        thread_id: Uuid,
+        reader: Option<&'a crate::store::Reader>,
+        last_read_at: &'a str,
+        message_id: Uuid,
+        seen_by: i64,
+        of: i64,
+    },
     ThreadSubscribed {
         thread_id: Uuid,
     },
@@ -206,6 +217,34 @@ mod tests {
                    "message_type":"text","created_at":"2024-01-01T12:00:00.000000Z",
                    "sender":{"full_name":"John Doe","role":"teacher"}},"cursor":"2024-01-01T12:00:00.000001Z"})
         );
+    }
+
+    #[test]
+    fn a_read_receipt_names_its_reader_or_null() {
+        let thread = Uuid::parse_str(T).expect("uuid");
+        let reader = crate::store::Reader {
+            user_id: Uuid::from_u128(3),
+            full_name: "Carla Diaz".into(),
+            role: "parent".into(),
+        };
+        let at = "2024-01-01T12:00:00.000000Z";
+        let frame = |reader| ServerMessage::ReadReceipt {
+            thread_id: thread,
+            reader,
+            last_read_at: at,
+            message_id: thread,
+            seen_by: 2,
+            of: 3,
+        };
+        let named: Value = serde_json::from_str(&frame(Some(&reader)).to_json()).expect("json");
+        assert_eq!(
+            named,
+            json!({"type":"read_receipt","thread_id":T,"reader":{"user_id":Uuid::from_u128(3),"full_name":"Carla Diaz",
+                   "role":"parent"},"last_read_at":at,"message_id":T,"seen_by":2,"of":3})
+        );
+        let counted: Value = serde_json::from_str(&frame(None).to_json()).expect("json");
+        assert_eq!(counted["reader"], Value::Null);
+        assert_eq!((counted["seen_by"].clone(), counted["of"].clone()), (json!(2), json!(3)));
     }
 
     proptest::proptest! {

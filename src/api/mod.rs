@@ -11,6 +11,7 @@
 mod chat;
 mod devices;
 mod push;
+mod read_state;
 mod status;
 mod threads;
 
@@ -128,6 +129,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
     chat::routes(state.clone())
         .or(threads::routes(state.clone()))
         .unify()
+        .or(read_state::routes(state.clone()))
+        .unify()
         .or(push::routes(state.clone()))
         .unify()
         .or(status::health())
@@ -167,8 +170,9 @@ fn route_label(path: &str) -> &'static str {
         "/api/chat/push/vapid-public-key",
     ];
     /// Templates with one id: (prefix, suffix, label).
-    const WITH_ID: [(&str, &str, &str); 5] = [
+    const WITH_ID: [(&str, &str, &str); 6] = [
         ("/api/chat/threads/", "/messages", "/api/chat/threads/:thread_id/messages"),
+        ("/api/chat/threads/", "/read-state", "/api/chat/threads/:thread_id/read-state"),
         ("/api/chat/mark-read/", "", "/api/chat/mark-read/:thread_id"),
         ("/api/chat/devices/", "", "/api/chat/devices/:device_id"),
         ("/api/chat/threads/", "/mute", "/api/chat/threads/:thread_id/mute"),
@@ -219,6 +223,7 @@ mod tests {
         assert_eq!(route_label("/admin/"), "/admin");
         assert_eq!(route_label("/api/chat/devices/abc"), "/api/chat/devices/:device_id");
         assert_eq!(route_label("/api/chat/threads/abc/mute"), "/api/chat/threads/:thread_id/mute");
+        assert_eq!(route_label("/api/chat/threads/abc/read-state"), "/api/chat/threads/:thread_id/read-state");
         assert_eq!(route_label("/api/chat/threads/a/b/mute"), "other");
         assert_eq!(route_label("/api/chat/mark-read/a/b"), "other");
         assert_eq!(route_label("/nothing/here"), "other");

@@ -90,6 +90,21 @@ pub struct RouterConfig {
     #[arg(long = "read-state-coalesce-secs", env = "READ_STATE_COALESCE_SECS", default_value = "0.5",
         value_parser = seconds_up_to(60.0))]
     pub read_state_window: Duration,
+    /// `read_receipt` frames of one thread are coalesced over this window: at most one per thread
+    /// per window to a session, naming the newest reader, with counts read after the window.
+    /// At most 60.
+    #[arg(long = "read-receipt-coalesce-secs", env = "READ_RECEIPT_COALESCE_SECS", default_value = "0.5",
+        value_parser = seconds_up_to(60.0))]
+    pub read_receipt_window: Duration,
+    /// Threads whose read receipts may be pending at once; a read in another thread beyond it
+    /// sends no receipt, and is counted in gateway_read_receipts_dropped_total and logged.
+    #[arg(long = "read-receipt-max-threads", env = "READ_RECEIPT_MAX_THREADS", default_value = "10000",
+        value_parser = at_least(1usize))]
+    pub read_receipt_max_threads: usize,
+    /// Read-receipt database reads (`chat_read_receipt`) running at once; the rest wait their turn.
+    #[arg(long = "read-receipt-concurrency", env = "READ_RECEIPT_CONCURRENCY", default_value = "4",
+        value_parser = at_least(1usize))]
+    pub read_receipt_concurrency: usize,
 }
 
 /// Bounds of the resume ring (see [`crate::history`]).

@@ -13,13 +13,16 @@
 //! drop. The router never awaits PostgREST: every database call runs in a tracked task. A feed
 //! with durable positions (the PostgreSQL slot) sends checkpoints; the router raises the shared
 //! [`Watermark`] to one only when everything before it was fanned out, and the feed confirms
-//! that position to the database. Resuming sessions hold `sync_complete` back until a probe
+//! that position to the database. Read-state changes become `thread_read` pushes to the reader
+//! ([`read_state`]) and `read_receipt` frames to the thread's other participants (`receipts`),
+//! both handed off without waiting. Resuming sessions hold `sync_complete` back until a probe
 //! ([`catchup`]) proves that everything committed before they registered was fanned out.
 
 pub mod catchup;
 pub mod cursor;
 pub mod gap;
 mod read_state;
+mod receipts;
 mod switches;
 pub mod window;
 
@@ -99,6 +102,7 @@ pub struct Router {
     checkpoint: Option<u64>,
     watermark: Arc<Watermark>,
     read_states: read_state::ReadStates,
+    receipts: receipts::Receipts,
     catchup: Arc<CatchUp>,
     prober: Prober,
 }
@@ -138,9 +142,23 @@ impl Router {
             parts.stop.clone(),
             parts.config.read_state_window,
         );
+        let receipts = receipts::Receipts::new(
+            parts.hub.clone(),
+            parts.metrics.clone(),
+            parts.store.clone(),
+            parts.directory.clone(),
+            parts.tasks.clone(),
+            parts.stop.clone(),
+            receipts::Bounds {
+                window: parts.config.read_receipt_window,
+                max_threads: parts.config.read_receipt_max_threads,
+                concurrency: parts.config.read_receipt_concurrency,
+            },
+        );
         let prober = Prober::new(parts.catchup.clone(), parts.store.clone(), parts.tasks.clone(), parts.stop.clone());
         Router {
             read_states,
+            receipts,
             hub: parts.hub,
             metrics: parts.metrics,
             directory: parts.directory,
@@ -333,6 +351,7 @@ impl Router {
                 self.apply_membership(thread_id, user_id, present)
             }
             UpstreamEvent::ReadState { thread_id, user_id, last_read_at, .. } => {
+                self.receipts.on_read(thread_id, user_id);
                 self.read_states.push(thread_id, user_id, last_read_at)
             }
             UpstreamEvent::RealtimeSwitch { user_id, enabled, .. } => self.on_switch(user_id, enabled),

@@ -6,7 +6,8 @@
 //! User-facing data (offline messages, unread counts, mark-read, the thread access check) is read
 //! with the user's own token and the anon `apikey`, so row-level security decides; so are the
 //! user's realtime switch and its reading. Only the hub's membership and profile lookups, the gap
-//! catch-up and a user's unread count for read-state pushes use the service role key. Every call has a
+//! catch-up, a user's unread count for read-state pushes and the live read receipts (whose rules
+//! are decided in SQL, `chat_read_receipt`) use the service role key. Every call has a
 //! timeout and its latency recorded by call and outcome; failures are typed ([`StoreError`]) and
 //! mapped to HTTP answers once, in [`crate::error`].
 //! This module must never log a token and never widen what a user's token can read.
@@ -25,8 +26,8 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
 pub use types::{
-    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushStats, StoreError,
-    SyncPoint, ThreadUnread,
+    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushStats, ReadReceipt,
+    ReadState, Reader, StoreError, SyncPoint, ThreadUnread,
 };
 
 /// The gateway's store: the same calls on either backend.
@@ -101,6 +102,16 @@ impl Store {
         limit: u32,
     ) -> Result<OfflineRows, StoreError> {
         dispatch!(self.thread_messages(token, thread_id, before, limit))
+    }
+    /// `chat_read_state(p_thread_id, p_messages)` as the user: whose read state they may see and
+    /// the counts of the newest `messages` messages. Rejected with 403 for a non-participant.
+    pub async fn read_state(&self, token: &str, thread_id: Uuid, messages: u32) -> Result<ReadState, StoreError> {
+        dispatch!(self.read_state(token, thread_id, messages))
+    }
+    /// `chat_read_receipt(p_thread_id, p_reader)` (service rights): a live receipt of the reader's
+    /// read state, and who may see it how; none when the reader is not a participant.
+    pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {
+        dispatch!(self.read_receipt(thread_id, reader))
     }
     /// `chat_set_realtime(p_enabled)` as the user.
     pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {

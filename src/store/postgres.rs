@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    StoreError, SyncPoint, ThreadUnread,
+    ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
 };
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::Metrics;
@@ -224,6 +224,17 @@ impl PgStore {
             &[&user_id],
         )
         .await
+    }
+
+    pub async fn read_state(&self, token: &str, thread_id: Uuid, messages: u32) -> Result<ReadState, StoreError> {
+        let sql = "select public.chat_read_state($1, $2)::text";
+        let messages = i32::try_from(messages).unwrap_or(i32::MAX);
+        self.json("rpc/chat_read_state", As::User(token), sql, &[&thread_id, &messages]).await
+    }
+
+    pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {
+        let sql = "select public.chat_read_receipt($1, $2)::text";
+        self.json("rpc/chat_read_receipt", As::Service, sql, &[&thread_id, &reader]).await
     }
 
     pub async fn set_realtime(&self, token: &str, enabled: bool) -> Result<bool, StoreError> {

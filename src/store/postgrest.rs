@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    StoreError, SyncPoint, ThreadUnread,
+    ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
 };
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
@@ -155,6 +155,18 @@ impl Postgrest {
     /// to their other devices. Never answer a client with it for anyone but that user.
     pub async fn unread_count_of(&self, user_id: Uuid) -> Result<i64, StoreError> {
         self.rpc(As::Service, "chat_unread_count_of", json!({"p_user_id": user_id})).await
+    }
+
+    /// `chat_read_state(p_thread_id, p_messages)` as the user (RLS and the function's rules decide).
+    pub async fn read_state(&self, token: &str, thread_id: Uuid, messages: u32) -> Result<ReadState, StoreError> {
+        let args = json!({"p_thread_id": thread_id, "p_messages": messages});
+        self.rpc(As::User(token), "chat_read_state", args).await
+    }
+
+    /// `chat_read_receipt(p_thread_id, p_reader)` with the service key: who may be told of a read,
+    /// and how. Never answer a client with it: the router sends each viewer only their part.
+    pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {
+        self.rpc(As::Service, "chat_read_receipt", json!({"p_thread_id": thread_id, "p_reader": reader})).await
     }
 
     /// `chat_set_realtime(p_enabled)` as the user: stores the user's realtime switch (shared by

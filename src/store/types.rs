@@ -110,7 +110,9 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 27] = [
+const CALLS: [&str; 29] = [
+    "rpc/chat_read_state",
+    "rpc/chat_read_receipt",
     "rpc/chat_thread_messages",
     "rpc/chat_unread_by_thread",
     "rpc/chat_register_push_device",
@@ -206,6 +208,60 @@ pub struct ThreadUnread {
     pub thread_id: Uuid,
     pub unread_count: i64,
     pub last_message_at: Option<String>,
+}
+
+/// A participant whose read state the caller may see (`chat_read_state`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ReaderState {
+    pub user_id: Uuid,
+    pub full_name: String,
+    pub role: String,
+    pub last_read_at: DateTime<Utc>,
+}
+
+/// How many of a message's possible readers (the participants other than its sender) have read
+/// it: `seen_by` of `of`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct MessageSeen {
+    pub message_id: Uuid,
+    pub seen_by: i64,
+    pub of: i64,
+}
+
+/// `chat_read_state(p_thread_id, p_messages)` for the caller: the participants they may see,
+/// and the counts of the newest messages (newest first).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ReadState {
+    pub participants: Vec<ReaderState>,
+    pub messages: Vec<MessageSeen>,
+}
+
+/// Who read, as a live receipt names them.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+pub struct Reader {
+    pub user_id: Uuid,
+    pub full_name: String,
+    pub role: String,
+}
+
+/// Another participant of the thread, and whether the rules let them see the reader named.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct ReceiptViewer {
+    pub user_id: Uuid,
+    pub named: bool,
+}
+
+/// `chat_read_receipt(p_thread_id, p_reader)` (service rights): the reader's current read
+/// state, the counts of the thread's newest message (`message_id` none: the thread has none) and
+/// who may be told.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct ReadReceipt {
+    pub reader: Reader,
+    pub last_read_at: DateTime<Utc>,
+    pub message_id: Option<Uuid>,
+    pub seen_by: i64,
+    pub of: i64,
+    pub viewers: Vec<ReceiptViewer>,
 }
 
 /// A device to register for push (`chat_register_push_device`): a provider token, or a Web Push

@@ -1,0 +1,243 @@
+//! Live read receipts (`read_receipt`), coalesced per thread.
+//!
+//! Every instance receives every read-state change. When one of a thread's participants reads
+//! it, the thread's other participants with a session on this instance are told, each as the
+//! rules let them see it: `chat_read_receipt` (service rights, the same rules as
+//! `chat_read_state`) answers the reader's current read state, the counts of the thread's newest
+//! message and, per other participant, whether they may see the reader named. The router only
+//! hands the change over ([`Receipts::on_read`] never awaits, never blocks): the first change of
+//! a thread is read and sent at once by a tracked task; changes that arrive while that runs or
+//! within `READ_RECEIPT_COALESCE_SECS` after it wait (the newest reader wins) and go out as one
+//! more frame after the window. So at most one frame per thread per window reaches a session.
+//! Bounded: at most `READ_RECEIPT_MAX_THREADS` threads pending (a change beyond that sends
+//! nothing, and is counted and logged) and `READ_RECEIPT_CONCURRENCY` reads at once. Each
+//! distinct frame (named, or counts only) is serialized once and its bytes shared. This module
+//! must never send a receipt to anyone the database did not list as a participant allowed to see
+//! it, nor to a user the directory knows is no longer a participant.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+use crate::directory::Directory;
+use crate::hub::{Hub, Outgoing};
+use crate::metrics::Metrics;
+use crate::model::format_time;
+use crate::protocol::ServerMessage;
+use crate::store::{ReadReceipt, Store};
+
+/// Per thread with a worker running: the newest reader not yet sent, if any.
+type Pending = HashMap<Uuid, Option<Uuid>>;
+
+/// The bounds of the hand-off.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub window: Duration,
+    pub max_threads: usize,
+    pub concurrency: usize,
+}
+
+pub struct Receipts {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+    max_threads: usize,
+    /// When a dropped change was last logged (a full map logs at most every 10 s).
+    logged: Mutex<Option<Instant>>,
+}
+
+/// What every worker uses.
+struct Shared {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    store: Store,
+    directory: Arc<Directory>,
+    pending: Mutex<Pending>,
+    reads: Semaphore,
+    window: Duration,
+}
+
+impl Receipts {
+    pub fn new(
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        store: Store,
+        directory: Arc<Directory>,
+        tasks: TaskTracker,
+        stop: CancellationToken,
+        bounds: Bounds,
+    ) -> Self {
+        let shared = Shared {
+            hub,
+            metrics,
+            store,
+            directory,
+            pending: Mutex::default(),
+            reads: Semaphore::new(bounds.concurrency.max(1)),
+            window: bounds.window,
+        };
+        Receipts { shared: Arc::new(shared), tasks, stop, max_threads: bounds.max_threads, logged: Mutex::default() }
+    }
+
+    /// `reader`'s read state of `thread_id` moved: a receipt to the thread's other participants
+    /// on this instance, now or after the thread's window. Never waits.
+    pub fn on_read(&self, thread_id: Uuid, reader: Uuid) {
+        if !self.anyone_to_tell(&thread_id, &reader) {
+            return;
+        }
+        {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(next) = pending.get_mut(&thread_id) {
+                *next = Some(reader);
+                self.shared.metrics.receipts.coalesced();
+                return;
+            }
+            if pending.len() >= self.max_threads {
+                drop(pending);
+                self.dropped(thread_id);
+                return;
+            }
+            pending.insert(thread_id, None);
+        }
+        let worker = Worker { shared: self.shared.clone(), thread_id };
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = worker.run(reader) => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+
+    /// False only when the thread's members are known and none but the reader is online here.
+    fn anyone_to_tell(&self, thread_id: &Uuid, reader: &Uuid) -> bool {
+        match self.shared.directory.members(thread_id) {
+            Some(members) => members.iter().any(|u| u != reader && self.shared.hub.is_online(u)),
+            None => self.shared.hub.user_count() > 0,
+        }
+    }
+
+    fn dropped(&self, thread_id: Uuid) {
+        let total = self.shared.metrics.receipts.dropped();
+        let mut logged = self.logged.lock().unwrap_or_else(PoisonError::into_inner);
+        if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+            *logged = Some(Instant::now());
+            tracing::warn!(
+                thread = %thread_id,
+                pending = self.max_threads,
+                dropped_total = total,
+                "read receipt not sent: READ_RECEIPT_MAX_THREADS threads already pending"
+            );
+        }
+    }
+}
+
+/// Reads and sends one thread's receipts until no change waits.
+struct Worker {
+    shared: Arc<Shared>,
+    thread_id: Uuid,
+}
+
+impl Worker {
+    async fn run(self, first: Uuid) {
+        let mut gone = Cleanup { shared: self.shared.clone(), thread_id: self.thread_id, armed: true };
+        let mut reader = first;
+        loop {
+            self.send(reader).await;
+            tokio::time::sleep(self.shared.window).await;
+            match self.next() {
+                Some(next) => reader = next,
+                None => break,
+            }
+        }
+        // next() removed the entry; a new worker of the thread may own a new one already.
+        gone.armed = false;
+    }
+
+    /// The newest reader that waited, or None (and the thread's entry removed) when none did.
+    fn next(&self) -> Option<Uuid> {
+        let mut pending = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        match pending.get_mut(&self.thread_id).and_then(Option::take) {
+            Some(reader) => Some(reader),
+            None => {
+                pending.remove(&self.thread_id);
+                None
+            }
+        }
+    }
+
+    async fn send(&self, reader: Uuid) {
+        let receipt = {
+            let Ok(_turn) = self.shared.reads.acquire().await else { return };
+            self.shared.metrics.receipts.read();
+            match self.shared.store.read_receipt(self.thread_id, reader).await {
+                Ok(Some(receipt)) => receipt,
+                // The reader left the thread meanwhile: nothing to tell.
+                Ok(None) => return,
+                Err(e) => {
+                    self.shared.metrics.receipts.failed();
+                    tracing::warn!(thread = %self.thread_id, error = %e, "read receipt read failed");
+                    return;
+                }
+            }
+        };
+        let sessions = deliver(&self.shared.hub, &self.shared.directory, self.thread_id, &receipt);
+        self.shared.metrics.receipts.sent(sessions);
+        tracing::debug!(thread = %self.thread_id, sessions, "read receipt sent");
+    }
+}
+
+/// Sends `receipt` to every viewer it lists who is still a participant (as far as the directory
+/// knows) and online here: the named frame or the counts-only frame, each serialized at most
+/// once. Returns how many sessions got one.
+fn deliver(hub: &Hub, directory: &Directory, thread_id: Uuid, receipt: &ReadReceipt) -> usize {
+    let Some(message_id) = receipt.message_id else { return 0 };
+    let members = directory.members(&thread_id);
+    let last_read_at = format_time(receipt.last_read_at);
+    let frame = |reader| {
+        let frame = ServerMessage::ReadReceipt {
+            thread_id,
+            reader,
+            last_read_at: &last_read_at,
+            message_id,
+            seen_by: receipt.seen_by,
+            of: receipt.of,
+        };
+        Outgoing::notice(frame.to_json())
+    };
+    let (mut named, mut counts): (Option<Outgoing>, Option<Outgoing>) = (None, None);
+    let mut sessions = 0;
+    for viewer in &receipt.viewers {
+        let gone = members.as_ref().is_some_and(|m| !m.contains(&viewer.user_id));
+        if viewer.user_id == receipt.reader.user_id || gone || !hub.is_online(&viewer.user_id) {
+            continue;
+        }
+        let out = if viewer.named {
+            named.get_or_insert_with(|| frame(Some(&receipt.reader)))
+        } else {
+            counts.get_or_insert_with(|| frame(None))
+        };
+        sessions += hub.send_to_participant(&thread_id, &viewer.user_id, out);
+    }
+    sessions
+}
+
+/// Removes the thread's entry if the worker ends early (shutdown), so the map never keeps it.
+struct Cleanup {
+    shared: Arc<Shared>,
+    thread_id: Uuid,
+    armed: bool,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.thread_id);
+        }
+    }
+}
