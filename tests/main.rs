@@ -31,6 +31,7 @@ mod push_expo;
 mod push_mobile;
 mod push_queue;
 mod push_webpush;
+mod read_state;
 mod resilience;
 mod rest;
 mod resume;

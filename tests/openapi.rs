@@ -225,6 +225,7 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
     let devices = "/api/chat/devices";
     let history = |thread: &str, query: &str| format!("/api/chat/threads/{thread}/messages{query}");
     let mute = |thread: &str| format!("/api/chat/threads/{thread}/mute");
+    let seen = |thread: &str, query: &str| format!("/api/chat/threads/{thread}/read-state{query}");
     let webpush = json!({"platform": "webpush", "subscription": {
         "endpoint": "https://push.example/send/openapi",
         "keys": {"p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM", "auth": "tBHItJI5svbpez7KI4CCXg"}}});
@@ -267,6 +268,12 @@ async fn every_documented_operation_answers_as_documented_for_good_and_bad_input
         (Method::GET, history("not-a-uuid", ""), good, 400, None),
         (Method::GET, history(&CLASS_4A_PARENTS.to_string(), ""), good, 403, None),
         (Method::GET, history(&CLASS_3B_PARENTS.to_string(), ""), None, 401, None),
+        (Method::GET, seen(&CLASS_3B_PARENTS.to_string(), ""), good, 200, None),
+        (Method::GET, seen(&CLASS_3B_PARENTS.to_string(), "?messages=5"), good, 200, None),
+        (Method::GET, seen(&CLASS_3B_PARENTS.to_string(), "?messages=0"), good, 400, None),
+        (Method::GET, seen("not-a-uuid", ""), good, 400, None),
+        (Method::GET, seen(&CLASS_4A_PARENTS.to_string(), ""), good, 403, None),
+        (Method::GET, seen(&CLASS_3B_PARENTS.to_string(), ""), None, 401, None),
         (Method::POST, devices.into(), good, 201, Some(json!({"platform": "fcm", "token": "openapi-fcm-token"}))),
         (Method::POST, devices.into(), good, 201, Some(webpush.clone())),
         (Method::POST, devices.into(), good, 400, Some(json!({"platform": "sms", "token": "x"}))),
@@ -392,6 +399,7 @@ async fn every_route_the_server_answers_is_documented() {
         paths.push(format!("/api/chat/threads/{thread}/mute"));
         paths.push(format!("/api/chat/threads/{thread}/mute/x"));
         paths.push(format!("/api/chat/threads/{thread}/messages"));
+        paths.push(format!("/api/chat/threads/{thread}/read-state"));
     }
     let methods = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
     let mut answered: BTreeSet<(String, String)> = BTreeSet::new();
@@ -585,7 +593,17 @@ fn protocol_document_examples_match_the_schemas() {
     let any_frame = jsonschema::validator_for(&frames).expect("frame schemas compile");
     let api = Api::load();
     let bodies =
-        ["Error", "RealtimeSwitch", "OfflineMessages", "UnreadCount", "MarkRead", "Health", "Ready", "NotReady"];
+        [
+        "Error",
+        "RealtimeSwitch",
+        "OfflineMessages",
+        "UnreadCount",
+        "MarkRead",
+        "ReadState",
+        "Health",
+        "Ready",
+        "NotReady",
+    ];
     let mut examples = 0;
     for block in protocol.split("```json").skip(1) {
         let text = block.split("```").next().unwrap_or_default();

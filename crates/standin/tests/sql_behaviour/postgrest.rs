@@ -57,7 +57,7 @@ async fn postgrest_headers_counts_single_objects_and_representations() {
     // A single object asked for, two rows found: 406 PGRST116.
     let resp = api
         .http
-        .get(url(&format!("thread_participants?thread_id=eq.{CLASS_3B_PARENTS}")))
+        .get(url(&format!("messages?select=id&thread_id=eq.{CLASS_3B_PARENTS}")))
         .header("apikey", &anon)
         .bearer_auth(&token)
         .header("accept", "application/vnd.pgrst.object+json")
