@@ -12,7 +12,8 @@
 //! and never take a label value from a client.
 //!
 //! Submodules, one per part of the gateway: [`routing`] (the data path), [`resume`], [`fairness`]
-//! (per-user budgets), [`receipts`] (live read receipts), [`sampled`] (gauges set at scrape time) and `process` (`/proc` figures).
+//! (per-user budgets), [`receipts`] (live read receipts), [`sampled`] (gauges set at scrape time)
+//! and `process` (`/proc` figures).
 
 mod fairness;
 mod process;

@@ -222,11 +222,8 @@ mod tests {
     #[test]
     fn a_read_receipt_names_its_reader_or_null() {
         let thread = Uuid::parse_str(T).expect("uuid");
-        let reader = crate::store::Reader {
-            user_id: Uuid::from_u128(3),
-            full_name: "Carla Diaz".into(),
-            role: "parent".into(),
-        };
+        let reader =
+            crate::store::Reader { user_id: Uuid::from_u128(3), full_name: "Carla Diaz".into(), role: "parent".into() };
         let at = "2024-01-01T12:00:00.000000Z";
         let frame = |reader| ServerMessage::ReadReceipt {
             thread_id: thread,

@@ -592,8 +592,7 @@ fn protocol_document_examples_match_the_schemas() {
     let frames: Value = serde_json::from_str(FRAMES).expect("frame schemas");
     let any_frame = jsonschema::validator_for(&frames).expect("frame schemas compile");
     let api = Api::load();
-    let bodies =
-        [
+    let bodies = [
         "Error",
         "RealtimeSwitch",
         "OfflineMessages",

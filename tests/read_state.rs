@@ -40,10 +40,15 @@ async fn mark_read(world: &World, addr: SocketAddr, who: &Person, thread: Uuid) 
     assert_eq!(answer.status().as_u16(), 200, "{:?}", answer.text().await);
 }
 
-/// The next `read_receipt` of `thread` (receipts of other threads are skipped).
+/// The next `read_receipt` of `thread` (receipts of other threads are skipped), valid by
+/// `docs/ws-frames.schema.json`.
 async fn receipt_of(phone: &mut Phone, thread: Uuid) -> Value {
+    let schema: Value = serde_json::from_str(include_str!("../docs/ws-frames.schema.json")).expect("frame schemas");
+    let any_frame = jsonschema::validator_for(&schema).expect("frame schemas compile");
     loop {
         let frame = phone.expect("read_receipt").await;
+        let errors: Vec<String> = any_frame.iter_errors(&frame).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{frame} is not a documented frame: {errors:?}");
         if frame["thread_id"] == thread.to_string() {
             return frame;
         }
@@ -269,8 +274,7 @@ async fn chat_read_receipt_is_for_the_gateway_only_and_says_who_may_see_the_read
         .map(|v| (v["user_id"].as_str().unwrap_or_default().to_string(), v["named"] == true))
         .collect();
     viewers.sort();
-    let mut want =
-        vec![(ALICE.id.to_string(), true), (DAVID.id.to_string(), false), (EVA.id.to_string(), false)];
+    let mut want = vec![(ALICE.id.to_string(), true), (DAVID.id.to_string(), false), (EVA.id.to_string(), false)];
     want.sort();
     assert_eq!(viewers, want, "the teacher may see Carla named, the other parents may not");
     let none: Option<Value> = db
@@ -294,7 +298,11 @@ async fn a_parent_cannot_read_another_parents_read_state_through_postgrest() {
     let world = World::start().await;
     let rest = format!("{}/rest/v1/thread_participants", world.stack.url());
     let get = |query: String| {
-        world.http.get(format!("{rest}?{query}")).header("apikey", &world.stack.keys().anon_key).bearer_auth(world.token(&CARLA))
+        world
+            .http
+            .get(format!("{rest}?{query}"))
+            .header("apikey", &world.stack.keys().anon_key)
+            .bearer_auth(world.token(&CARLA))
     };
     let all = format!("thread_id=eq.{CLASS_3B_PARENTS}&select=user_id,last_read_at,share_read_state,muted_until");
     let rows: Value = get(all).send().await.expect("PostgREST").json().await.expect("json");
