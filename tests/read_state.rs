@@ -329,3 +329,42 @@ async fn a_parent_cannot_read_another_parents_read_state_through_postgrest() {
     let davids: Value = patch(&DAVID).send().await.expect("PostgREST").json().await.expect("json");
     assert_eq!(davids, json!([]));
 }
+
+/// With a long window, a thread's second read waits (coalesced: no second frame yet), and a read
+/// in another thread beyond READ_RECEIPT_MAX_THREADS sends nothing but is counted, never silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_wait_out_their_window_and_a_full_hand_off_is_counted() {
+    let world = World::start_with(|c| {
+        c.router.read_receipt_window = std::time::Duration::from_secs(60);
+        c.router.read_receipt_max_threads = 1;
+    })
+    .await;
+    let a = world.gateway().local_addr();
+    let mut alice = phone_on(&world, a, &ALICE).await;
+    let notice = world.post(&ALICE, CLASS_3B_PARENTS, "Trip forms due Friday").await;
+    let question = world.post(&CARLA, ALICE_CARLA, "Which form?").await;
+    alice.receive_until(question).await;
+
+    mark_read(&world, a, &CARLA, CLASS_3B_PARENTS).await;
+    let receipt = receipt_of(&mut alice, CLASS_3B_PARENTS).await;
+    assert_eq!((&receipt["reader"], &receipt["message_id"]), (&reader(&CARLA), &json!(notice)));
+
+    // Inside the window: David's read is folded into the next frame, which waits for the window.
+    mark_read(&world, a, &DAVID, CLASS_3B_PARENTS).await;
+    wait_metric(&world, "gateway_read_receipts_coalesced_total", 1).await;
+    no_receipt(&frames_until_pong(&mut alice).await, "Alice, inside the window");
+
+    // The one pending thread is taken: Carla's read of the 1:1 sends nothing, and says so.
+    mark_read(&world, a, &CARLA, ALICE_CARLA).await;
+    wait_metric(&world, "gateway_read_receipts_dropped_total", 1).await;
+    no_receipt(&frames_until_pong(&mut alice).await, "Alice, over the bound");
+}
+
+/// Waits until the counter `name` of `/metrics` reaches `want`.
+async fn wait_metric(world: &World, name: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    while world.metric(name).await < want {
+        assert!(tokio::time::Instant::now() < deadline, "{name} never reached {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}

@@ -15,7 +15,7 @@
 //! must never send a receipt to anyone the database did not list as a participant allowed to see
 //! it, nor to a user the directory knows is no longer a participant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -186,18 +186,18 @@ impl Worker {
                 }
             }
         };
-        let sessions = deliver(&self.shared.hub, &self.shared.directory, self.thread_id, &receipt);
+        let members = self.shared.directory.members(&self.thread_id);
+        let sessions = deliver(&self.shared.hub, members.as_deref(), self.thread_id, &receipt);
         self.shared.metrics.receipts.sent(sessions);
         tracing::debug!(thread = %self.thread_id, sessions, "read receipt sent");
     }
 }
 
-/// Sends `receipt` to every viewer it lists who is still a participant (as far as the directory
-/// knows) and online here: the named frame or the counts-only frame, each serialized at most
-/// once. Returns how many sessions got one.
-fn deliver(hub: &Hub, directory: &Directory, thread_id: Uuid, receipt: &ReadReceipt) -> usize {
+/// Sends `receipt` to every viewer it lists who is still a participant (`members`: the thread's
+/// participants as the directory knows them now, if it does) and online here: the named frame or
+/// the counts-only frame, each serialized at most once. Returns how many sessions got one.
+fn deliver(hub: &Hub, members: Option<&HashSet<Uuid>>, thread_id: Uuid, receipt: &ReadReceipt) -> usize {
     let Some(message_id) = receipt.message_id else { return 0 };
-    let members = directory.members(&thread_id);
     let last_read_at = format_time(receipt.last_read_at);
     let frame = |reader| {
         let frame = ServerMessage::ReadReceipt {
@@ -213,7 +213,7 @@ fn deliver(hub: &Hub, directory: &Directory, thread_id: Uuid, receipt: &ReadRece
     let (mut named, mut counts): (Option<Outgoing>, Option<Outgoing>) = (None, None);
     let mut sessions = 0;
     for viewer in &receipt.viewers {
-        let gone = members.as_ref().is_some_and(|m| !m.contains(&viewer.user_id));
+        let gone = members.is_some_and(|m| !m.contains(&viewer.user_id));
         if viewer.user_id == receipt.reader.user_id || gone || !hub.is_online(&viewer.user_id) {
             continue;
         }
@@ -239,5 +239,77 @@ impl Drop for Cleanup {
         if self.armed {
             self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.thread_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::store::types::ReceiptViewer;
+
+    fn hub() -> Arc<Hub> {
+        let limits = Limits {
+            max_connections: 100,
+            max_connections_per_user: 3,
+            max_message_bytes: 4096,
+            read_buffer_bytes: 512,
+            rate_per_sec: 10,
+            queue_capacity: 8,
+            queue_bytes: 1 << 20,
+            max_thread_subscriptions: 8,
+            ping_interval: Duration::from_secs(30),
+        };
+        Hub::new(limits, Arc::new(Metrics::default()))
+    }
+
+    fn receipt(reader: Uuid, viewers: &[(Uuid, bool)]) -> ReadReceipt {
+        ReadReceipt {
+            reader: crate::store::Reader { user_id: reader, full_name: "Carla Diaz".into(), role: "parent".into() },
+            last_read_at: crate::model::parse_time("2026-03-01T08:00:00Z").expect("time"),
+            message_id: Some(Uuid::from_u128(99)),
+            seen_by: 1,
+            of: 3,
+            viewers: viewers.iter().map(|&(user_id, named)| ReceiptViewer { user_id, named }).collect(),
+        }
+    }
+
+    #[test]
+    fn each_viewer_gets_the_frame_the_rules_allow_serialized_once() {
+        let hub = hub();
+        let thread = Uuid::from_u128(1);
+        let [carla, alice, david, eva, gone] = [2, 3, 4, 5, 6].map(Uuid::from_u128);
+        let sessions: Vec<_> =
+            [carla, alice, alice, david, gone].iter().map(|u| hub.register(*u).expect("fits")).collect();
+        let members: HashSet<Uuid> = [carla, alice, david, eva].into();
+        // Eva is offline; `gone` left the thread after the database answered.
+        let r = receipt(carla, &[(alice, true), (david, false), (eva, false), (gone, true), (carla, true)]);
+        assert_eq!(deliver(&hub, Some(&members), thread, &r), 3, "Alice's two sessions and David's");
+
+        let frame = |i: usize| sessions[i].queue.try_pop();
+        assert!(frame(0).is_none(), "never the reader");
+        assert!(frame(4).is_none(), "never someone the directory knows left");
+        let (alice_1, alice_2, david_f) =
+            (frame(1).expect("alice"), frame(2).expect("alice again"), frame(3).expect("david"));
+        let named: serde_json::Value = serde_json::from_str(alice_1.text.as_str()).expect("json");
+        assert_eq!(named["reader"]["full_name"], "Carla Diaz");
+        assert_eq!((named["seen_by"].clone(), named["of"].clone()), (1.into(), 3.into()));
+        let counts: serde_json::Value = serde_json::from_str(david_f.text.as_str()).expect("json");
+        assert_eq!(counts["reader"], serde_json::Value::Null);
+        assert_eq!(counts["message_id"], named["message_id"]);
+        assert_eq!(alice_1.text.as_str().as_ptr(), alice_2.text.as_str().as_ptr(), "one serialization, shared");
+    }
+
+    #[test]
+    fn no_message_no_receipt_and_without_a_member_list_the_database_decides() {
+        let hub = hub();
+        let thread = Uuid::from_u128(1);
+        let [carla, alice] = [2, 3].map(Uuid::from_u128);
+        let session = hub.register(alice).expect("fits");
+        let mut empty = receipt(carla, &[(alice, true)]);
+        empty.message_id = None;
+        assert_eq!(deliver(&hub, None, thread, &empty), 0);
+        assert_eq!(deliver(&hub, None, thread, &receipt(carla, &[(alice, true)])), 1);
+        assert!(session.queue.try_pop().is_some());
     }
 }
