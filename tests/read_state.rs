@@ -150,8 +150,12 @@ async fn receipts_follow_the_rules_across_instances(backend: Backend) {
     no_receipt(&frames_until_pong(&mut farid_a).await, "a non-member on A");
     no_receipt(&frames_until_pong(&mut farid_b).await, "a non-member on B");
 
-    // Eva stops sharing, then reads: counted, named to nobody, not even the teacher.
-    share(&world, &EVA, CLASS_3B_PARENTS, false).await;
+    // Eva stops sharing (through the gateway), then reads: counted, named to nobody, not even the
+    // teacher.
+    let path = format!("/api/chat/threads/{CLASS_3B_PARENTS}/read-state");
+    let (status, body) =
+        world.rest_with(Method::POST, &path, Some(&world.token(&EVA)), Some(&json!({"share": false}))).await;
+    assert_eq!((status, &body["share_read_state"]), (200, &json!(false)), "{body}");
     mark_read(&world, a, &EVA, CLASS_3B_PARENTS).await;
     for alice in [&mut alice_a, &mut alice_b] {
         let receipt = receipt_of(alice, CLASS_3B_PARENTS).await;

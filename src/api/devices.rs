@@ -71,11 +71,11 @@ pub(super) fn routes(state: ApiState) -> impl Filter<Extract = (Response,), Erro
 }
 
 /// A request body, or why it was refused.
-type Body = Result<hyper::body::Bytes, PeerError>;
+pub(super) type Body = Result<hyper::body::Bytes, PeerError>;
 
 /// The body, at most [`MAX_BODY`] bytes. Too large is answered here (413), not left to a
 /// rejection that another route's "method not allowed" would outrank.
-fn bounded_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
+pub(super) fn bounded_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_BODY).and(warp::body::bytes()).map(Ok).or_else(|r: Rejection| async move {
         if r.find::<warp::reject::PayloadTooLarge>().is_some() {
             Ok((Err(PeerError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")),))
@@ -87,11 +87,11 @@ fn bounded_body() -> impl Filter<Extract = (Body,), Error = Rejection> + Clone {
     })
 }
 
-fn answer(result: Result<Response, PeerError>) -> Response {
+pub(super) fn answer(result: Result<Response, PeerError>) -> Response {
     result.unwrap_or_else(|e| e.response())
 }
 
-fn reply(status: StatusCode, body: Value) -> Response {
+pub(super) fn reply(status: StatusCode, body: Value) -> Response {
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 

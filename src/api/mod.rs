@@ -140,6 +140,8 @@ pub fn routes(state: ApiState) -> impl Filter<Extract = (impl Reply,), Error = I
         .map(|r: WithStatus<Json>| r.into_response())
         .or(devices::routes(state.clone()))
         .unify()
+        .or(read_state::share_route(state.clone()))
+        .unify()
         .or(status::metrics(state.clone()))
         .unify()
         .or(openapi)

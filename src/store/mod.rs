@@ -108,6 +108,11 @@ impl Store {
     pub async fn read_state(&self, token: &str, thread_id: Uuid, messages: u32) -> Result<ReadState, StoreError> {
         dispatch!(self.read_state(token, thread_id, messages))
     }
+    /// `chat_share_read_state(p_thread_id, p_share)` as the user: the stored setting. Rejected with
+    /// 403 for a non-participant.
+    pub async fn share_read_state(&self, token: &str, thread_id: Uuid, share: bool) -> Result<bool, StoreError> {
+        dispatch!(self.share_read_state(token, thread_id, share))
+    }
     /// `chat_read_receipt(p_thread_id, p_reader)` (service rights): a live receipt of the reader's
     /// read state, and who may see it how; none when the reader is not a participant.
     pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {

@@ -232,6 +232,11 @@ impl PgStore {
         self.json("rpc/chat_read_state", As::User(token), sql, &[&thread_id, &messages]).await
     }
 
+    pub async fn share_read_state(&self, token: &str, thread_id: Uuid, share: bool) -> Result<bool, StoreError> {
+        let sql = "select to_json(public.chat_share_read_state($1, $2))::text";
+        self.json("rpc/chat_share_read_state", As::User(token), sql, &[&thread_id, &share]).await
+    }
+
     pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {
         let sql = "select public.chat_read_receipt($1, $2)::text";
         self.json("rpc/chat_read_receipt", As::Service, sql, &[&thread_id, &reader]).await

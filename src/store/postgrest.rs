@@ -163,6 +163,11 @@ impl Postgrest {
         self.rpc(As::User(token), "chat_read_state", args).await
     }
 
+    /// `chat_share_read_state(p_thread_id, p_share)` as the user.
+    pub async fn share_read_state(&self, token: &str, thread_id: Uuid, share: bool) -> Result<bool, StoreError> {
+        self.rpc(As::User(token), "chat_share_read_state", json!({"p_thread_id": thread_id, "p_share": share})).await
+    }
+
     /// `chat_read_receipt(p_thread_id, p_reader)` with the service key: who may be told of a read,
     /// and how. Never answer a client with it: the router sends each viewer only their part.
     pub async fn read_receipt(&self, thread_id: Uuid, reader: Uuid) -> Result<Option<ReadReceipt>, StoreError> {

@@ -110,7 +110,8 @@ impl OfflineRows {
 
 /// Every call of the store, named by its PostgREST path: the static `call` label of its latency
 /// series (`gateway_postgrest_request_duration_seconds`) on both backends.
-const CALLS: [&str; 29] = [
+const CALLS: [&str; 30] = [
+    "rpc/chat_share_read_state",
     "rpc/chat_read_state",
     "rpc/chat_read_receipt",
     "rpc/chat_thread_messages",
