@@ -11,7 +11,8 @@
 //! connection settings and pool, shared by its feed and store), `protocol` (the client JSON),
 //! `model` (shared types), `close` (close codes), `error` (the one mapping to what peers see),
 //! `history` (recent messages for resumes), `readiness` (what `/readyz` answers), `metrics`,
-//! `admin` (the operator page), `limit`, `fair` (per-user budgets), [`edge`] (bounds on
+//! `admin` (the operator page), `limit`, `fair` (per-user budgets), `typing` (typing signals,
+//! delivered here and relayed between instances), [`edge`] (bounds on
 //! connections before authentication), and [`server`] (listener, upgrade, shutdown).
 
 mod admin;
@@ -37,5 +38,6 @@ mod router;
 pub mod server;
 mod session;
 mod store;
+mod typing;
 
 pub use auth::bearer;

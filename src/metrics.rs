@@ -12,8 +12,8 @@
 //! and never take a label value from a client.
 //!
 //! Submodules, one per part of the gateway: [`routing`] (the data path), [`resume`], [`fairness`]
-//! (per-user budgets), [`receipts`] (live read receipts), [`sampled`] (gauges set at scrape time)
-//! and `process` (`/proc` figures).
+//! (per-user budgets), [`receipts`] (live read receipts), [`typing`], [`sampled`] (gauges set at
+//! scrape time) and `process` (`/proc` figures).
 
 mod fairness;
 mod process;
@@ -22,6 +22,7 @@ mod receipts;
 mod resume;
 mod routing;
 mod sampled;
+mod typing;
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub use receipts::ReceiptMetrics;
 use resume::ResumeMetrics;
 use routing::RoutingMetrics;
 pub use sampled::Sampled;
+pub use typing::{TypingDrop, TypingMetrics, TypingOutcome};
 use sampled::SampledGauges;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -117,6 +119,8 @@ pub struct Metrics {
     pub push: PushMetrics,
     /// The live read receipts' series.
     pub receipts: ReceiptMetrics,
+    /// Typing's series.
+    pub typing: TypingMetrics,
     shutdown_closes: Counter,
 }
 
@@ -170,6 +174,7 @@ impl Metrics {
         let fairness = FairnessMetrics::register(&mut r);
         let push = PushMetrics::register(&mut r);
         let receipts = ReceiptMetrics::register(&mut r);
+        let typing = TypingMetrics::register(&mut r);
         let resumes = ResumeMetrics::register(&mut r);
         let shutdown_closes = Counter::default();
         r.register(
@@ -194,6 +199,7 @@ impl Metrics {
             fairness,
             push,
             receipts,
+            typing,
             shutdown_closes,
         }
     }

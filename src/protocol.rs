@@ -25,6 +25,10 @@ pub enum ClientMessage {
     AccessToken {
         token: String,
     },
+    /// The user is typing in a thread (`{"type":"typing","thread_id":"..."}`).
+    Typing {
+        thread_id: Uuid,
+    },
 }
 
 /// Why a client frame was not understood. The text goes back to the client in an `error` frame.
@@ -65,6 +69,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
         "subscribe_thread" => Ok(ClientMessage::SubscribeThread { thread_id: thread_id()? }),
         "unsubscribe_thread" => Ok(ClientMessage::UnsubscribeThread { thread_id: thread_id()? }),
         "ping" => Ok(ClientMessage::Ping),
+        "typing" => Ok(ClientMessage::Typing { thread_id: thread_id()? }),
         "access_token" => match object.get("token").or_else(|| object.get("access_token")) {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(ClientMessage::AccessToken { token: s.clone() }),
             _ => Err(ParseError::MissingToken),
@@ -115,6 +120,11 @@ pub enum ServerMessage<'a> {
     ThreadSubscribed {
         thread_id: Uuid,
     },
+    /// Another participant is typing in the thread (clients show it for 5 s).
+    Typing {
+        thread_id: Uuid,
+        user: &'a TypingUser,
+    },
     ThreadUnsubscribed {
         thread_id: Uuid,
     },
@@ -130,6 +140,14 @@ impl ServerMessage<'_> {
         // Serializing these types cannot fail: no maps with non-string keys, no custom impls.
         serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","message":"internal error"}"#.to_string())
     }
+}
+
+/// Who is typing, as a `typing` frame names them: the sender's profile, as `new_message` has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TypingUser {
+    pub user_id: Uuid,
+    pub full_name: String,
+    pub role: String,
 }
 
 /// The error frame the guide documents for a lost upstream.
@@ -156,6 +174,10 @@ mod tests {
         );
         assert_eq!(parse_client_message(r#"{"type":"ping"}"#), Ok(ClientMessage::Ping));
         assert_eq!(
+            parse_client_message(&format!(r#"{{"type":"typing","thread_id":"{T}"}}"#)),
+            Ok(ClientMessage::Typing { thread_id: id })
+        );
+        assert_eq!(
             parse_client_message(r#"{"type":"access_token","token":"x.y.z"}"#),
             Ok(ClientMessage::AccessToken { token: "x.y.z".into() })
         );
@@ -178,6 +200,8 @@ mod tests {
             Err(ParseError::InvalidThreadId)
         );
         assert_eq!(parse_client_message(r#"{"type":"access_token"}"#), Err(ParseError::MissingToken));
+        assert_eq!(parse_client_message(r#"{"type":"typing"}"#), Err(ParseError::MissingThreadId));
+        assert_eq!(parse_client_message(r#"{"type":"typing","thread_id":"x"}"#), Err(ParseError::InvalidThreadId));
     }
 
     #[test]
@@ -198,6 +222,11 @@ mod tests {
             json!({"type":"thread_unsubscribed","thread_id":T})
         );
         assert_eq!(v(ServerMessage::Pong), json!({"type":"pong"}));
+        let typer = TypingUser { user_id: user, full_name: "John Doe".into(), role: "teacher".into() };
+        assert_eq!(
+            v(ServerMessage::Typing { thread_id: thread, user: &typer }),
+            json!({"type":"typing","thread_id":T,"user":{"user_id":user,"full_name":"John Doe","role":"teacher"}})
+        );
         assert_eq!(
             v(ServerMessage::Error { message: UPSTREAM_ERROR }),
             json!({"type":"error","message":"Real-time connection error"})

@@ -226,6 +226,11 @@ impl SessionHandle {
         self.subscriptions.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
     }
 
+    /// Queues an ephemeral frame if there is room; false (and the session left open) if not.
+    pub fn offer(&self, frame: &Outgoing) -> bool {
+        self.close_reason.get().is_none() && self.queue.try_push(frame).is_ok()
+    }
+
     /// Queues a frame, or closes the session as too slow when its queue is full.
     pub fn push(&self, frame: &Outgoing, metrics: &Metrics) {
         self.push_with(|| self.queue.try_push(frame), metrics);

@@ -1,7 +1,9 @@
 //! The backend seam, chosen once per start: the store and the change feed a configuration's
 //! backend selects (Supabase: PostgREST and the Realtime channel; PostgreSQL: the pool and the
 //! replication slot). Builds them from the configuration's parts; the feed starts only when
-//! [`Feed::spawn`] is called, once its consumer runs. Never logs a key or the connection string.
+//! [`Feed::spawn`] is called, once its consumer runs, with typing's relay of the same backend
+//! (Realtime Broadcast on the feed's socket, or LISTEN/NOTIFY on a connection of its own).
+//! Never logs a key or the connection string.
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ use crate::feed::{UpstreamEvent, Watermark, MEMBERSHIP_EVENTS_TABLE};
 use crate::metrics::Metrics;
 use crate::store::postgres::PgStore;
 use crate::store::Store;
+use crate::typing::postgres::{self as typing_relay, RelayConfig};
+use crate::typing::RelayLink;
 
 /// Rows read from the replication slot in one call.
 const SLOT_BATCH: i32 = 10_000;
@@ -90,20 +94,29 @@ impl Feed {
         }
     }
 
-    /// Starts the feed into `events`; on PostgreSQL, also returns the slot's lag for `/metrics`.
+    /// Starts the feed into `events` and typing's relay with `typing`; on PostgreSQL, also
+    /// returns the slot's lag for `/metrics`.
     pub(super) fn spawn(
         self,
         events: mpsc::Sender<UpstreamEvent>,
         watermark: Arc<Watermark>,
+        typing: RelayLink,
         tasks: &TaskTracker,
         stop: CancellationToken,
     ) -> Option<Arc<SlotLag>> {
         match self {
             Feed::Realtime(config) => {
-                tasks.spawn(realtime::run(config, events, stop));
+                tasks.spawn(realtime::run(config, events, Some(typing), stop));
                 None
             }
             Feed::Postgres(config) => {
+                let relay = RelayConfig {
+                    pg: config.pg.clone(),
+                    connect_timeout: config.connect_timeout,
+                    backoff_min: config.backoff_min,
+                    backoff_max: config.backoff_max,
+                };
+                tasks.spawn(typing_relay::run(relay, typing, stop.clone()));
                 let lag = Arc::new(SlotLag::default());
                 let handles = FeedHandles { watermark, lag: lag.clone() };
                 tasks.spawn(pg_feed::run(config, events, handles, stop));

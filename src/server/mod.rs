@@ -1,4 +1,4 @@
-//! Server: wires configuration, auth, store, directory, hub, history, router and upstream; owns
+//! Server: wires configuration, auth, store, directory, hub, history, router, typing and upstream; owns
 //! the listener, the WebSocket upgrade, and shutdown. The backend (Supabase, or plain PostgreSQL)
 //! is chosen once, in [`backend`]: it decides which store and which change feed are built;
 //! everything downstream of the two seams is the same. [`start`] is wiring: each component gets
@@ -52,6 +52,7 @@ use crate::readiness::Readiness;
 use crate::router::catchup::CatchUp;
 use crate::router::{Router, RouterParts};
 use crate::session::SessionContext;
+use crate::typing::{Typing, TypingParts};
 pub use backend::upstream_config;
 
 type Response = warp::reply::Response;
@@ -242,8 +243,15 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         catchup: catchup.clone(),
     });
     tasks.spawn(router.run(events_rx));
+    let (typing, typing_relay) = Typing::new(TypingParts {
+        hub: hub.clone(),
+        directory: directory.clone(),
+        metrics: metrics.clone(),
+        tasks: tasks.clone(),
+        stop: stop.clone(),
+    });
     let backend_name = feed.describe();
-    let slot_lag = feed.spawn(events_tx, watermark, &tasks, stop.clone());
+    let slot_lag = feed.spawn(events_tx, watermark, typing_relay, &tasks, stop.clone());
 
     let disconnects = Arc::new(Disconnects::default());
     let edge = Edge::new(&config.edge);
@@ -273,6 +281,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         disconnects: disconnects.clone(),
         budgets: budgets.clone(),
         catchup,
+        typing,
     };
     let rest_rate = Arc::new(PerUser::new(config.fairness.rest_rate_per_sec, config.fairness.max_keys));
     let rest = warp::service(api::routes(ApiState {

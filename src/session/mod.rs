@@ -33,7 +33,7 @@ use crate::directory::Directory;
 use crate::history::History;
 use crate::hub::{Disconnects, Hub, Outgoing, SessionHandle};
 use crate::limit::TokenBucket;
-use crate::metrics::{Budget, Metrics};
+use crate::metrics::{Budget, Metrics, TypingOutcome};
 use crate::model::format_time;
 use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
 use crate::readiness::Readiness;
@@ -66,6 +66,8 @@ pub struct SessionContext {
     pub budgets: Arc<crate::fair::UserBudgets>,
     /// Catch-up tickets: a memory resume's `sync_complete` waits for the router's proof.
     pub catchup: Arc<crate::router::catchup::CatchUp>,
+    /// Typing: the per-user limiter, delivery here and the relay to the other instances.
+    pub typing: Arc<crate::typing::Typing>,
 }
 
 struct Session<S> {
@@ -133,6 +135,9 @@ pub async fn run<S>(
     tracing::info!(session = shared.id, user = %shared.user_id, resume = replay.is_some(), "client connected");
     let reason = session.serve(replay).await;
     session.ctx.hub.unregister(&shared);
+    if !session.ctx.hub.is_online(&shared.user_id) {
+        session.ctx.typing.release(&shared.user_id);
+    }
     let (code, label) = reason.map_or((0, "client_gone"), |r| (r.code, r.label));
     session.ctx.metrics.disconnected(code, label);
     session.ctx.disconnects.record(shared.user_id, code, label);
@@ -316,6 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(ClientMessage::SubscribeThread { thread_id }) => Box::pin(self.subscribe(thread_id)).await,
             Ok(ClientMessage::UnsubscribeThread { thread_id }) => Box::pin(self.unsubscribe(thread_id)).await,
             Ok(ClientMessage::AccessToken { token }) => Box::pin(self.refresh_token(token, expiry)).await,
+            Ok(ClientMessage::Typing { thread_id }) => Box::pin(self.typing(thread_id)).await,
         };
         match result {
             Ok(()) => Flow::Continue,
@@ -381,6 +387,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => {
                 self.ctx.metrics.unsubscribe_refused("too_many");
                 self.error(&e.to_string()).await
+            }
+        }
+    }
+
+    /// `typing`: one per user and thread per 2 s (on this instance, over all the user's sockets;
+    /// counted whether or not the thread is the user's), then the same RLS check as
+    /// `subscribe_thread` with the socket's token, then to the thread's other participants on
+    /// every instance. A refusal is an error frame; the socket stays open.
+    async fn typing(&mut self, thread_id: Uuid) -> Result<(), WsError> {
+        let metrics = &self.ctx.metrics.typing;
+        if !self.ctx.typing.admit(self.shared.user_id, thread_id) {
+            metrics.frame(TypingOutcome::RateLimited);
+            return self.error(&format!("{} (thread {thread_id})", crate::typing::limiter::LIMITED)).await;
+        }
+        let started = Instant::now();
+        let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+        self.ctx.metrics.rls_checked(started.elapsed());
+        match allowed {
+            Ok(true) => {
+                self.ctx.metrics.typing.frame(TypingOutcome::Accepted);
+                self.ctx.typing.publish(thread_id, self.shared.user_id);
+                Ok(())
+            }
+            Ok(false) => {
+                self.ctx.metrics.typing.frame(TypingOutcome::Denied);
+                self.error(&format!("Access denied to thread {thread_id}")).await
+            }
+            Err(e) => {
+                self.ctx.metrics.typing.frame(TypingOutcome::CheckFailed);
+                tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "typing access check failed");
+                self.error(crate::error::access_check_frame(&e)).await
             }
         }
     }

@@ -1,7 +1,8 @@
 //! One attempt at the upstream channel, in phases: [`connect`], [`join`] (the `phx_join` reply
 //! and the check that Realtime echoed our bindings), [`await_subscribed`] (Realtime's `system`
-//! "Subscribed to PostgreSQL"), then [`pump`] (heartbeats, changes, loss detection) until the
-//! channel is lost or the gateway stops. Every phase ends in a typed [`Lost`].
+//! "Subscribed to PostgreSQL"), then [`pump`] (heartbeats, changes, loss detection, and the
+//! typing topic of [`super::broadcast`] beside the feed's) until the channel is lost or the
+//! gateway stops. Every phase ends in a typed [`Lost`].
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -9,11 +10,13 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
+use super::broadcast::{self, Seen, TypingChannel};
 use super::event::decode_payload;
 use super::phoenix::{decode_any, encode, Frame, Vsn};
 use super::{Binding, UpstreamConfig};
 use crate::feed::supervise::Ended;
 use crate::feed::{Lost, UpstreamEvent};
+use crate::typing::{RelayLink, Signal};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -67,6 +70,7 @@ pub(super) async fn serve(
     events: &mpsc::Sender<UpstreamEvent>,
     stop: &CancellationToken,
     generation: &mut u64,
+    typing: Option<&mut RelayLink>,
 ) -> Ended {
     let lost = |lost| Ended::Lost { lost, was_live: false };
     let setup = async {
@@ -89,7 +93,8 @@ pub(super) async fn serve(
     if events.send(UpstreamEvent::Live { generation: *generation }).await.is_err() {
         return Ended::Stopped;
     }
-    match pump(&mut conn, config, events, stop).await {
+    let mut typing = typing.map(|link| Typing { link, channel: TypingChannel::new(broadcast::typing_topic(&config.topic)) });
+    match pump(&mut conn, config, events, stop, &mut typing).await {
         Ok(()) => {
             leave(&mut conn, config).await;
             Ended::Stopped
@@ -186,17 +191,78 @@ async fn await_subscribed(conn: &mut Conn, config: &UpstreamConfig) -> Result<()
     }
 }
 
-/// Phase 4: heartbeats and changes until the channel is lost (Err) or the gateway stops (Ok).
+/// The typing side of the socket: the relay's end and the typing channel's state.
+struct Typing<'a> {
+    link: &'a mut RelayLink,
+    channel: TypingChannel,
+}
+
+impl Typing<'_> {
+    /// Sends the typing channel's `phx_join` (its reply comes through [`Typing::on_frame`]).
+    async fn join(&mut self, conn: &mut Conn, config: &UpstreamConfig) -> Result<(), Lost> {
+        self.channel.rejoin_at = None;
+        let payload = broadcast::join_payload(&config.access_token);
+        let reference = conn.push(None, &self.channel.topic, "phx_join", payload).await?;
+        self.channel.join_ref = Some(reference);
+        Ok(())
+    }
+
+    /// One signal out as a Realtime Broadcast on the typing channel.
+    async fn send(&mut self, conn: &mut Conn, signal: &Signal) -> Result<(), Lost> {
+        let join_ref = self.channel.join_ref.clone();
+        conn.push(join_ref, &self.channel.topic, "broadcast", broadcast::push_payload(signal)).await?;
+        self.link.sent();
+        Ok(())
+    }
+
+    fn on_frame(&mut self, frame: &Frame) {
+        match self.channel.on_frame(frame) {
+            Seen::Signal(signal) => self.link.received(signal),
+            Seen::Joined => tracing::info!(topic = %self.channel.topic, "joined the typing channel"),
+            Seen::Refused(reason) => {
+                tracing::warn!(topic = %self.channel.topic, %reason, "Realtime refused the typing channel; typing stays on this instance until it is joined again")
+            }
+            Seen::Lost(why) => {
+                tracing::warn!(topic = %self.channel.topic, why, "typing channel lost; joining it again")
+            }
+            Seen::Other => {}
+        }
+    }
+}
+
+/// The next signal to send while the typing channel is joined; pending otherwise.
+async fn next_signal(typing: &mut Option<Typing<'_>>) -> Option<Signal> {
+    match typing {
+        Some(t) if t.channel.joined => t.link.next_outbound().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Resolves at `at`; pending without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Phase 4: heartbeats, changes and typing until the channel is lost (Err) or the gateway stops
+/// (Ok).
 async fn pump(
     conn: &mut Conn,
     config: &UpstreamConfig,
     events: &mpsc::Sender<UpstreamEvent>,
     stop: &CancellationToken,
+    typing: &mut Option<Typing<'_>>,
 ) -> Result<(), Lost> {
     let every = config.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut pending: Option<String> = None;
+    if let Some(t) = typing.as_mut() {
+        t.join(conn, config).await?;
+    }
     loop {
+        let rejoin_at = typing.as_ref().and_then(|t| t.channel.rejoin_at);
         let frame = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = heartbeat.tick() => {
@@ -206,12 +272,28 @@ async fn pump(
                 pending = Some(conn.push(None, "phoenix", "heartbeat", json!({})).await?);
                 continue;
             }
+            signal = next_signal(typing) => {
+                if let (Some(t), Some(signal)) = (typing.as_mut(), signal) {
+                    t.send(conn, &signal).await?;
+                }
+                continue;
+            }
+            _ = sleep_until(rejoin_at) => {
+                if let Some(t) = typing.as_mut() {
+                    t.join(conn, config).await?;
+                }
+                continue;
+            }
             frame = conn.next_frame() => frame?,
         };
         if frame.topic == "phoenix" {
             if frame.event == "phx_reply" && frame.reference.is_some() && frame.reference == pending {
                 pending = None;
             }
+            continue;
+        }
+        if let Some(t) = typing.as_mut().filter(|t| t.channel.topic == frame.topic) {
+            t.on_frame(&frame);
             continue;
         }
         if frame.topic != config.topic {

@@ -7,10 +7,13 @@
 //! ([`crate::feed::supervise`]). The channel goes through phases ([`channel`]): connect, join, wait
 //! for Realtime's "Subscribed to PostgreSQL" (only that makes the subscription
 //! [`UpstreamEvent::Live`]), pump. Changes are decoded at the edge ([`event`]) into the feed's
-//! typed events and sent to the router in order through a bounded channel.
+//! typed events and sent to the router in order through a bounded channel. The same socket
+//! carries typing between instances ([`broadcast`]: a private Broadcast channel beside the
+//! feed's, joined again with it after every reconnect).
 //! This module never logs the apikey or the token (URLs are logged without their query), and
 //! never decides who receives what.
 
+pub mod broadcast;
 mod channel;
 pub mod event;
 pub mod phoenix;
@@ -26,6 +29,7 @@ pub use phoenix::Vsn;
 
 use crate::feed::supervise;
 use crate::feed::{Lost, UpstreamEvent};
+use crate::typing::RelayLink;
 
 /// One `postgres_changes` binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +90,7 @@ pub fn spawn(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::spawn(run(config, events, stop))
+    tokio::spawn(run(config, events, None, stop))
 }
 
 /// The Realtime channel as [`supervise::Attempt`]s: one [`channel::serve`] each.
@@ -97,11 +101,13 @@ struct Realtime<'a> {
     generation: u64,
     /// The socket URL without its query (which holds the apikey).
     shown_url: String,
+    /// Typing's relay on this socket, if the gateway relays typing through Realtime.
+    typing: Option<RelayLink>,
 }
 
 impl supervise::Attempt for Realtime<'_> {
     fn attempt(&mut self) -> impl std::future::Future<Output = supervise::Ended> + Send {
-        channel::serve(self.config, self.events, self.stop, &mut self.generation)
+        channel::serve(self.config, self.events, self.stop, &mut self.generation, self.typing.as_mut())
     }
 
     fn log_lost(&self, reason: &Lost, retry_in: Duration) {
@@ -110,10 +116,15 @@ impl supervise::Attempt for Realtime<'_> {
 }
 
 /// The reconnect loop ([`supervise::supervise`]): one [`channel::serve`] per attempt, one `Down`
-/// per loss.
-pub async fn run(config: UpstreamConfig, events: mpsc::Sender<UpstreamEvent>, stop: CancellationToken) {
+/// per loss; with `typing`, each attempt also joins the typing channel and relays its signals.
+pub async fn run(
+    config: UpstreamConfig,
+    events: mpsc::Sender<UpstreamEvent>,
+    typing: Option<RelayLink>,
+    stop: CancellationToken,
+) {
     let shown_url = config.websocket_url.split('?').next().unwrap_or_default().to_string();
-    let mut realtime = Realtime { config: &config, events: &events, stop: &stop, generation: 0, shown_url };
+    let mut realtime = Realtime { config: &config, events: &events, stop: &stop, generation: 0, shown_url, typing };
     let backoff = supervise::Backoff { min: config.backoff_min, max: config.backoff_max };
     supervise::supervise(&mut realtime, backoff, &events, &stop).await;
 }

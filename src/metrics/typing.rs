@@ -1,0 +1,147 @@
+//! The series of typing (see [`crate::typing`]): typing frames by outcome, frames queued to
+//! sessions, signals relayed between instances, and every bound that dropped a signal. Static
+//! labels only; never a user or thread id.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+}
+
+/// What became of a client's `typing` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypingOutcome {
+    Accepted,
+    RateLimited,
+    Denied,
+    CheckFailed,
+}
+
+impl TypingOutcome {
+    const ALL: [TypingOutcome; 4] =
+        [TypingOutcome::Accepted, TypingOutcome::RateLimited, TypingOutcome::Denied, TypingOutcome::CheckFailed];
+
+    fn label(self) -> &'static str {
+        match self {
+            TypingOutcome::Accepted => "accepted",
+            TypingOutcome::RateLimited => "rate_limited",
+            TypingOutcome::Denied => "denied",
+            TypingOutcome::CheckFailed => "check_failed",
+        }
+    }
+}
+
+/// Where a typing signal was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypingDrop {
+    /// The queue to the other instances was full (the relay is down or slow).
+    RelayFull,
+    /// Queued longer than the relay's freshness bound (sent after a reconnect): not sent.
+    Stale,
+    /// The queue of signals from other instances was full.
+    InboundFull,
+    /// A signal from another instance that is not a valid typing signal.
+    Invalid,
+    /// Too many signals already waiting for a membership or profile lookup.
+    LookupBusy,
+    /// The thread's members or the typer's profile could not be read in time.
+    LookupFailed,
+    /// A recipient session's queue was full: the frame was skipped for that session.
+    SessionQueueFull,
+}
+
+impl TypingDrop {
+    const ALL: [TypingDrop; 7] = [
+        TypingDrop::RelayFull,
+        TypingDrop::Stale,
+        TypingDrop::InboundFull,
+        TypingDrop::Invalid,
+        TypingDrop::LookupBusy,
+        TypingDrop::LookupFailed,
+        TypingDrop::SessionQueueFull,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TypingDrop::RelayFull => "relay_full",
+            TypingDrop::Stale => "stale",
+            TypingDrop::InboundFull => "inbound_full",
+            TypingDrop::Invalid => "invalid",
+            TypingDrop::LookupBusy => "lookup_busy",
+            TypingDrop::LookupFailed => "lookup_failed",
+            TypingDrop::SessionQueueFull => "session_queue_full",
+        }
+    }
+}
+
+pub struct TypingMetrics {
+    frames: Family<OutcomeLabels, Counter>,
+    delivered: Counter,
+    relayed: Family<DirectionLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+}
+
+impl TypingMetrics {
+    pub(super) fn register(r: &mut Registry) -> TypingMetrics {
+        let frames = Family::<OutcomeLabels, Counter>::default();
+        for outcome in TypingOutcome::ALL {
+            frames.get_or_create(&OutcomeLabels { outcome: outcome.label() }).inc_by(0);
+        }
+        r.register(
+            "typing_frames",
+            "typing frames from clients, by outcome (accepted, rate_limited, denied, check_failed)",
+            frames.clone(),
+        );
+        let delivered = Counter::default();
+        r.register("typing_delivered", "typing frames queued to sessions on this instance", delivered.clone());
+        let relayed = Family::<DirectionLabels, Counter>::default();
+        for direction in ["sent", "received"] {
+            relayed.get_or_create(&DirectionLabels { direction }).inc_by(0);
+        }
+        r.register(
+            "typing_relayed",
+            "typing signals exchanged with the other instances (Realtime Broadcast or NOTIFY), by direction",
+            relayed.clone(),
+        );
+        let dropped = Family::<ReasonLabels, Counter>::default();
+        for reason in TypingDrop::ALL {
+            dropped.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(0);
+        }
+        r.register(
+            "typing_dropped",
+            "typing signals dropped at a bound, by reason (relay_full, stale, inbound_full, invalid, lookup_busy, lookup_failed, session_queue_full)",
+            dropped.clone(),
+        );
+        TypingMetrics { frames, delivered, relayed, dropped }
+    }
+
+    pub fn frame(&self, outcome: TypingOutcome) {
+        self.frames.get_or_create(&OutcomeLabels { outcome: outcome.label() }).inc();
+    }
+    pub fn delivered(&self, n: u64) {
+        self.delivered.inc_by(n);
+    }
+    pub fn sent(&self) {
+        self.relayed.get_or_create(&DirectionLabels { direction: "sent" }).inc();
+    }
+    pub fn received(&self) {
+        self.relayed.get_or_create(&DirectionLabels { direction: "received" }).inc();
+    }
+    pub fn dropped(&self, reason: TypingDrop, n: u64) {
+        self.dropped.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(n);
+    }
+}
