@@ -32,8 +32,8 @@ pub use receipts::ReceiptMetrics;
 use resume::ResumeMetrics;
 use routing::RoutingMetrics;
 pub use sampled::Sampled;
-pub use typing::{TypingDrop, TypingMetrics, TypingOutcome};
 use sampled::SampledGauges;
+pub use typing::{TypingDrop, TypingMetrics, TypingOutcome};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

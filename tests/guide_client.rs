@@ -1,13 +1,14 @@
 //! The guide's own JavaScript, run under Node against the gateway: its `ChatClient` (with the `ws`
 //! package) connects and receives a `new_message`; its app-startup `initializeChat` shows the real
-//! unread count, displays the missed messages and stores a cursor the next start accepts. Fails
+//! unread count, displays the missed messages and stores a cursor the next start accepts; a
+//! `typing` frame it does not know changes nothing for it. Fails
 //! (never skips) when Node or the npm packages are missing: run `scripts/setup` first.
 
 use std::process::Stdio;
 
 use crate::common::node::{self, Script};
 use crate::common::{World, ARRIVES};
-use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS};
+use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, DAVID, EVA};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_chat_client_receives_a_new_message() {
@@ -23,6 +24,13 @@ async fn the_guides_chat_client_receives_a_new_message() {
     );
     let ready = script.next_json(ARRIVES, "client ready in time").await;
     assert_eq!(ready["event"], "ready", "{ready}");
+
+    // David types in 3B: Carla's guide client gets a typing frame it does not know, ignores it,
+    // and goes on. Eva got hers, so Carla's was queued before the message below.
+    let mut david = world.phone(&DAVID).await;
+    let mut eva = world.phone(&EVA).await;
+    david.send_json(serde_json::json!({"type": "typing", "thread_id": CLASS_3B_PARENTS})).await;
+    assert_eq!(eva.expect("typing").await["user"]["user_id"], DAVID.id.to_string());
 
     let id = world.post(&ALICE, CLASS_3B_PARENTS, "Hello from the guide test").await;
     let got = script.next_json(ARRIVES, "message in time").await;

@@ -38,5 +38,6 @@ mod resume;
 mod resume_catchup;
 mod shutdown;
 mod supabase_js;
+mod typing;
 mod upstream;
 mod web_example;

@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use jsonschema::Validator;
 use reqwest::Method;
 use serde_json::{json, Value};
-use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS};
+use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use uuid::Uuid;
 
@@ -491,6 +491,7 @@ impl Frames {
             "pong" => "Pong",
             "sync_complete" => "SyncComplete",
             "thread_read" => "ThreadRead",
+            "typing" => "Typing",
             other => panic!("frame type {other:?} is not in docs/ws-frames.schema.json: {frame}"),
         };
         check(&self.schemas, own, frame).unwrap_or_else(|e| panic!("{e}"));
@@ -566,6 +567,17 @@ async fn websocket_frames_and_closes_match_the_frame_schemas() {
     send(&mut phone, &frames, json!({"type": "access_token", "token": world.token(&CARLA)})).await;
     send(&mut phone, &frames, json!({"type": "ping"})).await;
     assert_eq!(next(&mut phone, &frames).await["type"], "pong");
+
+    // Typing: David's frame (a documented client frame) reaches Carla as a documented frame.
+    let mut david =
+        Phone::connect(&format!("{}?token={}", world.ws_base(), world.token(&DAVID))).await.expect("connects");
+    next(&mut david, &frames).await;
+    send(&mut david, &frames, json!({"type": "typing", "thread_id": CLASS_3B_PARENTS})).await;
+    let typing = next(&mut phone, &frames).await;
+    assert_eq!(typing["user"]["user_id"], DAVID.id.to_string(), "{typing}");
+    send(&mut david, &frames, json!({"type": "typing", "thread_id": CLASS_3B_PARENTS})).await;
+    let limited = next(&mut david, &frames).await;
+    assert!(limited["message"].as_str().unwrap_or_default().starts_with("Too many typing frames"), "{limited}");
 
     let id = world.post(&ALICE, CLASS_3B_PARENTS, "validated against the schema").await;
     loop {

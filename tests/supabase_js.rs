@@ -40,5 +40,5 @@ async fn supabase_js_conforms() {
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(output.status.success(), "supabase-js conformance failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("ℹ pass 6") && stdout.contains("ℹ fail 0"), "expected 6 passing checks:\n{stdout}");
+    assert!(stdout.contains("ℹ pass 10") && stdout.contains("ℹ fail 0"), "expected 10 passing checks:\n{stdout}");
 }

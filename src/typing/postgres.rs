@@ -83,11 +83,7 @@ fn backoff(config: &RelayConfig) -> impl Iterator<Item = Duration> {
 
 /// One connection: LISTEN, then notify and receive until it is lost (Err, with whether it had
 /// been listening) or the gateway stops (Ok).
-async fn serve(
-    config: &RelayConfig,
-    link: &mut RelayLink,
-    stop: &CancellationToken,
-) -> Result<(), (RelayError, bool)> {
+async fn serve(config: &RelayConfig, link: &mut RelayLink, stop: &CancellationToken) -> Result<(), (RelayError, bool)> {
     let connecting = tokio::time::timeout(config.connect_timeout, config.pg.connect(NoTls));
     let (client, mut connection) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),

@@ -27,14 +27,18 @@ pub enum SignalError {
 }
 
 impl Signal {
-    pub fn to_value(&self) -> Value {
+    pub fn to_value(self) -> Value {
         json!({"thread_id": self.thread_id, "user_id": self.user_id, "instance": self.instance})
     }
 
     /// Reads a signal, every id checked.
     pub fn from_value(value: &Value) -> Result<Signal, SignalError> {
         let id = |key: &'static str| {
-            value.get(key).and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()).ok_or(SignalError::BadField(key))
+            value
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or(SignalError::BadField(key))
         };
         Ok(Signal { thread_id: id("thread_id")?, user_id: id("user_id")?, instance: id("instance")? })
     }

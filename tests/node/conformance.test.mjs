@@ -227,3 +227,70 @@ test("realtime: a signed-in user subscribed to every published table learns noth
   assert.ok(!seen.includes(CLASS_3B), `a payload names class 3B: ${seen}`);
   await farid.removeChannel(channel);
 });
+
+// Broadcast: what the gateway's instances use to tell each other who is typing. realtime-js
+// sends a broadcast as JSON text on vsn 1.0.0 and as a binary user broadcast on 2.0.0; a
+// receiver of either version gets it, the sender only with `self: true`, and `ack: true`
+// answers the send.
+function listener(supabase, name, config, event) {
+  const got = [];
+  const waiters = [];
+  const channel = supabase.channel(name, { config }).on("broadcast", { event }, (msg) => {
+    got.push(msg);
+    for (const w of waiters.splice(0)) w();
+  });
+  const until = (predicate, what) =>
+    within(15000, new Promise((resolve) => {
+      const check = () => (predicate(got) ? resolve() : waiters.push(check));
+      check();
+    }), what);
+  return { channel, got, until };
+}
+
+for (const [from, to] of [["1.0.0", "2.0.0"], ["2.0.0", "1.0.0"], ["2.0.0", "2.0.0"]]) {
+  test(`realtime broadcast: channel().send() over vsn ${from} reaches on('broadcast') over vsn ${to}, not the sender unless self`, async () => {
+    const name = `conformance-broadcast-${from}-${to}`;
+    const sender = listener(client({ key: SERVICE, vsn: from }), name, { broadcast: { self: false, ack: true } }, "typing");
+    const receiver = listener(client({ key: SERVICE, vsn: to }), name, { broadcast: { self: false, ack: false } }, "typing");
+    const echo = listener(client({ key: SERVICE, vsn: from }), name, { broadcast: { self: true, ack: false } }, "typing");
+    for (const l of [sender, receiver, echo]) await within(15000, subscribed(l.channel), "SUBSCRIBED");
+    const sent = await sender.channel.send({ type: "broadcast", event: "typing", payload: { thread_id: CLASS_3B, n: 1 } });
+    assert.equal(sent, "ok", "ack: true is answered");
+    await receiver.until((g) => g.some((m) => m.payload?.n === 1), "the broadcast on the receiver");
+    const m = receiver.got.find((x) => x.payload?.n === 1);
+    assert.equal(m.type, "broadcast");
+    assert.equal(m.event, "typing");
+    assert.deepEqual(m.payload, { thread_id: CLASS_3B, n: 1 });
+    // self: true gets its own broadcast back.
+    assert.equal(await echo.channel.send({ type: "broadcast", event: "typing", payload: { n: 2 } }), "ok");
+    await echo.until((g) => g.some((x) => x.payload?.n === 2), "the echo of the self channel");
+    // Another event name is not delivered to an on('broadcast', { event: 'typing' }).
+    await receiver.channel.send({ type: "broadcast", event: "cursor", payload: { n: 3 } });
+    await receiver.channel.send({ type: "broadcast", event: "typing", payload: { n: 4 } });
+    // What the receiver sent after the sender's first broadcast reaches the sender; its own
+    // first broadcast (self: false) never came back before it.
+    await sender.until((g) => g.some((x) => x.payload?.n === 4), "the receiver's broadcast on the sender");
+    assert.deepEqual(sender.got.map((x) => x.payload.n), [2, 4], "no own broadcast, no other event");
+    for (const l of [sender, receiver, echo]) await l.channel.unsubscribe();
+  });
+}
+
+test("realtime broadcast: private channels are for the service role only, and apart from the public topic", async () => {
+  const name = "conformance-private";
+  const carla = client({ token: CARLA.token });
+  await carla.realtime.setAuth(CARLA.token);
+  const refused = carla.channel(name, { config: { private: true } });
+  await assert.rejects(within(15000, subscribed(refused), "the refusal"), /CHANNEL_ERROR.*Unauthorized/);
+  const a = listener(client({ key: SERVICE }), name, { private: true, broadcast: { ack: true } }, "typing");
+  const b = listener(client({ key: SERVICE, vsn: "1.0.0" }), name, { private: true }, "typing");
+  const outsider = listener(client({ key: SERVICE }), name, { private: false }, "typing");
+  for (const l of [a, b, outsider]) await within(15000, subscribed(l.channel), "SUBSCRIBED");
+  assert.equal(await a.channel.send({ type: "broadcast", event: "typing", payload: { n: 1 } }), "ok");
+  await b.until((g) => g.some((m) => m.payload?.n === 1), "the private broadcast");
+  await outsider.channel.send({ type: "broadcast", event: "typing", payload: { n: 2 } });
+  await b.channel.send({ type: "broadcast", event: "typing", payload: { n: 3 } });
+  await a.until((g) => g.some((m) => m.payload?.n === 3), "the second private broadcast");
+  assert.deepEqual(a.got.map((m) => m.payload.n), [3], "the public channel of the same name is another topic");
+  assert.deepEqual(outsider.got, []);
+  for (const l of [a, b, outsider]) await l.channel.unsubscribe();
+});

@@ -140,8 +140,11 @@ mod tests {
         assert_eq!(join["access_token"], "service-key");
         let signal = Signal { thread_id: Uuid::new_v4(), user_id: Uuid::new_v4(), instance: Uuid::new_v4() };
         let push = push_payload(&signal);
-        assert_eq!(push, json!({"type": "broadcast", "event": "typing", "payload": {
-            "thread_id": signal.thread_id, "user_id": signal.user_id, "instance": signal.instance}}));
+        assert_eq!(
+            push,
+            json!({"type": "broadcast", "event": "typing", "payload": {
+            "thread_id": signal.thread_id, "user_id": signal.user_id, "instance": signal.instance}})
+        );
         assert_eq!(received(&push), Some(Ok(signal)), "what one instance sends, another reads");
     }
 
@@ -162,12 +165,17 @@ mod tests {
         let mut channel = TypingChannel::new("realtime:chat-gateway-typing".into());
         channel.join_ref = Some("3".into());
         assert_eq!(channel.on_frame(&frame("phx_reply", Some("2"), json!({"status": "ok"}))), Seen::Other);
-        assert_eq!(channel.on_frame(&frame("phx_reply", Some("3"), json!({"status": "ok", "response": {}}))), Seen::Joined);
+        assert_eq!(
+            channel.on_frame(&frame("phx_reply", Some("3"), json!({"status": "ok", "response": {}}))),
+            Seen::Joined
+        );
         assert!(channel.joined && channel.rejoin_at.is_none());
         assert_eq!(channel.on_frame(&frame("phx_close", None, json!({}))), Seen::Lost("closed by Realtime"));
         assert!(!channel.joined && channel.rejoin_at.is_some() && channel.join_ref.is_none());
         channel.join_ref = Some("9".into());
         let refused = json!({"status": "error", "response": {"reason": "Unauthorized: You do not have permissions to read from this Channel topic: chat-gateway-typing"}});
-        assert!(matches!(channel.on_frame(&frame("phx_reply", Some("9"), refused)), Seen::Refused(r) if r.starts_with("Unauthorized")));
+        assert!(
+            matches!(channel.on_frame(&frame("phx_reply", Some("9"), refused)), Seen::Refused(r) if r.starts_with("Unauthorized"))
+        );
     }
 }

@@ -93,7 +93,8 @@ pub(super) async fn serve(
     if events.send(UpstreamEvent::Live { generation: *generation }).await.is_err() {
         return Ended::Stopped;
     }
-    let mut typing = typing.map(|link| Typing { link, channel: TypingChannel::new(broadcast::typing_topic(&config.topic)) });
+    let mut typing =
+        typing.map(|link| Typing { link, channel: TypingChannel::new(broadcast::typing_topic(&config.topic)) });
     match pump(&mut conn, config, events, stop, &mut typing).await {
         Ok(()) => {
             leave(&mut conn, config).await;

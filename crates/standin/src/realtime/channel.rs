@@ -25,6 +25,12 @@ pub struct Channel {
     pub token_exp: i64,
     /// Who RLS checks run as; `None` for the service role (BYPASSRLS).
     pub subscriber: Option<Arc<Subscriber>>,
+    /// `config.private`: a private channel (authorized by RLS on `realtime.messages`).
+    pub private: bool,
+    /// `config.broadcast.self`: the channel's own broadcasts come back to it.
+    pub broadcast_self: bool,
+    /// `config.broadcast.ack`: each broadcast is answered with a `phx_reply`.
+    pub broadcast_ack: bool,
 }
 
 /// A change event on its way to the socket.
@@ -35,6 +41,8 @@ pub struct Outgoing {
     /// For a user-token channel: the change, shaped for the subscriber's role (column
     /// privileges, RLS) when written; `text` is unused then.
     pub view: Option<Box<UserView>>,
+    /// A binary frame (a user broadcast on vsn 2.0.0); `text` is unused then.
+    pub binary: Option<Vec<u8>>,
 }
 
 /// What the feed needs to route to a socket.
@@ -84,13 +92,13 @@ pub fn route(handle: &SocketHandle, change: &Change, data_json: &str, due: Optio
                 vsn: handle.vsn,
                 who: who.clone(),
             };
-            out.push(Outgoing { due, text: String::new(), view: Some(Box::new(view)) });
+            out.push(Outgoing { due, text: String::new(), view: Some(Box::new(view)), binary: None });
             continue;
         }
         let payload = format!("{{\"ids\":[{ids}],\"data\":{data_json}}}");
         let text =
             encode_push_raw(channel.join_ref.as_deref(), &channel.topic, "postgres_changes", &payload, handle.vsn);
-        out.push(Outgoing { due, text, view: None });
+        out.push(Outgoing { due, text, view: None, binary: None });
     }
     out
 }
@@ -117,6 +125,9 @@ mod tests {
             token: String::new(),
             token_exp: i64::MAX,
             subscriber: None,
+            private: false,
+            broadcast_self: false,
+            broadcast_ack: false,
         };
         let mut a = binding("INSERT", Some("messages"), None);
         a.id = 7;
@@ -158,6 +169,9 @@ mod tests {
             token: String::new(),
             token_exp: i64::MAX,
             subscriber: Some(who),
+            private: false,
+            broadcast_self: false,
+            broadcast_ack: false,
         };
         let handle =
             SocketHandle { vsn: Vsn::V2, channels: Mutex::new(vec![channel]), changes: tx, kill: Notify::new() };

@@ -25,9 +25,16 @@
 //! 2.0.0, else 400). It never writes to the project's tables: its only database state is the
 //! temporary slot, which dies with its connection.
 //!
-//! Not covered (documented limits): Broadcast and Presence (a presence track is acknowledged and
-//! goes nowhere; `presence_state` is always empty), binary frames, private channels and their
-//! `realtime.messages` policies, `log_level`, per-tenant quotas and rate limits, the legacy topic
+//! Broadcast between the sockets joined to a topic ([`broadcast`]: text and vsn 2.0.0 binary user
+//! broadcasts, `self`, `ack`, public and private channels apart). Private channels: Realtime
+//! authorizes them with RLS policies on `realtime.messages`; the stand-in models no policy, so
+//! the service role (which bypasses RLS) may join one and any other token is refused with
+//! Realtime's "Unauthorized: You do not have permissions to read from this Channel topic".
+//!
+//! Not covered (documented limits): Presence (a presence track is acknowledged and goes nowhere;
+//! `presence_state` is always empty), Broadcast from the database (`realtime.send`) and over
+//! REST, binary frames other than user broadcasts, `realtime.messages` policies (see above),
+//! `log_level`, per-tenant quotas and rate limits, the legacy topic
 //! form `realtime:schema:table:filter`, several filters per binding, and `Error 413` (no record
 //! is too large here). For user tokens, column privileges and RLS are applied when the change is
 //! written to the socket ([`view`]: by primary key, as the subscriber), not at commit time as
@@ -36,6 +43,7 @@
 //! read, as Realtime sends them.
 
 pub mod binding;
+pub mod broadcast;
 pub mod channel;
 pub mod control;
 pub mod feed;
@@ -164,7 +172,7 @@ impl Shared {
                     json!({"extension": "postgres_changes", "status": "error", "message": message, "channel": name});
                 let text =
                     frame::encode_push_raw(c.join_ref.as_deref(), &c.topic, "system", &payload.to_string(), socket.vsn);
-                let _ = socket.changes.try_send(channel::Outgoing { due: None, text, view: None });
+                let _ = socket.changes.try_send(channel::Outgoing { due: None, text, view: None, binary: None });
             }
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Owns heartbeats and the silent-socket timeout, `phx_join` with `postgres_changes` bindings
 //! (token check, publication check, the reply echoing each binding as sent plus its id,
-//! `presence_state`, the `system` "Subscribed to PostgreSQL" message), `access_token` refresh and
-//! expiry, `phx_leave`, and writing what the feed routes to it. The feed only ever `try_send`s
+//! `presence_state`, the `system` "Subscribed to PostgreSQL" message; private channels for the
+//! service role only), `access_token` refresh and expiry, `phx_leave`, broadcasts (handed to
+//! [`super::broadcast`], acknowledged when asked), and writing what the feed routes to it. The feed only ever `try_send`s
 //! into this socket's bounded queue; a socket whose queue is full is dropped, so it never slows
 //! the feed or the other sockets. This module must never block the feed or touch another
 //! socket's state. What a binding matches is in [`super::binding`]; the handle the feed routes
@@ -21,6 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use warp::ws::{Message, WebSocket};
 
 use super::binding::bind;
+use super::broadcast::{self, Broadcast};
 use super::channel::{Channel, Outgoing, SocketHandle};
 use super::frame::{decode, encode, Frame, Vsn};
 use super::rls::Subscriber;
@@ -192,6 +194,9 @@ async fn write_loop(
 }
 
 async fn write_change(shared: &Shared, sink: &mut SplitSink<WebSocket, Message>, item: Outgoing) -> Result<(), ()> {
+    if let Some(bytes) = item.binary {
+        return sink.feed(Message::binary(bytes)).await.map_err(|_| ());
+    }
     let text = match &item.view {
         None => item.text,
         Some(view) => match view.render(&shared.rls).await {
@@ -231,6 +236,14 @@ impl Conn {
                     last_heard = Instant::now();
                     if message.is_close() {
                         return End::Closed;
+                    }
+                    if message.is_binary() {
+                        if let Some(reply) = self.user_broadcast(message.as_bytes()) {
+                            if !self.send(&reply) {
+                                return End::Killed;
+                            }
+                        }
+                        continue;
                     }
                     let Ok(text) = message.to_str() else { continue };
                     match decode(text, self.handle.vsn) {
@@ -319,9 +332,45 @@ impl Conn {
             (_, "access_token") => self.refresh_token(&frame),
             // Presence is disabled here: a track is acknowledged and goes nowhere.
             (_, "presence") => vec![reply(&frame, "ok", json!({}))],
+            (topic, "broadcast") => {
+                let ack = self.relay(topic, &Broadcast::Json(frame.payload.clone()));
+                if ack {
+                    vec![reply(&frame, "ok", json!({}))]
+                } else {
+                    Vec::new()
+                }
+            }
             // Realtime answers nothing to other client events (broadcast without ack, ...).
             _ => Vec::new(),
         }
+    }
+
+    /// Relays a broadcast of the joined channel `topic` to the other channels of that topic;
+    /// whether the sender asked for an acknowledgement.
+    fn relay(&self, topic: &str, b: &Broadcast) -> bool {
+        let channel = self.handle.channels.lock().ok().and_then(|chans| {
+            chans.iter().find(|c| c.topic == topic).map(|c| (c.private, c.broadcast_self, c.broadcast_ack))
+        });
+        let Some((private, to_self, ack)) = channel else { return false };
+        broadcast::relay(&self.shared, &self.handle, topic, private, to_self, b);
+        ack
+    }
+
+    /// A binary frame: a user broadcast push of a joined channel is relayed (and acknowledged
+    /// when the channel asked); anything else is ignored, as an unmatched topic is answered.
+    fn user_broadcast(&self, bytes: &[u8]) -> Option<Frame> {
+        let push = broadcast::decode_user_push(bytes)?;
+        let as_frame = Frame {
+            join_ref: Some(push.join_ref.clone()).filter(|r| !r.is_empty()),
+            reference: Some(push.reference.clone()).filter(|r| !r.is_empty()),
+            topic: push.topic.clone(),
+            event: "broadcast".into(),
+            payload: Value::Null,
+        };
+        if !self.joined(&push.topic) {
+            return Some(reply(&as_frame, "error", json!({"reason": "unmatched topic"})));
+        }
+        self.relay(&push.topic, &push.broadcast).then(|| reply(&as_frame, "ok", json!({})))
     }
 
     fn refresh_token(&self, frame: &Frame) -> Vec<Frame> {
@@ -369,6 +418,12 @@ impl Conn {
             Ok(c) => c,
             Err(e) => return error(token_error(&token, &e)),
         };
+        let config = |pointer: &str| frame.payload.pointer(pointer).and_then(Value::as_bool).unwrap_or(false);
+        let private = config("/config/private");
+        if private && subscriber(&claims).is_some() {
+            // No realtime.messages policy is modelled: only the service role (BYPASSRLS) may read.
+            return error(format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}"));
+        }
         let requested =
             frame.payload.pointer("/config/postgres_changes").and_then(Value::as_array).cloned().unwrap_or_default();
         let (bindings, echoed) = if requested.is_empty() {
@@ -393,6 +448,9 @@ impl Conn {
             token,
             token_exp: claims.exp,
             subscriber: subscriber(&claims),
+            private,
+            broadcast_self: config("/config/broadcast/self"),
+            broadcast_ack: config("/config/broadcast/ack"),
         };
         let mut out = Vec::new();
         // Phoenix closes an existing channel on the same topic when it is joined again.
