@@ -155,7 +155,7 @@ impl Metrics {
         let rls_check = latency();
         r.register(
             "rls_check_duration_seconds",
-            "subscribe_thread access checks through PostgREST (row-level security), whatever the outcome",
+            "subscribe_thread and typing access checks through PostgREST (row-level security), whatever the outcome",
             rls_check.clone(),
         );
         let rest = histograms();
