@@ -123,6 +123,61 @@ async fn typing_reaches_the_other_participants_on_every_instance(backend: Backen
     second.shutdown().await;
 }
 
+/// Sends `typing` from `from` until `to` gets it (a relay may still be joining or listening after
+/// a reconnect; each try waits out the 2 s limit); panics if it never arrives.
+async fn typing_until_received(from: &mut Phone, to: &mut Phone, thread: Uuid, who: &Person) {
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    loop {
+        from.send_json(typing(thread)).await;
+        let wait = tokio::time::Instant::now() + std::time::Duration::from_millis(2100);
+        while let Ok(Some(frame)) = tokio::time::timeout_at(wait, to.next_json()).await {
+            if frame["type"] == "typing" {
+                assert_typing_of(&frame, thread, who);
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "typing never crossed the instances again");
+    }
+}
+
+/// Both instances lose their relay (Realtime drops every socket; PostgreSQL terminates every
+/// gateway connection) and make it again: typing crosses the instances again, through the typing
+/// channel joined again with the feed, or a new LISTEN.
+async fn typing_crosses_again_after_the_relay_is_lost(backend: Backend) {
+    let world = World::start_on(backend, |_| {}).await;
+    let second = world.another_gateway(second_instance).await;
+    let (a, b) = (world.gateway().local_addr(), second.local_addr());
+    wait_ready(&world, b).await;
+    let mut carla_a = phone_on(&world, a, &CARLA).await;
+    let mut david_b = phone_on(&world, b, &DAVID).await;
+    typing_until_received(&mut carla_a, &mut david_b, CLASS_3B_PARENTS, &CARLA).await;
+
+    match backend {
+        Backend::Supabase => world.stack.realtime().drop_all_sockets(),
+        Backend::Postgres => {
+            let db = world.stack.sql().await;
+            db.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'realtime-gateway'",
+                &[],
+            )
+            .await
+            .expect("terminate the gateways' connections");
+        }
+    }
+    typing_until_received(&mut carla_a, &mut david_b, CLASS_3B_PARENTS, &CARLA).await;
+    second.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_again_after_a_relay_loss_on_supabase() {
+    typing_crosses_again_after_the_relay_is_lost(Backend::Supabase).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_crosses_again_after_a_relay_loss_on_postgres() {
+    typing_crosses_again_after_the_relay_is_lost(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_crosses_instances_on_supabase() {
     typing_reaches_the_other_participants_on_every_instance(Backend::Supabase).await;
