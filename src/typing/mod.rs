@@ -119,6 +119,14 @@ impl RelayLink {
         }
     }
 
+    /// `n` signals the relay read but could not hold (its own queue was full): counted as
+    /// inbound drops.
+    pub fn inbound_dropped(&self, n: u64) {
+        for _ in 0..n {
+            self.warn.hit(&self.metrics, TypingDrop::InboundFull, self.origin);
+        }
+    }
+
     /// The next signal to send, skipping (and counting) stale ones; None once typing stopped.
     pub async fn next_outbound(&mut self) -> Option<Signal> {
         loop {

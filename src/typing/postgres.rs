@@ -11,6 +11,8 @@
 //! Never logs the connection string; never touches a table.
 
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -94,13 +96,18 @@ async fn serve(config: &RelayConfig, link: &mut RelayLink, stop: &CancellationTo
         },
     };
     let (notes_tx, mut notes) = mpsc::channel::<String>(NOTIFICATIONS_QUEUE);
-    // The connection's driver: every message it reads; notifications go to `notes`.
+    let dropped = Arc::new(AtomicU64::new(0));
+    let drops = dropped.clone();
+    // The connection's driver: every message it reads; notifications go to `notes`. It never
+    // waits for them to be read (it also carries the answers to `pg_notify`): a full queue drops
+    // the notification, counted with the link's other drops.
     let driver = tokio::spawn(async move {
         while let Some(message) = poll_fn(|cx| connection.poll_message(cx)).await {
             match message {
                 Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                    // Full: the link is behind; the signal is dropped like any other at a bound.
-                    let _ = notes_tx.try_send(n.payload().to_string());
+                    if notes_tx.try_send(n.payload().to_string()).is_err() {
+                        drops.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -110,7 +117,7 @@ async fn serve(config: &RelayConfig, link: &mut RelayLink, stop: &CancellationTo
             }
         }
     });
-    let result = listen(&client, link, &mut notes, stop).await;
+    let result = listen(&client, link, &mut notes, &dropped, stop).await;
     driver.abort();
     result
 }
@@ -119,6 +126,7 @@ async fn listen(
     client: &tokio_postgres::Client,
     link: &mut RelayLink,
     notes: &mut mpsc::Receiver<String>,
+    dropped: &AtomicU64,
     stop: &CancellationToken,
 ) -> Result<(), (RelayError, bool)> {
     client.batch_execute(&format!("listen {CHANNEL}")).await.map_err(|e| (RelayError::Db(e), false))?;
@@ -128,7 +136,10 @@ async fn listen(
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             note = notes.recv() => match note {
-                Some(payload) => link.received(Signal::from_text(&payload)),
+                Some(payload) => {
+                    link.inbound_dropped(dropped.swap(0, Ordering::Relaxed));
+                    link.received(Signal::from_text(&payload));
+                }
                 None => return Err(lost(RelayError::Closed)),
             },
             signal = link.next_outbound() => {
