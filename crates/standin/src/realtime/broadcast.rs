@@ -104,6 +104,17 @@ fn len8(part: &[u8]) -> Option<u8> {
     u8::try_from(part.len()).ok()
 }
 
+/// Relays a broadcast of the sender's joined channel `topic` (its privacy and `self` as it
+/// joined); whether the sender asked for an acknowledgement (false if it has not joined `topic`).
+pub fn relay_from(shared: &Shared, from: &Arc<SocketHandle>, topic: &str, b: &Broadcast) -> bool {
+    let channel = from.channels.lock().ok().and_then(|chans| {
+        chans.iter().find(|c| c.topic == topic).map(|c| (c.private, c.broadcast_self, c.broadcast_ack))
+    });
+    let Some((private, to_self, ack)) = channel else { return false };
+    relay(shared, from, topic, private, to_self, b);
+    ack
+}
+
 /// Hands `broadcast` to every channel joined to `topic` with the same privacy, except the
 /// sender's own unless `to_self`.
 pub fn relay(shared: &Shared, from: &Arc<SocketHandle>, topic: &str, private: bool, to_self: bool, b: &Broadcast) {

@@ -333,7 +333,8 @@ impl Conn {
             // Presence is disabled here: a track is acknowledged and goes nowhere.
             (_, "presence") => vec![reply(&frame, "ok", json!({}))],
             (topic, "broadcast") => {
-                let ack = self.relay(topic, &Broadcast::Json(frame.payload.clone()));
+                let ack =
+                    broadcast::relay_from(&self.shared, &self.handle, topic, &Broadcast::Json(frame.payload.clone()));
                 if ack {
                     vec![reply(&frame, "ok", json!({}))]
                 } else {
@@ -343,17 +344,6 @@ impl Conn {
             // Realtime answers nothing to other client events (broadcast without ack, ...).
             _ => Vec::new(),
         }
-    }
-
-    /// Relays a broadcast of the joined channel `topic` to the other channels of that topic;
-    /// whether the sender asked for an acknowledgement.
-    fn relay(&self, topic: &str, b: &Broadcast) -> bool {
-        let channel = self.handle.channels.lock().ok().and_then(|chans| {
-            chans.iter().find(|c| c.topic == topic).map(|c| (c.private, c.broadcast_self, c.broadcast_ack))
-        });
-        let Some((private, to_self, ack)) = channel else { return false };
-        broadcast::relay(&self.shared, &self.handle, topic, private, to_self, b);
-        ack
     }
 
     /// A binary frame: a user broadcast push of a joined channel is relayed (and acknowledged
@@ -370,7 +360,8 @@ impl Conn {
         if !self.joined(&push.topic) {
             return Some(reply(&as_frame, "error", json!({"reason": "unmatched topic"})));
         }
-        self.relay(&push.topic, &push.broadcast).then(|| reply(&as_frame, "ok", json!({})))
+        broadcast::relay_from(&self.shared, &self.handle, &push.topic, &push.broadcast)
+            .then(|| reply(&as_frame, "ok", json!({})))
     }
 
     fn refresh_token(&self, frame: &Frame) -> Vec<Frame> {
