@@ -17,22 +17,6 @@ use uuid::Uuid;
 use crate::common::{Backend, Phone, World, ARRIVES};
 use crate::push_queue::user;
 
-/// A phone of `who` on the instance at `addr`, past `connection_established`.
-async fn phone_on(world: &World, addr: SocketAddr, who: &Person) -> Phone {
-    let mut phone = Phone::connect(&format!("ws://{addr}/?token={}", world.token(who))).await.expect("connects");
-    assert_eq!(phone.expect_any().await["type"], "connection_established");
-    phone
-}
-
-async fn wait_ready(world: &World, addr: SocketAddr) {
-    let deadline = tokio::time::Instant::now() + ARRIVES;
-    while world.http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200
-    {
-        assert!(tokio::time::Instant::now() < deadline, "the second instance became ready");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 /// `who` marks `thread` read through the instance at `addr`.
 async fn mark_read(world: &World, addr: SocketAddr, who: &Person, thread: Uuid) {
     let url = format!("http://{addr}/api/chat/mark-read/{thread}");
@@ -101,29 +85,17 @@ fn names(participants: &Value) -> Vec<String> {
     list.iter().filter_map(|p| p["full_name"].as_str().map(str::to_string)).collect()
 }
 
-/// The second instance: on PostgreSQL, with its own replication slot (one per instance).
-async fn second_instance(world: &World) -> realtime_gateway::server::Gateway {
-    world
-        .another_gateway(|c| {
-            if let realtime_gateway::config::Backend::Postgres(pg) = &mut c.backend {
-                pg.slot_name.push_str("_b");
-            }
-        })
-        .await
-}
-
 async fn receipts_follow_the_rules_across_instances(backend: Backend) {
     let world = World::start_on(backend, |_| {}).await;
-    let second = second_instance(&world).await;
+    let second = world.second_instance().await;
     let (a, b) = (world.gateway().local_addr(), second.local_addr());
-    wait_ready(&world, b).await;
 
-    let mut alice_a = phone_on(&world, a, &ALICE).await;
-    let mut alice_b = phone_on(&world, b, &ALICE).await;
-    let mut david_a = phone_on(&world, a, &DAVID).await;
-    let mut carla_b = phone_on(&world, b, &CARLA).await;
-    let mut farid_a = phone_on(&world, a, &FARID).await;
-    let mut farid_b = phone_on(&world, b, &FARID).await;
+    let mut alice_a = world.phone_at(a, &ALICE).await;
+    let mut alice_b = world.phone_at(b, &ALICE).await;
+    let mut david_a = world.phone_at(a, &DAVID).await;
+    let mut carla_b = world.phone_at(b, &CARLA).await;
+    let mut farid_a = world.phone_at(a, &FARID).await;
+    let mut farid_b = world.phone_at(b, &FARID).await;
     let notice = world.post(&ALICE, CLASS_3B_PARENTS, "Bring a signed form tomorrow").await;
     for phone in [&mut alice_a, &mut alice_b, &mut david_a, &mut carla_b] {
         phone.receive_until(notice).await;
@@ -344,7 +316,7 @@ async fn receipts_wait_out_their_window_and_a_full_hand_off_is_counted() {
     })
     .await;
     let a = world.gateway().local_addr();
-    let mut alice = phone_on(&world, a, &ALICE).await;
+    let mut alice = world.phone_at(a, &ALICE).await;
     let notice = world.post(&ALICE, CLASS_3B_PARENTS, "Trip forms due Friday").await;
     let question = world.post(&CARLA, ALICE_CARLA, "Which form?").await;
     alice.receive_until(question).await;

@@ -5,7 +5,6 @@
 //! Silence is proven without a clock: a message committed after the typing frame reached the
 //! others arrives on the silent sockets with no typing frame before it.
 
-use realtime_gateway::config::{Backend as ConfigBackend, Config};
 use serde_json::{json, Value};
 use supabase_standin::seed::{
     Person, ALICE, ALICE_CARLA, BRUNO, CARLA, CLASS_3B_PARENTS, CLASS_4A_PARENTS, DAVID, EVA, FARID,
@@ -13,29 +12,6 @@ use supabase_standin::seed::{
 use uuid::Uuid;
 
 use crate::common::{Backend, Phone, World, ARRIVES};
-
-/// A phone of `who` on the instance listening at `addr`.
-async fn phone_on(world: &World, addr: std::net::SocketAddr, who: &Person) -> Phone {
-    let mut phone = Phone::connect(&format!("ws://{addr}/?token={}", world.token(who))).await.expect("connects");
-    assert_eq!(phone.expect_any().await["type"], "connection_established");
-    phone
-}
-
-async fn wait_ready(world: &World, addr: std::net::SocketAddr) {
-    let deadline = tokio::time::Instant::now() + ARRIVES;
-    while world.http.get(format!("http://{addr}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200
-    {
-        assert!(tokio::time::Instant::now() < deadline, "the second instance became ready");
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
-/// A second instance's configuration: on PostgreSQL, its own replication slot.
-fn second_instance(config: &mut Config) {
-    if let ConfigBackend::Postgres(settings) = &mut config.backend {
-        settings.slot_name = format!("{}_b", settings.slot_name);
-    }
-}
 
 /// Every frame up to the `new_message` of `id`, which is not included.
 async fn frames_until(phone: &mut Phone, id: Uuid) -> Vec<Value> {
@@ -68,16 +44,15 @@ async fn still_open(phone: &mut Phone) {
 
 async fn typing_reaches_the_other_participants_on_every_instance(backend: Backend) {
     let world = World::start_on(backend, |_| {}).await;
-    let second = world.another_gateway(second_instance).await;
+    let second = world.second_instance().await;
     let (a, b) = (world.gateway().local_addr(), second.local_addr());
-    wait_ready(&world, b).await;
 
-    let mut carla_a = phone_on(&world, a, &CARLA).await;
-    let mut carla_b = phone_on(&world, b, &CARLA).await;
-    let mut david_b = phone_on(&world, b, &DAVID).await;
-    let mut eva_a = phone_on(&world, a, &EVA).await;
-    let mut farid_a = phone_on(&world, a, &FARID).await;
-    let mut farid_b = phone_on(&world, b, &FARID).await;
+    let mut carla_a = world.phone_at(a, &CARLA).await;
+    let mut carla_b = world.phone_at(b, &CARLA).await;
+    let mut david_b = world.phone_at(b, &DAVID).await;
+    let mut eva_a = world.phone_at(a, &EVA).await;
+    let mut farid_a = world.phone_at(a, &FARID).await;
+    let mut farid_b = world.phone_at(b, &FARID).await;
 
     carla_a.send_json(typing(CLASS_3B_PARENTS)).await;
     assert_typing_of(&david_b.expect("typing").await, CLASS_3B_PARENTS, &CARLA);
@@ -102,7 +77,7 @@ async fn typing_reaches_the_other_participants_on_every_instance(backend: Backen
     still_open(&mut farid_a).await;
 
     // Two at once in Carla's 1:1 thread: the second is over the limit; Alice (on B) sees one.
-    let mut alice_b = phone_on(&world, b, &ALICE).await;
+    let mut alice_b = world.phone_at(b, &ALICE).await;
     carla_b.send_json(typing(ALICE_CARLA)).await;
     carla_b.send_json(typing(ALICE_CARLA)).await;
     let limited = carla_b.expect("error").await;
@@ -145,11 +120,10 @@ async fn typing_until_received(from: &mut Phone, to: &mut Phone, thread: Uuid, w
 /// channel joined again with the feed, or a new LISTEN.
 async fn typing_crosses_again_after_the_relay_is_lost(backend: Backend) {
     let world = World::start_on(backend, |_| {}).await;
-    let second = world.another_gateway(second_instance).await;
+    let second = world.second_instance().await;
     let (a, b) = (world.gateway().local_addr(), second.local_addr());
-    wait_ready(&world, b).await;
-    let mut carla_a = phone_on(&world, a, &CARLA).await;
-    let mut david_b = phone_on(&world, b, &DAVID).await;
+    let mut carla_a = world.phone_at(a, &CARLA).await;
+    let mut david_b = world.phone_at(b, &DAVID).await;
     typing_until_received(&mut carla_a, &mut david_b, CLASS_3B_PARENTS, &CARLA).await;
 
     match backend {

@@ -195,6 +195,33 @@ impl World {
         server::start(config).await.expect("gateway starts")
     }
 
+    /// A second instance on the same stack, ready (`/readyz` 200); on PostgreSQL with its own
+    /// replication slot (one per instance), as a second instance behind a load balancer would be.
+    pub async fn second_instance(&self) -> Gateway {
+        let second = self
+            .another_gateway(|c| {
+                if let realtime_gateway::config::Backend::Postgres(pg) = &mut c.backend {
+                    pg.slot_name.push_str("_b");
+                }
+            })
+            .await;
+        let deadline = tokio::time::Instant::now() + ARRIVES;
+        let ready = format!("http://{}/readyz", second.local_addr());
+        while self.http.get(&ready).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "the second instance became ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        second
+    }
+
+    /// A phone of `who` on the instance listening at `addr`, past `connection_established`.
+    pub async fn phone_at(&self, addr: std::net::SocketAddr, who: &Person) -> Phone {
+        let mut phone = Phone::connect(&format!("ws://{addr}/?token={}", self.token(who))).await.expect("connects");
+        let hello = phone.next_json().await.expect("connection_established");
+        assert_eq!(hello["type"], "connection_established", "{hello}");
+        phone
+    }
+
     /// `who` posts in `thread` (a real INSERT committed in PostgreSQL); returns the message id.
     pub async fn post(&self, who: &Person, thread: Uuid, content: &str) -> Uuid {
         let db = self.stack.sql().await;
