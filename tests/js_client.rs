@@ -1,6 +1,6 @@
 //! The client library (`clients/js`, TypeScript built to `clients/js/dist` by `scripts/setup`) under
-//! Node: its unit tests, and a ledger test against the real gateway and stand-in. Messages are
-//! posted continuously while the test expires the client's token, drops the upstream, pauses and
+//! Node: its unit tests (`test/*.test.mjs`), and a ledger test against the real gateway and
+//! stand-in. Messages are posted continuously while the test expires the client's token, drops the upstream, pauses and
 //! resumes the client, cuts its socket and restarts the gateway; at the end every message of the
 //! user's threads arrived exactly once, in order per thread, and nothing else. Fails (never skips)
 //! when Node, the npm packages or the build are missing: run `scripts/setup` first.
@@ -43,8 +43,11 @@ fn assert_built() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_librarys_unit_tests_pass_under_node() {
     let dir = assert_built();
-    let output =
-        node::command(&dir).args(["--test", "test/unit.test.mjs"]).output().await.expect("node must be installed");
+    let output = node::command(&dir)
+        .args(["--test", "test/unit.test.mjs", "test/signals.test.mjs"])
+        .output()
+        .await
+        .expect("node must be installed");
     assert!(
         output.status.success(),
         "node --test failed:\n{}\n{}",

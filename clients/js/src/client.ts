@@ -2,7 +2,7 @@
  * `ChatClient`: the library's one public class. Holds what the app reads (status, unread count,
  * user, cursor, refusal), emits the events, and wires the parts: the socket and reconnecting
  * (connection.ts), catching up (catchup.ts), the token (tokens.ts), REST (rest.ts), push devices
- * (devices.ts). Persists the cursor per user and
+ * (devices.ts), read receipts and typing (signals.ts). Persists the cursor per user and
  * deduplicates messages by id. Never logs a token or a message's text.
  */
 import { CatchUp } from "./catchup.js";
@@ -14,6 +14,7 @@ import { Emitter } from "./emitter.js";
 import { jwtSubject } from "./jwt.js";
 import type { ChatClientOptions } from "./options.js";
 import { Rest } from "./rest.js";
+import { readReceiptOf, TypingThrottle, TYPING_INTERVAL_MS, typingOf } from "./signals.js";
 import { memoryStorage, type StorageAdapter } from "./storage.js";
 import { describe, Tokens } from "./tokens.js";
 import type {
@@ -25,6 +26,7 @@ import type {
   FetchLike,
   HistoryPage,
   PushDevice,
+  ReadState,
   RefusedEvent,
   ThreadUnread,
   WebSocketConstructor,
@@ -49,6 +51,7 @@ export class ChatClient extends Emitter<ChatEvents> {
   private readonly rest: Rest;
   private readonly link: Link;
   private readonly catchUp: CatchUp;
+  private readonly typingThrottle: TypingThrottle;
   private loaded: Promise<void> | null = null;
   private persistChain: Promise<void> = Promise.resolve();
   private storageFailed = false;
@@ -117,6 +120,7 @@ export class ChatClient extends Emitter<ChatEvents> {
       },
       options,
     );
+    this.typingThrottle = new TypingThrottle(options.typingIntervalMs ?? TYPING_INTERVAL_MS);
   }
 
   // ---------------------------------------------------------------- connection
@@ -174,12 +178,33 @@ export class ChatClient extends Emitter<ChatEvents> {
     }
   }
 
+  /**
+   * Tells the thread's other participants that the user is typing. Call it on every keystroke:
+   * at most one frame per thread goes every `typingIntervalMs` (2.5 s), within the gateway's limit
+   * of one per 2 s.
+   * Nothing is queued while offline (typing is only worth sending now). True when a frame went.
+   */
+  typing(threadId: string): boolean {
+    if (!this.link.open || !this.typingThrottle.allow(threadId)) return false;
+    this.link.send({ type: "typing", thread_id: threadId });
+    return true;
+  }
+
   // ---------------------------------------------------------------- REST
 
   /** Marks a thread read (REST, user's token); updates `unreadCount`. */
   async markRead(threadId: string): Promise<void> {
     await this.rest.markRead(threadId);
     await this.refreshUnreadCount();
+  }
+
+  /**
+   * Who has read the thread, as far as the user may see it: the participants they may see by name
+   * with their `last_read_at`, and "seen by N of M" for the newest `messages` (default 20).
+   * `readReceipt` events say when it changes.
+   */
+  readState(threadId: string, options: { messages?: number } = {}): Promise<ReadState> {
+    return this.rest.readState(threadId, options.messages);
   }
 
   /**
@@ -251,6 +276,16 @@ export class ChatClient extends Emitter<ChatEvents> {
           lastReadAt: typeof frame.last_read_at === "string" ? frame.last_read_at : null,
           unreadCount: unread,
         });
+        return;
+      }
+      case "read_receipt": {
+        const receipt = readReceiptOf(frame);
+        if (receipt) this.emit("readReceipt", receipt);
+        return;
+      }
+      case "typing": {
+        const typing = typingOf(frame);
+        if (typing && typing.user.user_id !== this.userId) this.emit("typing", typing);
         return;
       }
       case "error":

@@ -47,6 +47,12 @@ export interface ChatClientOptions {
   initialCursor?: string;
   /** How far back a first start (no stored cursor, no `initialCursor`) catches up (default 7 days; 0: not at all). */
   catchUpHorizonMs?: number;
+  /**
+   * `typing(threadId)` sends at most one frame per thread this often (default 2 500 ms: the
+   * gateway's limit of 2 s plus room for network jitter), so calling it on every keystroke is right.
+   * Below 2 000 ms the gateway answers with error frames.
+   */
+  typingIntervalMs?: number;
   /** Random source for the jitter (tests). */
   random?: () => number;
 }

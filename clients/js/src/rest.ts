@@ -4,8 +4,9 @@
  * Answers are `{status:"success", data}`; anything else is a `ChatRestError`. Never puts the token
  * anywhere but the `Authorization` header.
  */
+import { readStateOf } from "./signals.js";
 import type { Tokens } from "./tokens.js";
-import type { ChatMessage, FetchLike, HistoryPage, ThreadUnread } from "./types.js";
+import type { ChatMessage, FetchLike, HistoryPage, ReadState, ThreadUnread } from "./types.js";
 
 export class ChatRestError extends Error {
   constructor(
@@ -105,4 +106,11 @@ export class Rest {
     };
   }
 
+  async readState(threadId: string, messages?: number): Promise<ReadState> {
+    const suffix = messages === undefined ? "" : `?messages=${encodeURIComponent(String(messages))}`;
+    const answer = (await this.call("GET", `/api/chat/threads/${encodeURIComponent(threadId)}/read-state${suffix}`)) as {
+      data?: unknown;
+    };
+    return readStateOf(answer?.data);
+  }
 }

@@ -101,8 +101,63 @@ export interface ThreadUnread {
   last_message_at: string | null;
 }
 
+/** A participant as read receipts and typing name them. */
+export interface ChatUser {
+  user_id: string;
+  full_name: string | null;
+  role: string | null;
+}
+
+/** A participant whose read state the user may see (`GET /api/chat/threads/{id}/read-state`). */
+export interface ReadStateParticipant extends ChatUser {
+  /** When they last read the thread (RFC 3339), null if never. */
+  last_read_at: string | null;
+}
+
+/** How many of the participants other than its sender have read a message. */
+export interface MessageSeen {
+  message_id: string;
+  seen_by: number;
+  of: number;
+}
+
+/**
+ * A thread's read state as the user may see it: the participants they may see by name (a parent
+ * in a group thread sees none; one who turned sharing off is counted, not named), and the counts
+ * of the newest messages, newest first.
+ */
+export interface ReadState {
+  participants: ReadStateParticipant[];
+  messages: MessageSeen[];
+}
+
+/**
+ * A participant read further (`read_receipt` frame). `seenBy` of `of` is about the thread's newest
+ * message, `messageId`; `reader` is null where the user may only see counts, or where the reader
+ * does not share (receipts are coalesced: it names the latest reader, the counts include all).
+ */
+export interface ReadReceiptEvent {
+  threadId: string;
+  reader: ChatUser | null;
+  lastReadAt: string | null;
+  /** The thread's newest message, which the counts are about (null from a gateway that omits it). */
+  messageId: string | null;
+  seenBy: number;
+  of: number;
+}
+
+/** Someone else is typing in a thread (`typing` frame); treat it as over after 5 s without another. */
+export interface TypingEvent {
+  threadId: string;
+  user: ChatUser;
+}
+
 export interface ChatEvents {
   message: MessageEvent;
+  /** Someone else read further in one of the user's threads (read state the user may see). */
+  readReceipt: ReadReceiptEvent;
+  /** Someone else is typing in one of the user's threads. */
+  typing: TypingEvent;
   /** The gateway refused the connection, and why (`status` stays `offline` meanwhile). */
   refused: RefusedEvent;
   threadRead: ThreadReadEvent;
