@@ -1,22 +1,27 @@
 // The example web app: threads with their unread badges, each thread's history (latest page first,
 // older pages on scroll up) with an "unread" divider, live messages, and why the page is offline.
-// A thread is marked read only once its messages are on screen. Built on the client library;
+// A thread is marked read only once its messages are on screen. Under the user's own messages,
+// "seen by N of M" (names on hover or click, where the user may see them); below the thread, who
+// is typing (for 5 s); the message box says the user types and posts through PostgREST, as an app
+// does with supabase-js. Built on the client library;
 // served by serve.mjs, which also provides /config.json ({gateway, anonKey}), the library under
 // /lib/ and a same-origin proxy for the gateway's REST (/api/) and PostgREST (/rest/v1/).
-import { ChatClient, localStorageAdapter } from "./lib/index.js";
+import { ChatClient, localStorageAdapter, mergeReceipt, readersOf, receiptsOf, TypingTracker } from "./lib/index.js";
 
 const $ = (id) => document.getElementById(id);
 const config = await (await fetch("./config.json")).json();
 const PAGE = 30;
-/** id -> { title, messages: Map(id -> message), unread, dividerBefore, next, loaded, loading } */
+/** id -> { title, messages: Map(id -> message), unread, dividerBefore, next, loaded, loading, receipts } */
 const threads = new Map();
 let selected = null;
 let client = null;
+/** Who is typing, per thread (each for 5 s after their last `typing`, or until their message). */
+const typing = new TypingTracker(() => renderTyping());
 
 function thread(id) {
   let t = threads.get(id);
   if (!t) {
-    t = { title: null, messages: new Map(), unread: 0, dividerBefore: null, next: null, loaded: false, loading: false };
+    t = { title: null, messages: new Map(), unread: 0, dividerBefore: null, next: null, loaded: false, loading: false, receipts: null };
     threads.set(id, t);
   }
   return t;
@@ -43,7 +48,42 @@ function renderThreads() {
   );
 }
 
-function messageElement(m) {
+/** "seen by N of M" under one of the user's own messages; the readers' names where they may be seen. */
+function seenElement(m, receipts) {
+  const counts = receipts?.messages.find((s) => s.message_id === m.id);
+  if (!counts || m.sender_id !== client.userId) return null;
+  const seen = document.createElement("details");
+  seen.className = "seen";
+  const summary = document.createElement("summary");
+  summary.textContent = `seen by ${counts.seen_by} of ${counts.of}`;
+  const names = readersOf(receipts.participants, m).map((p) => p.full_name ?? "someone");
+  if (names.length) summary.title = names.join(", ");
+  seen.append(summary, names.join(", "));
+  return seen;
+}
+
+function renderTyping() {
+  const names = selected ? typing.users(selected).map((u) => u.full_name ?? "Someone") : [];
+  $("typing").textContent =
+    names.length === 0 ? "" : names.length === 1 ? `${names[0]} is typing…` : names.length === 2 ? `${names[0]} and ${names[1]} are typing…` : `${names.length} people are typing…`;
+}
+
+/** The open thread's read state again, at most once a second (counts of older messages, new messages). */
+function refreshReadState(id) {
+  const t = thread(id);
+  if (t.readStateTimer) return;
+  t.readStateTimer = setTimeout(async () => {
+    t.readStateTimer = null;
+    try {
+      t.receipts = receiptsOf(await client.readState(id, { messages: PAGE }));
+      if (selected === id) renderConversation("bottom");
+    } catch (e) {
+      console.warn("cannot read who has seen the thread", e);
+    }
+  }, 1000);
+}
+
+function messageElement(m, receipts) {
   const div = document.createElement("div");
   div.className = "message";
   div.dataset.messageId = m.id;
@@ -60,6 +100,8 @@ function messageElement(m) {
   text.className = "content";
   text.textContent = m.content;
   div.append(who, role, time, text);
+  const seen = seenElement(m, receipts);
+  if (seen) div.append(seen);
   return div;
 }
 
@@ -83,7 +125,7 @@ function renderConversation(keep = "bottom") {
       divider.textContent = "unread";
       children.push(divider);
     }
-    children.push(messageElement(m));
+    children.push(messageElement(m, t.receipts));
   }
   pane.replaceChildren(...children);
   if (keep === "position") pane.scrollTop = before.top + (pane.scrollHeight - before.height);
@@ -128,6 +170,9 @@ async function openThread(id) {
   const t = thread(id);
   renderThreads();
   renderConversation("bottom");
+  renderTyping();
+  $("compose").hidden = false;
+  const readState = client.readState(id, { messages: PAGE }).catch((e) => console.warn("cannot read who has seen the thread", e));
   if (!t.loaded) {
     try {
       addPage(t, await client.history(id, { limit: PAGE }));
@@ -136,6 +181,8 @@ async function openThread(id) {
       return;
     }
   }
+  const state = await readState;
+  if (state) t.receipts = receiptsOf(state);
   if (selected !== id) return;
   t.dividerBefore = firstUnread(t, t.unread);
   renderConversation("divider");
@@ -190,9 +237,11 @@ function showStatus(status, reason) {
 
 function onMessage({ message, source }) {
   const t = thread(message.thread_id);
+  typing.stop(message.thread_id, message.sender_id);
   // Only threads whose history is on screen keep messages; the others load it when opened.
   if (t.loaded) t.messages.set(message.id, message);
   if (message.thread_id === selected) {
+    if (t.receipts) refreshReadState(selected); // a new newest message
     renderConversation("bottom");
     void markReadWhenShown(selected);
   } else if (message.sender_id !== client.userId && source === "socket" && client.status === "live") {
@@ -232,6 +281,14 @@ async function signIn(token) {
     $("badge").dataset.count = String(n);
   });
   client.on("message", onMessage);
+  client.on("readReceipt", (receipt) => {
+    const t = thread(receipt.threadId);
+    if (!t.receipts || receipt.threadId !== selected) return; // read again when opened
+    t.receipts = mergeReceipt(t.receipts, receipt); // the newest message's count, at once
+    renderConversation("bottom");
+    refreshReadState(selected); // older messages' counts
+  });
+  client.on("typing", ({ threadId, user }) => typing.typing(threadId, user));
   client.on("sync", () => void refreshBadges());
   client.on("error", (e) => console.warn("chat:", e.kind, e.message));
   $("conversation").addEventListener("scroll", () => {
@@ -242,6 +299,31 @@ async function signIn(token) {
   await client.start();
 }
 
+/** Posts in the open thread as the user (PostgREST insert; RLS checks sender and membership). */
+async function send(text) {
+  const token = sessionStorage.getItem("chat-token");
+  const response = await fetch("./rest/v1/messages", {
+    method: "POST",
+    headers: { apikey: config.anonKey, Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: JSON.stringify({ thread_id: selected, sender_id: client.userId, content: text }),
+  });
+  if (!response.ok) throw new Error(`cannot send (HTTP ${response.status})`);
+}
+
+$("message-input").addEventListener("input", () => {
+  if (selected && $("message-input").value) client.typing(selected); // the client throttles it to the gateway's limit
+});
+$("compose").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const text = $("message-input").value.trim();
+  if (!text || !selected) return;
+  try {
+    await send(text);
+    $("message-input").value = "";
+  } catch (e) {
+    console.warn(e.message ?? e);
+  }
+});
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
   void signIn($("token").value.trim());
