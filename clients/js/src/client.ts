@@ -208,6 +208,14 @@ export class ChatClient extends Emitter<ChatEvents> {
   }
 
   /**
+   * Whether the other participants may see when the user read the thread (on by default). Off,
+   * the user is still counted in "seen by N of M" but never named. Returns the stored setting.
+   */
+  shareReadState(threadId: string, share: boolean): Promise<boolean> {
+    return this.rest.shareReadState(threadId, share);
+  }
+
+  /**
    * Registers this device for pushes while the app is closed (REST, user's token). The same
    * device registered again keeps its id, so calling this on every start is right. Returns the
    * device's id, for `unregisterDevice` at sign-out.

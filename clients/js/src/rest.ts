@@ -113,4 +113,13 @@ export class Rest {
     };
     return readStateOf(answer?.data);
   }
+
+  async shareReadState(threadId: string, share: boolean): Promise<boolean> {
+    const answer = (await this.call("POST", `/api/chat/threads/${encodeURIComponent(threadId)}/read-state`, {
+      share,
+    })) as { data?: { share_read_state?: unknown } };
+    const stored = answer?.data?.share_read_state;
+    if (typeof stored !== "boolean") throw new ChatRestError(502, "shareReadState: no share_read_state in the answer");
+    return stored;
+  }
 }

@@ -137,6 +137,19 @@ test("client.readState: GET read-state with ?messages, parsed; rows without ids 
   client.stop();
 });
 
+test("client.shareReadState: POST read-state {share}; the stored setting back", async () => {
+  const calls = [];
+  const fetch = async (url, init) => {
+    calls.push({ url, method: init?.method, body: init?.body });
+    return answer({ thread_id: "t", share_read_state: JSON.parse(init.body).share });
+  };
+  FakeSocket.all = [];
+  const client = new ChatClient({ url: "http://gw.test", WebSocket: FakeSocket, fetch, token: jwt({ sub: "u1" }) });
+  assert.equal(await client.shareReadState("t", false), false);
+  assert.deepEqual(calls, [{ url: "http://gw.test/api/chat/threads/t/read-state", method: "POST", body: '{"share":false}' }]);
+  assert.equal(await client.shareReadState("t", true), true);
+});
+
 test("receipts: merged into the read state; the counts on their message (a newer one added), readers only forward, counts-only receipts", () => {
   const fetched = receiptsOf({
     participants: [{ ...CARLA, last_read_at: "2030-01-01T00:00:01Z" }, { ...DAVID, last_read_at: null }],
