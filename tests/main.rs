@@ -41,3 +41,4 @@ mod supabase_js;
 mod typing;
 mod upstream;
 mod web_example;
+mod web_seen;
