@@ -11,7 +11,7 @@ use supabase_standin::seed::{ALICE, CARLA, CLASS_3B_PARENTS};
 use uuid::Uuid;
 
 use crate::common::node::{self, Script};
-use crate::common::{Backend, World, ARRIVES};
+use crate::common::{Backend, World};
 
 /// Bound for each step (never an assertion about speed).
 const PHASE: Duration = Duration::from_secs(60);
@@ -30,20 +30,8 @@ async fn seen_by_and_typing_cross_instances(backend: Backend) {
     let (port_a, port_b) = (free_port(), free_port());
     let origins = vec![format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}")];
     let world = World::start_on(backend, |c| c.edge.cors_allowed_origins = origins).await;
-    // A second instance; on PostgreSQL with its own replication slot (one per instance).
-    let second = world
-        .another_gateway(|c| {
-            if let realtime_gateway::config::Backend::Postgres(pg) = &mut c.backend {
-                pg.slot_name.push_str("_b");
-            }
-        })
-        .await;
+    let second = world.second_instance().await;
     let gateway_b = format!("http://{}", second.local_addr());
-    let deadline = tokio::time::Instant::now() + ARRIVES;
-    while world.http.get(format!("{gateway_b}/readyz")).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "the second instance became ready");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
     let text = format!("Please bring the signed form tomorrow {}", &Uuid::new_v4().simple().to_string()[..8]);
     world.post(&ALICE, CLASS_3B_PARENTS, &text).await;
 
