@@ -36,7 +36,7 @@ mod webpush;
 
 pub use crate::edge::{EdgeSettings, MIN_HEADER_BYTES};
 pub use auth::{AuthRules, AuthSettings};
-pub use backend::{Backend, SupabaseProject};
+pub use backend::{Backend, SlotRead, SupabaseProject};
 pub use delivery::{CacheSettings, FeedSettings, RealtimeVsn, ResumeBounds, ResumeSettings, RouterConfig};
 pub use expo::{ExpoTarget, EXPO_PUSH_URL};
 pub use push::{

@@ -25,6 +25,7 @@ pub struct PgSettings {
     pub slot_name: String,
     pub pool_size: usize,
     pub poll_interval: Duration,
+    pub slot_read: SlotRead,
 }
 
 impl fmt::Debug for PgSettings {
@@ -34,7 +35,26 @@ impl fmt::Debug for PgSettings {
             .field("slot_name", &self.slot_name)
             .field("pool_size", &self.pool_size)
             .field("poll_interval", &self.poll_interval)
+            .field("slot_read", &self.slot_read)
             .finish()
+    }
+}
+
+/// How the PostgreSQL backend reads its replication slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlotRead {
+    /// The streaming replication protocol (`START_REPLICATION ... LOGICAL`).
+    Stream,
+    /// Peek polling on an ordinary connection.
+    Poll,
+}
+
+impl SlotRead {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlotRead::Stream => "stream",
+            SlotRead::Poll => "poll",
+        }
     }
 }
 
@@ -92,6 +112,7 @@ mod tests {
             slot_name: "s".into(),
             pool_size: 1,
             poll_interval: Duration::from_millis(10),
+            slot_read: SlotRead::Stream,
         };
         let e = connection_config(&settings).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(!e.is_empty() && !e.contains("secret-password"), "{e}");

@@ -32,6 +32,7 @@ mod push_mobile;
 mod push_queue;
 mod push_webpush;
 mod read_state;
+mod replication;
 mod resilience;
 mod rest;
 mod resume;

@@ -38,7 +38,7 @@ on_postgres!(
 
 /// Terminates every connection the gateway holds (feed and pool), as a failover or an
 /// administrator would.
-async fn terminate_gateway_connections(world: &World) -> i64 {
+pub(crate) async fn terminate_gateway_connections(world: &World) -> i64 {
     let db = world.stack.sql().await;
     let row = db
         .query_one(
@@ -146,7 +146,7 @@ async fn a_restarted_gateway_delivers_what_was_committed_while_it_was_down_exact
 }
 
 /// Waits until the gateway's slot has confirmed every change committed before this call.
-async fn wait_slot_confirmed_past_now(world: &World) {
+pub(crate) async fn wait_slot_confirmed_past_now(world: &World) {
     let db = world.stack.sql().await;
     let now: String = db.query_one("select pg_current_wal_lsn()::text", &[]).await.expect("lsn").get(0);
     let deadline = tokio::time::Instant::now() + ARRIVES;

@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::rules::{at_least, invalid, seconds};
 use super::ConfigError;
+pub use crate::pg::SlotRead;
 
 /// The backend's settings as declared (flags and environment variables).
 #[derive(Args, Clone)]
@@ -38,7 +39,15 @@ pub struct BackendArgs {
     /// PostgreSQL backend: most pooled connections for REST and lookups (at least 1).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "16", value_parser = at_least(1usize))]
     pub database_pool_size: usize,
-    /// PostgreSQL backend: pause between two reads of the slot when it had nothing new.
+    /// PostgreSQL backend: how the slot is read. `stream`: START_REPLICATION over a replication
+    /// connection (needs a `replication` line in pg_hba.conf and no pooler in between); falls
+    /// back to `poll` on its own, with a warning, when the server or a pooler refuses
+    /// replication connections. `poll`: pg_logical_slot_peek_binary_changes every
+    /// SLOT_POLL_SECS on an ordinary connection.
+    #[arg(long, env = "SLOT_READ", value_enum, default_value = "stream")]
+    pub slot_read: SlotRead,
+    /// PostgreSQL backend, SLOT_READ=poll: pause between two reads of the slot when it had
+    /// nothing new.
     #[arg(long, env = "SLOT_POLL_SECS", default_value = "0.02", value_parser = seconds())]
     pub slot_poll_secs: Duration,
     /// Whole-request timeout (connect to last byte) of every PostgREST, database and JWKS call;
@@ -110,6 +119,7 @@ pub(super) fn backend(a: &BackendArgs) -> Result<Backend, ConfigError> {
         slot_name: a.slot_name.clone(),
         pool_size: a.database_pool_size,
         poll_interval: a.slot_poll_secs,
+        slot_read: a.slot_read,
     };
     crate::pg::connection_config(&settings).map_err(|e| invalid("DATABASE_URL", e.to_string()))?;
     Ok(Backend::Postgres(settings))

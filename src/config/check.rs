@@ -183,6 +183,7 @@ pub fn describe(c: &Config) -> String {
             ("DATABASE_URL", "<redacted>".into()),
             ("SLOT_NAME", s.slot_name.clone()),
             ("DATABASE_POOL_SIZE", s.pool_size.to_string()),
+            ("SLOT_READ", s.slot_read.as_str().into()),
             ("SLOT_POLL_SECS", secs(s.poll_interval)),
             ("JWT_SECRET", c.auth.jwt_secret.as_deref().map(secret).unwrap_or_else(|| "(empty: JWKS only)".into())),
         ],

@@ -52,6 +52,7 @@ pub(super) fn open(
                 pg: crate::pg::connection_config(settings)?,
                 slot: settings.slot_name.clone(),
                 publication: pg_feed::PUBLICATION.to_string(),
+                read: settings.slot_read,
                 poll: settings.poll_interval,
                 batch: SLOT_BATCH,
                 connect_timeout: config.feed.join_timeout,

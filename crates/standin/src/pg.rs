@@ -184,8 +184,10 @@ fn spawn_server(bin: &Path, user: Option<(u32, u32)>, data: &Path, dir: &Path, p
             "wal_level=logical",
             "-c",
             "max_replication_slots=200",
+            // One walsender per gateway streaming its slot (and a moment longer after a drop);
+            // initdb's pg_hba.conf already lets local `replication` connections in.
             "-c",
-            "max_wal_senders=10",
+            "max_wal_senders=64",
             "-c",
             "max_connections=600",
             "-c",

@@ -3,36 +3,45 @@
 //! straight from the decoded rows ([`changes`]), into the same channel the Realtime backend
 //! sends to, so the router does not know which it reads.
 //!
-//! How it reads: on one dedicated connection (a login role with REPLICATION), it creates the slot
-//! if missing, then polls `pg_logical_slot_peek_binary_changes` up to the WAL flush position read
-//! just before (peek never consumes). Whole transactions come in commit order; each one's events
-//! are followed by [`UpstreamEvent::Checkpoint`] with the end of its commit record. When a poll
-//! reached that flush position, a checkpoint at it follows too, so unrelated WAL never stays
-//! pinned. The router raises the shared [`Watermark`] to a checkpoint only once everything before
-//! it was fanned out; this module then moves the slot there with `pg_replication_slot_advance`
-//! (at the next poll, and once more when stopping). A restart therefore resumes exactly after the
-//! last transaction delivered: the slot is the source of truth across restarts, the router's
-//! dedup within a process. A lost connection is one `Down`, then reconnects with backoff and
-//! jitter; peeking again from the slot re-reads what was not confirmed (the router drops repeats).
+//! How it reads (`SLOT_READ`): by default [`stream`]s the slot with `START_REPLICATION` over a
+//! replication connection (changes arrive as they are committed, no polling); where the server
+//! or a pooler refuses replication connections, [`poll`]s it with
+//! `pg_logical_slot_peek_binary_changes` on an ordinary connection instead (chosen by
+//! configuration, or on its own after a clear refusal, with a warning). Both use one ordinary
+//! connection (a login role with REPLICATION) to create the slot if missing and read the lag.
+//! Whole transactions come in commit order; each one's events are followed by
+//! [`UpstreamEvent::Checkpoint`] with the end of its commit record, and a checkpoint also follows
+//! when the server reports a WAL position with no transaction open, so unrelated WAL never stays
+//! pinned. The router raises the shared [`Watermark`] to a checkpoint only once everything
+//! before it was fanned out; only then is the slot confirmed there (stream: the flush position
+//! of the standby status updates; poll: `pg_replication_slot_advance`), and once more when
+//! stopping. A restart therefore resumes exactly after the last transaction delivered: the slot
+//! is the source of truth across restarts, the router's dedup within a process. A lost
+//! connection is one `Down`, then reconnects with backoff and jitter; reading again from the
+//! slot re-sends what was not confirmed, and transactions already sent in this process are
+//! skipped here (the router drops any other repeat).
 //!
 //! Owns the slot's lifecycle (create if missing, recreate if PostgreSQL invalidated it) and the
 //! lag gauge. Never decides who receives what, never writes to the project's tables, never logs
 //! the connection string.
 
 pub mod changes;
+mod poll;
+pub mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pgoutput::{format_lsn, parse_lsn, Decoder};
+use pgoutput::{format_lsn, Decoder, Transaction};
 use tokio::sync::mpsc;
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::supervise::{self, Attempt, Backoff, Ended};
 use crate::feed::{Lost, UpstreamEvent, Watermark};
+use crate::pg::SlotRead;
 
 /// The publication the feed decodes (the one Supabase Realtime reads, and the migrations fill).
 pub const PUBLICATION: &str = "supabase_realtime";
@@ -43,9 +52,11 @@ pub struct FeedConfig {
     pub pg: tokio_postgres::Config,
     pub slot: String,
     pub publication: String,
-    /// Pause between polls when the last one found nothing more.
+    /// Streaming (the default) or peek polling.
+    pub read: SlotRead,
+    /// Polling: pause between polls when the last one found nothing more.
     pub poll: Duration,
-    /// Most rows (pgoutput messages) one poll reads; whole transactions are never split.
+    /// Polling: most rows (pgoutput messages) one poll reads; whole transactions are never split.
     pub batch: i32,
     pub connect_timeout: Duration,
     pub backoff_min: Duration,
@@ -80,7 +91,7 @@ fn lost(what: &str, e: impl std::fmt::Display) -> Lost {
     Lost::Database(format!("{what}: {e}"))
 }
 
-/// The reconnect loop ([`supervise::supervise`]): one [`serve`] per connection, one `Down` per
+/// The reconnect loop ([`supervise::supervise`]): one attempt per connection, one `Down` per
 /// loss.
 pub async fn run(
     config: FeedConfig,
@@ -88,13 +99,14 @@ pub async fn run(
     handles: FeedHandles,
     stop: CancellationToken,
 ) {
-    let state = State { generation: 0, sent_upto: 0, advanced: 0, decoder: Decoder::default() };
+    let state = State { read: config.read, generation: 0, sent_upto: 0, advanced: 0, decoder: Decoder::default() };
     let mut feed = Feed { config: &config, events: &events, handles: &handles, stop: &stop, state };
     let backoff = Backoff { min: config.backoff_min, max: config.backoff_max };
     supervise::supervise(&mut feed, backoff, &events, &stop).await;
 }
 
-/// The slot's change feed as [`Attempt`]s: one [`serve`] each, [`State`] kept across them.
+/// The slot's change feed as [`Attempt`]s: one [`stream::serve`] or [`poll::serve`] each,
+/// [`State`] kept across them.
 struct Feed<'a> {
     config: &'a FeedConfig,
     events: &'a mpsc::Sender<UpstreamEvent>,
@@ -105,38 +117,61 @@ struct Feed<'a> {
 
 impl Attempt for Feed<'_> {
     fn attempt(&mut self) -> impl std::future::Future<Output = Ended> + Send {
-        serve(self.config, self.events, self.handles, self.stop, &mut self.state)
+        attempt(self.config, self.events, self.handles, self.stop, &mut self.state)
     }
 
     fn log_lost(&self, reason: &Lost, retry_in: Duration) {
-        tracing::warn!(slot = %self.config.slot, reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "PostgreSQL change feed lost");
+        tracing::warn!(slot = %self.config.slot, read = self.state.read.as_str(), reason = %reason, retry_in_ms = retry_in.as_millis() as u64, "PostgreSQL change feed lost");
     }
 }
 
-/// What survives a reconnect.
-struct State {
-    generation: u64,
-    /// Everything up to here was sent to the router (in this process).
-    sent_upto: u64,
-    /// The slot was advanced to here.
-    advanced: u64,
-    decoder: Decoder,
-}
-
-async fn serve(
+/// One connection in the current way of reading; a stream the server refuses outright switches
+/// this process to polling at once.
+async fn attempt(
     config: &FeedConfig,
     events: &mpsc::Sender<UpstreamEvent>,
     handles: &FeedHandles,
     stop: &CancellationToken,
     state: &mut State,
 ) -> Ended {
+    if state.read == SlotRead::Stream {
+        match stream::serve(config, events, handles, stop, state).await {
+            Err(refused) => {
+                tracing::warn!(slot = %config.slot, reason = %refused,
+                    "the server refuses replication connections: reading the slot by polling from now on \
+                     (set SLOT_READ=poll to choose this, or allow replication connections for the role: \
+                     a `replication` line in pg_hba.conf, no transaction pooler in between)");
+                state.read = SlotRead::Poll;
+            }
+            Ok(ended) => return ended,
+        }
+    }
+    poll::serve(config, events, handles, stop, state).await
+}
+
+/// What survives a reconnect.
+struct State {
+    read: SlotRead,
+    generation: u64,
+    /// Everything up to here was sent to the router (in this process).
+    sent_upto: u64,
+    /// The slot was confirmed up to here.
+    advanced: u64,
+    decoder: Decoder,
+}
+
+/// An ordinary connection (slot lifecycle, lag, polling), its driver aborted when dropped.
+async fn connect(
+    config: &FeedConfig,
+    stop: &CancellationToken,
+) -> Result<(tokio_postgres::Client, AbortOnDrop), Ended> {
     let connecting = tokio::time::timeout(config.connect_timeout, config.pg.connect(NoTls));
     let (client, connection) = tokio::select! {
-        _ = stop.cancelled() => return Ended::Stopped,
+        _ = stop.cancelled() => return Err(Ended::Stopped),
         c = connecting => match c {
             Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Ended::Lost { lost: lost("cannot connect", e), was_live: false },
-            Err(_) => return Ended::Lost { lost: Lost::Database("connect timed out".into()), was_live: false },
+            Ok(Err(e)) => return Err(Ended::Lost { lost: lost("cannot connect", e), was_live: false }),
+            Err(_) => return Err(Ended::Lost { lost: Lost::Database("connect timed out".into()), was_live: false }),
         },
     };
     let driver = tokio::spawn(async move {
@@ -144,58 +179,52 @@ async fn serve(
             tracing::debug!(error = %e, "change feed connection ended");
         }
     });
-    let _abort = AbortOnDrop(driver);
-    let types = match prepare(&client, config).await {
-        Ok(types) => types,
-        Err(e) => return Ended::Lost { lost: e, was_live: false },
-    };
-    state.generation += 1;
-    if events.send(UpstreamEvent::Live { generation: state.generation }).await.is_err() {
-        return Ended::Stopped;
-    }
-    tracing::info!(slot = %config.slot, generation = state.generation, "PostgreSQL change feed live");
-    let mut last_flush = None;
-    let mut last_lag = None::<Instant>;
-    loop {
-        if stop.is_cancelled() {
-            // Let the router confirm what it fanned out (it drops its receiver when done), then
-            // move the slot there, so a restart starts right after it.
-            let _ = tokio::time::timeout(Duration::from_secs(2), events.closed()).await;
-            let _ = advance(&client, config, handles, state).await;
-            return Ended::Stopped;
-        }
-        if let Err(e) = advance(&client, config, handles, state).await {
-            return Ended::Lost { lost: e, was_live: true };
-        }
-        if last_lag.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            last_lag = Some(Instant::now());
-            if let Err(e) = read_lag(&client, config, handles).await {
-                return Ended::Lost { lost: e, was_live: true };
-            }
-        }
-        let flush = match client.query_one("select pg_current_wal_flush_lsn()::text", &[]).await {
-            Ok(row) => row.try_get::<_, String>(0).ok().as_deref().and_then(parse_lsn).unwrap_or(0),
-            Err(e) => return Ended::Lost { lost: lost("reading the WAL position", e), was_live: true },
-        };
-        let mut more = false;
-        if last_flush != Some(flush) {
-            match poll(&client, config, events, state, flush, &types).await {
-                Ok(Polled::Reached) => last_flush = Some(flush),
-                Ok(Polled::More) => more = true,
-                Ok(Polled::RouterGone) => {
-                    let _ = advance(&client, config, handles, state).await;
-                    return Ended::Stopped;
-                }
-                Err(e) => return Ended::Lost { lost: e, was_live: true },
-            }
-        }
-        if !more {
-            tokio::select! {
-                _ = tokio::time::sleep(config.poll) => {}
-                _ = stop.cancelled() => {}
-            }
+    Ok((client, AbortOnDrop(driver)))
+}
+
+/// The router went away (the gateway is stopping).
+struct RouterGone;
+
+/// Decodes one pgoutput message; a whole transaction not sent before goes to the router with its
+/// checkpoint.
+async fn feed_message(
+    events: &mpsc::Sender<UpstreamEvent>,
+    state: &mut State,
+    data: &[u8],
+    types: &HashMap<u32, String>,
+) -> Result<(), RouterGone> {
+    match state.decoder.feed(data, types) {
+        Ok(Some(transaction)) => deliver(events, state, &transaction).await,
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "undecodable pgoutput message; filling the gap from the database");
+            let event = UpstreamEvent::Unreadable { table: "?".into(), reason: e.to_string(), committed: None };
+            events.send(event).await.map_err(|_| RouterGone)
         }
     }
+}
+
+async fn deliver(
+    events: &mpsc::Sender<UpstreamEvent>,
+    state: &mut State,
+    transaction: &Transaction,
+) -> Result<(), RouterGone> {
+    if transaction.end_lsn <= state.sent_upto {
+        return Ok(()); // sent before; the router has not confirmed it yet
+    }
+    for event in changes::events(transaction) {
+        events.send(event).await.map_err(|_| RouterGone)?;
+    }
+    checkpoint(events, state, transaction.end_lsn).await
+}
+
+/// Everything before `position` was sent: tell the router, once.
+async fn checkpoint(events: &mpsc::Sender<UpstreamEvent>, state: &mut State, position: u64) -> Result<(), RouterGone> {
+    if position <= state.sent_upto {
+        return Ok(());
+    }
+    state.sent_upto = position;
+    events.send(UpstreamEvent::Checkpoint { position }).await.map_err(|_| RouterGone)
 }
 
 /// Reads how many WAL bytes the slot is behind into the lag gauge (-1 when the slot is missing).
@@ -281,70 +310,6 @@ async fn advance(
         .map_err(|e| lost("advancing the replication slot", e))?;
     state.advanced = confirmed;
     Ok(())
-}
-
-enum Polled {
-    /// Everything up to the flush position was read.
-    Reached,
-    /// The batch was full: read again at once.
-    More,
-    RouterGone,
-}
-
-async fn poll(
-    client: &tokio_postgres::Client,
-    config: &FeedConfig,
-    events: &mpsc::Sender<UpstreamEvent>,
-    state: &mut State,
-    flush: u64,
-    types: &HashMap<u32, String>,
-) -> Result<Polled, Lost> {
-    let rows = client
-        .query(
-            "select data from pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, $3, \
-             'proto_version', '1', 'publication_names', $4)",
-            &[&config.slot, &format_lsn(flush), &config.batch, &config.publication],
-        )
-        .await
-        .map_err(|e| lost("reading the replication slot", e))?;
-    let full = rows.len() >= config.batch.max(1) as usize;
-    for row in &rows {
-        let data: &[u8] = row.try_get(0).map_err(|e| lost("reading a change", e))?;
-        let transaction = match state.decoder.feed(data, types) {
-            Ok(Some(transaction)) => transaction,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "undecodable pgoutput message; filling the gap from the database");
-                let event = UpstreamEvent::Unreadable { table: "?".into(), reason: e.to_string(), committed: None };
-                if events.send(event).await.is_err() {
-                    return Ok(Polled::RouterGone);
-                }
-                continue;
-            }
-        };
-        if transaction.end_lsn <= state.sent_upto {
-            continue; // sent before; the router has not confirmed it yet
-        }
-        for event in changes::events(&transaction) {
-            if events.send(event).await.is_err() {
-                return Ok(Polled::RouterGone);
-            }
-        }
-        state.sent_upto = transaction.end_lsn;
-        if events.send(UpstreamEvent::Checkpoint { position: transaction.end_lsn }).await.is_err() {
-            return Ok(Polled::RouterGone);
-        }
-    }
-    if full {
-        return Ok(Polled::More);
-    }
-    if flush > state.sent_upto {
-        state.sent_upto = flush;
-        if events.send(UpstreamEvent::Checkpoint { position: flush }).await.is_err() {
-            return Ok(Polled::RouterGone);
-        }
-    }
-    Ok(Polled::Reached)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
