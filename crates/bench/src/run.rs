@@ -52,6 +52,13 @@ pub async fn run(args: RunArgs) -> i32 {
     let rss_loaded = proc_rss_kib(pid);
     stop_gateway(&mut gateway);
     drop(sessions);
+    // Both backends side by side on fresh gateways (the report's top-level `end_to_end`).
+    let side_by_side = if args.e2e_inserts_per_sec > 0 {
+        let (rate, secs) = (args.e2e_inserts_per_sec, args.step_secs);
+        crate::e2e::side_by_side(&stack, &pop, &tokens, rate, secs, &args.gateway_bin).await
+    } else {
+        None
+    };
 
     let (ceiling_steps, ceiling_json) = if args.no_ceiling {
         (Vec::new(), Value::Null)
@@ -59,7 +66,11 @@ pub async fn run(args: RunArgs) -> i32 {
         ceiling(&stack, &pop, &keys, &tokens, &args, epoch).await
     };
     let figures = Figures { idle, rss_loaded, gateway_steps, e2e, ceiling_steps, ceiling_json };
-    report::finish(&args, &pop, figures, t0)
+    let code = report::finish(&args, &pop, figures, t0);
+    if let Some(both) = side_by_side {
+        crate::e2e::merge_into_report(&args.report, &both);
+    }
+    code
 }
 
 /// Builds the release gateway; false (reported) when the build fails.
