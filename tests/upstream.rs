@@ -56,7 +56,7 @@ async fn subscribes_receives_and_heals_in_both_serializers() {
 
         let id = insert(&stack, "over the upstream").await;
         match next(&mut events).await {
-            UpstreamEvent::Message { row, committed } => {
+            UpstreamEvent::Message { row, committed, .. } => {
                 assert_eq!(row.id, id);
                 assert_eq!(row.content, "over the upstream");
                 assert!(committed.is_some(), "the commit time comes with the change");

@@ -25,6 +25,24 @@ use uuid::Uuid;
 
 use crate::model::MessageRow;
 
+/// When a change reached this gateway (its upstream frame was read): where the gateway's own
+/// delivery latency starts. Its `Debug` leaves the instant out, so that two decodings of the same
+/// change print alike.
+#[derive(Clone, Copy)]
+pub struct Received(pub std::time::Instant);
+
+impl Received {
+    pub fn now() -> Received {
+        Received(std::time::Instant::now())
+    }
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Received")
+    }
+}
+
 /// An event from the feed, in commit order.
 #[derive(Debug, Clone)]
 pub enum UpstreamEvent {
@@ -33,8 +51,8 @@ pub enum UpstreamEvent {
     Live { generation: u64 },
     /// The feed is lost; sent once per loss, not once per retry.
     Down { reason: Lost },
-    /// A new message.
-    Message { row: MessageRow, committed: Option<DateTime<Utc>> },
+    /// A new message; `received`: when its change reached this gateway.
+    Message { row: MessageRow, committed: Option<DateTime<Utc>>, received: Received },
     /// A user joined (`present`) or left a thread.
     Membership { thread_id: Uuid, user_id: Uuid, present: bool, committed: Option<DateTime<Utc>> },
     /// A participant's read state changed (`thread_participants` UPDATE).
@@ -142,7 +160,7 @@ pub fn decode_change(change: &Change<'_>) -> Option<UpstreamEvent> {
     let unreadable = |reason: String| UpstreamEvent::Unreadable { table: table.to_string(), reason, committed };
     match (table, change.kind) {
         ("messages", "INSERT") => Some(match serde_json::from_value::<MessageRow>(record.clone()) {
-            Ok(row) => UpstreamEvent::Message { row, committed },
+            Ok(row) => UpstreamEvent::Message { row, committed, received: Received::now() },
             Err(e) => unreadable(format!("malformed message record: {e}")),
         }),
         // Pruning deletes old events: nothing to tell the router.

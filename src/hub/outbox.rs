@@ -26,16 +26,19 @@ pub struct Outgoing {
     pub text: Utf8Bytes,
     pub message: Option<Uuid>,
     pub created_at: Option<DateTime<Utc>>,
+    /// A live message's receipt from the upstream: the socket write observes the gateway's
+    /// delivery latency from it (`None` for notices and replays).
+    pub received: Option<std::time::Instant>,
 }
 
 impl Outgoing {
     pub fn notice(text: impl Into<Utf8Bytes>) -> Outgoing {
-        Outgoing { text: text.into(), message: None, created_at: None }
+        Outgoing { text: text.into(), message: None, created_at: None, received: None }
     }
 
     /// The frame of chat message `id`, created at `created_at`.
     pub fn message(text: impl Into<Utf8Bytes>, id: Uuid, created_at: DateTime<Utc>) -> Outgoing {
-        Outgoing { text: text.into(), message: Some(id), created_at: Some(created_at) }
+        Outgoing { text: text.into(), message: Some(id), created_at: Some(created_at), received: None }
     }
 }
 

@@ -13,6 +13,10 @@
 //! - [`sender`]: leases due deliveries, sends them on their transport ([`webhook`], [`webpush`],
 //!   [`expo`]), and ends or reschedules each.
 //!
+//! All three run on the push path's own thread and runtime ([`runtime`]), at a lower priority and
+//! with their own store, so that a busy push path takes CPU from the live path only when the live
+//! path leaves it idle.
+//!
 //! It must never run on the router's task or hold up the live path; the database is the buffer.
 //! A failed call is logged and tried again on the next tick: a job stays in its table until a
 //! decision commits, a delivery until it is finished, and a lease that runs out (an instance died
@@ -22,6 +26,7 @@ pub mod apns;
 pub mod expo;
 pub mod fcm;
 pub mod presence;
+pub mod runtime;
 pub mod sender;
 pub mod webhook;
 pub mod webpush;
@@ -89,6 +94,8 @@ pub enum PushError {
     WebPush(#[from] webpush::WebPushError),
     #[error(transparent)]
     Expo(#[from] expo::ExpoError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
 }
 
 impl PushConfig {
@@ -225,8 +232,22 @@ pub fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {
     }
 }
 
-/// Starts the presence reporter, the decision loop and the sender until `stop`.
-pub fn spawn(
+/// Starts the push path on its own thread and runtime ([`runtime`]) with a store from `open`,
+/// until `stop`; `tasks` waits for its end.
+pub fn start(
+    open: runtime::OpenStore,
+    hub: std::sync::Arc<Hub>,
+    metrics: std::sync::Arc<Metrics>,
+    config: PushConfig,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), PushError> {
+    Ok(runtime::start(open, hub, metrics, config, tasks, stop)?)
+}
+
+/// Spawns the presence reporter, the decision loop and the sender on the current runtime until
+/// `stop` (the push runtime's, see [`start`]).
+pub fn spawn_loops(
     store: Store,
     hub: std::sync::Arc<Hub>,
     metrics: std::sync::Arc<Metrics>,

@@ -1,5 +1,5 @@
 //! The sender: leases due deliveries from the queue, sends each on its channel, and ends or
-//! reschedules it (`chat_push_finish`).
+//! reschedules the whole batch in one call (`chat_push_finish_batch`).
 //!
 //! Owns the attempt policy: a retryable answer waits [`super::backoff`] and is tried again, up to
 //! `PUSH_MAX_ATTEMPTS`; then, or on a refusal, the delivery is dropped, logged and counted; a
@@ -14,10 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use super::{backoff, Outcome, PushConfig, DECIDE_EVERY};
 use crate::metrics::Metrics;
-use crate::store::{PushDelivery, Store};
+use crate::store::{PushDelivery, PushFinish, Store};
 
-/// Deliveries leased per round.
-pub const BATCH: i32 = 50;
+/// Deliveries leased per round (sent concurrently, then finished in one call).
+pub const BATCH: i32 = 200;
 /// After a push on a channel, the next for that user and thread waits this long (and collapses).
 pub const GAP_SECS: i32 = 10;
 
@@ -54,7 +54,8 @@ pub fn spawn(
                     }
                 };
                 let full = leased.len() >= BATCH as usize;
-                join_all(leased.iter().map(|d| send_one(&store, &metrics, &config, d))).await;
+                let outcomes = join_all(leased.iter().map(|d| send_one(&metrics, &config, d))).await;
+                finish(&store, &outcomes).await;
                 if !full || stop.is_cancelled() {
                     break;
                 }
@@ -63,7 +64,19 @@ pub fn spawn(
     });
 }
 
-async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, delivery: &PushDelivery) {
+/// Records the outcomes of a leased batch in one call. A failure is logged: the leases run out
+/// and the deliveries are sent again with the same ids.
+async fn finish(store: &Store, outcomes: &[PushFinish]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    if let Err(e) = store.push_finish_batch(outcomes).await {
+        tracing::warn!(deliveries = outcomes.len(), error = %e, "cannot record push outcomes; the leases run out and they are sent again with the same ids");
+    }
+}
+
+/// Sends one delivery, counts and logs its outcome, and says how it ended.
+async fn send_one(metrics: &Metrics, config: &PushConfig, delivery: &PushDelivery) -> PushFinish {
     let outcome = dispatch(config, delivery).await;
     let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
     let (verdict, error, retry_at) = match &outcome {
@@ -92,9 +105,7 @@ async fn send_one(store: &Store, metrics: &Metrics, config: &PushConfig, deliver
             tracing::warn!(delivery = %delivery.id, channel = %delivery.channel, user = %delivery.user_id, outcome = verdict, error = ?error, "push not delivered")
         }
     }
-    if let Err(e) = store.push_finish(delivery.id, verdict, error.as_deref(), retry_at).await {
-        tracing::warn!(delivery = %delivery.id, error = %e, "cannot record a push outcome; the lease runs out and it is sent again with the same id");
-    }
+    PushFinish { id: delivery.id, outcome: verdict, error, retry_at }
 }
 
 /// Sends a delivery on its channel's transport.

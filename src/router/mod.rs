@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::directory::{Directory, Key};
-use crate::feed::{UpstreamEvent, Watermark};
+use crate::feed::{Received, UpstreamEvent, Watermark};
 use crate::history::{Entry, History};
 use crate::hub::{Hub, Outgoing, SessionHandle};
 use crate::metrics::Metrics;
@@ -52,11 +52,11 @@ use window::{row_cost, Seen, Waiting};
 /// Settings of the router (declared with the configuration).
 pub use crate::config::RouterConfig;
 
-/// A message waiting in its thread's queue. `committed`: the upstream's commit time (live
-/// messages only), for the delivery latency. Membership changes never wait here: they apply at
+/// A message waiting in its thread's queue. `received`: when its change reached the gateway
+/// (live messages only); its frame carries it to the sockets for the delivery latency. Membership changes never wait here: they apply at
 /// once (see [`Router::on_event`]).
 enum Waiter {
-    Message { row: MessageRow, created_at: DateTime<Utc>, committed: Option<DateTime<Utc>> },
+    Message { row: MessageRow, created_at: DateTime<Utc>, received: Option<Received> },
 }
 
 enum GapState {
@@ -344,7 +344,7 @@ impl Router {
             self.cursor.on_commit(committed);
         }
         match change {
-            UpstreamEvent::Message { row, committed } => self.accept(row, committed),
+            UpstreamEvent::Message { row, received, .. } => self.accept(row, Some(received)),
             // At once, even when messages of the thread wait for lookups: they go to whoever is a
             // participant when they are delivered.
             UpstreamEvent::Membership { thread_id, user_id, present, .. } => {
@@ -375,7 +375,7 @@ impl Router {
 
     /// A new message (live or from a gap fill): deduplicated, then delivered or queued behind
     /// its thread's earlier messages.
-    fn accept(&mut self, row: MessageRow, committed: Option<DateTime<Utc>>) {
+    fn accept(&mut self, row: MessageRow, received: Option<Received>) {
         let Some(created_at) = row.created() else {
             tracing::warn!(message = %row.id, "message with an unreadable created_at; filling from the database");
             let from = self.resume_point.unwrap_or(self.started) - self.margin();
@@ -389,13 +389,13 @@ impl Router {
         let thread_id = row.thread_id;
         if let Some(queue) = self.threads.get_mut(&thread_id) {
             self.waiting.add(row.id, created_at, row_cost(&row));
-            queue.push_back(Waiter::Message { row, created_at, committed });
+            queue.push_back(Waiter::Message { row, created_at, received });
             self.check_bounds();
             return;
         }
-        if let Some(row) = self.try_deliver(row, created_at, committed) {
+        if let Some(row) = self.try_deliver(row, created_at, received) {
             self.waiting.add(row.id, created_at, row_cost(&row));
-            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at, committed });
+            self.threads.entry(thread_id).or_default().push_back(Waiter::Message { row, created_at, received });
             self.check_bounds();
         }
     }
@@ -407,7 +407,7 @@ impl Router {
         &mut self,
         row: MessageRow,
         created_at: DateTime<Utc>,
-        committed: Option<DateTime<Utc>>,
+        received: Option<Received>,
     ) -> Option<MessageRow> {
         let members = self.directory.members(&row.thread_id);
         let sender = row.sender.clone().or_else(|| self.directory.profile(&row.sender_id));
@@ -428,16 +428,15 @@ impl Router {
         let mut text = ServerMessage::NewMessage { data: &message, cursor: Some(&cursor) }.to_json();
         // The ring counts the frame's length against RESUME_BUFFER_BYTES: hold no spare capacity.
         text.shrink_to_fit();
-        let frame = Outgoing::message(text, id, created_at);
+        let mut frame = Outgoing::message(text, id, created_at);
+        frame.received = received.map(|r| r.0);
         let mut ring = self.history.lock();
         let n = self.hub.fan_out(&frame, thread_id, &members, &mut self.scratch);
+        // A replay writes the ring's copy: it is no live delivery, so it carries no receipt time.
+        frame.received = None;
         ring.push(Entry { created_at, thread_id, participants: members, frame });
         drop(ring);
         self.prober.on_delivered(&id);
-        if let Some(committed) = committed {
-            // Clocks of the database and this host may disagree: a negative latency counts as 0.
-            self.metrics.delivery_latency((Utc::now() - committed).to_std().unwrap_or_default());
-        }
         self.metrics.routed();
         tracing::debug!(message = %id, thread = %thread_id, recipients = n, "delivered");
         None
@@ -467,11 +466,11 @@ impl Router {
 
     fn drain(&mut self, thread_id: Uuid) {
         while let Some(front) = self.threads.get_mut(&thread_id).and_then(VecDeque::pop_front) {
-            let Waiter::Message { row, created_at, committed } = front;
-            if let Some(row) = self.try_deliver(row, created_at, committed) {
+            let Waiter::Message { row, created_at, received } = front;
+            if let Some(row) = self.try_deliver(row, created_at, received) {
                 self.waiting.add(row.id, created_at, row_cost(&row));
                 if let Some(queue) = self.threads.get_mut(&thread_id) {
-                    queue.push_front(Waiter::Message { row, created_at, committed });
+                    queue.push_front(Waiter::Message { row, created_at, received });
                 }
                 return;
             }

@@ -65,6 +65,30 @@ pub(super) fn open(
     Ok((store.with_metrics(metrics.clone()), feed))
 }
 
+/// A second store of `config`'s backend for the push path, with its own HTTP client (Supabase)
+/// or pool (PostgreSQL): called on the push runtime, so that every connection it opens is driven
+/// there and none is shared with the main runtime.
+pub(super) fn push_store(
+    config: &Config,
+    verifier: &Arc<Verifier>,
+    metrics: &Arc<Metrics>,
+) -> Result<Store, StartError> {
+    let timeout = config.backend_timeout;
+    let store = match &config.backend {
+        Backend::Supabase(project) => {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(super::PUSH_HTTP_IDLE_PER_HOST)
+                .connect_timeout(timeout)
+                .build()
+                .map_err(|e| StartError::Http(e.to_string()))?;
+            let (anon, service) = (project.anon_key.clone(), project.service_role_key.clone());
+            Store::new(http, project.rest_url(), anon, service, timeout)
+        }
+        Backend::Postgres(settings) => Store::Pg(PgStore::connect(settings, verifier.clone(), timeout)?),
+    };
+    Ok(store.with_metrics(metrics.clone()))
+}
+
 /// The upstream subscription the gateway needs: new messages, and membership, read-state and
 /// realtime-switch changes through `chat_membership_events` (INSERTs only: its DELETEs are the
 /// pruning of old events).

@@ -162,6 +162,8 @@ pub fn close_schedule(n: usize, rate: f64, window: Duration) -> impl Iterator<It
 
 /// Idle connections the HTTP client (PostgREST, JWKS) keeps per host.
 const HTTP_IDLE_PER_HOST: usize = 64;
+/// Idle connections the push path's own HTTP client (PostgREST) keeps per host.
+const PUSH_HTTP_IDLE_PER_HOST: usize = 8;
 /// Bytes of outgoing frames buffered per socket before a write goes out; flushed once per batch.
 const WS_WRITE_BUFFER_BYTES: usize = 64 * 1024;
 /// Most bytes of outgoing frames buffered per socket while the peer does not read.
@@ -208,7 +210,11 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     crate::feed::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
     let push = crate::push::PushConfig::new(&config.push, config.backend_timeout)?;
-    crate::push::spawn(store.clone(), hub.clone(), metrics.clone(), push, &tasks, stop.clone());
+    let open_push_store: crate::push::runtime::OpenStore = {
+        let (config, verifier, metrics) = (config.clone(), verifier.clone(), metrics.clone());
+        Box::new(move || backend::push_store(&config, &verifier, &metrics).map_err(|e| e.to_string()))
+    };
+    crate::push::start(open_push_store, hub.clone(), metrics.clone(), push, &tasks, stop.clone())?;
     let (directory, loaded) = Directory::new(DirectoryParts {
         store: store.clone(),
         ttl: config.cache.ttl,

@@ -293,8 +293,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             // Live chat messages written while sync_complete is held back: it counts them.
             *n += batch.iter().filter(|frame| frame.message.is_some()).count();
         }
+        // Receipt times of the live messages in the batch (no allocation for a batch of none).
+        let received: Vec<std::time::Instant> = batch.iter().filter_map(|frame| frame.received).collect();
         match self.socket.write_batch(batch, shared.closed()).await {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                let written = std::time::Instant::now();
+                for at in received {
+                    self.ctx.metrics.delivery_latency(written.saturating_duration_since(at));
+                }
+                Flow::Continue
+            }
             Err(e) => Flow::from(e),
         }
     }

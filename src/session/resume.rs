@@ -153,6 +153,7 @@ pub fn replay_frame(row: crate::model::MessageRow, sender: Sender, since: &str) 
         text: ServerMessage::NewMessage { data: &message, cursor: Some(since) }.to_json().into(),
         message: Some(id),
         created_at,
+        received: None,
     }
 }
 

@@ -26,8 +26,8 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 pub use crate::model::MessageRow;
 pub use types::{
-    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushStats, ReadReceipt,
-    ReadState, Reader, StoreError, SyncPoint, ThreadUnread,
+    HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice, PushFinish, PushStats,
+    ReadReceipt, ReadState, Reader, StoreError, SyncPoint, ThreadUnread,
 };
 
 /// The gateway's store: the same calls on either backend.
@@ -204,6 +204,11 @@ impl Store {
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
         dispatch!(self.push_finish(id, outcome, error, retry_at))
+    }
+    /// `chat_push_finish_batch(p_outcomes)` (service rights): a leased batch ended or rescheduled
+    /// in one call; answers how many were found.
+    pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {
+        dispatch!(self.push_finish_batch(outcomes))
     }
     /// `chat_push_prune(p_keep_hours)` (service rights): finished deliveries deleted.
     pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
+    PushFinish, ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
 };
 use crate::auth::{AuthError, Verifier};
 use crate::metrics::Metrics;
@@ -333,6 +333,12 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let sql = "select to_json(public.chat_push_finish($1, $2, $3, $4))::text";
         self.json("rpc/chat_push_finish", As::Service, sql, &[&id, &outcome, &error, &retry_at]).await
+    }
+
+    pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {
+        let outcomes = serde_json::to_value(outcomes).map_err(|e| StoreError::Decode(e.to_string()))?;
+        let sql = "select to_json(public.chat_push_finish_batch($1))::text";
+        self.json("rpc/chat_push_finish_batch", As::Service, sql, &[&outcomes]).await
     }
 
     pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::types::{
     call_name, time_from_db, As, HorizonCheck, NewDevice, OfflineRows, Profile, PushDecided, PushDelivery, PushDevice,
-    ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
+    PushFinish, ReadReceipt, ReadState, StoreError, SyncPoint, ThreadUnread,
 };
 use crate::metrics::Metrics;
 use crate::model::{format_time, MessageRow};
@@ -317,6 +317,10 @@ impl Postgrest {
     ) -> Result<bool, StoreError> {
         let args = json!({"p_id": id, "p_outcome": outcome, "p_error": error, "p_retry_at": retry_at.map(format_time)});
         self.rpc(As::Service, "chat_push_finish", args).await
+    }
+
+    pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {
+        self.rpc(As::Service, "chat_push_finish_batch", json!({"p_outcomes": outcomes})).await
     }
 
     pub async fn push_prune(&self, keep_hours: i32) -> Result<i64, StoreError> {

@@ -290,6 +290,16 @@ pub struct PushDevice {
     pub last_used_at: Option<String>,
 }
 
+/// How a leased delivery ended, for `chat_push_finish_batch`: `outcome` is `sent`, `retry` (at
+/// `retry_at`), `dropped` or `gone`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct PushFinish {
+    pub id: Uuid,
+    pub outcome: &'static str,
+    pub error: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
 /// A push delivery leased by `chat_push_claim`: what sending it needs. `id` is the idempotency
 /// key every attempt carries.
 #[derive(Debug, Clone, Deserialize)]

@@ -116,3 +116,98 @@ pub fn stop_gateway(gateway: &mut Child) {
     let _ = Command::new("kill").arg("-TERM").arg(gateway.id().to_string()).status();
     let _ = gateway.wait();
 }
+
+/// A histogram of the gateway's `/metrics`: (upper bound in seconds, cumulative count) per bucket;
+/// empty when the server has no such series (the ceiling).
+pub async fn histogram(port: u16, name: &str) -> Vec<(f64, u64)> {
+    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Quantile `q` in ms of the observations between two readings of a histogram, interpolated
+/// linearly within the bucket it falls in (as Prometheus' `histogram_quantile` does: the true
+/// value lies somewhere in that bucket); `None` without observations. In the open last bucket
+/// the answer is its lower bound.
+pub fn histogram_quantile_ms(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n.saturating_sub(before.iter().find(|(b, _)| b == le).map_or(0, |(_, m)| *m))))
+        .collect();
+    let total = delta.last().map_or(0, |(_, n)| *n);
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let (mut lower, mut below) = (0.0, 0u64);
+    for (le, cumulative) in delta {
+        if cumulative as f64 >= rank && cumulative > below {
+            if le.is_infinite() {
+                return Some(lower * 1000.0);
+            }
+            let within = (rank - below as f64) / (cumulative - below) as f64;
+            return Some((lower + (le - lower) * within.clamp(0.0, 1.0)) * 1000.0);
+        }
+        (lower, below) = (le, cumulative);
+    }
+    Some(lower * 1000.0)
+}
+
+/// `{p50, p99, p99_9}` in ms of the gateway's delivery latency between two readings (interpolated
+/// within buckets), `null` each without observations.
+pub fn internal_latency(before: &[(f64, u64)], after: &[(f64, u64)]) -> Value {
+    let q = |q| histogram_quantile_ms(before, after, q).map_or(Value::Null, |v| json!((v * 1000.0).round() / 1000.0));
+    json!({"p50": q(0.5), "p99": q(0.99), "p99_9": q(0.999), "observations": after.last().map_or(0, |(_, n)| *n).saturating_sub(before.last().map_or(0, |(_, n)| *n))})
+}
+
+/// The gateway's delivery-latency histogram (receipt from the upstream to the socket write).
+pub const DELIVERY_LATENCY: &str = "gateway_delivery_latency_seconds";
+
+/// CPU seconds (utime + stime) of each thread of process `pid`, by thread name
+/// (`/proc/<pid>/task/*/comm`): the push runtime's threads are named `push`.
+pub fn thread_cpu_secs(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return by_name };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else { continue };
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *by_name.entry(name).or_insert(0.0) += ticks / 100.0;
+    }
+    by_name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_of_the_step() {
+        let before = [(0.0005, 10), (0.001, 10), (f64::INFINITY, 10)];
+        // 100 observations in the step: 50 at or below 0.5 ms, 50 in (0.5 ms, 1 ms].
+        let after = [(0.0005, 60), (0.001, 110), (f64::INFINITY, 110)];
+        let p50 = histogram_quantile_ms(&before, &after, 0.5).expect("observations");
+        assert!((p50 - 0.5).abs() < 1e-9, "{p50}");
+        let p99 = histogram_quantile_ms(&before, &after, 0.99).expect("observations");
+        assert!((p99 - 0.99).abs() < 1e-9, "{p99}");
+        let p25 = histogram_quantile_ms(&before, &after, 0.25).expect("observations");
+        assert!((p25 - 0.25).abs() < 1e-9, "{p25}");
+        assert_eq!(histogram_quantile_ms(&after, &after, 0.5), None);
+        let open = [(0.0005, 0), (0.001, 0), (f64::INFINITY, 5)];
+        assert_eq!(histogram_quantile_ms(&[], &open, 0.5), Some(1.0), "the open bucket answers its lower bound");
+    }
+}

@@ -4,8 +4,10 @@
 //! one gateway process each: push off (no transport: the queue is only drained, as shipped) and
 //! push on (`PUSH_WEBHOOK_URL` to a stand-in receiver here that answers 200 at once and records
 //! each call). Each pass makes the same real INSERTs and measures the live path (client-side
-//! latency from `created_at`, the gateway's `gateway_delivery_latency_seconds`, and its CPU per
-//! live delivery over the same window); the push-on pass also measures pushes/s reaching the
+//! latency from `created_at`, the gateway's `gateway_delivery_latency_seconds` read before and
+//! after and interpolated within its buckets, and its CPU per
+//! live delivery over the same window, as the whole process and as the live path's threads only:
+//! the process without its `push` threads); the push-on pass also measures pushes/s reaching the
 //! receiver and `gateway_push_latency_seconds`. Writes `target/bench/push.json`. Owns this
 //! scenario only; it must never assert a number (the report states them).
 
@@ -21,13 +23,17 @@ use warp::Filter;
 
 use crate::clients;
 use crate::e2e::{end_to_end, spawn_gateway_with, Backend};
-use crate::host::{free_port, machine, proc_cpu_secs, raise_nofile, stop_gateway, wait_http};
+use crate::host::{
+    free_port, histogram, histogram_quantile_ms, internal_latency, machine, proc_cpu_secs, raise_nofile, stop_gateway,
+    thread_cpu_secs, wait_http, DELIVERY_LATENCY,
+};
 use crate::school::{school_stack, session_tokens, Population};
 
 #[derive(clap::Args, Clone)]
 pub struct PushArgs {
-    /// Class threads (each 1 teacher + 30 parents, plus one 1:1 thread).
-    #[arg(long, default_value_t = 80)]
+    /// Class threads (each 1 teacher + 30 parents, plus one 1:1 thread); 280 is the standard
+    /// population (10,360 sessions when everyone is online).
+    #[arg(long, default_value_t = 280)]
     classes: usize,
     /// Participants with no session (parents, spread over the classes).
     #[arg(long, default_value_t = 1000)]
@@ -94,37 +100,6 @@ fn offline_users(pop: &Population, n: usize) -> HashSet<usize> {
     offline
 }
 
-/// A histogram of `/metrics`: (upper bound, cumulative count) per bucket.
-async fn histogram(port: u16, name: &str) -> Vec<(f64, u64)> {
-    let text = match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    let prefix = format!("{name}_bucket{{le=\"");
-    text.lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-            Some((le, count.trim().parse().ok()?))
-        })
-        .collect()
-}
-
-/// The bucket bound under which `q` of the observations between `before` and `after` fall, in ms.
-fn bucket_quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Value {
-    let delta: Vec<(f64, u64)> = after
-        .iter()
-        .map(|(le, n)| (*le, n - before.iter().find(|(b, _)| b == le).map_or(0, |(_, m)| *m).min(*n)))
-        .collect();
-    let total = delta.last().map_or(0, |(_, n)| *n);
-    if total == 0 {
-        return Value::Null;
-    }
-    let want = (q * total as f64).ceil() as u64;
-    delta.iter().find(|(_, n)| *n >= want).map_or(Value::Null, |(le, _)| json!(le * 1000.0))
-}
-
 /// Milliseconds at quantile `q` of `values` (microseconds).
 fn quantile_ms(values: &mut [i64], q: f64) -> f64 {
     if values.is_empty() {
@@ -135,15 +110,24 @@ fn quantile_ms(values: &mut [i64], q: f64) -> f64 {
     values[i] as f64 / 1000.0
 }
 
+/// The gateway's push runtime threads (named so by the gateway), apart from the live path's.
+const PUSH_THREAD: &str = "push";
+
+/// CPU seconds of the push threads of process `pid`.
+fn push_thread_cpu(pid: u32) -> f64 {
+    thread_cpu_secs(pid).iter().filter(|(name, _)| name.as_str() == PUSH_THREAD).map(|(_, s)| s).sum()
+}
+
 /// One pass: a gateway process (push on with `webhook`), the online sessions, the INSERTs, the
-/// settle window; the live path's figures and the gateway's CPU.
+/// settle window; the live path's figures, the gateway's CPU (whole process, and without the push
+/// threads), and the users who held a session.
 async fn pass(
     args: &PushArgs,
     stack: &Stack,
     pop: &Population,
     tokens: &[(usize, String)],
     webhook: Option<&str>,
-) -> Option<Value> {
+) -> Option<(Value, HashSet<usize>)> {
     let port = free_port();
     let secret = "whsec_YmVuY2gtb25seS1zZWNyZXQtYmVuY2gtb25seQ==".to_string();
     let extra: Vec<(&str, String)> = match webhook {
@@ -160,9 +144,11 @@ async fn pass(
     let (sessions, _, failures) = clients::connect_all(&format!("ws://127.0.0.1:{port}/"), tokens, 2500, epoch).await;
     // Presence is reported once a second: every online user is known before the first INSERT.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let online: HashSet<usize> =
+        sessions.iter().filter(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed)).map(|s| s.user).collect();
     let pid = child.id();
-    let live_before = histogram(port, "gateway_delivery_latency_seconds").await;
-    let cpu0 = proc_cpu_secs(pid);
+    let live_before = histogram(port, DELIVERY_LATENCY).await;
+    let (cpu0, push_cpu0) = (proc_cpu_secs(pid), push_thread_cpu(pid));
     let started = Instant::now();
     // Each pass's messages are told apart by their step number (the content), so a message of
     // the first pass seen again in the second is never counted there.
@@ -172,23 +158,27 @@ async fn pass(
     tokio::time::sleep(rest).await;
     let window = started.elapsed().as_secs_f64();
     let cpu = proc_cpu_secs(pid) - cpu0;
-    let live_after = histogram(port, "gateway_delivery_latency_seconds").await;
+    let push_cpu = push_thread_cpu(pid) - push_cpu0;
+    let live_after = histogram(port, DELIVERY_LATENCY).await;
     let push_hist = histogram(port, "gateway_push_latency_seconds").await;
     let delivered = live["delivered"].as_u64().unwrap_or(0);
     live["sessions"] = json!(sessions.len() - failures);
     live["window_secs"] = json!(window);
     live["gateway_cpu_secs"] = json!(cpu);
-    live["gateway_cpu_us_per_live_delivery"] = json!(if delivered > 0 { cpu * 1e6 / delivered as f64 } else { 0.0 });
-    live["gateway_delivery_latency_ms_bucket_bound"] = json!({
-        "p50": bucket_quantile(&live_before, &live_after, 0.5), "p99": bucket_quantile(&live_before, &live_after, 0.99)});
+    let per_delivery = |secs: f64| if delivered > 0 { secs * 1e6 / delivered as f64 } else { 0.0 };
+    live["gateway_cpu_us_per_live_delivery"] = json!(per_delivery(cpu));
+    live["push_threads_cpu_secs"] = json!(push_cpu);
+    live["live_threads_cpu_secs"] = json!(cpu - push_cpu);
+    live["live_threads_cpu_us_per_live_delivery"] = json!(per_delivery(cpu - push_cpu));
+    live["internal_latency_ms"] = internal_latency(&live_before, &live_after);
     if webhook.is_some() {
-        live["gateway_push_latency_ms_bucket_bound"] =
-            json!({"p50": bucket_quantile(&[], &push_hist, 0.5), "p99": bucket_quantile(&[], &push_hist, 0.99)});
+        let q = |q| histogram_quantile_ms(&[], &push_hist, q).map_or(Value::Null, |v| json!(v));
+        live["gateway_push_latency_ms"] = json!({"p50": q(0.5), "p99": q(0.99)});
     }
     live["queue"] = queue(stack).await;
     stop_gateway(&mut child);
     drop(sessions);
-    Some(live)
+    Some((live, online))
 }
 
 /// The deliveries of the queue by state, and jobs left.
@@ -206,9 +196,10 @@ async fn queue(stack: &Stack) -> Value {
     json!({"deliveries_by_state": states, "jobs_left": jobs})
 }
 
-/// Pushes the receiver got: count, wrong recipients, rate, latency from `created_at`.
-fn pushes(calls: &[Arrival], offline: &HashSet<Uuid>) -> Value {
-    let wrong = calls.iter().filter(|c| Uuid::parse_str(&c.user).map_or(true, |u| !offline.contains(&u))).count();
+/// Pushes the receiver got: count, wrong recipients (users who held a session, or unknown),
+/// rate, latency from `created_at`.
+fn pushes(calls: &[Arrival], online: &HashSet<Uuid>) -> Value {
+    let wrong = calls.iter().filter(|c| Uuid::parse_str(&c.user).map_or(true, |u| online.contains(&u))).count();
     let (first, last) =
         (calls.iter().map(|c| c.at_us).min().unwrap_or(0), calls.iter().map(|c| c.at_us).max().unwrap_or(0));
     let mut per_second = std::collections::BTreeMap::<i64, u64>::new();
@@ -236,35 +227,31 @@ pub async fn run(args: PushArgs) -> i32 {
     let all = session_tokens(&pop, stack.keys());
     let tokens: Vec<(usize, String)> = all.into_iter().filter(|(u, _)| !offline.contains(u)).collect();
     eprintln!("{} users, {} offline, {} sessions", pop.users.len(), offline.len(), tokens.len());
-    let Some(off) = pass(&args, &stack, &pop, &tokens, None).await else { return 2 };
+    let Some((off, _)) = pass(&args, &stack, &pop, &tokens, None).await else { return 2 };
     eprintln!("push off: {off}");
     let (calls, url) = receiver().await;
-    let Some(on) = pass(&args, &stack, &pop, &tokens, Some(&url)).await else { return 2 };
+    let Some((on, online)) = pass(&args, &stack, &pop, &tokens, Some(&url)).await else { return 2 };
     eprintln!("push on: {on}");
-    let offline_ids: HashSet<Uuid> = offline.iter().map(|&u| pop.users[u].0).collect();
-    let pushed = calls.lock().map(|c| pushes(&c, &offline_ids)).unwrap_or_default();
-    let ratio = |key: &str| {
-        let (a, b) = (off[key].as_f64().unwrap_or(0.0), on[key].as_f64().unwrap_or(0.0));
-        if a > 0.0 {
-            json!(b / a)
-        } else {
-            Value::Null
-        }
+    let online_ids: HashSet<Uuid> = online.iter().map(|&u| pop.users[u].0).collect();
+    let pushed = calls.lock().map(|c| pushes(&c, &online_ids)).unwrap_or_default();
+    let ratio = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) if a > 0.0 => json!(b / a),
+        _ => Value::Null,
     };
-    let latency_ratio = |q: &str| {
-        let (a, b) = (&off["latency_ms_from_created_at"][q], &on["latency_ms_from_created_at"][q]);
-        match (a.as_f64(), b.as_f64()) {
-            (Some(a), Some(b)) if a > 0.0 => json!(b / a),
-            _ => Value::Null,
-        }
-    };
+    let key = |k: &str| ratio(&off[k], &on[k]);
+    let client = |q: &str| ratio(&off["latency_ms_from_created_at"][q], &on["latency_ms_from_created_at"][q]);
+    let internal = |q: &str| ratio(&off["internal_latency_ms"][q], &on["internal_latency_ms"][q]);
     let report = json!({
         "scenario": "push to offline recipients: live path with push off vs on, and push throughput",
-        "classes": args.classes, "users": pop.users.len(), "offline_users": offline.len(),
+        "classes": args.classes, "users": pop.users.len(), "population_sessions": pop.sessions.len(),
+        "offline_users": offline.len(), "online_sessions_offered": tokens.len(),
         "inserts_per_sec": args.inserts_per_sec, "secs": args.secs, "settle_secs": args.settle_secs,
         "push_off": off, "push_on": on, "pushes": pushed,
-        "ratios_on_over_off": {"cpu_per_live_delivery": ratio("gateway_cpu_us_per_live_delivery"),
-                               "live_p50": latency_ratio("p50"), "live_p99": latency_ratio("p99")},
+        "ratios_on_over_off": {"cpu_per_live_delivery": key("gateway_cpu_us_per_live_delivery"),
+                               "live_threads_cpu_per_live_delivery": key("live_threads_cpu_us_per_live_delivery"),
+                               "internal_p50": internal("p50"), "internal_p99": internal("p99"), "internal_p99_9": internal("p99_9"),
+                               "client_p50": client("p50"), "client_p99": client("p99")},
+        "targets": {"internal_p99_ratio_max": 1.05, "cpu_per_live_delivery_ratio_max": 1.05},
         "machine": machine(),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

@@ -40,10 +40,10 @@ pub async fn run(args: RunArgs) -> i32 {
 
     // Warm the membership and profile caches: one message per thread.
     eprintln!("warming caches and buffers (not measured)...");
-    let _ = step(&stack, &pop, &sessions, 0, pop.sessions.len() as u64, 1.0, false, pid).await;
-    let _ = step(&stack, &pop, &sessions, 50, 15_500, 2.0, false, pid).await;
+    let _ = step(&stack, &pop, &sessions, 0, pop.sessions.len() as u64, 1.0, false, pid, Some(port)).await;
+    let _ = step(&stack, &pop, &sessions, 50, 15_500, 2.0, false, pid, Some(port)).await;
 
-    let gateway_steps = until_saturated(&stack, &pop, &sessions, &args, Server::Gateway, pid).await;
+    let gateway_steps = until_saturated(&stack, &pop, &sessions, &args, Server::Gateway, pid, Some(port)).await;
     let mut e2e = Value::Null;
     if args.e2e_inserts_per_sec > 0 {
         e2e = end_to_end(&stack, &pop, &sessions, args.e2e_inserts_per_sec, args.step_secs, pid, 999).await;
@@ -142,13 +142,14 @@ async fn until_saturated(
     args: &RunArgs,
     server: Server,
     pid: u32,
+    metrics_port: Option<u16>,
 ) -> Vec<StepResult> {
     let everyone = matches!(server, Server::Ceiling);
     header();
     let mut steps = Vec::new();
     for (i, &rate) in args.rates.iter().enumerate() {
         let number = (server.first_step() + i) as u16;
-        let r = step(stack, pop, sessions, number, rate, args.step_secs, everyone, pid).await;
+        let r = step(stack, pop, sessions, number, rate, args.step_secs, everyone, pid, metrics_port).await;
         print_step(server.label(), &r);
         let saturated = !r.ok() || r.achieved < 0.9 * rate as f64;
         steps.push(r);
@@ -201,8 +202,8 @@ async fn ceiling(
         cfail,
         (crss.saturating_sub(crss0)) as f64 / csessions.len().max(1) as f64
     );
-    let _ = step(stack, pop, &csessions, 150, 15_500, 2.0, true, cpid).await;
-    let ceiling_steps = until_saturated(stack, pop, &csessions, args, Server::Ceiling, cpid).await;
+    let _ = step(stack, pop, &csessions, 150, 15_500, 2.0, true, cpid, None).await;
+    let ceiling_steps = until_saturated(stack, pop, &csessions, args, Server::Ceiling, cpid, None).await;
     let ceiling_json = json!({"rss_per_idle_session_kib": (crss.saturating_sub(crss0)) as f64 / csessions.len().max(1) as f64,
                               "steps": ceiling_steps.iter().map(StepResult::json).collect::<Vec<_>>()});
     let _ = ceiling.kill();

@@ -14,7 +14,7 @@ use supabase_standin::realtime::InjectSpec;
 use supabase_standin::Stack;
 
 use crate::clients::Session;
-use crate::host::proc_cpu_secs;
+use crate::host::{histogram, internal_latency, proc_cpu_secs, DELIVERY_LATENCY};
 use crate::school::Population;
 
 pub struct StepResult {
@@ -30,11 +30,22 @@ pub struct StepResult {
     pub cpu: f64,
     pub loadgen_cpu: f64,
     pub dropped_sessions: usize,
+    /// The server's own delivery latency over the step, from its histogram (`null` for a server
+    /// without one: the ceiling).
+    pub internal_latency: Value,
 }
 
 impl StepResult {
     pub fn ok(&self) -> bool {
         self.lost == 0 && self.duplicated == 0 && self.misrouted == 0 && self.dropped_sessions == 0
+    }
+    /// The server's CPU per delivery over the step, µs.
+    pub fn cpu_us_per_delivery(&self) -> f64 {
+        if self.achieved > 0.0 {
+            self.cpu * 1e6 / self.achieved
+        } else {
+            0.0
+        }
     }
     pub fn q(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64 / 1000.0
@@ -45,7 +56,9 @@ impl StepResult {
             "delivered": self.unique, "lost": self.lost, "duplicated": self.duplicated, "misrouted": self.misrouted,
             "dropped_sessions": self.dropped_sessions, "deliveries_per_sec": self.achieved.round(),
             "latency_ms": {"p50": self.q(0.5), "p90": self.q(0.9), "p99": self.q(0.99), "p99_9": self.q(0.999), "max": self.hist.max() as f64 / 1000.0},
+            "internal_latency_ms": self.internal_latency,
             "server_cpu_cores": (self.cpu * 100.0).round() / 100.0,
+            "server_cpu_us_per_delivery": (self.cpu_us_per_delivery() * 100.0).round() / 100.0,
             "loadgen_and_standin_cpu_cores": (self.loadgen_cpu * 100.0).round() / 100.0,
         })
     }
@@ -69,7 +82,8 @@ struct Tally {
 }
 
 /// Offers one step of load and checks every delivery. `everyone` = the ceiling (every session
-/// gets every event).
+/// gets every event). `metrics_port`: the gateway's, whose delivery-latency histogram is read
+/// before and after the step.
 #[allow(clippy::too_many_arguments)]
 pub async fn step(
     stack: &Stack,
@@ -80,7 +94,12 @@ pub async fn step(
     secs: f64,
     everyone: bool,
     server_pid: u32,
+    metrics_port: Option<u16>,
 ) -> StepResult {
+    let internal_before = match metrics_port {
+        Some(port) => histogram(port, DELIVERY_LATENCY).await,
+        None => Vec::new(),
+    };
     let live: Vec<&Arc<Session>> =
         sessions.iter().filter(|s| s.connected.load(Ordering::Relaxed) && !s.closed.load(Ordering::Relaxed)).collect();
     let Offer { rows, events, expected } = offer(pop, &live, step_no, offered, secs, everyone);
@@ -99,6 +118,10 @@ pub async fn step(
     stack.realtime().inject(spec).await;
     drain(&live, step_no, expected, started, secs).await;
     let cpu = (proc_cpu_secs(server_pid) - cpu0) / started.elapsed().as_secs_f64();
+    let internal_latency = match metrics_port {
+        Some(port) => internal_latency(&internal_before, &histogram(port, DELIVERY_LATENCY).await),
+        None => Value::Null,
+    };
     let loadgen_cpu = (proc_cpu_secs(std::process::id()) - own0) / started.elapsed().as_secs_f64();
     let Tally { hist, unique, duplicated, misrouted, achieved } = tally(pop, &live, step_no, secs, everyone);
     let dropped_sessions = live.iter().filter(|s| s.closed.load(Ordering::Relaxed)).count();
@@ -115,6 +138,7 @@ pub async fn step(
         cpu,
         loadgen_cpu,
         dropped_sessions,
+        internal_latency,
     }
 }
 

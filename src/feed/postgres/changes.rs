@@ -85,7 +85,7 @@ mod tests {
         let transaction = transaction(vec![insert]);
         let events = events(&transaction);
         match &events[..] {
-            [UpstreamEvent::Message { row, committed: Some(committed) }] => {
+            [UpstreamEvent::Message { row, committed: Some(committed), .. }] => {
                 assert_eq!((row.content.as_str(), row.created_at.as_str()), ("hi", "2026-01-01T12:00:00.5+00:00"));
                 assert_eq!(crate::model::format_time(*committed), "2000-01-01T00:00:01.000000Z");
             }

@@ -50,7 +50,7 @@ mod tests {
         let row = json!({"id": T, "thread_id": T, "sender_id": U, "content": "hi", "message_type": "text",
                          "created_at": "2026-01-01T00:00:00.000001+00:00"});
         let events = decode_payload(&payload("messages", "INSERT", row, Value::Null));
-        assert!(matches!(&events[..], [UpstreamEvent::Message { row, committed: Some(_) }] if row.content == "hi"));
+        assert!(matches!(&events[..], [UpstreamEvent::Message { row, committed: Some(_), .. }] if row.content == "hi"));
         let e = event(json!({"id": 1, "kind": "join", "thread_id": T, "user_id": U}));
         assert!(matches!(&e[..], [UpstreamEvent::Membership { present: true, committed: Some(_), .. }]), "{e:?}");
         let e = event(json!({"id": 2, "kind": "leave", "thread_id": T, "user_id": U}));

@@ -1,0 +1,105 @@
+//! The push path's own runtime: one OS thread named `push` running a single-threaded tokio
+//! runtime at a lower scheduling priority ([`NICE`]), with its own [`Store`] (its own HTTP client
+//! or database pool) opened inside it.
+//!
+//! Owns that thread's life: it starts with the gateway, runs the push loops until the stop token,
+//! waits for them, drops its runtime (and with it every connection it drove) and then tells the
+//! gateway's task tracker it is done, so a clean stop still waits for the push path. It must never
+//! share a connection, pool or HTTP client with the main runtime: a connection driven by a runtime
+//! that stops would fail the other side's calls; and nothing of the live path may run here.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::PushConfig;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// The niceness of the push thread (and of any blocking thread its runtime starts): under CPU
+/// contention the live path's threads (niceness 0) get about ten times its share.
+pub const NICE: i32 = 10;
+/// The push thread's name (what `/proc/<pid>/task/*/comm` shows, so a profile can tell its CPU
+/// from the live path's).
+pub const THREAD_NAME: &str = "push";
+
+/// Opens the push path's own store; called on the push thread, inside its runtime.
+pub type OpenStore = Box<dyn FnOnce() -> Result<Store, String> + Send>;
+
+/// The push runtime could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the push thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Starts the push thread: its runtime runs the presence reporter, the decision loop and the
+/// sender on a store from `open` until `stop`. `tasks` (the gateway's) waits for the thread's end.
+pub fn start(
+    open: OpenStore,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    config: PushConfig,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) -> Result<(), RuntimeError> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(THREAD_NAME.to_string())
+        .spawn(move || {
+            lower_priority();
+            run(open, hub, metrics, config, stop);
+            drop(done_tx);
+        })
+        .map_err(RuntimeError::Thread)?;
+    tasks.spawn(async move {
+        // Err when the sender is dropped: the thread ended (cleanly or not).
+        let _ = done_rx.await;
+    });
+    Ok(())
+}
+
+/// The push thread's body: builds the runtime and the store, runs the loops until `stop` and
+/// waits for them. The runtime is dropped here, outside any async context.
+fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig, stop: CancellationToken) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name(THREAD_NAME)
+        .on_thread_start(lower_priority)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the push runtime; no push from this instance");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let store = match open() {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the push path's store; no push from this instance");
+                return;
+            }
+        };
+        let loops = TaskTracker::new();
+        super::spawn_loops(store, hub, metrics, config, &loops, stop);
+        loops.close();
+        loops.wait().await;
+    });
+    drop(runtime);
+}
+
+/// Lowers the calling thread's priority to [`NICE`] (Linux: `setpriority` on the thread's id).
+/// A refusal is logged once per thread and otherwise ignored: push still works, only unshielded.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
+            tracing::warn!(error = %e, "cannot lower the push thread's priority");
+        }
+    }
+}
