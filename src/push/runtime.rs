@@ -18,9 +18,11 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// The niceness of the push thread (and of any blocking thread its runtime starts): under CPU
-/// contention the live path's threads (niceness 0) get about ten times its share.
+/// How much nicer than the gateway the push thread (and any blocking thread its runtime starts)
+/// runs: under CPU contention the live path's threads get about ten times its share.
 pub const NICE: i32 = 10;
+/// The highest niceness Linux allows.
+const NICE_MAX: i32 = 19;
 /// The push thread's name (what `/proc/<pid>/task/*/comm` shows, so a profile can tell its CPU
 /// from the live path's).
 pub const THREAD_NAME: &str = "push";
@@ -49,8 +51,10 @@ pub fn start(
     std::thread::Builder::new()
         .name(THREAD_NAME.to_string())
         .spawn(move || {
-            lower_priority();
-            run(open, hub, metrics, config, stop);
+            // The thread starts with the niceness of the thread that spawned it: the gateway's.
+            let nice = lowered_nice();
+            set_nice(nice);
+            run(open, hub, metrics, config, stop, nice);
             drop(done_tx);
         })
         .map_err(RuntimeError::Thread)?;
@@ -63,11 +67,11 @@ pub fn start(
 
 /// The push thread's body: builds the runtime and the store, runs the loops until `stop` and
 /// waits for them. The runtime is dropped here, outside any async context.
-fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig, stop: CancellationToken) {
+fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig, stop: CancellationToken, nice: i32) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name(THREAD_NAME)
-        .on_thread_start(lower_priority)
+        .on_thread_start(move || set_nice(nice))
         .build()
     {
         Ok(runtime) => runtime,
@@ -92,14 +96,26 @@ fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig
     drop(runtime);
 }
 
-/// Lowers the calling thread's priority to [`NICE`] (Linux: `setpriority` on the thread's id).
-/// A refusal is logged once per thread and otherwise ignored: push still works, only unshielded.
-fn lower_priority() {
+/// The calling thread's niceness plus [`NICE`], at most [`NICE_MAX`] (Linux: `getpriority` on
+/// the thread's id; elsewhere just [`NICE`]).
+fn lowered_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    let base = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap_or(0);
+    #[cfg(not(target_os = "linux"))]
+    let base = 0;
+    (base + NICE).min(NICE_MAX)
+}
+
+/// Sets the calling thread's niceness (Linux: `setpriority` on the thread's id). A refusal is
+/// logged and otherwise ignored: push still works, only unshielded.
+fn set_nice(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), NICE) {
-            tracing::warn!(error = %e, "cannot lower the push thread's priority");
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
+            tracing::warn!(error = %e, nice, "cannot lower the push thread's priority");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
