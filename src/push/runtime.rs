@@ -4,7 +4,9 @@
 //!
 //! Owns that thread's life: it starts with the gateway, runs the push loops until the stop token,
 //! waits for them, drops its runtime (and with it every connection it drove) and then tells the
-//! gateway's task tracker it is done, so a clean stop still waits for the push path. It must never
+//! gateway's task tracker it is done, so a clean stop still waits for the push path. If the main
+//! runtime goes away without a clean stop (its tasks dropped where they stand, as when the process
+//! dies), the push runtime is dropped at once too: nothing recorded, nothing cleared. It must never
 //! share a connection, pool or HTTP client with the main runtime: a connection driven by a runtime
 //! that stops would fail the other side's calls; and nothing of the live path may run here.
 
@@ -48,26 +50,38 @@ pub fn start(
     stop: CancellationToken,
 ) -> Result<(), RuntimeError> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    // Held by a task of the main runtime: dropped with it when that runtime stops.
+    let (alive_tx, alive_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name(THREAD_NAME.to_string())
         .spawn(move || {
             // The thread starts with the niceness of the thread that spawned it: the gateway's.
             let nice = lowered_nice();
             set_nice(nice);
-            run(open, hub, metrics, config, stop, nice);
+            run(open, hub, metrics, config, Signals { stop, main_gone: alive_rx }, nice);
             drop(done_tx);
         })
         .map_err(RuntimeError::Thread)?;
     tasks.spawn(async move {
+        let _alive = alive_tx;
         // Err when the sender is dropped: the thread ended (cleanly or not).
         let _ = done_rx.await;
     });
     Ok(())
 }
 
+/// How the push thread learns to end: `stop` (a clean stop: the loops finish), or `main_gone`
+/// resolving (the main runtime dropped its side without a clean stop: abandon everything).
+struct Signals {
+    stop: CancellationToken,
+    main_gone: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// The push thread's body: builds the runtime and the store, runs the loops until `stop` and
-/// waits for them. The runtime is dropped here, outside any async context.
-fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig, stop: CancellationToken, nice: i32) {
+/// waits for them, or abandons them when the main runtime is gone. The runtime is dropped here,
+/// outside any async context, and with it whatever was still running on it.
+fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig, signals: Signals, nice: i32) {
+    let Signals { stop, main_gone } = signals;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name(THREAD_NAME)
@@ -91,7 +105,10 @@ fn run(open: OpenStore, hub: Arc<Hub>, metrics: Arc<Metrics>, config: PushConfig
         let loops = TaskTracker::new();
         super::spawn_loops(store, hub, metrics, config, &loops, stop);
         loops.close();
-        loops.wait().await;
+        tokio::select! {
+            () = loops.wait() => {}
+            _ = main_gone => tracing::debug!("the main runtime is gone; push loops abandoned"),
+        }
     });
     drop(runtime);
 }
