@@ -2,6 +2,9 @@
 //! (gracefully; a second signal stops at once).
 //! With `--check-config`: prints the effective configuration (secrets redacted) and exits, 0 if
 //! it is valid, 2 with every problem listed otherwise.
+//! Built with the `dhat-heap` feature (profiling only), the process's heap is profiled from the
+//! start and the profile is written (to `DHAT_HEAP_FILE`, default `dhat-heap.json`) at the first
+//! signal, before the drain, so that it shows the heap of the sessions still open.
 
 use std::io::IsTerminal as _;
 
@@ -20,6 +23,17 @@ fn init_logging(config: &Config) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+/// The heap profiler of a `dhat-heap` build; written when dropped.
+#[cfg(feature = "dhat-heap")]
+fn heap_profiler() -> dhat::Profiler {
+    let file = std::env::var("DHAT_HEAP_FILE").unwrap_or_else(|_| "dhat-heap.json".into());
+    dhat::Profiler::builder().file_name(file).trim_backtraces(Some(40)).build()
 }
 
 async fn wait_for_signal() {
@@ -46,6 +60,8 @@ async fn wait_for_signal() {
 
 #[tokio::main]
 async fn main() {
+    #[cfg(feature = "dhat-heap")]
+    let profiler = heap_profiler();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let check_only = argv.iter().any(|a| a == "--check-config");
     if argv.iter().any(|a| a == "--print-env-example") {
@@ -88,6 +104,8 @@ async fn main() {
         }
     };
     wait_for_signal().await;
+    #[cfg(feature = "dhat-heap")]
+    drop(profiler);
     // A second SIGTERM/SIGINT during the drain (Ctrl-C pressed again) stops at once: the listener
     // and every socket close as the process exits, so the port is free for a restart right away.
     tokio::select! {

@@ -25,7 +25,7 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Bytes tungstenite reserves per socket for reading client frames (grows for a larger
     /// frame), from 64 to 1048576. Its default, 128 KiB, would dominate an idle session's memory.
-    #[arg(long = "ws-read-buffer-bytes", env = "WS_READ_BUFFER_BYTES", default_value = "256",
+    #[arg(long = "ws-read-buffer-bytes", env = "WS_READ_BUFFER_BYTES", default_value = "64",
         value_parser = between(64, 1 << 20))]
     pub read_buffer_bytes: usize,
     /// Sustained client messages per second per socket (a burst of twice that is allowed); more

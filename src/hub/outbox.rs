@@ -1,6 +1,6 @@
 //! One session's outbox and the handle the hub holds: a bounded queue of pre-serialized frames,
 //! the session's thread mutes and explicit subscriptions (each set bounded by the caller's
-//! limit), and the one-shot close request.
+//! limit, allocated only while there are any), and the one-shot close request.
 //!
 //! Filled by the hub with `try_push` (never waiting), drained by the session's own task. A push
 //! into a full queue closes the session as too slow: it never blocks the caller and never grows
@@ -8,7 +8,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -138,11 +138,19 @@ pub struct SessionHandle {
     pub id: u64,
     pub user_id: Uuid,
     pub queue: Queue,
-    muted: Mutex<HashSet<Uuid>>,
+    /// Muted threads and explicit subscriptions, allocated only while the session has any
+    /// (most sessions never do): an idle session pays one pointer for them.
+    threads: Mutex<Option<Box<Threads>>>,
     has_muted: AtomicBool,
-    subscriptions: Mutex<HashSet<Uuid>>,
     close: Notify,
     close_reason: OnceLock<Close>,
+}
+
+/// A session's thread mutes and explicit subscriptions.
+#[derive(Default)]
+struct Threads {
+    muted: HashSet<Uuid>,
+    subscribed: HashSet<Uuid>,
 }
 
 impl SessionHandle {
@@ -152,9 +160,8 @@ impl SessionHandle {
             id,
             user_id,
             queue: Queue::new(capacity, max_bytes),
-            muted: Mutex::new(HashSet::new()),
+            threads: Mutex::new(None),
             has_muted: AtomicBool::new(false),
-            subscriptions: Mutex::new(HashSet::new()),
             close: Notify::new(),
             close_reason: OnceLock::new(),
         }
@@ -182,51 +189,72 @@ impl SessionHandle {
         }
     }
 
+    /// Reads the thread sets (None: the session has none).
+    fn read<T>(&self, f: impl FnOnce(Option<&Threads>) -> T) -> T {
+        let guard = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        f(guard.as_deref())
+    }
+
+    /// Changes the thread sets (allocated on first use, released once both are empty).
+    fn change<T>(&self, f: impl FnOnce(&mut Threads) -> T) -> T {
+        let mut guard = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        let threads = guard.get_or_insert_with(Box::default);
+        let out = f(threads);
+        self.has_muted.store(!threads.muted.is_empty(), Ordering::Relaxed);
+        if threads.muted.is_empty() && threads.subscribed.is_empty() {
+            *guard = None;
+        }
+        out
+    }
+
     pub fn is_muted(&self, thread_id: &Uuid) -> bool {
-        self.has_muted.load(Ordering::Relaxed) && self.muted.lock().map(|m| m.contains(thread_id)).unwrap_or(false)
+        self.has_muted.load(Ordering::Relaxed) && self.read(|t| t.is_some_and(|t| t.muted.contains(thread_id)))
     }
 
     /// Mutes a thread on this connection; false when `limit` other threads are muted already.
     pub fn mute(&self, thread_id: Uuid, limit: usize) -> bool {
-        let Ok(mut set) = self.muted.lock() else { return false };
-        if !set.contains(&thread_id) && set.len() >= limit {
-            return false;
-        }
-        set.insert(thread_id);
-        self.has_muted.store(true, Ordering::Relaxed);
-        true
+        self.change(|t| {
+            if !t.muted.contains(&thread_id) && t.muted.len() >= limit {
+                return false;
+            }
+            t.muted.insert(thread_id);
+            true
+        })
     }
 
     /// Un-mutes a thread on this connection.
     pub fn unmute(&self, thread_id: &Uuid) {
-        if let Ok(mut set) = self.muted.lock() {
-            set.remove(thread_id);
-            self.has_muted.store(!set.is_empty(), Ordering::Relaxed);
+        if self.has_muted.load(Ordering::Relaxed) {
+            self.change(|t| t.muted.remove(thread_id));
         }
     }
 
     /// Whether this session holds an explicit subscription to `thread_id`.
     pub fn is_subscribed(&self, thread_id: &Uuid) -> bool {
-        self.subscriptions.lock().map(|s| s.contains(thread_id)).unwrap_or(false)
+        self.read(|t| t.is_some_and(|t| t.subscribed.contains(thread_id)))
     }
 
     /// Records an explicit subscription; false when the session already holds `limit` others.
     pub fn add_subscription(&self, thread_id: Uuid, limit: usize) -> bool {
-        let Ok(mut subs) = self.subscriptions.lock() else { return false };
-        if !subs.contains(&thread_id) && subs.len() >= limit {
-            return false;
-        }
-        subs.insert(thread_id);
-        true
+        self.change(|t| {
+            if !t.subscribed.contains(&thread_id) && t.subscribed.len() >= limit {
+                return false;
+            }
+            t.subscribed.insert(thread_id);
+            true
+        })
     }
 
     /// Forgets an explicit subscription; true if there was one.
     pub fn remove_subscription(&self, thread_id: &Uuid) -> bool {
-        self.subscriptions.lock().map(|mut s| s.remove(thread_id)).unwrap_or(false)
+        if !self.is_subscribed(thread_id) {
+            return false;
+        }
+        self.change(|t| t.subscribed.remove(thread_id))
     }
 
     pub fn subscriptions(&self) -> Vec<Uuid> {
-        self.subscriptions.lock().map(|s| s.iter().copied().collect()).unwrap_or_default()
+        self.read(|t| t.map(|t| t.subscribed.iter().copied().collect()).unwrap_or_default())
     }
 
     /// Queues an ephemeral frame if there is room; false (and the session left open) if not.
@@ -293,6 +321,21 @@ mod tests {
         let alone = SessionHandle::new(2, Uuid::new_v4(), 100, 10);
         alone.push(&big, &metrics);
         assert_eq!(alone.close_reason(), None, "one frame always fits an empty queue");
+    }
+
+    #[test]
+    fn thread_sets_exist_only_while_they_hold_something() {
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 10, 1 << 20);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert!(handle.read(|t| t.is_none()), "nothing allocated for a new session");
+        assert!(handle.mute(a, 1) && !handle.mute(b, 1), "bounded by the limit");
+        assert!(handle.add_subscription(b, 1));
+        assert!(handle.is_muted(&a) && handle.is_subscribed(&b) && !handle.is_muted(&b));
+        handle.unmute(&a);
+        assert!(!handle.is_muted(&a) && handle.read(|t| t.is_some()), "the subscription keeps them");
+        assert!(handle.remove_subscription(&b) && !handle.remove_subscription(&b));
+        assert!(handle.read(|t| t.is_none()), "released once empty");
+        assert!(handle.subscriptions().is_empty());
     }
 
     #[test]

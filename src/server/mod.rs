@@ -274,7 +274,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         token: config.ops.admin_token.clone(),
     });
     let budgets = crate::fair::UserBudgets::new(&config.fairness, config.fairness.max_keys);
-    let ctx = SessionContext {
+    let ctx = Arc::new(SessionContext {
         hub: hub.clone(),
         metrics: metrics.clone(),
         verifier: verifier.clone(),
@@ -288,7 +288,7 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
         budgets: budgets.clone(),
         catchup,
         typing,
-    };
+    });
     let rest_rate = Arc::new(PerUser::new(config.fairness.rest_rate_per_sec, config.fairness.max_keys));
     let rest = warp::service(api::routes(ApiState {
         hub: hub.clone(),
@@ -325,7 +325,8 @@ fn resume_floor(started: DateTime<Utc>, margin: Duration) -> DateTime<Utc> {
 
 /// The accept loop and what every connection needs.
 struct Listener<R> {
-    ctx: SessionContext,
+    /// Shared by every session (each holds the `Arc`, not a copy).
+    ctx: Arc<SessionContext>,
     rest: R,
     ws_config: WebSocketConfig,
     edge: Arc<Edge>,

@@ -3,19 +3,19 @@
 //! `101 Switching Protocols` answer; every refusal in the public JSON error shape.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{header, HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 use warp::Reply;
 
 use super::Response;
 use crate::error::PeerError;
-use crate::session::{self, resume, SessionContext};
+use crate::session::{self, resume, Opening, SessionContext};
 
 pub(super) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has = |name: header::HeaderName, token: &str| {
@@ -59,7 +59,7 @@ fn request_since(query: Option<&str>) -> Result<Option<chrono::DateTime<chrono::
 
 pub(super) async fn upgrade(
     mut req: Request<Incoming>,
-    ctx: SessionContext,
+    ctx: Arc<SessionContext>,
     ws_config: WebSocketConfig,
     peer: SocketAddr,
     tasks: &TaskTracker,
@@ -104,15 +104,15 @@ pub(super) async fn upgrade(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Everything the session starts from, in one allocation: the task's future holds a pointer
+    // to it, not a copy of each part for the session's whole life.
+    let opening = Box::new(Opening { ctx, identity, token, shared: handle, replay, ws_config, peer });
     tasks.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-                session::run(ws, ctx, identity, token, handle, replay).await;
-            }
+            Ok(upgraded) => session::run(TokioIo::new(upgraded), opening).await,
             Err(e) => {
-                tracing::info!(%peer, error = %e, "WebSocket upgrade failed");
-                ctx.hub.unregister(&handle);
+                tracing::info!(peer = %opening.peer, error = %e, "WebSocket upgrade failed");
+                opening.ctx.hub.unregister(&opening.shared);
             }
         }
     });

@@ -136,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let full = rows.returned >= resume::PAGE as usize;
             let last = rows.last_created_at;
             for row in rows.messages {
-                if !self.replayed.insert(row.id) {
+                if !self.replayed.get_or_insert_with(Default::default).insert(row.id) {
                     continue;
                 }
                 let sender = row.sender.clone().unwrap_or_else(crate::model::Sender::unknown);

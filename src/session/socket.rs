@@ -4,16 +4,19 @@
 //! Owns the socket's mechanics: what arrived, reduced to what the protocol distinguishes
 //! ([`Inbound`]); writes bounded by [`WRITE_TIMEOUT`]; batching (frames fed, then flushed once)
 //! with its fast path (a socket that takes the batch at once arms no timer); the keep-alive
-//! (server pings, and a client silent for two intervals is dead: [`Heartbeat`]); and close
+//! (server pings, and a client silent for two intervals is dead) with the token's expiry on one
+//! timer ([`Heartbeat`]); and close
 //! frames. Knows nothing of JSON, threads or users, and never decides to close a session: it
 //! reports, and the session decides.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -110,12 +113,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
         if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
             return result.map_err(|_| WriteError::Gone);
         }
+        // The slow path's timer is boxed: the session's future does not carry one inline.
+        let deadline = Box::pin(tokio::time::sleep(WRITE_TIMEOUT));
         tokio::select! {
-            result = tokio::time::timeout(WRITE_TIMEOUT, write) => match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(WriteError::Gone),
-                Err(_) => Err(WriteError::Stalled),
-            },
+            result = write => result.map_err(|_| WriteError::Gone),
+            _ = deadline => Err(WriteError::Stalled),
             reason = interrupt => Err(WriteError::Interrupted(reason)),
         }
     }
@@ -141,23 +143,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
     }
 }
 
-/// The keep-alive's clock: a ping every interval, and when the client was last heard from.
+/// The session's one timer: the keep-alive (a server ping every interval; a client silent for two
+/// intervals is dead) and the token's expiry, whichever comes first, so that an idle session
+/// arms one timer, not two.
 pub struct Heartbeat {
     every: Duration,
-    ping: tokio::time::Interval,
     last_heard: Instant,
+    next_ping: tokio::time::Instant,
+    expires: tokio::time::Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// What [`Heartbeat::due`] found due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Time for a ping (the next one is scheduled).
+    Ping,
+    /// The token expired.
+    Expired,
+}
+
+/// `now + d`, or about thirty years from now when that overflows (as `tokio::time::sleep` does).
+fn after(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
 }
 
 impl Heartbeat {
-    /// The first ping is due one interval from now.
-    pub fn new(every: Duration) -> Heartbeat {
-        let ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        Heartbeat { every, ping, last_heard: Instant::now() }
+    /// The first ping is due one interval from now; the token expires `expires_in` from now.
+    pub fn new(every: Duration, expires_in: Duration) -> Heartbeat {
+        let now = tokio::time::Instant::now();
+        let (next_ping, expires) = (after(now, every), after(now, expires_in));
+        let timer = Box::pin(tokio::time::sleep_until(next_ping.min(expires)));
+        Heartbeat { every, last_heard: Instant::now(), next_ping, expires, timer }
     }
 
-    /// Resolves when the next ping is due.
-    pub async fn due(&mut self) {
-        self.ping.tick().await;
+    /// Resolves when a ping is due or the token expired (cancel-safe: nothing changes until it
+    /// resolves).
+    pub async fn due(&mut self) -> Due {
+        self.timer.as_mut().await;
+        let due = self.due_at(tokio::time::Instant::now());
+        let deadline = self.deadline();
+        self.timer.as_mut().reset(deadline);
+        due
+    }
+
+    /// What the timer firing at `now` means; a ping schedules the next one.
+    fn due_at(&mut self, now: tokio::time::Instant) -> Due {
+        if now >= self.expires {
+            return Due::Expired;
+        }
+        self.next_ping = after(now, self.every);
+        Due::Ping
+    }
+
+    /// When the timer must fire next.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.next_ping.min(self.expires)
+    }
+
+    /// A refreshed token: it now expires `expires_in` from now.
+    pub fn expires_in(&mut self, expires_in: Duration) {
+        self.expires = after(tokio::time::Instant::now(), expires_in);
+        let deadline = self.deadline();
+        self.timer.as_mut().reset(deadline);
     }
 
     /// Something arrived from the client.
@@ -168,5 +216,29 @@ impl Heartbeat {
     /// Whether the client has been silent for two intervals: the connection is dead.
     pub fn silent(&self) -> bool {
         self.last_heard.elapsed() > self.every * 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_timer_for_the_pings_and_the_expiry() {
+        let secs = Duration::from_secs;
+        let mut clock = Heartbeat::new(secs(30), secs(100));
+        let start = tokio::time::Instant::now();
+        assert!(clock.deadline() - start <= secs(30), "the first ping is due before the expiry");
+        for n in 1..=3 {
+            let now = start + secs(30 * n);
+            assert_eq!(clock.due_at(now), Due::Ping);
+            assert_eq!(clock.deadline(), (now + secs(30)).min(clock.expires));
+        }
+        assert_eq!(clock.deadline(), clock.expires, "the expiry comes before the fourth ping");
+        assert_eq!(clock.due_at(clock.expires), Due::Expired);
+        clock.expires_in(secs(1000));
+        assert_eq!(clock.deadline(), clock.next_ping, "a refreshed token moves the expiry past the next ping");
+        let far = Heartbeat::new(secs(1), Duration::MAX);
+        assert_eq!(far.deadline(), far.next_ping, "an expiry past the clock's range never comes first");
     }
 }

@@ -26,6 +26,9 @@ pub enum Cmd {
     /// Push to offline recipients: the live path with push off vs on, and pushes/s to a webhook
     /// stand-in.
     Push(crate::push::PushArgs),
+    /// Where an idle session's heap goes: a heap-profiled gateway with no session, then with the
+    /// population idle, split by owner (target/bench/heap.json).
+    Heap(HeapArgs),
     /// Serve as the ceiling server (used by `run` as a subprocess).
     Ceiling {
         #[arg(long)]
@@ -90,5 +93,29 @@ pub struct StormArgs {
     #[arg(long, default_value = "target/bench/storm.json")]
     pub report: PathBuf,
     #[arg(long, default_value = "target/release/realtime-gateway")]
+    pub gateway_bin: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct HeapArgs {
+    /// Class threads (each 1 teacher + 30 parents, plus one 1:1 thread): 280 gives 10,360 sessions.
+    #[arg(long, default_value_t = 280)]
+    pub classes: usize,
+    /// New sessions per second while connecting (the profiler slows the gateway down).
+    #[arg(long, default_value_t = 1000)]
+    pub connect_rate: u32,
+    /// Seconds to wait once every session is connected, before the profile is taken.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle_secs: f64,
+    /// The report; the two profiles are written beside it (`<name>.dhat-empty.json`,
+    /// `<name>.dhat-idle.json`).
+    #[arg(long, default_value = "target/bench/heap.json")]
+    pub report: PathBuf,
+    /// Split the profiles of an earlier run again (after a change of the owners' rules),
+    /// without running anything.
+    #[arg(long)]
+    pub reanalyze: bool,
+    /// The heap-profiled gateway: `cargo build --profile dhat --features dhat-heap -p realtime-gateway`.
+    #[arg(long, default_value = "target/dhat/realtime-gateway")]
     pub gateway_bin: PathBuf,
 }

@@ -13,13 +13,14 @@
 //! process, `/proc` and `/metrics`), [`clients`] (the sessions), [`step`] (one step of offered
 //! load, every delivery checked), [`run`] (the standard scenario) and [`report`] (its table and
 //! JSON), [`e2e`] (real INSERTs, both backends), [`push`] (push to offline recipients: the live
-//! path with push off vs on, pushes/s), [`storm`] (the reconnect storm) and [`ceiling`]
-//! (the ceiling server).
+//! path with push off vs on, pushes/s), [`storm`] (the reconnect storm), [`heap`] (an idle
+//! session's heap by owner, from a heap-profiled gateway) and [`ceiling`] (the ceiling server).
 
 mod ceiling;
 mod cli;
 mod clients;
 mod e2e;
+mod heap;
 mod host;
 mod push;
 mod report;
@@ -39,6 +40,7 @@ fn main() {
         Some(Cmd::Storm(a)) => a.gen_threads.max(1),
         Some(Cmd::E2e(_)) => 2,
         Some(Cmd::Push(_)) => 2,
+        Some(Cmd::Heap(_)) => 2,
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
@@ -61,6 +63,7 @@ fn main() {
         Some(Cmd::Storm(args)) => runtime.block_on(storm::run(args)),
         Some(Cmd::E2e(args)) => runtime.block_on(e2e::run(args)),
         Some(Cmd::Push(args)) => runtime.block_on(push::run(args)),
+        Some(Cmd::Heap(args)) => runtime.block_on(heap::run(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run::run(args)),
             _ => 2,
