@@ -155,16 +155,8 @@ fn short_frame(frame: &str) -> String {
 /// Frames of the allocator, the standard library and generic containers, which never say who
 /// owns the memory.
 fn is_plumbing(frame: &str) -> bool {
-    const PLUMBING: &[&str] = &[
-        "(alloc/src/",
-        "(core/src/",
-        "(std/src/",
-        "(dhat-",
-        "(hashbrown-",
-        "(bytes-",
-        "(src/raw_vec",
-        "[root]",
-    ];
+    const PLUMBING: &[&str] =
+        &["(alloc/src/", "(core/src/", "(std/src/", "(dhat-", "(hashbrown-", "(bytes-", "(src/raw_vec", "[root]"];
     PLUMBING.iter().any(|p| frame.contains(p))
 }
 
@@ -265,11 +257,17 @@ pub async fn run(args: HeapArgs) -> i32 {
     }
     let stem = args.report.file_stem().and_then(|s| s.to_str()).unwrap_or("heap").to_string();
     let dir = args.report.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let (empty_file, idle_file) = (dir.join(format!("{stem}.dhat-empty.json")), dir.join(format!("{stem}.dhat-idle.json")));
+    let (empty_file, idle_file) =
+        (dir.join(format!("{stem}.dhat-empty.json")), dir.join(format!("{stem}.dhat-idle.json")));
     let (empty, full, figures) = if args.reanalyze {
         let read = |f: &Path| std::fs::read_to_string(f).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok());
         let (Some(empty), Some(full), Some(report)) = (read(&empty_file), read(&idle_file), read(&args.report)) else {
-            eprintln!("--reanalyze needs {}, {} and {}", empty_file.display(), idle_file.display(), args.report.display());
+            eprintln!(
+                "--reanalyze needs {}, {} and {}",
+                empty_file.display(),
+                idle_file.display(),
+                args.report.display()
+            );
             return 2;
         };
         (empty, full, report["figures"].clone())
