@@ -29,6 +29,8 @@ pub enum Cmd {
     /// Where an idle session's heap goes: a heap-profiled gateway with no session, then with the
     /// population idle, split by owner (target/bench/heap.json).
     Heap(HeapArgs),
+    /// Typing: the live path with typing off vs on (10 % of the sessions typing every 2.5 s).
+    Typing(crate::typing::TypingArgs),
     /// Serve as the ceiling server (used by `run` as a subprocess).
     Ceiling {
         #[arg(long)]

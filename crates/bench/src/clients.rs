@@ -2,13 +2,15 @@
 //!
 //! Reading is kept cheap (the generator shares two cores with the server it measures): a
 //! `new_message` frame is not parsed as JSON; its `id`, `thread_id`, `created_at` and the step
-//! tag in `content` are located by their keys. Every delivery becomes one [`Record`].
+//! tag in `content` are located by their keys. Every delivery becomes one [`Record`]; `typing`
+//! and `error` frames are only counted. A session can also send frames (its `outbox`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 /// One delivery as a client saw it.
@@ -32,6 +34,12 @@ pub struct Session {
     pub connected: std::sync::atomic::AtomicBool,
     /// Set when the server closed the socket (e.g. dropped it as too slow).
     pub closed: std::sync::atomic::AtomicBool,
+    /// `typing` frames received.
+    pub typing: AtomicU64,
+    /// `error` frames received.
+    pub errors: AtomicU64,
+    /// Text frames to send on this socket (sent between reads).
+    pub outbox: mpsc::UnboundedSender<String>,
 }
 
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
@@ -64,6 +72,20 @@ pub fn parse(text: &str, now_unix_us: i64, epoch_unix_us: i64) -> Option<Record>
     })
 }
 
+/// Records a delivery, or counts a `typing` or `error` frame.
+fn record(session: &Session, text: &str, epoch_unix_us: i64) {
+    let now = chrono::Utc::now().timestamp_micros();
+    if let Some(r) = parse(text, now, epoch_unix_us) {
+        if let Ok(mut records) = session.records.lock() {
+            records.push(r);
+        }
+    } else if text.starts_with("{\"type\":\"typing\"") {
+        session.typing.fetch_add(1, Ordering::Relaxed);
+    } else if text.starts_with("{\"type\":\"error\"") {
+        session.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Opens `tokens.len()` sessions to `url` at `rate` per second; returns the sessions and each
 /// connect time. Sessions keep reading in the background until the process ends or the server
 /// closes them.
@@ -80,11 +102,15 @@ pub async fn connect_all(
     for (i, (user, token)) in tokens.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / f64::from(rate.max(1)));
         tokio::time::sleep_until(due.into()).await;
+        let (outbox, mut outgoing) = mpsc::unbounded_channel::<String>();
         let session = Arc::new(Session {
             user: *user,
             records: Mutex::new(Vec::new()),
             connected: false.into(),
             closed: false.into(),
+            typing: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            outbox,
         });
         sessions.push(session.clone());
         let url = format!("{url}?token={token}");
@@ -109,18 +135,20 @@ pub async fn connect_all(
             s.connected.store(true, Ordering::Relaxed);
             let reader = s.clone();
             tokio::spawn(async move {
-                while let Some(frame) = ws.next().await {
-                    match frame {
-                        Ok(Message::Text(text)) => {
-                            let now = chrono::Utc::now().timestamp_micros();
-                            if let Some(r) = parse(text.as_str(), now, epoch_unix_us) {
-                                if let Ok(mut records) = reader.records.lock() {
-                                    records.push(r);
-                                }
+                loop {
+                    let frame = tokio::select! {
+                        frame = ws.next() => frame,
+                        Some(text) = outgoing.recv() => {
+                            if ws.send(Message::Text(text.into())).await.is_err() {
+                                break;
                             }
+                            continue;
                         }
-                        Ok(Message::Close(_)) | Err(_) => break,
-                        Ok(_) => {}
+                    };
+                    match frame {
+                        Some(Ok(Message::Text(text))) => record(&reader, text.as_str(), epoch_unix_us),
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                        Some(Ok(_)) => {}
                     }
                 }
                 reader.closed.store(true, Ordering::Relaxed);

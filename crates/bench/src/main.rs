@@ -13,8 +13,9 @@
 //! process, `/proc` and `/metrics`), [`clients`] (the sessions), [`step`] (one step of offered
 //! load, every delivery checked), [`run`] (the standard scenario) and [`report`] (its table and
 //! JSON), [`e2e`] (real INSERTs, both backends), [`push`] (push to offline recipients: the live
-//! path with push off vs on, pushes/s), [`storm`] (the reconnect storm), [`heap`] (an idle
-//! session's heap by owner, from a heap-profiled gateway) and [`ceiling`] (the ceiling server).
+//! path with push off vs on, pushes/s), [`typing`] (the live path with typing off vs on),
+//! [`storm`] (the reconnect storm), [`heap`] (an idle session's heap by owner, from a
+//! heap-profiled gateway) and [`ceiling`] (the ceiling server).
 
 mod ceiling;
 mod cli;
@@ -28,6 +29,7 @@ mod run;
 mod school;
 mod step;
 mod storm;
+mod typing;
 
 use clap::Parser;
 
@@ -41,6 +43,7 @@ fn main() {
         Some(Cmd::E2e(_)) => 2,
         Some(Cmd::Push(_)) => 2,
         Some(Cmd::Heap(_)) => 2,
+        Some(Cmd::Typing(_)) => 2,
         Some(Cmd::Ceiling { .. }) => 2,
         None => 2,
     };
@@ -64,6 +67,7 @@ fn main() {
         Some(Cmd::E2e(args)) => runtime.block_on(e2e::run(args)),
         Some(Cmd::Push(args)) => runtime.block_on(push::run(args)),
         Some(Cmd::Heap(args)) => runtime.block_on(heap::run(args)),
+        Some(Cmd::Typing(args)) => runtime.block_on(typing::run(args)),
         None => match Cli::parse_from(["gateway-bench", "run"]).command {
             Some(Cmd::Run(args)) => runtime.block_on(run::run(args)),
             _ => 2,
