@@ -162,6 +162,9 @@ async fn pass(args: &TypingArgs, stack: &Stack, pop: &Population, tokens: &[(usi
     live["internal_latency_ms"] = internal_latency(&live_before, &live_after);
     let received: u64 = sessions.iter().map(|s| s.typing.load(Ordering::Relaxed)).sum();
     let errors: u64 = sessions.iter().map(|s| s.errors.load(Ordering::Relaxed)).sum();
+    // Context: the CPU over every frame written to a session (live deliveries and typing).
+    let frames = delivered + received;
+    live["gateway_cpu_us_per_frame_written"] = json!(if frames > 0 { cpu * 1e6 / frames as f64 } else { 0.0 });
     live["typing"] = json!({
         "typing_sessions": typists.len(), "every_secs": args.typing_every_secs, "frames_sent": sent,
         "frames_sent_per_sec": sent as f64 / args.secs, "received_by_other_sessions": received,
