@@ -88,12 +88,17 @@ fn typists(pop: &Population, sessions: &[Arc<Session>], share: f64) -> Vec<Typis
         }
         let s = live[i];
         let Some(threads) = threads_of.get(&s.user) else { continue };
-        let pick = (0..threads.len()).map(|j| threads[(i / 10 + j) % threads.len()]).find(|k| !taken.contains(&(s.user, *k)));
+        let pick =
+            (0..threads.len()).map(|j| threads[(i / 10 + j) % threads.len()]).find(|k| !taken.contains(&(s.user, *k)));
         let Some(k) = pick else { continue };
         taken.insert((s.user, k));
         let (tid, members, _) = &pop.threads[k];
         let receivers = members.iter().filter(|m| **m != s.user).map(|m| per_user.get(m).copied().unwrap_or(0)).sum();
-        chosen.push(Typist { session: s.clone(), frame: json!({"type": "typing", "thread_id": tid}).to_string(), receivers });
+        chosen.push(Typist {
+            session: s.clone(),
+            frame: json!({"type": "typing", "thread_id": tid}).to_string(),
+            receivers,
+        });
     }
     chosen
 }
@@ -125,7 +130,13 @@ async fn type_along(typists: &[Typist], every: Duration, until: Instant) -> (u64
 
 /// One pass: a gateway process, every session, the INSERTs (with typing when `typing`), the
 /// settle window; the live path's figures, the gateway's CPU, and the typing counts.
-async fn pass(args: &TypingArgs, stack: &Stack, pop: &Population, tokens: &[(usize, String)], typing: bool) -> Option<Value> {
+async fn pass(
+    args: &TypingArgs,
+    stack: &Stack,
+    pop: &Population,
+    tokens: &[(usize, String)],
+    typing: bool,
+) -> Option<Value> {
     let port = free_port();
     let mut child = spawn_gateway_with(&args.gateway_bin, stack, Backend::Supabase, port, &[]).ok()?;
     if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
@@ -208,7 +219,9 @@ pub async fn run(args: TypingArgs) -> i32 {
     }
     let _ = std::fs::write(&args.report, text);
     let bad = |r: &Value| {
-        r["lost"].as_u64().unwrap_or(0) + r["duplicated"].as_u64().unwrap_or(0) + r["typing"]["error_frames"].as_u64().unwrap_or(0)
+        r["lost"].as_u64().unwrap_or(0)
+            + r["duplicated"].as_u64().unwrap_or(0)
+            + r["typing"]["error_frames"].as_u64().unwrap_or(0)
     };
     if bad(&off) + bad(&on) > 0 {
         eprintln!("LOST OR DUPLICATED LIVE DELIVERIES, OR ERROR FRAMES");
