@@ -115,16 +115,7 @@ async fn register(world: &World, who: &Person, platform: &str, token: &str) -> U
 
 /// The delivery of `message` to `user` on `channel`: its id and state.
 async fn delivery(world: &World, message: Uuid, user: Uuid, channel: &str) -> (Uuid, String, i32) {
-    let db = world.stack.sql().await;
-    let row = db
-        .query_one(
-            "select id, state, attempts from public.chat_push_deliveries
-              where message_id = $1 and user_id = $2 and channel = $3",
-            &[&message, &user, &channel],
-        )
-        .await
-        .expect("one delivery");
-    (row.get(0), row.get(1), row.get(2))
+    crate::push::finished_delivery(world, message, user, channel).await
 }
 
 async fn one_push_per_phone_per_message(backend: Backend) {

@@ -201,6 +201,13 @@ impl Typing {
     }
 
     /// `user`'s last session on this instance ended: their limiter state goes.
+    /// Whether the directory's members of the thread, kept current by the change feed as on the
+    /// delivery path, include the user. A known member's typing needs no RLS check; anyone else
+    /// (a thread not cached, a user removed) is checked with RLS as `subscribe_thread` is.
+    pub fn known_member(&self, thread_id: &Uuid, user_id: &Uuid) -> bool {
+        self.directory.members(thread_id).is_some_and(|users| users.contains(user_id))
+    }
+
     pub fn release(&self, user: &Uuid) {
         self.limiter.release(user);
     }
