@@ -28,9 +28,9 @@ pub struct Entry {
 }
 
 /// What one entry costs besides its frame's text: the entry itself, the frame's shared-bytes
-/// header, the `VecDeque` slot and the allocator's rounding (about 150 bytes with the entry's
-/// thread id and the frame's `created_at`), rounded up.
-pub const ENTRY_OVERHEAD: usize = 160;
+/// header, the `VecDeque` slot and the allocator's rounding (about 170 bytes with the entry's
+/// thread id, the frame's `created_at` and its receipt stamp for the latency histogram), rounded up.
+pub const ENTRY_OVERHEAD: usize = 176;
 
 /// The ring's bounds: whichever is hit first evicts the oldest entries (declared with the resume
 /// settings: `RESUME_BUFFER_MESSAGES`, and `RESUME_BUFFER_BYTES` counting the frames' text plus
