@@ -351,7 +351,7 @@ impl Router {
                 self.apply_membership(thread_id, user_id, present)
             }
             UpstreamEvent::ReadState { thread_id, user_id, last_read_at, .. } => {
-                self.receipts.on_read(thread_id, user_id);
+                self.receipts.on_read(thread_id, user_id, &last_read_at);
                 self.read_states.push(thread_id, user_id, last_read_at)
             }
             UpstreamEvent::RealtimeSwitch { user_id, enabled, .. } => self.on_switch(user_id, enabled),

@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +33,22 @@ use crate::protocol::ServerMessage;
 use crate::store::{ReadReceipt, Store};
 
 /// Per thread with a worker running: the newest reader not yet sent, if any.
-type Pending = HashMap<Uuid, Option<Uuid>>;
+type Pending = HashMap<Uuid, Option<Read>>;
+
+/// One reader's change: who, and the `last_read_at` the change carried (if it parsed), which the
+/// database's answer must have reached before a receipt goes out.
+#[derive(Clone, Copy)]
+struct Read {
+    reader: Uuid,
+    at_least: Option<DateTime<Utc>>,
+}
+
+/// A streamed change can reach the gateway before its commit is visible to other connections
+/// (the walsender decodes the flushed commit record before the committing backend leaves the
+/// proc array): while the answer's `last_read_at` is older than the change's, it is read again,
+/// this many times, this far apart, and the receipt is sent with what is read then.
+const STALE_READS: u32 = 5;
+const STALE_PAUSE: Duration = Duration::from_millis(20);
 
 /// The bounds of the hand-off.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +102,15 @@ impl Receipts {
 
     /// `reader`'s read state of `thread_id` moved: a receipt to the thread's other participants
     /// on this instance, now or after the thread's window. Never waits.
-    pub fn on_read(&self, thread_id: Uuid, reader: Uuid) {
+    pub fn on_read(&self, thread_id: Uuid, reader: Uuid, last_read_at: &str) {
+        let read = Read { reader, at_least: crate::model::parse_time(last_read_at) };
         if !self.anyone_to_tell(&thread_id, &reader) {
             return;
         }
         {
             let mut pending = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(next) = pending.get_mut(&thread_id) {
-                *next = Some(reader);
+                *next = Some(read);
                 self.shared.metrics.receipts.coalesced();
                 return;
             }
@@ -108,7 +125,7 @@ impl Receipts {
         let stop = self.stop.clone();
         self.tasks.spawn(async move {
             tokio::select! {
-                _ = worker.run(reader) => {}
+                _ = worker.run(read) => {}
                 _ = stop.cancelled() => {}
             }
         });
@@ -144,14 +161,14 @@ struct Worker {
 }
 
 impl Worker {
-    async fn run(self, first: Uuid) {
+    async fn run(self, first: Read) {
         let mut gone = Cleanup { shared: self.shared.clone(), thread_id: self.thread_id, armed: true };
-        let mut reader = first;
+        let mut read = first;
         loop {
-            self.send(reader).await;
+            self.send(read).await;
             tokio::time::sleep(self.shared.window).await;
             match self.next() {
-                Some(next) => reader = next,
+                Some(next) => read = next,
                 None => break,
             }
         }
@@ -160,10 +177,10 @@ impl Worker {
     }
 
     /// The newest reader that waited, or None (and the thread's entry removed) when none did.
-    fn next(&self) -> Option<Uuid> {
+    fn next(&self) -> Option<Read> {
         let mut pending = self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner);
         match pending.get_mut(&self.thread_id).and_then(Option::take) {
-            Some(reader) => Some(reader),
+            Some(read) => Some(read),
             None => {
                 pending.remove(&self.thread_id);
                 None
@@ -171,12 +188,20 @@ impl Worker {
         }
     }
 
-    async fn send(&self, reader: Uuid) {
-        let receipt = {
-            let Ok(_turn) = self.shared.reads.acquire().await else { return };
+    async fn send(&self, read: Read) {
+        let Ok(_turn) = self.shared.reads.acquire().await else { return };
+        let mut tries = 0;
+        let receipt = loop {
             self.shared.metrics.receipts.read();
-            match self.shared.store.read_receipt(self.thread_id, reader).await {
-                Ok(Some(receipt)) => receipt,
+            match self.shared.store.read_receipt(self.thread_id, read.reader).await {
+                Ok(Some(receipt)) => {
+                    let stale = read.at_least.is_some_and(|t| receipt.last_read_at < t);
+                    if !stale || tries == STALE_READS {
+                        break receipt;
+                    }
+                    tries += 1;
+                    tokio::time::sleep(STALE_PAUSE).await;
+                }
                 // The reader left the thread meanwhile: nothing to tell.
                 Ok(None) => return,
                 Err(e) => {
