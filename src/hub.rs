@@ -321,26 +321,32 @@ impl Hub {
     }
 }
 
+/// A hub for unit tests (here and in the modules that fan out through it): 1,000 sessions, 3 per
+/// user, `queue_capacity` frames per session.
+#[cfg(test)]
+pub(crate) fn test_hub(queue_capacity: usize) -> Arc<Hub> {
+    let limits = Limits {
+        max_connections: 1000,
+        max_connections_per_user: 3,
+        max_message_bytes: 4096,
+        read_buffer_bytes: 512,
+        rate_per_sec: 10,
+        queue_capacity,
+        queue_bytes: 1 << 20,
+        max_thread_subscriptions: 8,
+        ping_interval: std::time::Duration::from_secs(30),
+    };
+    Hub::new(limits, Arc::new(Metrics::default()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::close;
     use proptest::prelude::*;
-    use std::time::Duration;
 
     fn hub() -> Arc<Hub> {
-        let limits = Limits {
-            max_connections: 1000,
-            max_connections_per_user: 3,
-            max_message_bytes: 4096,
-            read_buffer_bytes: 512,
-            rate_per_sec: 10,
-            queue_capacity: 4,
-            queue_bytes: 1 << 20,
-            max_thread_subscriptions: 8,
-            ping_interval: Duration::from_secs(30),
-        };
-        Hub::new(limits, Arc::new(Metrics::default()))
+        test_hub(4)
     }
 
     #[test]

@@ -219,6 +219,17 @@ pub fn outcome_of_status(status: u16, retry_after: Option<Duration>, gone_on_404
     }
 }
 
+/// What a plain HTTP send's result means for a delivery (webhook, Web Push): the answer's status
+/// as `outcome_of_status` reads it; a timeout or an unreachable endpoint is retried, its error
+/// written without the URL.
+pub fn outcome_of_send(sent: Result<reqwest::Response, reqwest::Error>, gone_on_404_410: bool) -> Outcome {
+    match sent {
+        Ok(response) => outcome_of_status(response.status().as_u16(), webhook::retry_after(&response), gone_on_404_410),
+        Err(e) if e.is_timeout() => Outcome::Retry { after: None, reason: "timeout".into() },
+        Err(e) => Outcome::Retry { after: None, reason: format!("unreachable: {}", webhook::without_url(&e)) },
+    }
+}
+
 /// The wait before attempt `attempts + 1`: 2 s doubling up to 60 s, with up to 25 % jitter; a
 /// provider's `Retry-After` wins when longer (at most 10 minutes).
 pub fn backoff(attempts: u32, retry_after: Option<Duration>) -> Duration {

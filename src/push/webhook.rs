@@ -113,11 +113,7 @@ impl Webhook {
             .body(body)
             .send()
             .await;
-        match sent {
-            Ok(response) => super::outcome_of_status(response.status().as_u16(), retry_after(&response), false),
-            Err(e) if e.is_timeout() => Outcome::Retry { after: None, reason: "timeout".into() },
-            Err(e) => Outcome::Retry { after: None, reason: format!("unreachable: {}", without_url(&e)) },
-        }
+        super::outcome_of_send(sent, false)
     }
 }
 

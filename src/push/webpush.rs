@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::webhook::{preview, retry_after, without_url};
+use super::webhook::preview;
 use super::Outcome;
 use crate::config::Vapid;
 use crate::store::PushDelivery;
@@ -218,12 +218,8 @@ impl WebPush {
             .body(body)
             .send()
             .await;
-        match sent {
-            // 404/410: gone; 413: too large (dropped); 429 and 5xx: retried.
-            Ok(response) => super::outcome_of_status(response.status().as_u16(), retry_after(&response), true),
-            Err(e) if e.is_timeout() => Outcome::Retry { after: None, reason: "timeout".into() },
-            Err(e) => Outcome::Retry { after: None, reason: format!("unreachable: {}", without_url(&e)) },
-        }
+        // 404/410: gone; 413: too large (dropped); 429 and 5xx: retried.
+        super::outcome_of_send(sent, true)
     }
 }
 

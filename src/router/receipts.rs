@@ -270,22 +270,10 @@ impl Drop for Cleanup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
     use crate::store::types::ReceiptViewer;
 
     fn hub() -> Arc<Hub> {
-        let limits = Limits {
-            max_connections: 100,
-            max_connections_per_user: 3,
-            max_message_bytes: 4096,
-            read_buffer_bytes: 512,
-            rate_per_sec: 10,
-            queue_capacity: 8,
-            queue_bytes: 1 << 20,
-            max_thread_subscriptions: 8,
-            ping_interval: Duration::from_secs(30),
-        };
-        Hub::new(limits, Arc::new(Metrics::default()))
+        crate::hub::test_hub(8)
     }
 
     fn receipt(reader: Uuid, viewers: &[(Uuid, bool)]) -> ReadReceipt {

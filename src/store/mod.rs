@@ -195,16 +195,6 @@ impl Store {
     ) -> Result<Vec<PushDelivery>, StoreError> {
         dispatch!(self.push_claim(channels, limit, lease_secs, gap_secs))
     }
-    /// `chat_push_finish(...)` (service rights): ends or reschedules a leased delivery.
-    pub async fn push_finish(
-        &self,
-        id: Uuid,
-        outcome: &str,
-        error: Option<&str>,
-        retry_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self.push_finish(id, outcome, error, retry_at))
-    }
     /// `chat_push_finish_batch(p_outcomes)` (service rights): a leased batch ended or rescheduled
     /// in one call; answers how many were found.
     pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {

@@ -324,17 +324,6 @@ impl PgStore {
         self.json("rpc/chat_push_claim", As::Service, sql, &[&channels, &limit, &lease_secs, &gap_secs]).await
     }
 
-    pub async fn push_finish(
-        &self,
-        id: Uuid,
-        outcome: &str,
-        error: Option<&str>,
-        retry_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError> {
-        let sql = "select to_json(public.chat_push_finish($1, $2, $3, $4))::text";
-        self.json("rpc/chat_push_finish", As::Service, sql, &[&id, &outcome, &error, &retry_at]).await
-    }
-
     pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {
         let outcomes = serde_json::to_value(outcomes).map_err(|e| StoreError::Decode(e.to_string()))?;
         let sql = "select to_json(public.chat_push_finish_batch($1))::text";

@@ -308,17 +308,6 @@ impl Postgrest {
         self.rpc(As::Service, "chat_push_claim", args).await
     }
 
-    pub async fn push_finish(
-        &self,
-        id: Uuid,
-        outcome: &str,
-        error: Option<&str>,
-        retry_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError> {
-        let args = json!({"p_id": id, "p_outcome": outcome, "p_error": error, "p_retry_at": retry_at.map(format_time)});
-        self.rpc(As::Service, "chat_push_finish", args).await
-    }
-
     pub async fn push_finish_batch(&self, outcomes: &[PushFinish]) -> Result<i64, StoreError> {
         self.rpc(As::Service, "chat_push_finish_batch", json!({"p_outcomes": outcomes})).await
     }

@@ -123,7 +123,7 @@ const CALLS: [&str; 30] = [
     "rpc/chat_push_decide",
     "rpc/chat_push_stats",
     "rpc/chat_push_claim",
-    "rpc/chat_push_finish",
+    "rpc/chat_push_finish_batch",
     "rpc/chat_push_prune",
     "rpc/chat_push_presence_report",
     "rpc/chat_push_presence_clear",
