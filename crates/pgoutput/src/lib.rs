@@ -95,6 +95,8 @@ pub struct Transaction {
     /// The end of the commit record: confirming this position skips this transaction next time.
     pub end_lsn: u64,
     pub committed: DateTime<Utc>,
+    /// The transaction's id (32 bits, as pgoutput's Begin carries it).
+    pub xid: u32,
     /// In the transaction's order.
     pub changes: Vec<RowChange>,
 }
@@ -181,6 +183,7 @@ struct Pending {
 pub struct Decoder {
     relations: HashMap<u32, Arc<Relation>>,
     pending: Vec<Pending>,
+    xid: u32,
 }
 
 impl Decoder {
@@ -193,7 +196,7 @@ impl Decoder {
             b'B' => {
                 let _final_lsn = r.i64()?;
                 let _commit_ts = r.i64()?;
-                let _xid = r.i32()?;
+                self.xid = r.i32()? as u32;
                 self.pending.clear();
             }
             b'C' => {
@@ -203,7 +206,7 @@ impl Decoder {
                 let committed = commit_time(r.i64()?);
                 let pending = std::mem::take(&mut self.pending);
                 let changes = pending.into_iter().map(|p| self.change(p)).collect::<Result<_, _>>()?;
-                return Ok(Some(Transaction { commit_lsn, end_lsn, committed, changes }));
+                return Ok(Some(Transaction { commit_lsn, end_lsn, committed, xid: self.xid, changes }));
             }
             b'R' => {
                 let relid = r.i32()? as u32;

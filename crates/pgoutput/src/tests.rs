@@ -85,6 +85,7 @@ fn decodes_a_transaction() {
     let tx =
         d.feed(&commit(0x1_0000_0000, 0x1_0000_0010, 1_000_000), &types()).expect("commit").expect("a transaction");
     assert_eq!((tx.commit_lsn, tx.end_lsn), (0x1_0000_0000, 0x1_0000_0010));
+    assert_eq!(tx.xid, 7, "the Begin's transaction id");
     assert_eq!(tx.committed.timestamp(), 946_684_801);
     assert_eq!(millis(&tx), "2000-01-01T00:00:01.000Z");
     let changes = &tx.changes;
@@ -136,7 +137,7 @@ fn refuses_truncated_and_unknown_input() {
     commit.extend_from_slice(&[0u8; 24]);
     assert_eq!(
         d.feed(&commit, &types()),
-        Ok(Some(Transaction { commit_lsn: 0, end_lsn: 0, committed: commit_time(0), changes: Vec::new() }))
+        Ok(Some(Transaction { commit_lsn: 0, end_lsn: 0, committed: commit_time(0), xid: 0, changes: Vec::new() }))
     );
 }
 

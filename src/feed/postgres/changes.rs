@@ -60,7 +60,7 @@ mod tests {
 
     fn transaction(changes: Vec<RowChange>) -> Transaction {
         let committed = Utc.timestamp_micros(946_684_801_000_000).single().expect("a time");
-        Transaction { commit_lsn: 0, end_lsn: 0x1_0000_0010, committed, changes }
+        Transaction { commit_lsn: 0, end_lsn: 0x1_0000_0010, committed, xid: 7, changes }
     }
 
     const T: &str = "b0000000-0000-4000-8000-000000000001";

@@ -192,9 +192,10 @@ async fn feed_message(
     state: &mut State,
     data: &[u8],
     types: &HashMap<u32, String>,
+    client: &tokio_postgres::Client,
 ) -> Result<(), RouterGone> {
     match state.decoder.feed(data, types) {
-        Ok(Some(transaction)) => deliver(events, state, &transaction).await,
+        Ok(Some(transaction)) => deliver(events, state, &transaction, client).await,
         Ok(None) => Ok(()),
         Err(e) => {
             tracing::error!(error = %e, "undecodable pgoutput message; filling the gap from the database");
@@ -208,14 +209,51 @@ async fn deliver(
     events: &mpsc::Sender<UpstreamEvent>,
     state: &mut State,
     transaction: &Transaction,
+    client: &tokio_postgres::Client,
 ) -> Result<(), RouterGone> {
     if transaction.end_lsn <= state.sent_upto {
         return Ok(()); // sent before; the router has not confirmed it yet
+    }
+    if transaction.changes.iter().any(|c| c.relation.table != "messages") {
+        wait_visible(client, transaction.xid).await;
     }
     for event in changes::events(transaction) {
         events.send(event).await.map_err(|_| RouterGone)?;
     }
     checkpoint(events, state, transaction.end_lsn).await
+}
+
+/// Whether a transaction (by its 32-bit id) is visible to a snapshot taken now: its full id is
+/// the one with those low bits at or below the snapshot's `xmax`.
+const VISIBLE_SQL: &str = "select pg_visible_in_snapshot( \
+     (m - ((((m & 4294967295) - $1) % 4294967296) + 4294967296) % 4294967296)::text::xid8, s) \
+     from (select s, pg_snapshot_xmax(s)::text::bigint as m from pg_current_snapshot() s) q";
+/// How long a transaction's events wait at most for it to become visible.
+const VISIBLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Holds a transaction's events until other connections can see it. Logical decoding sends a
+/// commit once its record is flushed, a moment before the committing backend leaves the
+/// process array; a reader that queries the database on an event (a membership refresh, a read
+/// receipt's counts, a realtime switch) could otherwise read the state before it. A message
+/// carries its whole row and is not held; a transaction touching anything else is checked,
+/// which costs one query for each such (rare) transaction. Gives up after [`VISIBLE_WAIT`], or
+/// on an error, with a warning: the events then go as they are.
+async fn wait_visible(client: &tokio_postgres::Client, xid: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        match client.query_one(VISIBLE_SQL, &[&i64::from(xid)]).await.and_then(|row| row.try_get::<_, bool>(0)) {
+            Ok(true) => return,
+            Ok(false) if started.elapsed() < VISIBLE_WAIT => tokio::time::sleep(Duration::from_millis(1)).await,
+            Ok(false) => {
+                tracing::warn!(xid, "a decoded transaction is still not visible after 1 s; sending its changes");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(xid, error = %e, "could not check a decoded transaction's visibility; sending its changes");
+                return;
+            }
+        }
+    }
 }
 
 /// Everything before `position` was sent: tell the router, once.

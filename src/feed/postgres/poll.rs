@@ -111,7 +111,7 @@ async fn poll(
     let full = rows.len() >= config.batch.max(1) as usize;
     for row in &rows {
         let data: &[u8] = row.try_get(0).map_err(|e| lost("reading a change", e))?;
-        if feed_message(events, state, data, types).await.is_err() {
+        if feed_message(events, state, data, types, client).await.is_err() {
             return Ok(Polled::RouterGone);
         }
     }

@@ -164,13 +164,13 @@ async fn pump(
             ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
                 in_transaction = true;
                 let begin = encode_begin(final_lsn.as_u64(), commit_time_micros, xid);
-                feed_message(events, state, &begin, types).await
+                feed_message(events, state, &begin, types, client).await
             }
-            ReplicationEvent::XLogData { data, .. } => feed_message(events, state, &data, types).await,
+            ReplicationEvent::XLogData { data, .. } => feed_message(events, state, &data, types, client).await,
             ReplicationEvent::Commit { lsn, end_lsn, commit_time_micros } => {
                 in_transaction = false;
                 let commit = encode_commit(lsn.as_u64(), end_lsn.as_u64(), commit_time_micros);
-                feed_message(events, state, &commit, types).await
+                feed_message(events, state, &commit, types, client).await
             }
             ReplicationEvent::KeepAlive { wal_end, .. } if !in_transaction => {
                 checkpoint(events, state, wal_end.as_u64()).await

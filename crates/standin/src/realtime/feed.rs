@@ -131,7 +131,7 @@ mod tests {
         let record = record.as_object().cloned();
         let change = RowChange { relation, kind, record, old_record: None };
         let committed = Utc.timestamp_micros(946_684_801_000_000).single().expect("a time");
-        Transaction { commit_lsn: 0, end_lsn: 0, committed, changes: vec![change] }
+        Transaction { commit_lsn: 0, end_lsn: 0, committed, xid: 7, changes: vec![change] }
     }
 
     #[test]
