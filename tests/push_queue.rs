@@ -281,3 +281,57 @@ async fn a_participant_removed_after_the_decision_is_not_sent_the_push() {
     assert_eq!(row.get::<_, String>(0), "dropped");
     assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("no longer a participant of the thread"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_report_moves_one_heartbeat_and_rewrites_no_users_row() {
+    let world = quiet_world().await;
+    let db = service(&world).await;
+    let (instance, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let report = "select public.chat_push_presence_report($1, $2, $3, 30)";
+    let online = vec![DAVID.id, EVA.id, CARLA.id];
+    let none: Vec<Uuid> = Vec::new();
+    let rows: i32 = db.query_one(report, &[&instance, &online, &none]).await.expect("first report").get(0);
+    assert_eq!(rows, 3);
+    let versions = "select user_id, xmin::text from public.chat_push_online where instance_id = $1 order by user_id";
+    let before: Vec<(Uuid, String)> =
+        db.query(versions, &[&instance]).await.expect("rows").iter().map(|r| (r.get(0), r.get(1))).collect();
+    let beat = "select expires_at from public.chat_push_instances where instance_id = $1";
+    let first: chrono::DateTime<chrono::Utc> = db.query_one(beat, &[&instance]).await.expect("heartbeat").get(0);
+
+    // The next reports carry only who came or went: the users' rows stay as written.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let rows: i32 = db.query_one(report, &[&instance, &none, &none]).await.expect("a quiet report").get(0);
+    assert_eq!(rows, 3);
+    let after: Vec<(Uuid, String)> =
+        db.query(versions, &[&instance]).await.expect("rows").iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(before, after, "no user's row was rewritten");
+    let second: chrono::DateTime<chrono::Utc> = db.query_one(beat, &[&instance]).await.expect("heartbeat").get(0);
+    assert!(second > first, "the heartbeat moved: {first} -> {second}");
+    let rows: i32 = db.query_one(report, &[&instance, &none, &vec![EVA.id]]).await.expect("Eva left").get(0);
+    assert_eq!(rows, 2);
+    let present = "select count(*) from public.chat_push_presence where user_id = $1 and expires_at > now()";
+    let david: i64 = db.query_one(present, &[&DAVID.id]).await.expect("presence").get(0);
+    let eva: i64 = db.query_one(present, &[&EVA.id]).await.expect("presence").get(0);
+    assert_eq!((david, eva), (1, 0), "the readers' view: David online, Eva not");
+
+    // Silent for over a minute: the next report of any instance removes its users, and its own
+    // next report answers a count that tells it to report everyone again.
+    db.execute(
+        "update public.chat_push_instances set expires_at = now() - interval '2 minutes' where instance_id = $1",
+        &[&instance],
+    )
+    .await
+    .expect("silence");
+    let david: i64 = db.query_one(present, &[&DAVID.id]).await.expect("presence").get(0);
+    assert_eq!(david, 0, "an expired heartbeat: offline at once for the readers");
+    db.query_one(report, &[&other, &vec![ALICE.id], &none]).await.expect("another instance reports");
+    let rows: i32 = db.query_one(report, &[&instance, &none, &none]).await.expect("back").get(0);
+    assert_eq!(rows, 0, "its users were removed: the gateway sees 0 where it holds 2 and reports all again");
+    let rows: i32 = db.query_one(report, &[&instance, &vec![DAVID.id, CARLA.id], &none]).await.expect("again").get(0);
+    assert_eq!(rows, 2);
+    let cleared: i32 =
+        db.query_one("select public.chat_push_presence_clear($1)", &[&instance]).await.expect("clear").get(0);
+    assert_eq!(cleared, 2);
+    let david: i64 = db.query_one(present, &[&DAVID.id]).await.expect("presence").get(0);
+    assert_eq!(david, 0, "a clean stop takes its users offline");
+}

@@ -2,8 +2,11 @@
 //! `chat_push_presence` so that any instance deciding a push knows who is online anywhere.
 //!
 //! Owns the report loop: about once a second, the users who came or went since the last report
-//! (one call, whatever the number of connections), which also keeps this instance's rows alive;
-//! rows expire after [`TTL`] without a report, so a dead instance's users count as offline soon.
+//! (one call, whatever the number of connections), which also moves this instance's heartbeat
+//! (one row, never a row per user); users count as online while their instance's heartbeat is
+//! younger than [`TTL`], so a dead instance's users count as offline soon. When the database
+//! holds a different number of this instance's users than it has (its rows were removed after a
+//! long silence), every user is reported again.
 //! At a clean stop the instance's rows are cleared. It must never be called per connection, and a
 //! failed report is retried in full (nothing is assumed written).
 
@@ -40,9 +43,15 @@ pub fn spawn(store: Store, hub: Arc<Hub>, instance: Uuid, tasks: &TaskTracker, s
             let online: Vec<Uuid> = now.difference(&reported).copied().collect();
             let offline: Vec<Uuid> = reported.difference(&now).copied().collect();
             match store.push_presence_report(instance, &online, &offline, ttl).await {
-                Ok(_) => {
+                Ok(rows) if usize::try_from(rows).ok() == Some(now.len()) => {
                     reported = now;
                     failures.ok("presence reports");
+                }
+                Ok(rows) => {
+                    // Our rows were removed (this instance was silent for a minute) or changed
+                    // under us: all of this instance's users again at the next report.
+                    tracing::warn!(rows, online = now.len(), "presence in the database differs from this instance's sessions; reporting every user again");
+                    reported.clear();
                 }
                 Err(e) => {
                     if failures.failed() {
