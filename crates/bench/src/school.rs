@@ -86,7 +86,41 @@ pub async fn school_stack(classes: usize) -> Option<(Stack, Population)> {
     };
     let pop = population(classes);
     load_population(&stack, &pop).await;
+    settle_slots(&stack).await;
     Some((stack, pop))
+}
+
+/// Waits (at most 30 s) until the replication slots' restart points are past the population's
+/// rows. Until a running-transactions record after them is decoded and confirmed, every read of
+/// the Realtime stand-in's slot decodes those megabytes of WAL again from the slot's restart
+/// point (measured: a quarter to two thirds of a core of PostgreSQL during the first steps); a
+/// checkpoint writes such a record at once instead of within bgwriter's 15 s.
+async fn settle_slots(stack: &Stack) {
+    let db = stack.sql().await;
+    if let Err(e) = db.batch_execute("checkpoint").await {
+        eprintln!("checkpoint after loading the population: {e}");
+        return;
+    }
+    let behind = "select coalesce(max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)), 0)::bigint \
+                  from pg_replication_slots";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let bytes: i64 = match db.query_one(behind, &[]).await {
+            Ok(row) => row.get(0),
+            Err(e) => {
+                eprintln!("reading the slots' restart points: {e}");
+                return;
+            }
+        };
+        if bytes < 1 << 20 {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!("the replication slots still restart {bytes} bytes of WAL back; the first steps pay for it");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A four-hour token per session, HS256 and ES256 alternately.
