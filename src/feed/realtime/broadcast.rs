@@ -80,11 +80,17 @@ pub struct TypingChannel {
     pub joined: bool,
     /// When to join again (after a refusal or a loss).
     pub rejoin_at: Option<Instant>,
+    /// Refusals in a row (logged at the first and then every [`REFUSALS_LOGGED_EVERY`]th).
+    pub refusals: u32,
 }
+
+/// A refused typing channel is tried every [`REJOIN_AFTER`]; a refusal that does not change (a
+/// key Realtime reads as anonymous) is logged again every 60 attempts, 5 minutes, not every 5 s.
+pub const REFUSALS_LOGGED_EVERY: u32 = 60;
 
 impl TypingChannel {
     pub fn new(topic: String) -> TypingChannel {
-        TypingChannel { topic, join_ref: None, joined: false, rejoin_at: None }
+        TypingChannel { topic, join_ref: None, joined: false, rejoin_at: None, refusals: 0 }
     }
 
     /// Reads a frame of the typing topic.

@@ -219,9 +219,18 @@ impl Typing<'_> {
     fn on_frame(&mut self, frame: &Frame) {
         match self.channel.on_frame(frame) {
             Seen::Signal(signal) => self.link.received(signal),
-            Seen::Joined => tracing::info!(topic = %self.channel.topic, "joined the typing channel"),
+            Seen::Joined => {
+                let refusals = std::mem::take(&mut self.channel.refusals);
+                tracing::info!(topic = %self.channel.topic, refusals, "joined the typing channel");
+            }
             Seen::Refused(reason) => {
-                tracing::warn!(topic = %self.channel.topic, %reason, "Realtime refused the typing channel; typing stays on this instance until it is joined again")
+                self.channel.refusals = self.channel.refusals.saturating_add(1);
+                let refusals = self.channel.refusals;
+                if refusals == 1 || refusals % broadcast::REFUSALS_LOGGED_EVERY == 0 {
+                    tracing::warn!(topic = %self.channel.topic, %reason, refusals, "Realtime refused the typing channel; typing stays on this instance until it is joined again (tried every 5 s, logged every 5 min)")
+                } else {
+                    tracing::debug!(topic = %self.channel.topic, %reason, refusals, "Realtime refused the typing channel again")
+                }
             }
             Seen::Lost(why) => {
                 tracing::warn!(topic = %self.channel.topic, why, "typing channel lost; joining it again")
