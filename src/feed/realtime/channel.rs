@@ -226,7 +226,7 @@ impl Typing<'_> {
             Seen::Refused(reason) => {
                 self.channel.refusals = self.channel.refusals.saturating_add(1);
                 let refusals = self.channel.refusals;
-                if refusals == 1 || refusals % broadcast::REFUSALS_LOGGED_EVERY == 0 {
+                if refusals == 1 || refusals.is_multiple_of(broadcast::REFUSALS_LOGGED_EVERY) {
                     tracing::warn!(topic = %self.channel.topic, %reason, refusals, "Realtime refused the typing channel; typing stays on this instance until it is joined again (tried every 5 s, logged every 5 min)")
                 } else {
                     tracing::debug!(topic = %self.channel.topic, %reason, refusals, "Realtime refused the typing channel again")
