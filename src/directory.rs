@@ -83,8 +83,6 @@ struct Caches {
     members_landed: Notify,
     profiles: DashMap<Uuid, (Sender, Instant)>,
     profiles_in_flight: DashMap<Uuid, ()>,
-    /// Wakes those waiting for profiles (typing frames of a sender not cached yet).
-    profiles_landed: Notify,
     max_threads: usize,
 }
 
@@ -96,7 +94,6 @@ impl Caches {
             members_landed: Notify::new(),
             profiles: DashMap::new(),
             profiles_in_flight: DashMap::new(),
-            profiles_landed: Notify::new(),
             max_threads,
         }
     }
@@ -192,7 +189,6 @@ impl Caches {
             .unwrap_or_else(Sender::unknown);
         self.profiles.insert(user, (sender, Instant::now()));
         self.profiles_in_flight.remove(&user);
-        self.profiles_landed.notify_waiters();
     }
 
     fn evict_if_full(&self) {
@@ -293,23 +289,6 @@ impl Directory {
             self.request(Key::Profile(*user_id));
         }
         Some(sender)
-    }
-
-    /// A user's name and role, loaded if not cached (single flight, shared with the router) and
-    /// waited for up to `within`; None when it was not read in time.
-    pub async fn current_profile(&self, user_id: Uuid, within: Duration) -> Option<Sender> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            // Armed before looking, so a load landing in between still wakes this wait.
-            let landed = self.caches.profiles_landed.notified();
-            tokio::pin!(landed);
-            landed.as_mut().enable();
-            if let Some(sender) = self.profile(&user_id) {
-                return Some(sender);
-            }
-            self.request(Key::Profile(user_id));
-            tokio::time::timeout_at(deadline, landed).await.ok()?;
-        }
     }
 
     /// Applies a membership change from the upstream: to the cached thread, and to any load of it

@@ -8,10 +8,12 @@
 //! whose user is not a participant of the thread, and never hold a map guard across an await.
 //!
 //! Submodules: [`outbox`] (a session's bounded queue and the handle the hub holds: what the
-//! router and the hub push into and the session drains) and [`disconnects`] (the recent
-//! disconnects the admin page shows).
+//! router and the hub push into and the session drains), [`ephemeral`] (typing frames gathered
+//! per recipient session for one push each) and [`disconnects`] (the recent disconnects the admin
+//! page shows).
 
 mod disconnects;
+mod ephemeral;
 mod outbox;
 
 use std::collections::HashSet;
@@ -25,6 +27,7 @@ use crate::close::Close;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 pub use disconnects::Disconnects;
+pub use ephemeral::EphemeralBatch;
 pub use outbox::{Outgoing, SessionHandle};
 
 /// Why a session could not be registered.
@@ -280,29 +283,6 @@ impl Hub {
         }
     }
 
-    /// Offers an ephemeral frame (typing) of `thread_id` to the same recipients as a message,
-    /// except the sessions of `except`: a session whose queue is full skips it instead of being
-    /// closed (the frame is not worth a reconnect). Returns (queued, skipped).
-    pub fn offer_except(
-        &self,
-        frame: &Outgoing,
-        thread_id: Uuid,
-        participants: &HashSet<Uuid>,
-        except: &Uuid,
-    ) -> (usize, usize) {
-        let mut out = Vec::new();
-        self.recipients(thread_id, participants, &mut out);
-        let (mut queued, mut skipped) = (0, 0);
-        for session in out.iter().filter(|s| s.user_id != *except) {
-            if session.offer(frame) {
-                queued += 1;
-            } else {
-                skipped += 1;
-            }
-        }
-        (queued, skipped)
-    }
-
     /// Queues the same pre-serialized frame for every recipient; returns how many.
     pub fn fan_out(
         &self,
@@ -402,26 +382,6 @@ mod tests {
         hub.participant_left(thread, user);
         hub.recipients(thread, &participants, &mut out);
         assert!(out.is_empty(), "leaving revokes the explicit subscription");
-    }
-
-    #[test]
-    fn ephemeral_frames_skip_the_sender_and_full_queues_without_closing() {
-        let hub = hub();
-        let thread = Uuid::new_v4();
-        let (typer, other, outsider) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let typer_phone = hub.register(typer).expect("fits");
-        let other_phone = hub.register(other).expect("fits");
-        let outsider_phone = hub.register(outsider).expect("fits");
-        let participants: HashSet<Uuid> = [typer, other].into_iter().collect();
-        let frame = Outgoing::notice("typing");
-        assert_eq!(hub.offer_except(&frame, thread, &participants, &typer), (1, 0));
-        assert!(typer_phone.queue.try_pop().is_none(), "not to the typer's own sessions");
-        assert!(outsider_phone.queue.try_pop().is_none(), "never to a non-participant");
-        for _ in 0..5 {
-            hub.offer_except(&frame, thread, &participants, &typer);
-        }
-        assert_eq!(hub.offer_except(&frame, thread, &participants, &typer), (0, 1), "queue of 4 is full");
-        assert_eq!(other_phone.close_reason(), None, "skipped, not closed");
     }
 
     #[test]

@@ -18,6 +18,11 @@ use uuid::Uuid;
 use crate::close::{self, Close};
 use crate::metrics::Metrics;
 
+use super::ephemeral::Offered;
+
+/// How many of the last queued frames an ephemeral frame is compared with before it is queued.
+pub const COALESCE_SCAN: usize = 64;
+
 /// A pre-serialized text frame, shared by every recipient (reference-counted bytes), with the id
 /// and `created_at` of the chat message it carries, if any (used to skip what a resume replay
 /// already sent, or what the client's resume cursor already covers).
@@ -106,6 +111,37 @@ impl Queue {
         }
         self.ready.notify_one();
         Ok(())
+    }
+
+    /// Queues ephemeral frames without waiting, under one lock and with one wake-up: a frame
+    /// that does not fit is skipped, and a frame identical to one still queued (among the last
+    /// [`COALESCE_SCAN`]) is not queued again.
+    pub fn try_offer_all(&self, offered: &[Outgoing]) -> Offered {
+        let mut outcome = Offered::default();
+        {
+            let Ok(mut frames) = self.frames.lock() else {
+                outcome.skipped = offered.len();
+                return outcome;
+            };
+            for frame in offered {
+                let queued = frames.list.iter().rev().take(COALESCE_SCAN);
+                if queued.filter(|q| q.message.is_none()).any(|q| q.text == frame.text) {
+                    outcome.coalesced += 1;
+                } else if frames.list.len() >= self.capacity
+                    || (!frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes)
+                {
+                    outcome.skipped += 1;
+                } else {
+                    frames.bytes += frame.text.len();
+                    frames.list.push_back(frame.clone());
+                    outcome.queued += 1;
+                }
+            }
+        }
+        if outcome.queued > 0 {
+            self.ready.notify_one();
+        }
+        outcome
     }
 
     /// Takes the next frame if one is queued.
@@ -257,9 +293,13 @@ impl SessionHandle {
         self.read(|t| t.map(|t| t.subscribed.iter().copied().collect()).unwrap_or_default())
     }
 
-    /// Queues an ephemeral frame if there is room; false (and the session left open) if not.
-    pub fn offer(&self, frame: &Outgoing) -> bool {
-        self.close_reason.get().is_none() && self.queue.try_push(frame).is_ok()
+    /// Queues ephemeral frames where there is room (the session is left open either way; see
+    /// [`Queue::try_offer_all`]); a closing session takes none.
+    pub fn offer_all(&self, frames: &[Outgoing]) -> Offered {
+        if self.close_reason.get().is_some() {
+            return Offered { skipped: frames.len(), ..Offered::default() };
+        }
+        self.queue.try_offer_all(frames)
     }
 
     /// Queues a frame, or closes the session as too slow when its queue is full.

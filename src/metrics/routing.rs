@@ -35,6 +35,8 @@ pub(super) struct RoutingMetrics {
     read_state_pushes: Counter,
     membership_reapplied: Counter,
     delivery_latency: Histogram,
+    socket_writes: Counter,
+    frames_written: Counter,
 }
 
 impl RoutingMetrics {
@@ -91,6 +93,16 @@ impl RoutingMetrics {
                 r,
                 "membership_changes_reapplied",
                 "Membership changes that arrived while a member list was being read, applied again on top of it",
+            ),
+            socket_writes: counter(
+                r,
+                "socket_writes",
+                "Writes to client sockets by the live sessions: one flush of the frames a session found queued",
+            ),
+            frames_written: counter(
+                r,
+                "frames_written",
+                "Frames (messages, notices, typing) written to client sockets by those writes",
             ),
             delivery_latency: {
                 let h = Histogram::new(DELIVERY_LATENCY_BUCKETS);
@@ -156,5 +168,10 @@ impl Metrics {
     /// A live message's frame was written to a recipient's socket `latency` after its receipt.
     pub fn delivery_latency(&self, latency: Duration) {
         self.routing.delivery_latency.observe(latency.as_secs_f64());
+    }
+    /// A live session wrote `frames` queued frames to its socket in one flush.
+    pub fn socket_written(&self, frames: usize) {
+        self.routing.socket_writes.inc();
+        self.routing.frames_written.inc_by(frames as u64);
     }
 }

@@ -56,23 +56,32 @@ pub enum TypingDrop {
     InboundFull,
     /// A signal from another instance that is not a valid typing signal.
     Invalid,
+    /// Too many signals already waiting for the next delivery tick.
+    PendingFull,
+    /// The same user and thread twice in one tick (e.g. from two instances): delivered once.
+    Duplicate,
     /// Too many signals already waiting for a membership or profile lookup.
     LookupBusy,
     /// The thread's members or the typer's profile could not be read in time.
     LookupFailed,
     /// A recipient session's queue was full: the frame was skipped for that session.
     SessionQueueFull,
+    /// The same frame was still queued for that session: not queued twice.
+    Coalesced,
 }
 
 impl TypingDrop {
-    const ALL: [TypingDrop; 7] = [
+    const ALL: [TypingDrop; 10] = [
         TypingDrop::RelayFull,
         TypingDrop::Stale,
         TypingDrop::InboundFull,
         TypingDrop::Invalid,
+        TypingDrop::PendingFull,
+        TypingDrop::Duplicate,
         TypingDrop::LookupBusy,
         TypingDrop::LookupFailed,
         TypingDrop::SessionQueueFull,
+        TypingDrop::Coalesced,
     ];
 
     pub fn label(self) -> &'static str {
@@ -81,9 +90,12 @@ impl TypingDrop {
             TypingDrop::Stale => "stale",
             TypingDrop::InboundFull => "inbound_full",
             TypingDrop::Invalid => "invalid",
+            TypingDrop::PendingFull => "pending_full",
+            TypingDrop::Duplicate => "duplicate",
             TypingDrop::LookupBusy => "lookup_busy",
             TypingDrop::LookupFailed => "lookup_failed",
             TypingDrop::SessionQueueFull => "session_queue_full",
+            TypingDrop::Coalesced => "coalesced",
         }
     }
 }
@@ -91,6 +103,7 @@ impl TypingDrop {
 pub struct TypingMetrics {
     frames: Family<OutcomeLabels, Counter>,
     delivered: Counter,
+    fanned_out: Counter,
     relayed: Family<DirectionLabels, Counter>,
     dropped: Family<ReasonLabels, Counter>,
 }
@@ -108,6 +121,12 @@ impl TypingMetrics {
         );
         let delivered = Counter::default();
         r.register("typing_delivered", "typing frames queued to sessions on this instance", delivered.clone());
+        let fanned_out = Counter::default();
+        r.register(
+            "typing_fanned_out",
+            "typing signals delivered to this instance's sessions (each to the thread's other participants here)",
+            fanned_out.clone(),
+        );
         let relayed = Family::<DirectionLabels, Counter>::default();
         for direction in ["sent", "received"] {
             relayed.get_or_create(&DirectionLabels { direction }).inc_by(0);
@@ -123,10 +142,10 @@ impl TypingMetrics {
         }
         r.register(
             "typing_dropped",
-            "typing signals dropped at a bound, by reason (relay_full, stale, inbound_full, invalid, lookup_busy, lookup_failed, session_queue_full)",
+            "typing signals (frames, for session_queue_full and coalesced) not delivered, by reason (relay_full, stale, inbound_full, invalid, pending_full, duplicate, lookup_busy, lookup_failed, session_queue_full, coalesced)",
             dropped.clone(),
         );
-        TypingMetrics { frames, delivered, relayed, dropped }
+        TypingMetrics { frames, delivered, fanned_out, relayed, dropped }
     }
 
     pub fn frame(&self, outcome: TypingOutcome) {
@@ -134,6 +153,9 @@ impl TypingMetrics {
     }
     pub fn delivered(&self, n: u64) {
         self.delivered.inc_by(n);
+    }
+    pub fn fanned_out(&self, n: u64) {
+        self.fanned_out.inc_by(n);
     }
     pub fn sent(&self) {
         self.relayed.get_or_create(&DirectionLabels { direction: "sent" }).inc();

@@ -346,8 +346,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         // Receipt times of the live messages in the batch (no allocation for a batch of none).
         let received: Vec<std::time::Instant> = batch.iter().filter_map(|frame| frame.received).collect();
+        let frames = batch.len();
         match self.socket.write_batch(batch, shared.closed()).await {
             Ok(()) => {
+                self.ctx.metrics.socket_written(frames);
                 let written = std::time::Instant::now();
                 for at in received {
                     self.ctx.metrics.delivery_latency(written.saturating_duration_since(at));

@@ -6,39 +6,40 @@
 //! exchange of [`Signal`]s with the other instances through the backend's relay
 //! ([`RelayLink`]: Supabase Realtime Broadcast on the feed's socket, see
 //! `feed/realtime/broadcast.rs`, or LISTEN/NOTIFY, see [`postgres`]). Delivery is decided on the
-//! receiving instance at delivery time: the thread's current participants from the
-//! [`Directory`] (the routing path's membership, kept current by the change feed), minus the
-//! typer's own sessions, through the hub's recipient rules (realtime switch, mutes); the frame
-//! names the typer with the profile the router uses for messages.
+//! receiving instance at delivery time, on the next [`TICK`] (see [`tick`]): the thread's current
+//! participants from the [`Directory`] (the routing path's membership, kept current by the change
+//! feed), minus the typer's own sessions, through the hub's recipient rules (realtime switch,
+//! mutes), every frame of a tick gathered per session for one push; the frame names the typer
+//! with the profile the router uses for messages.
 //!
 //! Every queue here is bounded and nothing waits on a peer: signals to and from the relay go
-//! through bounded channels with `try_send`, lookups of a thread or a profile not cached run in
-//! at most [`MAX_LOOKUPS`] tracked tasks, and a session whose queue is full skips the frame
-//! rather than being closed. Each bound hit is counted (`gateway_typing_dropped_total`) and
-//! logged (at most one warning per [`WARN_EVERY`]). This module never persists anything, never
-//! delivers to a non-participant, and never blocks the router or a session.
+//! through bounded channels with `try_send`, signals wait for their tick in a bounded list, those
+//! whose thread or profile is not cached wait (without a task each) for the directory's load in
+//! another, and a session whose queue is full skips the frame rather than being closed. Each
+//! bound hit is counted (`gateway_typing_dropped_total`) and logged (at most one warning per
+//! [`WARN_EVERY`]). This module never persists anything, never delivers to a non-participant,
+//! and never blocks the router or a session.
 
 pub mod limiter;
 pub mod postgres;
 pub mod signal;
+pub mod tick;
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::directory::Directory;
-use crate::hub::{Hub, Outgoing};
+use crate::hub::{EphemeralBatch, Hub};
 use crate::metrics::{Metrics, TypingDrop};
-use crate::model::Sender;
-use crate::protocol::{ServerMessage, TypingUser};
 pub use limiter::Limiter;
 pub use signal::{Signal, SignalError};
+use tick::{Held, Pending, Tally, TICK};
 
 /// Signals waiting for the relay (to the other instances).
 const OUTBOUND_QUEUE: usize = 256;
@@ -47,10 +48,6 @@ const INBOUND_QUEUE: usize = 1024;
 /// A signal queued longer than this (the relay was reconnecting) is not sent: clients show typing
 /// for 5 s, so it would be stale on arrival.
 pub const STALE: Duration = Duration::from_secs(3);
-/// Signals waiting for a membership or profile lookup at once.
-pub const MAX_LOOKUPS: usize = 64;
-/// How long a signal waits for such a lookup.
-const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 /// At most one warning per bound per this long.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -65,8 +62,13 @@ pub struct Throttled {
 impl Throttled {
     /// Counts a bound hit and logs it unless a warning went out recently.
     pub fn hit(&self, metrics: &Metrics, reason: TypingDrop, origin: Instant) {
-        metrics.typing.dropped(reason, 1);
-        let hits = self.hits.fetch_add(1, Ordering::Relaxed) + 1;
+        self.hits(metrics, reason, 1, origin);
+    }
+
+    /// Counts `n` hits of one bound, logged as [`Throttled::hit`] is.
+    pub fn hits(&self, metrics: &Metrics, reason: TypingDrop, n: u64, origin: Instant) {
+        metrics.typing.dropped(reason, n);
+        let hits = self.hits.fetch_add(n, Ordering::Relaxed) + n;
         let now = u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
         let last = self.last.load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= WARN_EVERY.as_millis() as u64;
@@ -122,8 +124,8 @@ impl RelayLink {
     /// `n` signals the relay read but could not hold (its own queue was full): counted as
     /// inbound drops.
     pub fn inbound_dropped(&self, n: u64) {
-        for _ in 0..n {
-            self.warn.hit(&self.metrics, TypingDrop::InboundFull, self.origin);
+        if n > 0 {
+            self.warn.hits(&self.metrics, TypingDrop::InboundFull, n, self.origin);
         }
     }
 
@@ -162,16 +164,16 @@ pub struct Typing {
     /// This instance, as its signals name it.
     instance: Uuid,
     outbound: mpsc::Sender<Outbound>,
-    lookups: Arc<Semaphore>,
-    tasks: TaskTracker,
+    /// Signals waiting for the next tick.
+    pending: Pending,
     stop: CancellationToken,
     warn: Throttled,
     origin: Instant,
 }
 
 impl Typing {
-    /// Typing and the relay's end of it; the delivery of other instances' signals runs from now
-    /// until `stop`.
+    /// Typing and the relay's end of it; the tick and the delivery of other instances' signals
+    /// run from now until `stop`.
     pub fn new(parts: TypingParts) -> (Arc<Typing>, RelayLink) {
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
@@ -183,13 +185,13 @@ impl Typing {
             limiter: Limiter::default(),
             instance: Uuid::new_v4(),
             outbound: out_tx,
-            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
-            tasks: parts.tasks.clone(),
+            pending: Pending::default(),
             stop: parts.stop,
             warn: Throttled::default(),
             origin,
         });
         parts.tasks.spawn(typing.clone().deliver_received(in_rx));
+        parts.tasks.spawn(typing.clone().run_ticks());
         let link =
             RelayLink { outbound: out_rx, inbound: in_tx, metrics: parts.metrics, warn: Throttled::default(), origin };
         (typing, link)
@@ -200,7 +202,6 @@ impl Typing {
         self.limiter.admit(user, thread, Instant::now())
     }
 
-    /// `user`'s last session on this instance ended: their limiter state goes.
     /// Whether the directory's members of the thread, kept current by the change feed as on the
     /// delivery path, include the user. A known member's typing needs no RLS check; anyone else
     /// (a thread not cached, a user removed) is checked with RLS as `subscribe_thread` is.
@@ -208,21 +209,29 @@ impl Typing {
         self.directory.members(thread_id).is_some_and(|users| users.contains(user_id))
     }
 
+    /// `user`'s last session on this instance ended: their limiter state goes.
     pub fn release(&self, user: &Uuid) {
         self.limiter.release(user);
     }
 
     /// An accepted typing frame: to this instance's other participants, and to the other
     /// instances through the relay.
-    pub fn publish(self: &Arc<Self>, thread_id: Uuid, user_id: Uuid) {
-        self.deliver(thread_id, user_id);
+    pub fn publish(&self, thread_id: Uuid, user_id: Uuid) {
+        self.hold(thread_id, user_id);
         let out = Outbound { signal: Signal { thread_id, user_id, instance: self.instance }, queued: Instant::now() };
         if self.outbound.try_send(out).is_err() {
             self.warn.hit(&self.metrics, TypingDrop::RelayFull, self.origin);
         }
     }
 
-    /// Delivers the other instances' signals until the gateway stops.
+    /// Holds a signal for this instance's next tick (dropped and counted when too many wait).
+    fn hold(&self, thread_id: Uuid, user_id: Uuid) {
+        if !self.pending.hold(Held { thread_id, user_id, since: Instant::now() }) {
+            self.warn.hit(&self.metrics, TypingDrop::PendingFull, self.origin);
+        }
+    }
+
+    /// Hands the other instances' signals to the tick until the gateway stops.
     async fn deliver_received(self: Arc<Self>, mut inbound: mpsc::Receiver<Signal>) {
         loop {
             let signal = tokio::select! {
@@ -233,54 +242,56 @@ impl Typing {
                 },
             };
             if signal.instance != self.instance {
-                self.deliver(signal.thread_id, signal.user_id);
+                self.hold(signal.thread_id, signal.user_id);
             }
         }
     }
 
-    /// To the thread's current participants here, except the typer; after a lookup if the
-    /// members or the typer's profile are not cached.
-    fn deliver(self: &Arc<Self>, thread_id: Uuid, user_id: Uuid) {
-        match (self.directory.members(&thread_id), self.directory.profile(&user_id)) {
-            (Some(members), Some(sender)) => self.fan_out(thread_id, user_id, &members, sender),
-            _ => self.deliver_after_lookup(thread_id, user_id),
+    /// The tick until the gateway stops: asleep while nothing is held or waiting; otherwise every
+    /// [`TICK`], the signals held go out to this instance's sessions (see [`tick`]).
+    async fn run_ticks(self: Arc<Self>) {
+        let mut waiting = Vec::new();
+        let mut batch = EphemeralBatch::default();
+        loop {
+            if waiting.is_empty() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = self.pending.arrived.notified() => {}
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            let fresh = self.pending.take();
+            let tally = tick::deliver(&self.hub, &self.directory, fresh, &mut waiting, &mut batch);
+            self.count(&tally);
         }
     }
 
-    fn deliver_after_lookup(self: &Arc<Self>, thread_id: Uuid, user_id: Uuid) {
-        let Ok(permit) = self.lookups.clone().try_acquire_owned() else {
-            self.warn.hit(&self.metrics, TypingDrop::LookupBusy, self.origin);
-            return;
-        };
-        let this = self.clone();
-        self.tasks.spawn(async move {
-            let _permit = permit;
-            let lookups = async {
-                let members = this.directory.current_members(&[thread_id], LOOKUP_WAIT).await.ok()?;
-                let sender = this.directory.current_profile(user_id, LOOKUP_WAIT).await?;
-                Some((members.get(&thread_id)?.clone(), sender))
-            };
-            let found = tokio::select! {
-                _ = this.stop.cancelled() => return,
-                found = lookups => found,
-            };
-            match found {
-                Some((members, sender)) => this.fan_out(thread_id, user_id, &members, sender),
-                None => this.warn.hit(&this.metrics, TypingDrop::LookupFailed, this.origin),
-            }
-        });
-    }
-
-    fn fan_out(&self, thread_id: Uuid, user_id: Uuid, members: &HashSet<Uuid>, sender: Sender) {
-        let user = TypingUser { user_id, full_name: sender.full_name, role: sender.role };
-        let frame = Outgoing::notice(ServerMessage::Typing { thread_id, user: &user }.to_json());
-        let (queued, skipped) = self.hub.offer_except(&frame, thread_id, members, &user_id);
-        self.metrics.typing.delivered(queued as u64);
-        if skipped > 0 {
-            for _ in 0..skipped {
-                self.warn.hit(&self.metrics, TypingDrop::SessionQueueFull, self.origin);
+    /// A tick's outcome in the series; every drop also in the throttled warning.
+    fn count(&self, tally: &Tally) {
+        let typing = &self.metrics.typing;
+        typing.fanned_out(tally.fanned_out as u64);
+        typing.delivered(tally.queued as u64);
+        for (reason, n) in [
+            (TypingDrop::Duplicate, tally.duplicates),
+            (TypingDrop::LookupBusy, tally.lookup_busy),
+            (TypingDrop::LookupFailed, tally.lookup_failed),
+            (TypingDrop::SessionQueueFull, tally.skipped),
+            (TypingDrop::Coalesced, tally.coalesced),
+        ] {
+            if n > 0 {
+                self.warn.hits(&self.metrics, reason, n as u64, self.origin);
             }
         }
-        tracing::debug!(thread = %thread_id, user = %user_id, recipients = queued, "typing delivered");
+        if tally.fanned_out > 0 {
+            tracing::debug!(
+                signals = tally.fanned_out,
+                frames = tally.queued,
+                waiting = tally.waiting,
+                "typing delivered"
+            );
+        }
     }
 }
