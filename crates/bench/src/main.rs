@@ -10,7 +10,8 @@
 //! `target/bench/report.json`. Numbers are never asserted in tests; they live here.
 //!
 //! By role: [`cli`] (the command line), [`school`] (the population), [`host`] (the gateway
-//! process, `/proc` and `/metrics`), [`clients`] (the sessions), [`step`] (one step of offered
+//! process, `/proc` and `/metrics`), [`clients`] (the sessions), [`pass`] (a live-path
+//! scenario's gateway, sessions and measured window, shared by `push` and `typing`), [`step`] (one step of offered
 //! load, every delivery checked), [`run`] (the standard scenario) and [`report`] (its table and
 //! JSON), [`e2e`] (real INSERTs, both backends), [`push`] (push to offline recipients: the live
 //! path with push off vs on, pushes/s), [`typing`] (the live path with typing off vs on),
@@ -23,6 +24,7 @@ mod clients;
 mod e2e;
 mod heap;
 mod host;
+mod pass;
 mod push;
 mod report;
 mod run;

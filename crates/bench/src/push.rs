@@ -14,19 +14,16 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use supabase_standin::Stack;
 use uuid::Uuid;
 use warp::Filter;
 
-use crate::clients;
-use crate::e2e::{end_to_end, spawn_gateway_with, Backend};
-use crate::host::{
-    free_port, histogram, histogram_quantile_ms, internal_latency, machine, proc_cpu_secs, raise_nofile, stop_gateway,
-    thread_cpu_secs, wait_http, DELIVERY_LATENCY,
-};
+use crate::e2e::end_to_end;
+use crate::host::{histogram, histogram_quantile_ms, machine, raise_nofile, thread_cpu_secs};
+use crate::pass::{per, start_pass, Window};
 use crate::school::{school_stack, session_tokens, Population};
 
 #[derive(clap::Args, Clone)]
@@ -128,56 +125,40 @@ async fn pass(
     tokens: &[(usize, String)],
     webhook: Option<&str>,
 ) -> Option<(Value, HashSet<usize>)> {
-    let port = free_port();
     let secret = "whsec_YmVuY2gtb25seS1zZWNyZXQtYmVuY2gtb25seQ==".to_string();
     let extra: Vec<(&str, String)> = match webhook {
         Some(url) => vec![("PUSH_WEBHOOK_URL", url.to_string()), ("PUSH_WEBHOOK_SECRET", secret)],
         None => Vec::new(),
     };
-    let mut child = spawn_gateway_with(&args.gateway_bin, stack, Backend::Supabase, port, &extra).ok()?;
-    if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
-        eprintln!("the gateway never became ready");
-        let _ = child.kill();
-        return None;
-    }
-    let epoch = chrono::Utc::now().timestamp_micros();
-    let (sessions, _, failures) = clients::connect_all(&format!("ws://127.0.0.1:{port}/"), tokens, 2500, epoch).await;
-    // Presence is reported once a second: every online user is known before the first INSERT.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let online: HashSet<usize> =
-        sessions.iter().filter(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed)).map(|s| s.user).collect();
-    let pid = child.id();
-    let live_before = histogram(port, DELIVERY_LATENCY).await;
-    let (cpu0, push_cpu0) = (proc_cpu_secs(pid), push_thread_cpu(pid));
-    let started = Instant::now();
+    let pass = start_pass(&args.gateway_bin, stack, tokens, &extra).await?;
+    let online: HashSet<usize> = pass
+        .sessions
+        .iter()
+        .filter(|s| s.connected.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|s| s.user)
+        .collect();
+    let window = Window::open(&pass).await;
+    let push_cpu0 = push_thread_cpu(pass.pid);
     // Each pass's messages are told apart by their step number (the content), so a message of
     // the first pass seen again in the second is never counted there.
     let step = if webhook.is_some() { 998 } else { 997 };
-    let mut live = end_to_end(stack, pop, &sessions, args.inserts_per_sec, args.secs, pid, step).await;
-    let rest = Duration::from_secs_f64(args.secs + args.settle_secs).saturating_sub(started.elapsed());
+    let mut live = end_to_end(stack, pop, &pass.sessions, args.inserts_per_sec, args.secs, pass.pid, step).await;
+    let rest = Duration::from_secs_f64((args.secs + args.settle_secs - window.elapsed()).max(0.0));
     tokio::time::sleep(rest).await;
-    let window = started.elapsed().as_secs_f64();
-    let cpu = proc_cpu_secs(pid) - cpu0;
-    let push_cpu = push_thread_cpu(pid) - push_cpu0;
-    let live_after = histogram(port, DELIVERY_LATENCY).await;
-    let push_hist = histogram(port, "gateway_push_latency_seconds").await;
-    let delivered = live["delivered"].as_u64().unwrap_or(0);
-    live["sessions"] = json!(sessions.len() - failures);
-    live["window_secs"] = json!(window);
-    live["gateway_cpu_secs"] = json!(cpu);
-    let per_delivery = |secs: f64| if delivered > 0 { secs * 1e6 / delivered as f64 } else { 0.0 };
-    live["gateway_cpu_us_per_live_delivery"] = json!(per_delivery(cpu));
+    let push_cpu = push_thread_cpu(pass.pid) - push_cpu0;
+    window.close(&pass, &mut live, 0).await;
+    let cpu = live["gateway_cpu_secs"].as_f64().unwrap_or(0.0);
+    let delivered = live["delivered"].as_u64().unwrap_or(0) as f64;
     live["push_threads_cpu_secs"] = json!(push_cpu);
     live["live_threads_cpu_secs"] = json!(cpu - push_cpu);
-    live["live_threads_cpu_us_per_live_delivery"] = json!(per_delivery(cpu - push_cpu));
-    live["internal_latency_ms"] = internal_latency(&live_before, &live_after);
+    live["live_threads_cpu_us_per_live_delivery"] = json!(per((cpu - push_cpu) * 1e6, delivered));
     if webhook.is_some() {
+        let push_hist = histogram(pass.port, "gateway_push_latency_seconds").await;
         let q = |q| histogram_quantile_ms(&[], &push_hist, q).map_or(Value::Null, |v| json!(v));
         live["gateway_push_latency_ms"] = json!({"p50": q(0.5), "p99": q(0.99)});
     }
     live["queue"] = queue(stack).await;
-    stop_gateway(&mut child);
-    drop(sessions);
+    pass.stop();
     Some((live, online))
 }
 
