@@ -70,24 +70,7 @@ impl EphemeralBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Limits;
-    use crate::metrics::Metrics;
-    use std::time::Duration;
-
-    fn hub(queue_capacity: usize) -> Arc<Hub> {
-        let limits = Limits {
-            max_connections: 1000,
-            max_connections_per_user: 3,
-            max_message_bytes: 4096,
-            read_buffer_bytes: 512,
-            rate_per_sec: 10,
-            queue_capacity,
-            queue_bytes: 1 << 20,
-            max_thread_subscriptions: 8,
-            ping_interval: Duration::from_secs(30),
-        };
-        Hub::new(limits, Arc::new(Metrics::default()))
-    }
+    use crate::hub::test_hub as hub;
 
     fn drain(session: &SessionHandle) -> Vec<String> {
         std::iter::from_fn(|| session.queue.try_pop()).map(|f| f.text.to_string()).collect()
