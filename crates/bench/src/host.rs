@@ -96,7 +96,12 @@ pub async fn gateway_counter(port: u16, name: &str) -> u64 {
 /// Starts the release gateway on `port` against the Supabase stand-ins and waits until it is
 /// ready; `None` (reported) when it cannot start or never becomes ready.
 pub async fn start_gateway(bin: &Path, stack: &Stack, port: u16) -> Option<Child> {
-    let mut gateway: Child = match e2e::spawn_gateway(bin, stack, e2e::Backend::Supabase, port) {
+    start_gateway_with(bin, stack, port, &[]).await
+}
+
+/// The same, with `extra` environment variables (the push scenario's webhook).
+pub async fn start_gateway_with(bin: &Path, stack: &Stack, port: u16, extra: &[(&str, String)]) -> Option<Child> {
+    let mut gateway: Child = match e2e::spawn_gateway_with(bin, stack, e2e::Backend::Supabase, port, extra) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cannot start {}: {e}", bin.display());

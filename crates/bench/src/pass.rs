@@ -17,8 +17,9 @@ use serde_json::{json, Value};
 use supabase_standin::Stack;
 
 use crate::clients::{self, Session};
-use crate::e2e::{spawn_gateway_with, Backend};
-use crate::host::{free_port, histogram, internal_latency, proc_cpu_secs, stop_gateway, wait_http, DELIVERY_LATENCY};
+use crate::host::{
+    free_port, histogram, internal_latency, proc_cpu_secs, start_gateway_with, stop_gateway, DELIVERY_LATENCY,
+};
 
 /// A gateway process and its sessions.
 pub struct Pass {
@@ -39,18 +40,7 @@ pub async fn start_pass(
     extra: &[(&str, String)],
 ) -> Option<Pass> {
     let port = free_port();
-    let mut child = match spawn_gateway_with(bin, stack, Backend::Supabase, port, extra) {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("cannot start {}: {e}", bin.display());
-            return None;
-        }
-    };
-    if !wait_http(&format!("http://127.0.0.1:{port}/readyz")).await {
-        eprintln!("the gateway never became ready");
-        let _ = child.kill();
-        return None;
-    }
+    let child = start_gateway_with(bin, stack, port, extra).await?;
     let epoch = chrono::Utc::now().timestamp_micros();
     let (sessions, _, failures) = clients::connect_all(&format!("ws://127.0.0.1:{port}/"), tokens, 2500, epoch).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
