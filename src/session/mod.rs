@@ -3,7 +3,9 @@
 //! Submodules: [`socket`] (the client's WebSocket: batching, write timeouts, the fast path, the
 //! keep-alive and close frames), [`resume`] (what a reconnecting client missed: the choice of
 //! source and the frames), `replay` (writing that replay to the socket, and the held-back
-//! `sync_complete`).
+//! `sync_complete`), `live` (the live loop: what an idle session waits on, and the writes of
+//! queued frames) and `client` (the client's frames: access checks, typing, the token's
+//! refresh).
 //!
 //! Owns one connection's protocol state: its verified identity and token expiry, the client
 //! frames it accepts (size and rate limited), when the connection counts as dead, and which of
@@ -13,6 +15,8 @@
 //! It must never send a client data of a thread the user may not read (the hub routes; access
 //! checks for `subscribe_thread` go to RLS through the store with the user's own token).
 
+mod client;
+mod live;
 mod replay;
 pub mod resume;
 mod socket;
@@ -25,7 +29,7 @@ use futures_util::future::Either;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -36,13 +40,13 @@ use crate::directory::Directory;
 use crate::history::History;
 use crate::hub::{Disconnects, Hub, Outgoing, SessionHandle};
 use crate::limit::TokenBucket;
-use crate::metrics::{Budget, Metrics, TypingOutcome};
+use crate::metrics::Metrics;
 use crate::model::format_time;
-use crate::protocol::{self, parse_client_message, ClientMessage, ServerMessage};
+use crate::protocol::{self, ServerMessage};
 use crate::readiness::Readiness;
 use crate::store::Store;
 use resume::{PendingSync, Release, Replay};
-use socket::{ClientSocket, Due, Heartbeat, Inbound, WriteError, BATCH};
+use socket::{ClientSocket, WriteError};
 
 /// A held-back `sync_complete`'s wait for the router's proof.
 type CatchUpWait = std::pin::Pin<Box<dyn std::future::Future<Output = Release> + Send>>;
@@ -111,15 +115,6 @@ struct Session<S> {
     /// While a memory replay's `sync_complete` is held back: the live chat messages written
     /// meanwhile (they are part of the catch-up, and `sync_complete` counts them).
     held_live: Option<usize>,
-}
-
-/// What woke a live session.
-enum Event {
-    Close(Close),
-    Frame(Outgoing),
-    Inbound(Inbound),
-    Due(Due),
-    CaughtUp(Release),
 }
 
 enum Flow {
@@ -253,53 +248,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(pending)
     }
 
-    /// Live until the session ends: queued frames out, client frames in, the keep-alive, the
-    /// token's expiry, and the held-back `sync_complete` once the router proves the catch-up.
-    async fn live(&mut self, mut pending: Option<PendingSync>) -> Flow {
-        let mut catch_up: Option<CatchUpWait> =
-            pending.as_ref().map(|held| Box::pin(resume::caught_up(self.ctx.catchup.clone(), held.ticket)) as _);
-        let remaining = self.ctx.verifier.remaining(&self.identity);
-        let mut heartbeat = Heartbeat::new(self.ctx.hub.limits().ping_interval, remaining);
-        let stop = self.ctx.stop.clone();
-        let shared = self.shared.clone();
-        loop {
-            // The select only says what happened; the work is done after it, once its futures
-            // are gone, so that the task's future holds the waits or the work, never both.
-            let event = tokio::select! {
-                reason = shared.closed() => Event::Close(reason),
-                _ = stop.cancelled() => Event::Close(close::SHUTDOWN),
-                frame = shared.queue.pop() => Event::Frame(frame),
-                incoming = self.socket.recv() => Event::Inbound(incoming),
-                due = heartbeat.due() => Event::Due(due),
-                release = wait_caught_up(&mut catch_up) => Event::CaughtUp(release),
-            };
-            let flow = match event {
-                Event::Close(reason) => Flow::Close(reason),
-                Event::Frame(frame) => self.write_batch(frame).await,
-                Event::Inbound(incoming) => {
-                    heartbeat.heard();
-                    // Client frames are rare: their (larger) future is boxed.
-                    Box::pin(self.on_inbound(incoming, &mut heartbeat)).await
-                }
-                Event::Due(Due::Expired) => Flow::Close(close::EXPIRED),
-                Event::Due(Due::Ping) if heartbeat.silent() => Flow::Close(close::DEAD),
-                Event::Due(Due::Ping) => {
-                    Box::pin(self.socket.ping()).await.map_or_else(Flow::from, |()| Flow::Continue)
-                }
-                Event::CaughtUp(release) => {
-                    catch_up = None;
-                    match pending.take() {
-                        Some(held) => self.release_sync(held, release),
-                        None => Flow::Continue,
-                    }
-                }
-            };
-            if !matches!(flow, Flow::Continue) {
-                return flow;
-            }
-        }
-    }
-
     async fn finish(&mut self, flow: Flow) -> Option<Close> {
         match flow {
             Flow::Continue | Flow::Gone => None,
@@ -308,210 +256,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(reason)
             }
         }
-    }
-
-    /// Whether a queued frame must go out (not already sent by a database replay).
-    fn wanted(&self, frame: &Outgoing) -> bool {
-        let Some(id) = frame.message else { return true };
-        if self.replayed.as_ref().is_some_and(|ids| ids.contains(&id)) {
-            return false;
-        }
-        let covered = matches!((self.covered, frame.created_at), (Some(c), Some(t)) if t <= c);
-        if covered {
-            self.ctx.metrics.duplicate();
-        }
-        !covered
-    }
-
-    /// Writes the frame and everything else already queued (up to a batch) in one flush.
-    async fn write_batch(&mut self, first: Outgoing) -> Flow {
-        let shared = self.shared.clone();
-        let mut batch = Vec::with_capacity(4);
-        if self.wanted(&first) {
-            batch.push(first);
-        }
-        while batch.len() < BATCH {
-            match shared.queue.try_pop() {
-                Some(frame) if self.wanted(&frame) => batch.push(frame),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        if batch.is_empty() {
-            return Flow::Continue;
-        }
-        if let Some(n) = self.held_live.as_mut() {
-            // Live chat messages written while sync_complete is held back: it counts them.
-            *n += batch.iter().filter(|frame| frame.message.is_some()).count();
-        }
-        // Receipt times of the live messages in the batch (no allocation for a batch of none).
-        let received: Vec<std::time::Instant> = batch.iter().filter_map(|frame| frame.received).collect();
-        let frames = batch.len();
-        match self.socket.write_batch(batch, shared.closed()).await {
-            Ok(()) => {
-                self.ctx.metrics.socket_written(frames);
-                let written = std::time::Instant::now();
-                for at in received {
-                    self.ctx.metrics.delivery_latency(written.saturating_duration_since(at));
-                }
-                Flow::Continue
-            }
-            Err(e) => Flow::from(e),
-        }
-    }
-
-    async fn on_inbound(&mut self, incoming: Inbound, clock: &mut Heartbeat) -> Flow {
-        match incoming {
-            Inbound::Text(text) => self.on_text(text, clock).await,
-            Inbound::Binary => Flow::Close(close::BINARY),
-            Inbound::Control => Flow::Continue,
-            Inbound::TooBig => Flow::Close(close::TOO_BIG),
-            Inbound::Gone => Flow::Gone,
-        }
-    }
-
-    async fn on_text(&mut self, text: Utf8Bytes, clock: &mut Heartbeat) -> Flow {
-        if !self.rate.allow() {
-            tracing::warn!(session = self.shared.id, user = %self.shared.user_id, "client exceeded the message rate limit");
-            return Flow::Close(close::RATE);
-        }
-        let result = match parse_client_message(text.as_str()) {
-            Err(e) => self.error(&e.to_string()).await,
-            Ok(ClientMessage::Ping) => self.send_json(ServerMessage::Pong).await,
-            // Rare and large futures are boxed so that an idle session's state stays small.
-            Ok(ClientMessage::SubscribeThread { thread_id }) => Box::pin(self.subscribe(thread_id)).await,
-            Ok(ClientMessage::UnsubscribeThread { thread_id }) => Box::pin(self.unsubscribe(thread_id)).await,
-            Ok(ClientMessage::AccessToken { token }) => Box::pin(self.refresh_token(token, clock)).await,
-            Ok(ClientMessage::Typing { thread_id }) => Box::pin(self.typing(thread_id)).await,
-        };
-        match result {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Gone,
-        }
-    }
-
-    async fn subscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
-        if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
-            self.ctx.metrics.fairness.budget_hit(Budget::SubscribeCheck);
-            tracing::info!(session = self.shared.id, user = %self.shared.user_id, "subscribe_thread over the user's budget");
-            return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
-        }
-        let started = Instant::now();
-        let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
-        self.ctx.metrics.rls_checked(started.elapsed());
-        match allowed {
-            Ok(true) => match self.ctx.hub.subscribe_thread(&self.shared, thread_id) {
-                Ok(()) => {
-                    tracing::debug!(session = self.shared.id, thread = %thread_id, "subscribed to thread");
-                    self.send_json(ServerMessage::ThreadSubscribed { thread_id }).await
-                }
-                Err(e) => self.error(&e.to_string()).await,
-            },
-            Ok(false) => self.error(&format!("Access denied to thread {thread_id}")).await,
-            Err(e) => {
-                tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
-                self.error(crate::error::access_check_frame(&e)).await
-            }
-        }
-    }
-
-    /// `unsubscribe_thread`: a thread this session subscribed to (or already muted) is dropped at
-    /// once; any other is checked as `subscribe_thread` is (RLS, with the user's token, within
-    /// the same per-user budget), so no state is kept for a thread the user may not read.
-    async fn unsubscribe(&mut self, thread_id: Uuid) -> Result<(), WsError> {
-        let known = self.shared.is_subscribed(&thread_id) || self.shared.is_muted(&thread_id);
-        if !known {
-            // The same per-user budget as subscribe_thread's checks: one RLS query each.
-            if !self.ctx.budgets.subscribe_check(self.shared.user_id) {
-                self.ctx.metrics.fairness.budget_hit(Budget::SubscribeCheck);
-                self.ctx.metrics.unsubscribe_refused("over_budget");
-                return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
-            }
-            let started = Instant::now();
-            let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
-            self.ctx.metrics.rls_checked(started.elapsed());
-            match allowed {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.ctx.metrics.unsubscribe_refused("access_denied");
-                    return self.error(&format!("Access denied to thread {thread_id}")).await;
-                }
-                Err(e) => {
-                    tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "thread access check failed");
-                    self.ctx.metrics.unsubscribe_refused("check_failed");
-                    return self.error(crate::error::access_check_frame(&e)).await;
-                }
-            }
-        }
-        match self.ctx.hub.unsubscribe_thread(&self.shared, thread_id) {
-            Ok(()) => self.send_json(ServerMessage::ThreadUnsubscribed { thread_id }).await,
-            Err(e) => {
-                self.ctx.metrics.unsubscribe_refused("too_many");
-                self.error(&e.to_string()).await
-            }
-        }
-    }
-
-    /// `typing`: one per user and thread per 2 s (on this instance, over all the user's sockets;
-    /// counted whether or not the thread is the user's), then membership: a member the directory
-    /// knows is admitted at once, anyone else gets the same RLS check as `subscribe_thread` with
-    /// the socket's token (a database round trip per frame overloaded it in the typing benchmark), then to the thread's other participants on
-    /// every instance. A refusal is an error frame; the socket stays open.
-    async fn typing(&mut self, thread_id: Uuid) -> Result<(), WsError> {
-        let metrics = &self.ctx.metrics.typing;
-        if !self.ctx.typing.admit(self.shared.user_id, thread_id) {
-            metrics.frame(TypingOutcome::RateLimited);
-            return self.error(&format!("{} (thread {thread_id})", crate::typing::limiter::LIMITED)).await;
-        }
-        let allowed = if self.ctx.typing.known_member(&thread_id, &self.shared.user_id) {
-            Ok(true)
-        } else {
-            let started = Instant::now();
-            let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
-            self.ctx.metrics.rls_checked(started.elapsed());
-            allowed
-        };
-        match allowed {
-            Ok(true) => {
-                self.ctx.metrics.typing.frame(TypingOutcome::Accepted);
-                self.ctx.typing.publish(thread_id, self.shared.user_id);
-                Ok(())
-            }
-            Ok(false) => {
-                self.ctx.metrics.typing.frame(TypingOutcome::Denied);
-                self.error(&format!("Access denied to thread {thread_id}")).await
-            }
-            Err(e) => {
-                self.ctx.metrics.typing.frame(TypingOutcome::CheckFailed);
-                tracing::warn!(session = self.shared.id, thread = %thread_id, error = %e, "typing access check failed");
-                self.error(crate::error::access_check_frame(&e)).await
-            }
-        }
-    }
-
-    async fn refresh_token(&mut self, token: String, clock: &mut Heartbeat) -> Result<(), WsError> {
-        match self.ctx.verifier.verify(&token).await {
-            Ok(identity) if identity.user_id == self.shared.user_id => {
-                clock.expires_in(self.ctx.verifier.remaining(&identity));
-                self.identity = identity;
-                self.token = token;
-                tracing::debug!(session = self.shared.id, "access token refreshed");
-                Ok(())
-            }
-            Ok(_) => self.error("Access token belongs to another user").await,
-            Err(e) => {
-                self.ctx.metrics.auth_failed("token_refresh", e.label());
-                self.error(&format!("Invalid access token: {e}")).await
-            }
-        }
-    }
-}
-
-/// The held-back `sync_complete`'s wait (pending forever when there is none).
-async fn wait_caught_up(wait: &mut Option<CatchUpWait>) -> Release {
-    match wait {
-        Some(wait) => wait.await,
-        None => std::future::pending().await,
     }
 }
 
