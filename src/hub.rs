@@ -12,15 +12,18 @@
 //! per recipient session for one push each) and [`disconnects`] (the recent disconnects the admin
 //! page shows).
 
+pub mod clock;
 mod disconnects;
 mod ephemeral;
 mod outbox;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use uuid::Uuid;
 
 use crate::close::Close;
@@ -28,7 +31,7 @@ use crate::config::Limits;
 use crate::metrics::Metrics;
 pub use disconnects::Disconnects;
 pub use ephemeral::EphemeralBatch;
-pub use outbox::{Outgoing, SessionHandle};
+pub use outbox::{Outgoing, SessionHandle, Wake};
 
 /// Why a session could not be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,15 +52,22 @@ pub enum SubscribeError {
 }
 
 /// The hub. One per gateway, shared behind an `Arc`.
+/// A user's sessions: one, inline, for most users (no allocation of its own).
+type UserSessions = SmallVec<[Arc<SessionHandle>; 1]>;
+
 pub struct Hub {
     limits: Limits,
-    sessions_by_user: DashMap<Uuid, Vec<Arc<SessionHandle>>>,
+    sessions_by_user: DashMap<Uuid, UserSessions>,
     explicit: DashMap<Uuid, Vec<Arc<SessionHandle>>>,
     realtime_off: DashMap<Uuid, ()>,
     session_count: AtomicUsize,
     next_id: AtomicU64,
     /// For the pushes: frames delivered, slow sessions closed.
     metrics: Arc<Metrics>,
+    /// Where the sessions' alarms are measured from ([`clock`]).
+    origin: Instant,
+    /// Set by [`Hub::close_all`]: a session registered after it is closed at once.
+    closing: OnceLock<&'static Close>,
 }
 
 impl Hub {
@@ -70,6 +80,8 @@ impl Hub {
             session_count: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             metrics,
+            origin: Instant::now(),
+            closing: OnceLock::new(),
         })
     }
 
@@ -111,6 +123,11 @@ impl Hub {
             return Err(RegisterError::UserFull);
         }
         entry.push(handle.clone());
+        drop(entry);
+        if let Some(reason) = self.closing.get() {
+            // Registered while every session is being closed (a shutdown): closed too.
+            handle.close(reason);
+        }
         Ok(handle)
     }
 
@@ -232,8 +249,9 @@ impl Hub {
         n
     }
 
-    /// Closes every session with `reason`.
-    pub fn close_all(&self, reason: Close) {
+    /// Closes every session with `reason`, and every session registered from now on.
+    pub fn close_all(&self, reason: &'static Close) {
+        let _ = self.closing.set(reason);
         for entry in self.sessions_by_user.iter() {
             for session in entry.value() {
                 session.close(reason);
@@ -247,7 +265,7 @@ impl Hub {
     }
 
     /// Closes every session of one user with `reason`; returns how many.
-    pub fn close_user(&self, user_id: &Uuid, reason: Close) -> usize {
+    pub fn close_user(&self, user_id: &Uuid, reason: &'static Close) -> usize {
         let Some(sessions) = self.sessions_by_user.get(user_id) else { return 0 };
         for session in sessions.iter() {
             session.close(reason);
@@ -340,6 +358,16 @@ mod tests {
             hub.unregister(s);
         }
         assert_eq!(hub.session_count(), 0);
+    }
+
+    #[test]
+    fn a_session_registered_after_close_all_is_closed_at_once() {
+        let hub = hub();
+        let before = hub.register(Uuid::new_v4()).expect("fits");
+        hub.close_all(&close::SHUTDOWN);
+        let after = hub.register(Uuid::new_v4()).expect("fits");
+        assert_eq!(before.close_reason(), Some(close::SHUTDOWN));
+        assert_eq!(after.close_reason(), Some(close::SHUTDOWN), "no session escapes a shutdown");
     }
 
     #[test]

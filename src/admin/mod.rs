@@ -180,7 +180,7 @@ pub fn routes(state: State) -> impl Filter<Extract = (warp::reply::Response,), E
                 let e = PeerError::bad_request("Invalid user_id: must be a UUID");
                 return warp::reply::with_status(warp::reply::json(&e.body()), e.status).into_response();
             };
-            let closed = s.hub.close_user(&user_id, close::OPERATOR);
+            let closed = s.hub.close_user(&user_id, &close::OPERATOR);
             tracing::info!(user = %user_id, sessions = closed, "disconnected by an operator");
             warp::reply::json(&json!({"status": "success", "user_id": user_id, "closed": closed})).into_response()
         });

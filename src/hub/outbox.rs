@@ -7,7 +7,7 @@
 //! memory without bound. Nothing here does I/O.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use chrono::{DateTime, Utc};
@@ -54,9 +54,10 @@ impl Outgoing {
 /// owns no pre-allocated slots: the buffer grows with a burst and is released when drained.
 pub struct Queue {
     frames: Mutex<Frames>,
+    /// The session's one wake-up: a frame queued, a close requested, its alarm rung.
     ready: Notify,
-    capacity: usize,
-    max_bytes: usize,
+    capacity: u32,
+    max_bytes: u32,
 }
 
 #[derive(Default)]
@@ -72,19 +73,34 @@ pub struct Full {
 }
 
 impl Queue {
+    /// Bounds above `u32::MAX` are held as `u32::MAX` (configuration caps them far below).
     pub fn new(capacity: usize, max_bytes: usize) -> Queue {
-        Queue { frames: Mutex::new(Frames::default()), ready: Notify::new(), capacity, max_bytes }
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Queue {
+            frames: Mutex::new(Frames::default()),
+            ready: Notify::new(),
+            capacity: bound(capacity),
+            max_bytes: bound(max_bytes),
+        }
+    }
+
+    /// Whether `frames` has no room for `len` more bytes of text, or for another frame.
+    fn full(&self, frames: &Frames, len: usize) -> Option<Full> {
+        if frames.list.len() >= self.capacity as usize {
+            return Some(Full { bytes: false });
+        }
+        if !frames.list.is_empty() && frames.bytes + len > self.max_bytes as usize {
+            return Some(Full { bytes: true });
+        }
+        None
     }
 
     /// Queues a frame without waiting.
     pub fn try_push(&self, frame: &Outgoing) -> Result<(), Full> {
         {
             let mut frames = self.frames.lock().map_err(|_| Full { bytes: false })?;
-            if frames.list.len() >= self.capacity {
-                return Err(Full { bytes: false });
-            }
-            if !frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes {
-                return Err(Full { bytes: true });
+            if let Some(full) = self.full(&frames, frame.text.len()) {
+                return Err(full);
             }
             frames.bytes += frame.text.len();
             frames.list.push_back(frame.clone());
@@ -99,12 +115,12 @@ impl Queue {
     pub fn try_push_counted(&self, build: impl FnOnce(usize) -> Outgoing) -> Result<(), Full> {
         {
             let mut frames = self.frames.lock().map_err(|_| Full { bytes: false })?;
-            if frames.list.len() >= self.capacity {
+            if frames.list.len() >= self.capacity as usize {
                 return Err(Full { bytes: false });
             }
             let frame = build(frames.list.iter().filter(|f| f.message.is_some()).count());
-            if !frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes {
-                return Err(Full { bytes: true });
+            if let Some(full) = self.full(&frames, frame.text.len()) {
+                return Err(full);
             }
             frames.bytes += frame.text.len();
             frames.list.push_back(frame);
@@ -127,9 +143,7 @@ impl Queue {
                 let queued = frames.list.iter().rev().take(COALESCE_SCAN);
                 if queued.filter(|q| q.message.is_none()).any(|q| q.text == frame.text) {
                     outcome.coalesced += 1;
-                } else if frames.list.len() >= self.capacity
-                    || (!frames.list.is_empty() && frames.bytes + frame.text.len() > self.max_bytes)
-                {
+                } else if self.full(&frames, frame.text.len()).is_some() {
                     outcome.skipped += 1;
                 } else {
                     frames.bytes += frame.text.len();
@@ -157,16 +171,6 @@ impl Queue {
         }
         frame
     }
-
-    /// Waits for the next frame.
-    pub async fn pop(&self) -> Outgoing {
-        loop {
-            if let Some(frame) = self.try_pop() {
-                return frame;
-            }
-            self.ready.notified().await;
-        }
-    }
 }
 
 /// The part of a session the hub shares with the session's own task.
@@ -178,8 +182,23 @@ pub struct SessionHandle {
     /// (most sessions never do): an idle session pays one pointer for them.
     threads: Mutex<Option<Box<Threads>>>,
     has_muted: AtomicBool,
-    close: Notify,
-    close_reason: OnceLock<Close>,
+    close_reason: OnceLock<&'static Close>,
+    /// When the session's alarm is due (milliseconds on the hub's clock; `NO_ALARM`: none).
+    alarm: AtomicU64,
+    /// The hub's clock rang the alarm; the session has not seen it yet.
+    rang: AtomicBool,
+}
+
+/// No alarm set.
+const NO_ALARM: u64 = u64::MAX;
+
+/// What woke a session, in the order it is taken: a close request first, then queued frames,
+/// then the alarm.
+#[derive(Debug)]
+pub enum Wake {
+    Close(&'static Close),
+    Frame(Outgoing),
+    Alarm,
 }
 
 /// A session's thread mutes and explicit subscriptions.
@@ -198,31 +217,68 @@ impl SessionHandle {
             queue: Queue::new(capacity, max_bytes),
             threads: Mutex::new(None),
             has_muted: AtomicBool::new(false),
-            close: Notify::new(),
             close_reason: OnceLock::new(),
+            alarm: AtomicU64::new(NO_ALARM),
+            rang: AtomicBool::new(false),
         }
     }
 
     /// Asks the session to close with `reason` (the first reason wins).
-    pub fn close(&self, reason: Close) {
+    pub fn close(&self, reason: &'static Close) {
         if self.close_reason.set(reason).is_ok() {
-            self.close.notify_one();
+            self.queue.ready.notify_one();
         }
     }
 
     /// Why the session was asked to close, if it was.
     pub fn close_reason(&self) -> Option<Close> {
-        self.close_reason.get().copied()
+        self.close_reason.get().map(|reason| **reason)
     }
 
-    /// Resolves once the session was asked to close; returns why.
+    /// Resolves once the session was asked to close; returns why. Queued frames and the alarm
+    /// are left for [`Self::next`].
     pub async fn closed(&self) -> Close {
         loop {
             if let Some(reason) = self.close_reason.get() {
-                return *reason;
+                return **reason;
             }
-            self.close.notified().await;
+            // A frame's or the alarm's wake-up may be taken here: nothing is lost, [`Self::next`]
+            // looks at the queue and the alarm before it waits.
+            self.queue.ready.notified().await;
         }
+    }
+
+    /// The session's next event: a close request, a queued frame, or its alarm (in that order).
+    pub async fn next(&self) -> Wake {
+        loop {
+            if let Some(reason) = self.close_reason.get() {
+                return Wake::Close(reason);
+            }
+            if let Some(frame) = self.queue.try_pop() {
+                return Wake::Frame(frame);
+            }
+            if self.rang.swap(false, Ordering::AcqRel) {
+                return Wake::Alarm;
+            }
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// Sets the session's alarm to `at` (milliseconds on the hub's clock), replacing any other.
+    pub fn set_alarm(&self, at: u64) {
+        self.rang.store(false, Ordering::Release);
+        self.alarm.store(at, Ordering::Release);
+    }
+
+    /// The hub's clock: rings the alarm if it is due at `now` (once: a rung alarm is cleared).
+    pub fn check_alarm(&self, now: u64) -> bool {
+        let at = self.alarm.load(Ordering::Acquire);
+        if at > now || self.alarm.compare_exchange(at, NO_ALARM, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        self.rang.store(true, Ordering::Release);
+        self.queue.ready.notify_one();
+        true
     }
 
     /// Reads the thread sets (None: the session has none).
@@ -322,7 +378,7 @@ impl SessionHandle {
             Err(Full { bytes }) => {
                 metrics.slow_drop(bytes);
                 tracing::warn!(session = self.id, user = %self.user_id, by_bytes = bytes, "dropping slow client: send queue full");
-                self.close(close::SLOW);
+                self.close(&close::SLOW);
             }
         }
     }
@@ -389,5 +445,38 @@ mod tests {
         handle.push_counted(|ahead| Outgoing::notice(format!("sync {ahead}")), &metrics);
         let texts: Vec<String> = std::iter::from_fn(|| handle.queue.try_pop()).map(|f| f.text.to_string()).collect();
         assert_eq!(texts, ["m", "n", "m", "sync 2"], "notices are not counted; the frame goes last");
+    }
+
+    #[tokio::test]
+    async fn one_wake_up_serves_the_close_request_the_frames_and_the_alarm_in_that_order() {
+        let metrics = Metrics::default();
+        let handle = SessionHandle::new(1, Uuid::new_v4(), 10, 1 << 20);
+        handle.set_alarm(100);
+        assert!(!handle.check_alarm(99), "not due yet");
+        handle.push(&Outgoing::notice("a"), &metrics);
+        assert!(handle.check_alarm(100) && !handle.check_alarm(101), "rung once");
+        assert!(matches!(handle.next().await, Wake::Frame(f) if f.text == "a"), "frames before the alarm");
+        assert!(matches!(handle.next().await, Wake::Alarm));
+        handle.push(&Outgoing::notice("b"), &metrics);
+        handle.close(&close::SLOW);
+        handle.close(&close::RATE);
+        assert!(
+            matches!(handle.next().await, Wake::Close(r) if *r == close::SLOW),
+            "the first close wins, before frames"
+        );
+        assert_eq!(handle.closed().await, close::SLOW);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_wakes_for_a_frame_pushed_later() {
+        let handle = std::sync::Arc::new(SessionHandle::new(1, Uuid::new_v4(), 10, 1 << 20));
+        let waiter = tokio::spawn({
+            let handle = handle.clone();
+            async move { handle.next().await }
+        });
+        tokio::task::yield_now().await;
+        handle.push(&Outgoing::notice("late"), &Metrics::default());
+        let woke = waiter.await.expect("the waiter ran");
+        assert!(matches!(woke, Wake::Frame(f) if f.text == "late"));
     }
 }

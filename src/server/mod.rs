@@ -130,10 +130,10 @@ impl Gateway {
         let start = tokio::time::Instant::now();
         for (session, at) in sessions.iter().zip(schedule) {
             tokio::time::sleep_until(start + at).await;
-            session.close(close::SHUTDOWN);
+            session.close(&close::SHUTDOWN);
             self.metrics.shutdown_closed();
         }
-        self.hub.close_all(close::SHUTDOWN);
+        self.hub.close_all(&close::SHUTDOWN);
         self.stop.cancel();
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait()).await.is_err() {
@@ -209,6 +209,8 @@ pub async fn start(config: Config) -> Result<Gateway, StartError> {
     crate::feed::publication::check_sync_horizon(&store, &tasks, &stop).await?;
     crate::feed::publication::spawn_prune(store.clone(), &tasks, stop.clone());
     let hub = Hub::new(config.limits.clone(), metrics.clone());
+    // The sessions' keep-alive and token expiry: one clock for all of them.
+    tasks.spawn(hub.clone().run_clock(stop.clone()));
     let push = crate::push::PushConfig::new(&config.push, config.backend_timeout)?;
     let open_push_store: crate::push::runtime::OpenStore = {
         let (config, verifier, metrics) = (config.clone(), verifier.clone(), metrics.clone());

@@ -2,6 +2,7 @@
 //! upgrade), the optional resume cursor (`?since=`), registration (with the replay plan), and the
 //! `101 Switching Protocols` answer; every refusal in the public JSON error shape.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use warp::Reply;
 
 use super::Response;
 use crate::error::PeerError;
-use crate::session::{self, resume, Opening, SessionContext};
+use crate::session::{self, resume, HeldToken, Opening, SessionContext};
 
 pub(super) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     let has = |name: header::HeaderName, token: &str| {
@@ -29,20 +30,22 @@ pub(super) fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 /// The token of a WebSocket request: `?token=` first, then `Authorization: Bearer`.
-pub fn request_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+/// Borrowed from the request unless it was percent-encoded: the session holds it decoded
+/// ([`HeldToken`]), and its text is never kept.
+pub fn request_token<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
     if let Some(query) = query {
         for pair in query.split('&') {
             if let Some(value) = pair.strip_prefix("token=") {
                 if let Ok(decoded) = urlencoding::decode(value) {
                     if !decoded.is_empty() {
-                        return Some(decoded.into_owned());
+                        return Some(decoded);
                     }
                 }
             }
         }
     }
     let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    crate::auth::bearer(auth).map(str::to_string)
+    crate::auth::bearer(auth).map(Cow::Borrowed)
 }
 
 /// The `since` of a WebSocket URL: None when absent, Err when malformed.
@@ -103,6 +106,9 @@ pub(super) async fn upgrade(
             return PeerError::from(e).response();
         }
     };
+    // Held decoded, made before the upgrade's own allocations (its text, borrowed from the
+    // request, is freed with it).
+    let token = HeldToken::new(&token);
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Everything the session starts from, in one allocation: the task's future holds a pointer
     // to it, not a copy of each part for the session's whole life.
@@ -134,12 +140,12 @@ mod tests {
     #[test]
     fn token_from_query_or_header() {
         let mut headers = HeaderMap::new();
-        assert_eq!(request_token(Some("a=1&token=abc.def"), &headers), Some("abc.def".into()));
-        assert_eq!(request_token(Some("token=a%2Eb"), &headers), Some("a.b".into()));
+        assert_eq!(request_token(Some("a=1&token=abc.def"), &headers), Some(Cow::Borrowed("abc.def")));
+        assert_eq!(request_token(Some("token=a%2Eb"), &headers), Some(Cow::Owned("a.b".into())));
         assert_eq!(request_token(None, &headers), None);
         headers.insert(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer xyz"));
-        assert_eq!(request_token(Some("other=1"), &headers), Some("xyz".into()));
-        assert_eq!(request_token(Some("token="), &headers), Some("xyz".into()));
+        assert_eq!(request_token(Some("other=1"), &headers), Some(Cow::Borrowed("xyz")));
+        assert_eq!(request_token(Some("token="), &headers), Some(Cow::Borrowed("xyz")));
     }
 
     #[test]

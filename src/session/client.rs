@@ -57,7 +57,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
         }
         let started = Instant::now();
-        let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+        let allowed = self.ctx.store.can_read_thread(&self.token.text(), thread_id).await;
         self.ctx.metrics.rls_checked(started.elapsed());
         match allowed {
             Ok(true) => match self.ctx.hub.subscribe_thread(&self.shared, thread_id) {
@@ -88,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.error(&format!("{} (thread {thread_id})", crate::fair::SUBSCRIBE_LIMITED)).await;
             }
             let started = Instant::now();
-            let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+            let allowed = self.ctx.store.can_read_thread(&self.token.text(), thread_id).await;
             self.ctx.metrics.rls_checked(started.elapsed());
             match allowed {
                 Ok(true) => {}
@@ -127,7 +127,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(true)
         } else {
             let started = Instant::now();
-            let allowed = self.ctx.store.can_read_thread(&self.token, thread_id).await;
+            let allowed = self.ctx.store.can_read_thread(&self.token.text(), thread_id).await;
             self.ctx.metrics.rls_checked(started.elapsed());
             allowed
         };
@@ -154,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(identity) if identity.user_id == self.shared.user_id => {
                 clock.expires_in(self.ctx.verifier.remaining(&identity));
                 self.identity = identity;
-                self.token = token;
+                self.token = super::HeldToken::new(&token);
                 tracing::debug!(session = self.shared.id, "access token refreshed");
                 Ok(())
             }

@@ -1,25 +1,26 @@
 //! The live session: what its task waits for once it is open, and the writes of queued frames.
 //!
 //! Owns the live loop (queued frames out in batches, client frames in, the keep-alive and the
-//! token's expiry, the close request, the held-back `sync_complete`) and the skipping of frames a
+//! token's expiry when the hub's clock rings, the close request, the held-back `sync_complete`) and the skipping of frames a
 //! resume already sent. An idle session waits here: what it holds while it waits is what an idle
 //! session costs, so the work is done after the wait's futures are gone, and rare work is boxed.
 //! It never decides access (the hub routed what is queued).
+
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::resume::{self, PendingSync, Release};
 use super::socket::{Due, Heartbeat, Inbound, BATCH};
 use super::{CatchUpWait, Flow, Session};
-use crate::close::{self, Close};
-use crate::hub::Outgoing;
+use crate::close;
+use crate::hub::{Outgoing, Wake};
 
 /// What woke a live session.
 enum Event {
-    Close(Close),
-    Frame(Outgoing),
+    /// The handle's: a close request, a queued frame, or the alarm.
+    Wake(Wake),
     Inbound(Inbound),
-    Due(Due),
     CaughtUp(Release),
 }
 
@@ -31,31 +32,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             pending.as_ref().map(|held| Box::pin(resume::caught_up(self.ctx.catchup.clone(), held.ticket)) as _);
         let remaining = self.ctx.verifier.remaining(&self.identity);
         let mut heartbeat = Heartbeat::new(self.ctx.hub.limits().ping_interval, remaining);
-        let stop = self.ctx.stop.clone();
+        self.set_alarm(&heartbeat);
         let shared = self.shared.clone();
         loop {
             // The select only says what happened; the work is done after it, once its futures
             // are gone, so that the task's future holds the waits or the work, never both.
             let event = tokio::select! {
-                reason = shared.closed() => Event::Close(reason),
-                _ = stop.cancelled() => Event::Close(close::SHUTDOWN),
-                frame = shared.queue.pop() => Event::Frame(frame),
+                wake = shared.next() => Event::Wake(wake),
                 incoming = self.socket.recv() => Event::Inbound(incoming),
-                due = heartbeat.due() => Event::Due(due),
                 release = wait_caught_up(&mut catch_up) => Event::CaughtUp(release),
             };
             let flow = match event {
-                Event::Close(reason) => Flow::Close(reason),
-                Event::Frame(frame) => self.write_batch(frame).await,
+                Event::Wake(Wake::Close(reason)) => Flow::Close(*reason),
+                Event::Wake(Wake::Frame(frame)) => self.write_batch(frame).await,
+                Event::Wake(Wake::Alarm) => self.on_alarm(&mut heartbeat).await,
                 Event::Inbound(incoming) => {
                     heartbeat.heard();
                     // Client frames are rare: their (larger) future is boxed.
-                    Box::pin(self.on_inbound(incoming, &mut heartbeat)).await
-                }
-                Event::Due(Due::Expired) => Flow::Close(close::EXPIRED),
-                Event::Due(Due::Ping) if heartbeat.silent() => Flow::Close(close::DEAD),
-                Event::Due(Due::Ping) => {
-                    Box::pin(self.socket.ping()).await.map_or_else(Flow::from, |()| Flow::Continue)
+                    let flow = Box::pin(self.on_inbound(incoming, &mut heartbeat)).await;
+                    // A refreshed token moved the expiry.
+                    self.set_alarm(&heartbeat);
+                    flow
                 }
                 Event::CaughtUp(release) => {
                     catch_up = None;
@@ -69,6 +66,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return flow;
             }
         }
+    }
+
+    /// The hub's clock rang: the token expired, the client is dead, or a ping is due (or nothing
+    /// yet: the alarm moved since it was set); the alarm is set again.
+    async fn on_alarm(&mut self, heartbeat: &mut Heartbeat) -> Flow {
+        let flow = match heartbeat.due_at(Instant::now()) {
+            None => Flow::Continue,
+            Some(Due::Expired) => Flow::Close(close::EXPIRED),
+            Some(Due::Ping) if heartbeat.silent() => Flow::Close(close::DEAD),
+            Some(Due::Ping) => Box::pin(self.socket.ping()).await.map_or_else(Flow::from, |()| Flow::Continue),
+        };
+        self.set_alarm(heartbeat);
+        flow
+    }
+
+    /// Asks the hub's clock to ring when the heartbeat's deadline has passed.
+    fn set_alarm(&self, heartbeat: &Heartbeat) {
+        self.shared.set_alarm(self.ctx.hub.clock_millis(heartbeat.deadline()));
     }
 
     /// Whether a queued frame must go out (not already sent by a database replay).

@@ -20,6 +20,7 @@ mod live;
 mod replay;
 pub mod resume;
 mod socket;
+mod token;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use crate::readiness::Readiness;
 use crate::store::Store;
 use resume::{PendingSync, Release, Replay};
 use socket::{ClientSocket, WriteError};
+pub use token::HeldToken;
 
 /// A held-back `sync_complete`'s wait for the router's proof.
 type CatchUpWait = std::pin::Pin<Box<dyn std::future::Future<Output = Release> + Send>>;
@@ -83,7 +85,8 @@ pub struct Opening {
     pub ctx: Arc<SessionContext>,
     /// The verified token's identity.
     pub identity: Identity,
-    pub token: String,
+    /// The verified token, held decoded.
+    pub token: HeldToken,
     pub shared: Arc<SessionHandle>,
     pub replay: Option<Replay>,
     /// The socket's buffer sizes and limits.
@@ -98,7 +101,7 @@ struct Session<S> {
     ctx: Arc<SessionContext>,
     shared: Arc<SessionHandle>,
     identity: Identity,
-    token: String,
+    token: HeldToken,
     rate: TokenBucket,
     /// A resume's replay, until the session opens.
     replay: Option<Replay>,
@@ -136,6 +139,8 @@ impl From<WriteError> for Flow {
 /// Serves one upgraded connection as a WebSocket until it closes. The token was verified before
 /// the upgrade. The session's state is built here, outside the returned future, which holds it
 /// once (an `async fn` would hold its arguments and the state built from them side by side).
+// Boxed on purpose: the upgrade's task holds the opening until the socket is ready, one pointer.
+#[allow(clippy::boxed_local)]
 pub fn run<S>(io: S, opening: Box<Opening>) -> impl std::future::Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,

@@ -129,7 +129,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return self.replay_limited(count).await;
             }
             pages += 1;
-            let rows = match self.ctx.store.offline_messages(&self.token, from, resume::PAGE).await {
+            let rows = match self.ctx.store.offline_messages(&self.token.text(), from, resume::PAGE).await {
                 Ok(rows) => rows,
                 Err(e) => return self.replay_failed(e).await,
             };

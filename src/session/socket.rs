@@ -5,18 +5,16 @@
 //! ([`Inbound`]); writes bounded by [`WRITE_TIMEOUT`]; batching (frames fed, then flushed once)
 //! with its fast path (a socket that takes the batch at once arms no timer); the keep-alive
 //! (server pings, and a client silent for two intervals is dead) with the token's expiry on one
-//! timer ([`Heartbeat`]); and close
+//! alarm the hub's clock rings ([`Heartbeat`]); and close
 //! frames. Knows nothing of JSON, threads or users, and never decides to close a session: it
 //! reports, and the session decides.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -143,18 +141,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSocket<S> {
     }
 }
 
-/// The session's one timer: the keep-alive (a server ping every interval; a client silent for two
-/// intervals is dead) and the token's expiry, whichever comes first, so that an idle session
-/// arms one timer, not two.
+/// The session's one alarm: the keep-alive (a server ping every interval; a client silent for two
+/// intervals is dead) and the token's expiry, whichever comes first. Plain times: the hub's shared
+/// clock rings the session when [`Heartbeat::deadline`] has passed, so an idle session arms no
+/// timer of its own.
 pub struct Heartbeat {
     every: Duration,
     last_heard: Instant,
-    next_ping: tokio::time::Instant,
-    expires: tokio::time::Instant,
-    timer: Pin<Box<Sleep>>,
+    next_ping: Instant,
+    expires: Instant,
 }
 
-/// What [`Heartbeat::due`] found due.
+/// What [`Heartbeat::due_at`] found due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
     /// Time for a ping (the next one is scheduled).
@@ -163,49 +161,38 @@ pub enum Due {
     Expired,
 }
 
-/// `now + d`, or about thirty years from now when that overflows (as `tokio::time::sleep` does).
-fn after(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
-    now.checked_add(d).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30))
+/// `now + d`, or about thirty years from now when that overflows.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d).or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30))).unwrap_or(now)
 }
 
 impl Heartbeat {
     /// The first ping is due one interval from now; the token expires `expires_in` from now.
     pub fn new(every: Duration, expires_in: Duration) -> Heartbeat {
-        let now = tokio::time::Instant::now();
-        let (next_ping, expires) = (after(now, every), after(now, expires_in));
-        let timer = Box::pin(tokio::time::sleep_until(next_ping.min(expires)));
-        Heartbeat { every, last_heard: Instant::now(), next_ping, expires, timer }
+        let now = Instant::now();
+        Heartbeat { every, last_heard: now, next_ping: after(now, every), expires: after(now, expires_in) }
     }
 
-    /// Resolves when a ping is due or the token expired (cancel-safe: nothing changes until it
-    /// resolves).
-    pub async fn due(&mut self) -> Due {
-        self.timer.as_mut().await;
-        let due = self.due_at(tokio::time::Instant::now());
-        let deadline = self.deadline();
-        self.timer.as_mut().reset(deadline);
-        due
-    }
-
-    /// What the timer firing at `now` means; a ping schedules the next one.
-    fn due_at(&mut self, now: tokio::time::Instant) -> Due {
+    /// What is due at `now`, if anything; a ping schedules the next one.
+    pub fn due_at(&mut self, now: Instant) -> Option<Due> {
         if now >= self.expires {
-            return Due::Expired;
+            return Some(Due::Expired);
+        }
+        if now < self.next_ping {
+            return None;
         }
         self.next_ping = after(now, self.every);
-        Due::Ping
+        Some(Due::Ping)
     }
 
-    /// When the timer must fire next.
-    fn deadline(&self) -> tokio::time::Instant {
+    /// When the alarm must ring next.
+    pub fn deadline(&self) -> Instant {
         self.next_ping.min(self.expires)
     }
 
     /// A refreshed token: it now expires `expires_in` from now.
     pub fn expires_in(&mut self, expires_in: Duration) {
-        self.expires = after(tokio::time::Instant::now(), expires_in);
-        let deadline = self.deadline();
-        self.timer.as_mut().reset(deadline);
+        self.expires = after(Instant::now(), expires_in);
     }
 
     /// Something arrived from the client.
@@ -223,19 +210,20 @@ impl Heartbeat {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn one_timer_for_the_pings_and_the_expiry() {
+    #[test]
+    fn one_alarm_for_the_pings_and_the_expiry() {
         let secs = Duration::from_secs;
         let mut clock = Heartbeat::new(secs(30), secs(100));
-        let start = tokio::time::Instant::now();
-        assert!(clock.deadline() - start <= secs(30), "the first ping is due before the expiry");
+        let start = Instant::now();
+        assert!(clock.deadline() <= start + secs(30), "the first ping is due before the expiry");
+        assert_eq!(clock.due_at(start + secs(10)), None, "nothing due before the deadline");
         for n in 1..=3 {
             let now = start + secs(30 * n);
-            assert_eq!(clock.due_at(now), Due::Ping);
+            assert_eq!(clock.due_at(now), Some(Due::Ping));
             assert_eq!(clock.deadline(), (now + secs(30)).min(clock.expires));
         }
         assert_eq!(clock.deadline(), clock.expires, "the expiry comes before the fourth ping");
-        assert_eq!(clock.due_at(clock.expires), Due::Expired);
+        assert_eq!(clock.due_at(clock.expires), Some(Due::Expired));
         clock.expires_in(secs(1000));
         assert_eq!(clock.deadline(), clock.next_ping, "a refreshed token moves the expiry past the next ping");
         let far = Heartbeat::new(secs(1), Duration::MAX);

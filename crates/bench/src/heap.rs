@@ -29,6 +29,7 @@ use crate::school::{school_stack, session_tokens};
 pub const OWNERS: &[(&str, &str)] = &[
     ("runtime/task/core.rs", "session task (tokio task: header and the session's future)"),
     ("request_token (", "the session's access token (kept for RLS checks)"),
+    ("src/session/token.rs", "the session's access token (kept for RLS checks)"),
     ("tungstenite-0.", "WebSocket state and buffers (tungstenite)"),
     ("protocol/frame/mod.rs", "WebSocket state and buffers (tungstenite)"),
     ("src/protocol/mod.rs", "WebSocket state and buffers (tungstenite)"),
