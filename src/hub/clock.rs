@@ -62,9 +62,9 @@ mod tests {
         assert_eq!(hub.ring_due(999), 0);
         assert_eq!(hub.ring_due(1_000), 1);
         assert_eq!(hub.ring_due(1_250), 0, "rung once, not at every tick");
-        assert!(matches!(soon.next().await, Wake::Alarm));
+        assert_eq!(soon.next().await, Wake::Alarm);
         assert_eq!(hub.ring_due(5_000), 1);
-        assert!(matches!(later.next().await, Wake::Alarm));
+        assert_eq!(later.next().await, Wake::Alarm);
     }
 
     #[test]

@@ -158,6 +158,11 @@ impl Queue {
         outcome
     }
 
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.frames.lock().map_or(true, |frames| frames.list.is_empty())
+    }
+
     /// Takes the next frame if one is queued.
     pub fn try_pop(&self) -> Option<Outgoing> {
         let mut frames = self.frames.lock().ok()?;
@@ -192,12 +197,12 @@ pub struct SessionHandle {
 /// No alarm set.
 const NO_ALARM: u64 = u64::MAX;
 
-/// What woke a session, in the order it is taken: a close request first, then queued frames,
-/// then the alarm.
-#[derive(Debug)]
+/// What woke a session, in the order it is taken: a close request first, then queued frames
+/// (left in the queue for the session to take), then the alarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
     Close(&'static Close),
-    Frame(Outgoing),
+    Frames,
     Alarm,
 }
 
@@ -254,8 +259,8 @@ impl SessionHandle {
             if let Some(reason) = self.close_reason.get() {
                 return Wake::Close(reason);
             }
-            if let Some(frame) = self.queue.try_pop() {
-                return Wake::Frame(frame);
+            if !self.queue.is_empty() {
+                return Wake::Frames;
             }
             if self.rang.swap(false, Ordering::AcqRel) {
                 return Wake::Alarm;
@@ -455,8 +460,10 @@ mod tests {
         assert!(!handle.check_alarm(99), "not due yet");
         handle.push(&Outgoing::notice("a"), &metrics);
         assert!(handle.check_alarm(100) && !handle.check_alarm(101), "rung once");
-        assert!(matches!(handle.next().await, Wake::Frame(f) if f.text == "a"), "frames before the alarm");
-        assert!(matches!(handle.next().await, Wake::Alarm));
+        assert_eq!(handle.next().await, Wake::Frames, "frames before the alarm");
+        assert_eq!(handle.next().await, Wake::Frames, "left queued until taken");
+        assert!(handle.queue.try_pop().is_some_and(|f| f.text == "a"));
+        assert_eq!(handle.next().await, Wake::Alarm);
         handle.push(&Outgoing::notice("b"), &metrics);
         handle.close(&close::SLOW);
         handle.close(&close::RATE);
@@ -476,7 +483,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         handle.push(&Outgoing::notice("late"), &Metrics::default());
-        let woke = waiter.await.expect("the waiter ran");
-        assert!(matches!(woke, Wake::Frame(f) if f.text == "late"));
+        assert_eq!(waiter.await.expect("the waiter ran"), Wake::Frames);
+        assert!(handle.queue.try_pop().is_some_and(|f| f.text == "late"));
     }
 }

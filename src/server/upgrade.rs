@@ -114,13 +114,17 @@ pub(super) async fn upgrade(
     // to it, not a copy of each part for the session's whole life.
     let opening = Box::new(Opening { ctx, identity, token, shared: handle, replay, ws_config, peer });
     tasks.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => session::run(TokioIo::new(upgraded), opening).await,
+        // The upgrade's result is taken apart before the session runs: the task, which an idle
+        // session holds for its life, does not keep it beside the session's future.
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::info!(peer = %opening.peer, error = %e, "WebSocket upgrade failed");
                 opening.ctx.hub.unregister(&opening.shared);
+                return;
             }
-        }
+        };
+        session::run(TokioIo::new(upgraded), opening).await
     });
     let mut response = warp::reply().into_response();
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

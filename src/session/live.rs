@@ -27,7 +27,7 @@ enum Event {
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Live until the session ends: queued frames out, client frames in, the keep-alive, the
     /// token's expiry, and the held-back `sync_complete` once the router proves the catch-up.
-    pub(super) async fn live(&mut self, mut pending: Option<PendingSync>) -> Flow {
+    pub(super) async fn live(&mut self, mut pending: Option<Box<PendingSync>>) -> Flow {
         let mut catch_up: Option<CatchUpWait> =
             pending.as_ref().map(|held| Box::pin(resume::caught_up(self.ctx.catchup.clone(), held.ticket)) as _);
         let remaining = self.ctx.verifier.remaining(&self.identity);
@@ -44,7 +44,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             };
             let flow = match event {
                 Event::Wake(Wake::Close(reason)) => Flow::Close(*reason),
-                Event::Wake(Wake::Frame(frame)) => self.write_batch(frame).await,
+                // Boxed: a write's future (the batch, the socket's sink, the slow path's timer and
+                // close wait) is larger than the idle wait, and an idle session would hold its size
+                // for life; one short-lived allocation per batch instead.
+                Event::Wake(Wake::Frames) => Box::pin(self.write_batch()).await,
                 Event::Wake(Wake::Alarm) => self.on_alarm(&mut heartbeat).await,
                 Event::Inbound(incoming) => {
                     heartbeat.heard();
@@ -57,7 +60,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Event::CaughtUp(release) => {
                     catch_up = None;
                     match pending.take() {
-                        Some(held) => self.release_sync(held, release),
+                        Some(held) => self.release_sync(*held, release),
                         None => Flow::Continue,
                     }
                 }
@@ -88,24 +91,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Whether a queued frame must go out (not already sent by a database replay).
     fn wanted(&self, frame: &Outgoing) -> bool {
-        let Some(id) = frame.message else { return true };
-        if self.replayed.as_ref().is_some_and(|ids| ids.contains(&id)) {
+        let (Some(id), Some(resumed)) = (frame.message, &self.resumed) else { return true };
+        if resumed.replayed.contains(&id) {
             return false;
         }
-        let covered = matches!((self.covered, frame.created_at), (Some(c), Some(t)) if t <= c);
+        let covered = matches!((resumed.covered, frame.created_at), (Some(c), Some(t)) if t <= c);
         if covered {
             self.ctx.metrics.duplicate();
         }
         !covered
     }
 
-    /// Writes the frame and everything else already queued (up to a batch) in one flush.
-    async fn write_batch(&mut self, first: Outgoing) -> Flow {
+    /// Writes what is queued (up to a batch) in one flush.
+    async fn write_batch(&mut self) -> Flow {
         let shared = self.shared.clone();
         let mut batch = Vec::with_capacity(4);
-        if self.wanted(&first) {
-            batch.push(first);
-        }
         while batch.len() < BATCH {
             match shared.queue.try_pop() {
                 Some(frame) if self.wanted(&frame) => batch.push(frame),
@@ -116,7 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if batch.is_empty() {
             return Flow::Continue;
         }
-        if let Some(n) = self.held_live.as_mut() {
+        if let Some(n) = self.resumed.as_mut().and_then(|r| r.held_live.as_mut()) {
             // Live chat messages written while sync_complete is held back: it counts them.
             *n += batch.iter().filter(|frame| frame.message.is_some()).count();
         }

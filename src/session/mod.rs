@@ -103,12 +103,19 @@ struct Session<S> {
     identity: Identity,
     token: HeldToken,
     rate: TokenBucket,
-    /// A resume's replay, until the session opens.
-    replay: Option<Replay>,
-    /// Messages a database replay sent: skipped if they also arrive live. Only after a database
-    /// replay (boxed: most sessions never have one).
-    #[allow(clippy::box_collection)] // one pointer, not an empty set's 48 bytes, in every session
-    replayed: Option<Box<HashSet<Uuid>>>,
+    /// A resume's replay, until the session opens (boxed: most sessions never have one, and every
+    /// session would hold its size for life).
+    replay: Option<Box<Replay>>,
+    /// What a resume leaves for the live loop; None for a session that did not resume or whose
+    /// resume left nothing (boxed: most sessions never have any).
+    resumed: Option<Box<Resumed>>,
+}
+
+/// What a resume leaves for the live loop.
+#[derive(Default)]
+struct Resumed {
+    /// Messages a database replay sent: skipped if they also arrive live.
+    replayed: HashSet<Uuid>,
     /// After a database replay: the resume's `since`, clamped to the sync horizon the replay read.
     /// The client holds every message created up to it (that is what its cursor says), so a live
     /// frame of one of them is a duplicate: the router, still behind the database (filling a
@@ -118,6 +125,12 @@ struct Session<S> {
     /// While a memory replay's `sync_complete` is held back: the live chat messages written
     /// meanwhile (they are part of the catch-up, and `sync_complete` counts them).
     held_live: Option<usize>,
+}
+
+impl Resumed {
+    fn is_empty(&self) -> bool {
+        self.replayed.is_empty() && self.covered.is_none() && self.held_live.is_none()
+    }
 }
 
 enum Flow {
@@ -160,10 +173,8 @@ where
         identity,
         token,
         rate,
-        replay,
-        replayed: None,
-        covered: None,
-        held_live: None,
+        replay: replay.map(Box::new),
+        resumed: None,
     };
     Either::Left(session.run())
 }
@@ -195,6 +206,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// The resume's state, made on first use.
+    fn resumed(&mut self) -> &mut Resumed {
+        self.resumed.get_or_insert_with(Box::default)
+    }
+
     async fn send_json(&mut self, message: ServerMessage<'_>) -> Result<(), WsError> {
         self.socket.send(message.to_json()).await
     }
@@ -213,12 +229,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The session: opened, then live until it ends; returns the close reason (None: the client
     /// went away).
+    ///
+    /// Opening and closing happen once; their futures (writes of whole frames, the replay's
+    /// start) are boxed, so that the task's future, which every idle session holds for its life,
+    /// is sized for the live loop's wait.
     async fn serve(&mut self) -> Option<Close> {
-        let flow = match self.open().await {
-            Ok(pending) => self.live(pending).await,
+        let flow = match Box::pin(self.open()).await {
+            // The held sync_complete boxed: the live loop holds it (rarely) for the session's life.
+            Ok(pending) => self.live(pending.map(Box::new)).await,
             Err(flow) => flow,
         };
-        self.finish(flow).await
+        Box::pin(self.finish(flow)).await
     }
 
     /// `connection_established`, the replay of a resume, and the upstream-error frame while the
@@ -230,11 +251,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         self.send_json(hello).await.map_err(|_| Flow::Gone)?;
         let mut pending = match self.replay.take() {
-            Some(replay) => Box::pin(self.replay(replay)).await?,
+            Some(replay) => Box::pin(self.replay(*replay)).await?,
             None => None,
         };
         if pending.is_some() {
-            self.held_live = Some(0);
+            self.resumed().held_live = Some(0);
         }
         if !self.ctx.readiness.upstream_live() {
             if let Some(held) = pending.take() {

@@ -65,7 +65,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Queues a memory replay's `sync_complete` behind the live frames already queued.
     pub(super) fn release_sync(&mut self, held: PendingSync, release: Release) -> Flow {
         resume::record_release(&self.ctx.metrics, self.shared.id, &held, release);
-        let written = self.held_live.take().unwrap_or(0);
+        let written = self.resumed.as_mut().and_then(|r| r.held_live.take()).unwrap_or(0);
+        if self.resumed.as_ref().is_some_and(|r| r.is_empty()) {
+            self.resumed = None;
+        }
         // The ring's lock is taken before, never under, the queue's lock (the router takes them
         // in that order while it fans out).
         let cursor = resume::sync_cursor(&self.ctx.history, &held);
@@ -121,7 +124,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(point) => point.horizon,
             Err(e) => return self.replay_failed(e).await,
         };
-        self.covered = Some(since.min(horizon));
+        self.resumed().covered = Some(since.min(horizon));
         let (mut from, mut count, mut pages) = (since, 0usize, 0usize);
         loop {
             // Past the user's budget, one page per connection, then offline sync.
@@ -136,7 +139,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let full = rows.returned >= resume::PAGE as usize;
             let last = rows.last_created_at;
             for row in rows.messages {
-                if !self.replayed.get_or_insert_with(Default::default).insert(row.id) {
+                if !self.resumed().replayed.insert(row.id) {
                     continue;
                 }
                 let sender = row.sender.clone().unwrap_or_else(crate::model::Sender::unknown);
