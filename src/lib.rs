@@ -38,6 +38,7 @@ mod router;
 pub mod server;
 mod session;
 mod store;
+mod ticker;
 mod typing;
 
 pub use auth::bearer;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::store::{Store, StoreError};
+use crate::ticker::Ticker;
 
 /// How long a membership event is kept: far longer than Realtime's lag (it reads the row when
 /// it sends the change), short enough that the table stays small.
@@ -106,13 +107,8 @@ pub async fn check_sync_horizon(
 pub fn spawn_prune(store: Store, tasks: &TaskTracker, stop: CancellationToken) {
     let keep = i32::try_from(MEMBERSHIP_EVENTS_KEEP.as_secs()).unwrap_or(i32::MAX);
     tasks.spawn(async move {
-        let mut every = tokio::time::interval(PRUNE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        let mut every = Ticker::new(PRUNE_EVERY, stop);
+        while every.tick().await {
             match store.prune_membership_events(keep).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::debug!(deleted, "pruned old membership events"),

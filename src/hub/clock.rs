@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Hub;
+use crate::ticker::Ticker;
 
 /// How often the clock looks at the alarms: the keep-alive and expiry's resolution.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -35,13 +36,8 @@ impl Hub {
 
     /// The clock's task: rings due alarms every [`TICK`] until `stop`.
     pub async fn run_clock(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
+        let mut tick = Ticker::new(TICK, stop);
+        while tick.tick().await {
             self.ring_due(self.clock_millis(Instant::now()));
         }
     }

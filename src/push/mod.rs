@@ -40,6 +40,7 @@ use uuid::Uuid;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::ticker::Ticker;
 
 /// How often the queue is asked for decisions, and due deliveries are leased.
 pub const DECIDE_EVERY: Duration = Duration::from_millis(500);
@@ -275,17 +276,12 @@ pub fn spawn_loops(
     let decider_stop = stop.clone();
     let decider_metrics = metrics.clone();
     tasks.spawn(async move {
-        let mut every = tokio::time::interval(DECIDE_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = Ticker::new(DECIDE_EVERY, decider_stop.clone());
         let mut last_prune = tokio::time::Instant::now();
         let mut last_stats: Option<tokio::time::Instant> = None;
         let mut failures = Failures::every(120);
         let mut stats_failures = Failures::every(12);
-        loop {
-            tokio::select! {
-                _ = decider_stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        while every.tick().await {
             let decided = decide_all(&decider, &decider_metrics, &channels, delay_ms, &decider_stop).await;
             if let Err(e) = decided {
                 if failures.failed() {

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::hub::Hub;
 use crate::store::Store;
+use crate::ticker::Ticker;
 
 /// How often presence is reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -30,15 +31,10 @@ pub const TTL: Duration = Duration::from_secs(30);
 pub fn spawn(store: Store, hub: Arc<Hub>, instance: Uuid, tasks: &TaskTracker, stop: CancellationToken) {
     tasks.spawn(async move {
         let mut reported: HashSet<Uuid> = HashSet::new();
-        let mut every = tokio::time::interval(REPORT_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut every = Ticker::new(REPORT_EVERY, stop);
         let ttl = i32::try_from(TTL.as_secs()).unwrap_or(30);
         let mut failures = super::Failures::every(60);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                _ = every.tick() => {}
-            }
+        while every.tick().await {
             let now = hub.online_user_ids();
             let online: Vec<Uuid> = now.difference(&reported).copied().collect();
             let offline: Vec<Uuid> = reported.difference(&now).copied().collect();

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::{backoff, Outcome, PushConfig, DECIDE_EVERY};
 use crate::metrics::Metrics;
 use crate::store::{PushDelivery, PushFinish, Store};
+use crate::ticker::Ticker;
 
 /// Deliveries leased per round (sent concurrently, then finished in one call).
 pub const BATCH: i32 = 200;
@@ -32,14 +33,9 @@ pub fn spawn(
     let channels = config.channels();
     let lease_secs = i32::try_from(config.lease.as_secs()).unwrap_or(3600);
     tasks.spawn(async move {
-        let mut every = tokio::time::interval(DECIDE_EVERY);
+        let mut every = Ticker::new(DECIDE_EVERY, stop.clone());
         let mut failures = super::Failures::every(120);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = every.tick() => {}
-            }
+        while every.tick().await {
             loop {
                 let leased = match store.push_claim(&channels, BATCH, lease_secs, GAP_SECS).await {
                     Ok(leased) => {

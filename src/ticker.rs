@@ -1,0 +1,47 @@
+//! The tick of the gateway's periodic tasks (the sessions' clock, push presence, decisions and
+//! sends, the membership-event prune): an interval whose missed ticks delay the next one (a
+//! stalled task never catches up in a burst), ended by the gateway's stop token.
+//!
+//! Owns only the timing; never decides what a tick does.
+
+use std::time::Duration;
+
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// A periodic task's tick until `stop`. The first tick is at once.
+pub struct Ticker {
+    interval: Interval,
+    stop: CancellationToken,
+}
+
+impl Ticker {
+    pub fn new(period: Duration, stop: CancellationToken) -> Ticker {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ticker { interval, stop }
+    }
+
+    /// Waits for the next tick: true, or false once the task must stop.
+    pub async fn tick(&mut self) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ticks_until_stopped() {
+        let stop = CancellationToken::new();
+        let mut ticker = Ticker::new(Duration::from_millis(1), stop.clone());
+        assert!(ticker.tick().await, "the first tick is at once");
+        assert!(ticker.tick().await);
+        stop.cancel();
+        assert!(!ticker.tick().await, "stopped");
+    }
+}
