@@ -51,10 +51,10 @@ pub enum SubscribeError {
     TooManyMuted(usize),
 }
 
-/// The hub. One per gateway, shared behind an `Arc`.
 /// A user's sessions: one, inline, for most users (no allocation of its own).
 type UserSessions = SmallVec<[Arc<SessionHandle>; 1]>;
 
+/// The hub. One per gateway, shared behind an `Arc`.
 pub struct Hub {
     limits: Limits,
     sessions_by_user: DashMap<Uuid, UserSessions>,

@@ -1,9 +1,10 @@
 //! The live session: what its task waits for once it is open, and the writes of queued frames.
 //!
 //! Owns the live loop (queued frames out in batches, client frames in, the keep-alive and the
-//! token's expiry when the hub's clock rings, the close request, the held-back `sync_complete`) and the skipping of frames a
-//! resume already sent. An idle session waits here: what it holds while it waits is what an idle
-//! session costs, so the work is done after the wait's futures are gone, and rare work is boxed.
+//! token's expiry when the hub's clock rings, the close request, the held-back `sync_complete`)
+//! and the skipping of frames a resume already sent. An idle session waits here: what it holds
+//! while it waits is what an idle session costs, so the work is done after the wait's futures are
+//! gone, and rare work is boxed.
 //! It never decides access (the hub routed what is queued).
 
 use std::time::Instant;
