@@ -40,8 +40,12 @@ mod tests {
         let stop = CancellationToken::new();
         let mut ticker = Ticker::new(Duration::from_millis(1), stop.clone());
         assert!(ticker.tick().await, "the first tick is at once");
-        assert!(ticker.tick().await);
+        assert!(ticker.tick().await, "and the next one a period later");
+        // A period long enough that no tick is due when the stop comes (with both ready, either
+        // may be taken, as in any unbiased select).
+        let mut slow = Ticker::new(Duration::from_secs(3600), stop.clone());
+        assert!(slow.tick().await, "the first tick is at once");
         stop.cancel();
-        assert!(!ticker.tick().await, "stopped");
+        assert!(!slow.tick().await, "stopped");
     }
 }
